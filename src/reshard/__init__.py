@@ -1,0 +1,48 @@
+"""reshard: checkpoint distributed PyTorch state, load it back resharded.
+
+The save path is ``reshard.save`` (save.py); the load path is ``reshard.load`` (load.py);
+``reshard.open`` (checkpoint.py) reads a checkpoint in one process.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from .checkpoint import Checkpoint, ChunkInfo, EntryInfo, open
+from .codecs import Codec, IdentityCodec, ZstdCodec, register_codec
+from .errors import (
+    CheckpointError,
+    CheckpointNotFoundError,
+    CorruptCheckpointError,
+    LayoutMismatchError,
+    MissingKeysError,
+    StorageError,
+    UnknownCodecError,
+    UnsupportedFormatError,
+    UnsupportedValueError,
+)
+from .load import load
+from .save import save
+
+__all__ = [
+    "Checkpoint",
+    "CheckpointError",
+    "CheckpointNotFoundError",
+    "ChunkInfo",
+    "Codec",
+    "CorruptCheckpointError",
+    "EntryInfo",
+    "IdentityCodec",
+    "LayoutMismatchError",
+    "MissingKeysError",
+    "StorageError",
+    "UnknownCodecError",
+    "UnsupportedFormatError",
+    "UnsupportedValueError",
+    "ZstdCodec",
+    "__version__",
+    "load",
+    "open",
+    "register_codec",
+    "save",
+]

@@ -1,0 +1,229 @@
+"""Torch and numpy objects to boxes and back: the one place that knows about DTensor,
+LocalShardsWrapper and DCP's checkpointable protocol."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..core.layout import Box, full_box
+from ..core.planner import Desc, TensorDesc, ValueDesc
+from ..errors import LayoutMismatchError, UnsupportedValueError
+from ..format.manifest import Key, dotted
+from ..format.values import encode_value
+
+_TORCH_DTYPES: dict[torch.dtype, str] = {
+    torch.bool: "bool", torch.uint8: "uint8", torch.int8: "int8", torch.int16: "int16",
+    torch.int32: "int32", torch.int64: "int64", torch.float16: "float16",
+    torch.bfloat16: "bfloat16", torch.float32: "float32", torch.float64: "float64",
+    torch.complex64: "complex64", torch.complex128: "complex128",
+}
+for _name in ("uint16", "uint32", "uint64", "float8_e4m3fn", "float8_e5m2"):
+    if hasattr(torch, _name):
+        _TORCH_DTYPES[getattr(torch, _name)] = _name
+_BY_NAME: dict[str, torch.dtype] = {v: k for k, v in _TORCH_DTYPES.items()}
+
+
+def dtype_name(dtype: torch.dtype, key: str) -> str:
+    try:
+        return _TORCH_DTYPES[dtype]
+    except KeyError:
+        raise UnsupportedValueError(f"key {key!r}: dtype {dtype} is not supported") from None
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    return _BY_NAME[name]
+
+
+def numpy_to_torch(array: np.ndarray[Any, Any], key: str) -> torch.Tensor:
+    if array.dtype.byteorder == ">" or array.dtype.kind not in "biufc":
+        raise UnsupportedValueError(
+            f"key {key!r}: numpy dtype {array.dtype} is not supported (use a native-endian "
+            "bool, int, uint, float or complex array)"
+        )
+    return torch.from_numpy(array)
+
+
+# State dict walking
+
+
+def flatten(state_dict: Mapping[Any, Any]) -> list[tuple[Key, Any]]:
+    """Leaves of a nested state dict with their key paths (dicts, lists, tuples walked)."""
+    if not isinstance(state_dict, Mapping):
+        raise UnsupportedValueError(f"state_dict must be a dict, got {type(state_dict).__name__}")
+    out: list[tuple[Key, Any]] = []
+    _walk(state_dict, (), out)
+    return out
+
+
+def _walk(obj: Any, prefix: Key, out: list[tuple[Key, Any]]) -> None:
+    if isinstance(obj, Mapping) and obj:
+        for k, v in obj.items():
+            if isinstance(k, bool) or not isinstance(k, (str, int)):
+                raise UnsupportedValueError(
+                    f"key {dotted(prefix) or '<root>'!r}: dict key {k!r} of type "
+                    f"{type(k).__name__} is not supported (use str or int keys)"
+                )
+            _walk(v, prefix + (k,), out)
+    elif isinstance(obj, (list, tuple)) and obj and not _is_leaf_tuple(obj):
+        for i, v in enumerate(obj):
+            _walk(v, prefix + (i,), out)
+    elif prefix:
+        out.append((prefix, obj))
+
+
+def _is_leaf_tuple(obj: Any) -> bool:
+    return isinstance(obj, torch.Size)
+
+
+def set_path(root: Any, key: Key, value: Any) -> Any:
+    """Replace the leaf at ``key``; tuples on the way are rebuilt. Returns the new root."""
+    if not key:
+        return value
+    head, rest = key[0], key[1:]
+    child = root[head]
+    new_child = set_path(child, rest, value)
+    if isinstance(root, tuple):
+        items = list(root)
+        items[head] = new_child  # type: ignore[index]
+        return type(root)(items) if type(root) is tuple else type(root)(*items)
+    if new_child is not child or not rest:
+        root[head] = new_child
+    return root
+
+
+# Leaves to boxes
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Shards:
+    """A leaf as boxes of one global tensor, each with the local torch tensor holding it."""
+
+    shape: tuple[int, ...]
+    dtype: str
+    container: str
+    boxes: tuple[Box, ...]
+    tensors: tuple[torch.Tensor, ...]
+
+
+def is_tensor_leaf(leaf: Any) -> bool:
+    return (
+        isinstance(leaf, (torch.Tensor, np.ndarray, np.generic))
+        or hasattr(leaf, "__create_chunk_list__")
+    )
+
+
+def shards_of(leaf: Any, key: Key, *, for_load: bool) -> Shards:
+    """The boxes of ``leaf`` held by this rank and the tensors backing them."""
+    name = dotted(key)
+    from torch.distributed.tensor import DTensor
+
+    if isinstance(leaf, DTensor) and not hasattr(leaf._local_tensor, "__create_chunk_list__"):
+        return _dtensor_shards(leaf, name)
+    if hasattr(leaf, "__create_chunk_list__"):
+        return _protocol_shards(leaf, name, for_load=for_load)
+    if isinstance(leaf, np.generic):
+        leaf = np.asarray(leaf)
+        container = "numpy_scalar"
+    elif isinstance(leaf, np.ndarray):
+        container = "numpy"
+    else:
+        container = "torch"
+    if isinstance(leaf, np.ndarray):
+        if for_load and not leaf.flags.writeable:
+            raise UnsupportedValueError(f"key {name!r}: the numpy array is read-only")
+        tensor = numpy_to_torch(leaf, name)
+    else:
+        tensor = leaf.detach() if leaf.requires_grad else leaf
+    shape = tuple(tensor.shape)
+    return Shards(
+        shape=shape, dtype=dtype_name(tensor.dtype, name), container=container,
+        boxes=(full_box(shape),), tensors=(tensor,),
+    )
+
+
+def _dtensor_shards(dt: Any, name: str) -> Shards:
+    from torch.distributed.tensor import Replicate, Shard
+    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+
+    for p in dt.placements:
+        if type(p) not in (Shard, Replicate):
+            raise UnsupportedValueError(
+                f"key {name!r}: placement {p} is not supported (Shard(d) and Replicate() are; "
+                "redistribute Partial placements first)"
+            )
+    shape = tuple(dt.shape)
+    local = dt._local_tensor
+    if dt.device_mesh.get_coordinate() is None:
+        return Shards(shape=shape, dtype=dtype_name(dt.dtype, name), container="torch",
+                      boxes=(), tensors=())
+    sizes, offsets = compute_local_shape_and_global_offset(dt.shape, dt.device_mesh, dt.placements)
+    if tuple(local.shape) != tuple(sizes):
+        raise LayoutMismatchError(
+            f"key {name!r}: the local shard has shape {list(local.shape)}, but placements "
+            f"{list(dt.placements)} of global shape {list(shape)} give this rank {list(sizes)} "
+            "(DTensor uneven shards must follow torch.chunk sizes)"
+        )
+    local = local.detach() if local.requires_grad else local
+    return Shards(
+        shape=shape, dtype=dtype_name(local.dtype, name), container="torch",
+        boxes=(Box(tuple(offsets), tuple(sizes)),), tensors=(local,),
+    )
+
+
+def _protocol_shards(obj: Any, name: str, *, for_load: bool) -> Shards:
+    from torch.distributed.checkpoint.metadata import MetadataIndex
+
+    try:
+        items = obj.__create_write_items__(name, obj)
+    except Exception as e:
+        raise UnsupportedValueError(f"key {name!r}: __create_write_items__ failed: {e}") from e
+    if not items:
+        raise UnsupportedValueError(f"key {name!r}: __create_write_items__ returned no items")
+    tensor_data = items[0].tensor_data
+    shape = tuple(int(s) for s in tensor_data.size)
+    dtype = dtype_name(tensor_data.properties.dtype, name)
+    chunks = obj.__create_chunk_list__() if for_load else [i.tensor_data.chunk for i in items]
+    boxes: list[Box] = []
+    tensors: list[torch.Tensor] = []
+    for index, chunk in enumerate(chunks):
+        box = Box(tuple(int(o) for o in chunk.offsets), tuple(int(s) for s in chunk.sizes))
+        if len(box.sizes) != len(shape) or box.is_empty:
+            continue
+        tensor = obj.__get_tensor_shard__(MetadataIndex(name, chunk.offsets, index))
+        if tuple(tensor.shape) != box.sizes:
+            raise LayoutMismatchError(
+                f"key {name!r}: shard {index} has shape {list(tensor.shape)} but its chunk "
+                f"says {list(box.sizes)}"
+            )
+        boxes.append(box)
+        tensors.append(tensor.detach() if tensor.requires_grad else tensor)
+    return Shards(shape=shape, dtype=dtype, container="torch", boxes=tuple(boxes),
+                  tensors=tuple(tensors))
+
+
+def describe(key: Key, leaf: Any) -> tuple[Desc, tuple[torch.Tensor, ...]]:
+    """The save description of one leaf, and the tensors behind its boxes."""
+    if is_tensor_leaf(leaf):
+        s = shards_of(leaf, key, for_load=False)
+        desc = TensorDesc(key=key, dtype=s.dtype, shape=s.shape, container=s.container,
+                          boxes=s.boxes)
+        return desc, s.tensors
+    return ValueDesc(key=key, value=encode_value(leaf, dotted(key))), ()
+
+
+def tensor_bytes(tensor: torch.Tensor) -> memoryview:
+    """The C-order little-endian bytes of ``tensor`` (copied only if needed)."""
+    t = tensor.detach()
+    if t.device.type != "cpu":
+        t = t.cpu()
+    t = t.contiguous()
+    if t.dtype == torch.bool:
+        t = t.view(torch.uint8)
+    flat = t.reshape(-1).view(torch.uint8) if t.numel() else torch.empty(0, dtype=torch.uint8)
+    return memoryview(flat.numpy()).cast("B")
+

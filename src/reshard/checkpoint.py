@@ -1,0 +1,139 @@
+"""Read-only access to a checkpoint from one process: ``reshard.open``."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Union
+
+import torch
+
+from . import config
+from .adapters.tensors import torch_dtype
+from .core.layout import Box
+from .errors import CheckpointError
+from .format.manifest import Chunk, Entry, Key, Manifest, TensorEntry, ValueEntry, dotted
+from .manifest_io import read_manifest_bytes
+from .storage import open_store
+from .transfer.read import Target, fill
+
+Index = Union[int, slice, tuple[Union[int, slice], ...], None]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ChunkInfo:
+    offsets: tuple[int, ...]
+    sizes: tuple[int, ...]
+    file: str
+    nbytes: int
+    raw_nbytes: int
+    codec: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EntryInfo:
+    """What a checkpoint holds under one key."""
+
+    key: str
+    kind: str
+    shape: tuple[int, ...] | None
+    dtype: torch.dtype | None
+    nbytes: int
+    chunks: tuple[ChunkInfo, ...]
+
+
+class Checkpoint:
+    """A committed checkpoint opened for reading; needs no torch.distributed."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self._store = open_store(path)
+        self.path = self._store.location
+        self.manifest = Manifest.from_json(
+            read_manifest_bytes(self._store), source=os.path.join(self.path, "manifest.json")
+        )
+        self._entries = self.manifest.by_dotted()
+
+    def __enter__(self) -> Checkpoint:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._store.close()
+
+    def keys(self) -> list[str]:
+        """Flattened key names, dotted (``"optim.state.0.exp_avg"``), in saved order."""
+        return list(self._entries)
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and key in self._entries
+
+    def _entry(self, key: str | Key) -> Entry:
+        name = key if isinstance(key, str) else dotted(key)
+        try:
+            return self._entries[name]
+        except KeyError:
+            raise CheckpointError(f"{self.path} has no key {name!r}") from None
+
+    def info(self, key: str | Key) -> EntryInfo:
+        entry = self._entry(key)
+        if isinstance(entry, ValueEntry):
+            return EntryInfo(key=dotted(entry.key), kind="value", shape=None, dtype=None,
+                             nbytes=0, chunks=())
+        return EntryInfo(
+            key=dotted(entry.key), kind="tensor", shape=entry.shape,
+            dtype=torch_dtype(entry.dtype), nbytes=entry.nbytes,
+            chunks=tuple(_chunk_info(c) for c in entry.chunks),
+        )
+
+    def read(self, key: str | Key, index: Index = None) -> Any:
+        """The whole tensor at ``key``, or the part a tuple of ints/slices selects.
+
+        Only the frames holding the selection are read. Plain values are returned as is.
+        """
+        entry = self._entry(key)
+        if isinstance(entry, ValueEntry):
+            if index is not None:
+                raise CheckpointError(f"key {dotted(entry.key)!r} is a plain value; it has no index")
+            return entry.decoded()
+        box, squeeze = _index_box(entry.shape, index, dotted(entry.key))
+        out = torch.empty(box.sizes, dtype=torch_dtype(entry.dtype))
+        fill(self._store, [Target(entry=entry, box=box, tensor=out)],
+             threads=config.io_threads(), max_piece_nbytes=config.max_piece_nbytes())
+        return out.squeeze(squeeze) if squeeze else out
+
+
+def open(path: str | os.PathLike[str]) -> Checkpoint:  # noqa: A001 - public name
+    """Open the checkpoint at ``path`` for reading in this process."""
+    return Checkpoint(path)
+
+
+def _chunk_info(c: Chunk) -> ChunkInfo:
+    return ChunkInfo(offsets=c.box.offsets, sizes=c.box.sizes, file=c.file, nbytes=c.nbytes,
+                     raw_nbytes=c.raw_nbytes, codec=c.codec.name)
+
+
+def _index_box(shape: tuple[int, ...], index: Index, name: str) -> tuple[Box, tuple[int, ...]]:
+    parts: tuple[Any, ...] = () if index is None else (index if isinstance(index, tuple) else (index,))
+    if len(parts) > len(shape):
+        raise CheckpointError(f"key {name!r}: {len(parts)} indices for shape {list(shape)}")
+    offsets, sizes, squeeze = [], [], []
+    for d, n in enumerate(shape):
+        part = parts[d] if d < len(parts) else slice(None)
+        if isinstance(part, int) and not isinstance(part, bool):
+            i = part + n if part < 0 else part
+            if not 0 <= i < n:
+                raise CheckpointError(f"key {name!r}: index {part} out of range for dim {d} of size {n}")
+            offsets.append(i)
+            sizes.append(1)
+            squeeze.append(d)
+        elif isinstance(part, slice):
+            start, stop, step = part.indices(n)
+            if step != 1:
+                raise CheckpointError(f"key {name!r}: slices with a step are not supported")
+            offsets.append(start)
+            sizes.append(max(0, stop - start))
+        else:
+            raise CheckpointError(f"key {name!r}: index parts must be ints or slices, got {part!r}")
+    return Box(tuple(offsets), tuple(sizes)), tuple(squeeze)

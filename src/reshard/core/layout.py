@@ -1,0 +1,204 @@
+"""Box math: every tensor is a global array tiled by boxes.
+
+A box is ``(offsets, sizes)`` in global index space. Pure Python: no torch here.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Box:
+    """A hyper-rectangle of a global array: ``offsets`` plus ``sizes``, one int per dim."""
+
+    offsets: tuple[int, ...]
+    sizes: tuple[int, ...]
+
+    @property
+    def ndim(self) -> int:
+        return len(self.sizes)
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.sizes)
+
+    @property
+    def is_empty(self) -> bool:
+        return any(s == 0 for s in self.sizes)
+
+    @property
+    def ends(self) -> tuple[int, ...]:
+        return tuple(o + s for o, s in zip(self.offsets, self.sizes))
+
+    def relative_to(self, outer: Box) -> Box:
+        """This box in the coordinates of ``outer`` (which must contain it)."""
+        return Box(tuple(a - b for a, b in zip(self.offsets, outer.offsets)), self.sizes)
+
+    def shifted(self, by: Sequence[int]) -> Box:
+        return Box(tuple(a + b for a, b in zip(self.offsets, by)), self.sizes)
+
+    def slices(self) -> tuple[slice, ...]:
+        return tuple(slice(o, o + s) for o, s in zip(self.offsets, self.sizes))
+
+
+def full_box(shape: Sequence[int]) -> Box:
+    return Box((0,) * len(shape), tuple(shape))
+
+
+def intersect(a: Box, b: Box) -> Box | None:
+    """The common part of two boxes, or None when they share no element."""
+    offsets = []
+    sizes = []
+    for ao, as_, bo, bs in zip(a.offsets, a.sizes, b.offsets, b.sizes):
+        lo = ao if ao > bo else bo
+        hi = min(ao + as_, bo + bs)
+        if hi <= lo:
+            return None
+        offsets.append(lo)
+        sizes.append(hi - lo)
+    return Box(tuple(offsets), tuple(sizes))
+
+
+def contains(outer: Box, inner: Box) -> bool:
+    return all(
+        oo <= io and io + isz <= oo + osz
+        for oo, osz, io, isz in zip(outer.offsets, outer.sizes, inner.offsets, inner.sizes)
+    )
+
+
+def c_strides(sizes: Sequence[int]) -> tuple[int, ...]:
+    """Element strides of a C-contiguous array of ``sizes``."""
+    strides = [1] * len(sizes)
+    for d in range(len(sizes) - 2, -1, -1):
+        strides[d] = strides[d + 1] * sizes[d + 1]
+    return tuple(strides)
+
+
+def element_span(outer_sizes: Sequence[int], inner: Box) -> tuple[int, int]:
+    """``[start, stop)`` element positions that ``inner`` (in outer-local coordinates)
+    touches in the C-order layout of an array of ``outer_sizes``."""
+    strides = c_strides(outer_sizes)
+    start = sum(o * s for o, s in zip(inner.offsets, strides))
+    last = start + sum((n - 1) * s for n, s in zip(inner.sizes, strides))
+    return start, last + 1
+
+
+def split_for_span(outer_sizes: Sequence[int], inner: Box, max_elements: int) -> list[Box]:
+    """Split ``inner`` into pieces whose C-order span in ``outer`` is at most
+    ``max_elements`` (a piece of one element per row is the floor)."""
+    lo, hi = element_span(outer_sizes, inner)
+    if hi - lo <= max_elements or inner.numel == 0:
+        return [inner]
+    strides = c_strides(outer_sizes)
+    for d, n in enumerate(inner.sizes):
+        if n > 1:
+            break
+    else:
+        return [inner]
+    tail = Box(inner.offsets[d + 1 :], inner.sizes[d + 1 :])
+    tail_span = element_span(outer_sizes[d + 1 :], tail)
+    tail_len = tail_span[1] - tail_span[0]
+    rows = max(1, (max_elements - tail_len) // strides[d] + 1) if max_elements >= tail_len else 1
+    pieces: list[Box] = []
+    for start in range(0, n, rows):
+        take = min(rows, n - start)
+        offsets = inner.offsets[:d] + (inner.offsets[d] + start,) + inner.offsets[d + 1 :]
+        sizes = inner.sizes[:d] + (take,) + inner.sizes[d + 1 :]
+        piece = Box(offsets, sizes)
+        if take == 1 and tail_len > max_elements:
+            pieces.extend(split_for_span(outer_sizes, piece, max_elements))
+        else:
+            pieces.append(piece)
+    return pieces
+
+
+def shard_box(
+    shape: Sequence[int],
+    mesh_shape: Sequence[int],
+    placements: Sequence[tuple[str, int]],
+    coordinate: Sequence[int],
+) -> Box:
+    """The box a mesh coordinate holds, with ``torch.chunk`` semantics.
+
+    ``placements`` has one entry per mesh dim: ``("shard", tensor_dim)`` or
+    ``("replicate", -1)``. Shards on the same tensor dim nest in mesh-dim order,
+    as DTensor does. Ranks past the end of an uneven split hold empty boxes.
+    """
+    sizes = list(shape)
+    offsets = [0] * len(shape)
+    for mesh_dim, (kind, dim) in enumerate(placements):
+        if kind == "replicate":
+            continue
+        if kind != "shard":
+            raise ValueError(f"unknown placement kind {kind!r}")
+        n = mesh_shape[mesh_dim]
+        full = -(-sizes[dim] // n) if sizes[dim] else 0
+        start = min(full * coordinate[mesh_dim], sizes[dim])
+        stop = min(full * (coordinate[mesh_dim] + 1), sizes[dim])
+        offsets[dim] += start
+        sizes[dim] = stop - start
+    return Box(tuple(offsets), tuple(sizes))
+
+
+def tiling_problem(shape: Sequence[int], boxes: Iterable[Box]) -> str | None:
+    """Why the distinct non-empty ``boxes`` do not tile ``shape`` exactly, or None."""
+    distinct = {b for b in boxes if not b.is_empty}
+    ndim = len(shape)
+    for b in distinct:
+        if b.ndim != ndim:
+            return f"box {_fmt(b)} has {b.ndim} dims, the tensor has {ndim}"
+        if any(o < 0 for o in b.offsets) or any(e > s for e, s in zip(b.ends, shape)):
+            return f"box {_fmt(b)} lies outside shape {list(shape)}"
+    overlap = _find_overlap(sorted(distinct, key=lambda b: (b.offsets, b.sizes)), 0)
+    if overlap is not None:
+        return f"boxes {_fmt(overlap[0])} and {_fmt(overlap[1])} overlap"
+    covered = sum(b.numel for b in distinct)
+    total = math.prod(shape)
+    if covered != total:
+        return f"boxes cover {covered} of {total} elements (holes)"
+    return None
+
+
+def _find_overlap(boxes: list[Box], dim: int) -> tuple[Box, Box] | None:
+    """An overlapping pair among ``boxes`` (already distinct), or None.
+
+    Groups boxes by their interval on ``dim``; groups that share one exact interval
+    recurse on the next dim, so mesh-shaped layouts cost O(n log n).
+    """
+    if len(boxes) < 2:
+        return None
+    if dim == boxes[0].ndim:
+        return boxes[0], boxes[1]
+    boxes = sorted(boxes, key=lambda b: b.offsets[dim])
+    cluster: list[Box] = [boxes[0]]
+    cluster_end = boxes[0].ends[dim]
+    for b in boxes[1:]:
+        if b.offsets[dim] < cluster_end:
+            cluster.append(b)
+            cluster_end = max(cluster_end, b.ends[dim])
+            continue
+        found = _cluster_overlap(cluster, dim)
+        if found:
+            return found
+        cluster, cluster_end = [b], b.ends[dim]
+    return _cluster_overlap(cluster, dim)
+
+
+def _cluster_overlap(cluster: list[Box], dim: int) -> tuple[Box, Box] | None:
+    if len(cluster) < 2:
+        return None
+    first = (cluster[0].offsets[dim], cluster[0].sizes[dim])
+    if all((b.offsets[dim], b.sizes[dim]) == first for b in cluster):
+        return _find_overlap(cluster, dim + 1)
+    for i, a in enumerate(cluster):
+        for b in cluster[i + 1 :]:
+            if intersect(a, b) is not None:
+                return a, b
+    return None
+
+
+def _fmt(b: Box) -> str:
+    return f"(offsets={list(b.offsets)}, sizes={list(b.sizes)})"

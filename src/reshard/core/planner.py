@@ -1,0 +1,225 @@
+"""Save plans (dedup, tiling check, writer choice) and read plans (intersections to
+byte ranges). Pure: plans are lists of small records; nothing here does I/O."""
+
+from __future__ import annotations
+
+import heapq
+import math
+from dataclasses import dataclass, field
+from typing import Union
+
+from ..errors import LayoutMismatchError
+from ..format.dtypes import ITEMSIZE
+from ..format.manifest import Chunk, Key, dotted
+from ..format.values import JsonValue
+from .layout import Box, c_strides, element_span, intersect, split_for_span, tiling_problem
+
+MAX_REPORTED_PROBLEMS = 20
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TensorDesc:
+    """What one rank holds of a tensor: its global description and its local boxes."""
+
+    key: Key
+    dtype: str
+    shape: tuple[int, ...]
+    container: str
+    boxes: tuple[Box, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ValueDesc:
+    key: Key
+    value: dict[str, JsonValue]
+
+
+Desc = Union[TensorDesc, ValueDesc]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WriteTask:
+    """Rank-local instruction: write box ``box_index`` of local item ``item_index``."""
+
+    item_index: int
+    box_index: int
+
+
+@dataclass(slots=True, kw_only=True)
+class PlannedEntry:
+    key: Key
+    desc: Desc
+    boxes: dict[Box, list[tuple[int, int, int]]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SavePlan:
+    """The coordinator's decisions: the entries in manifest order, and per rank what to write."""
+
+    entries: tuple[Desc, ...]
+    tasks: tuple[tuple[WriteTask, ...], ...]
+
+
+def plan_save(per_rank: list[list[Desc]]) -> SavePlan:
+    """Merge every rank's descriptions, check them, and pick one writer per distinct box.
+
+    Identical boxes held by several ranks (replicas) are written once; writers are
+    chosen largest box first, each by the holder with the fewest bytes so far.
+    O(total boxes x log) on the coordinator.
+    """
+    planned: dict[str, PlannedEntry] = {}
+    problems: list[str] = []
+    for rank, descs in enumerate(per_rank):
+        for item_index, desc in enumerate(descs):
+            _merge(planned, rank, item_index, desc, problems)
+    jobs: list[tuple[int, int, Box, list[tuple[int, int, int]]]] = []
+    for name, p in planned.items():
+        if not isinstance(p.desc, TensorDesc):
+            continue
+        problem = tiling_problem(p.desc.shape, p.boxes)
+        if problem is not None:
+            problems.append(
+                f"key {name!r}: the shards of shape {list(p.desc.shape)} do not tile it: {problem}"
+            )
+        nbytes_per_elem = ITEMSIZE[p.desc.dtype]
+        for box, holders in p.boxes.items():
+            if not box.is_empty:
+                jobs.append((box.numel * nbytes_per_elem, len(jobs), box, holders))
+    if problems:
+        raise LayoutMismatchError(_summarize(problems))
+    world = len(per_rank)
+    assigned_bytes = [0] * world
+    tasks: list[list[WriteTask]] = [[] for _ in range(world)]
+    jobs.sort(key=lambda j: (-j[0], j[1]))
+    for nbytes, _, _box, holders in jobs:
+        rank, item_index, box_index = min(holders, key=lambda h: (assigned_bytes[h[0]], h[0]))
+        assigned_bytes[rank] += nbytes
+        tasks[rank].append(WriteTask(item_index=item_index, box_index=box_index))
+    return SavePlan(
+        entries=tuple(p.desc for p in planned.values()),
+        tasks=tuple(tuple(t) for t in tasks),
+    )
+
+
+def _merge(
+    planned: dict[str, PlannedEntry], rank: int, item_index: int, desc: Desc, problems: list[str]
+) -> None:
+    name = dotted(desc.key)
+    p = planned.get(name)
+    if p is None:
+        p = planned[name] = PlannedEntry(key=desc.key, desc=desc)
+    elif p.key != desc.key:
+        problems.append(
+            f"keys {list(p.key)} and {list(desc.key)} both read as {name!r}; rename one"
+        )
+        return
+    elif type(p.desc) is not type(desc):
+        problems.append(f"key {name!r}: a tensor on some ranks and a plain value on rank {rank}")
+        return
+    if isinstance(desc, TensorDesc):
+        first = p.desc
+        assert isinstance(first, TensorDesc)
+        if (first.dtype, first.shape) != (desc.dtype, desc.shape):
+            problems.append(
+                f"key {name!r}: rank {rank} has dtype {desc.dtype} shape {list(desc.shape)}, "
+                f"another rank dtype {first.dtype} shape {list(first.shape)}"
+            )
+            return
+        for box_index, box in enumerate(desc.boxes):
+            p.boxes.setdefault(box, []).append((rank, item_index, box_index))
+
+
+def _summarize(problems: list[str]) -> str:
+    shown = problems[:MAX_REPORTED_PROBLEMS]
+    more = len(problems) - len(shown)
+    return "; ".join(shown) + (f"; and {more} more" if more else "")
+
+
+# Read planning
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReadPiece:
+    """Read frames ``[frame_lo, frame_hi)`` of chunk ``chunk_index`` and place part of them.
+
+    ``flat`` pieces are contiguous in both the chunk and the destination box: raw chunk
+    bytes ``[raw_lo, raw_hi)`` go to destination elements from ``dest_elem``.
+    Other pieces copy ``box`` (global coordinates) element by element.
+    """
+
+    chunk_index: int
+    frame_lo: int
+    frame_hi: int
+    box: Box
+    flat: bool
+    raw_lo: int
+    raw_hi: int
+    dest_elem: int
+
+
+def plan_reads(
+    chunks: tuple[Chunk, ...], dest: Box, itemsize: int, *, max_piece_nbytes: int
+) -> list[ReadPiece]:
+    """Pieces that fill ``dest`` from ``chunks``; each reads only the frames it needs."""
+    pieces: list[ReadPiece] = []
+    if dest.is_empty:
+        return pieces
+    for ci, chunk in enumerate(chunks):
+        inter = intersect(chunk.box, dest)
+        if inter is None:
+            continue
+        local = inter.relative_to(chunk.box)
+        lo, hi = element_span(chunk.box.sizes, local)
+        in_dest = inter.relative_to(dest)
+        d_lo, d_hi = element_span(dest.sizes, in_dest)
+        if hi - lo == inter.numel and d_hi - d_lo == inter.numel:
+            pieces.extend(_flat_pieces(ci, chunk, lo * itemsize, hi * itemsize, d_lo, itemsize,
+                                       inter, max_piece_nbytes))
+            continue
+        for sub in split_for_span(chunk.box.sizes, local, max(1, max_piece_nbytes // itemsize)):
+            s_lo, s_hi = element_span(chunk.box.sizes, sub)
+            f_lo, f_hi = _frames(chunk, s_lo * itemsize, s_hi * itemsize)
+            pieces.append(ReadPiece(
+                chunk_index=ci, frame_lo=f_lo, frame_hi=f_hi, box=sub.shifted(chunk.box.offsets),
+                flat=False, raw_lo=s_lo * itemsize, raw_hi=s_hi * itemsize, dest_elem=0,
+            ))
+    return pieces
+
+
+def _flat_pieces(
+    ci: int, chunk: Chunk, raw_lo: int, raw_hi: int, dest_elem: int, itemsize: int, inter: Box,
+    max_piece_nbytes: int,
+) -> list[ReadPiece]:
+    frame = chunk.frame_raw_nbytes
+    step = max(frame, (max_piece_nbytes // frame) * frame)
+    out = []
+    start = raw_lo
+    while start < raw_hi:
+        stop = min(raw_hi, (start // step + 1) * step)
+        # Cut on element boundaries so each piece converts dtypes on its own.
+        stop = raw_hi if stop >= raw_hi else stop - (stop - raw_lo) % itemsize
+        if stop <= start:
+            stop = min(raw_hi, start + itemsize)
+        f_lo, f_hi = _frames(chunk, start, stop)
+        out.append(ReadPiece(
+            chunk_index=ci, frame_lo=f_lo, frame_hi=f_hi, box=inter, flat=True,
+            raw_lo=start, raw_hi=stop, dest_elem=dest_elem + (start - raw_lo) // itemsize,
+        ))
+        start = stop
+    return out
+
+
+def _frames(chunk: Chunk, raw_lo: int, raw_hi: int) -> tuple[int, int]:
+    f = chunk.frame_raw_nbytes
+    return raw_lo // f, -(-raw_hi // f)
+
+
+def chunk_strides_bytes(chunk: Chunk, itemsize: int) -> tuple[int, ...]:
+    return tuple(s * itemsize for s in c_strides(chunk.box.sizes))
+
+
+def needed_nbytes(pieces: list[ReadPiece], itemsize: int) -> int:
+    return sum(
+        (p.raw_hi - p.raw_lo) if p.flat else math.prod(p.box.sizes) * itemsize for p in pieces
+    )
+

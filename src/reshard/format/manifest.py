@@ -1,0 +1,380 @@
+"""The on-disk format: manifest dataclasses, JSON encode/decode and validation.
+
+docs/FORMAT.md is the specification; this module is its reference reader and writer.
+Parsing never trusts the file: every field is type-checked, bounded and cross-checked,
+and every problem raises CorruptCheckpointError with a JSON path.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+from typing import Union
+
+from ..core.layout import Box, tiling_problem
+from ..errors import CorruptCheckpointError, UnsupportedFormatError
+from .dtypes import ITEMSIZE
+from .values import JsonValue, decode_value
+
+FORMAT_NAME = "reshard"
+FORMAT_VERSION = (1, 0)
+MANIFEST_NAME = "manifest.json"
+DATA_DIR = "data"
+
+MAX_NDIM = 64
+MAX_DIM_SIZE = 2**48
+MAX_FRAME_RAW_NBYTES = 1 << 30
+_FILE_RE = re.compile(r"^data/[A-Za-z0-9][A-Za-z0-9._-]{0,200}$")
+
+KeyPart = Union[str, int]
+Key = tuple[KeyPart, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CodecSpec:
+    """A codec and its configuration, e.g. ``zstd`` with ``level=3``."""
+
+    name: str
+    configuration: tuple[tuple[str, Union[bool, int, float, str]], ...] = ()
+
+    def to_json(self) -> dict[str, JsonValue]:
+        out: dict[str, JsonValue] = {"name": self.name}
+        if self.configuration:
+            out["configuration"] = dict(self.configuration)
+        return out
+
+
+IDENTITY = CodecSpec(name="identity")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Frame:
+    """One independently decodable, checksummed run of a chunk's stored bytes."""
+
+    nbytes: int
+    crc32c: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Chunk:
+    """A saved box of a tensor and where its bytes live.
+
+    The raw payload is the C-order little-endian elements of ``box``; it is cut into
+    frames of ``frame_raw_nbytes`` raw bytes (the last may be shorter), each encoded
+    with ``codec`` and stored back to back from ``offset`` in ``file``.
+    """
+
+    box: Box
+    file: str
+    offset: int
+    nbytes: int
+    raw_nbytes: int
+    codec: CodecSpec
+    frame_raw_nbytes: int
+    frames: tuple[Frame, ...]
+
+    def frame_offsets(self) -> list[int]:
+        """Stored byte offset of each frame in ``file``, plus the end."""
+        out = [self.offset]
+        for f in self.frames:
+            out.append(out[-1] + f.nbytes)
+        return out
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TensorEntry:
+    key: Key
+    dtype: str
+    shape: tuple[int, ...]
+    container: str
+    chunks: tuple[Chunk, ...]
+
+    @property
+    def itemsize(self) -> int:
+        return ITEMSIZE[self.dtype]
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * self.itemsize
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ValueEntry:
+    key: Key
+    value: dict[str, JsonValue]
+
+    def decoded(self) -> object:
+        return decode_value(self.value, dotted(self.key))
+
+
+Entry = Union[TensorEntry, ValueEntry]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Manifest:
+    save_id: str
+    world_size: int
+    created_unix_s: float
+    library_version: str
+    entries: tuple[Entry, ...]
+    format_version: tuple[int, int] = FORMAT_VERSION
+
+    def files(self) -> list[str]:
+        seen: dict[str, None] = {}
+        for e in self.entries:
+            if isinstance(e, TensorEntry):
+                for c in e.chunks:
+                    seen.setdefault(c.file, None)
+        return list(seen)
+
+    def by_dotted(self) -> dict[str, Entry]:
+        return {dotted(e.key): e for e in self.entries}
+
+    def to_json(self) -> bytes:
+        files = self.files()
+        file_index = {f: i for i, f in enumerate(files)}
+        codecs: list[CodecSpec] = []
+        codec_index: dict[CodecSpec, int] = {}
+        entries: list[JsonValue] = []
+        for e in self.entries:
+            if isinstance(e, ValueEntry):
+                entries.append({"key": list(e.key), "kind": "value", "value": e.value})
+                continue
+            chunks: list[JsonValue] = []
+            for c in e.chunks:
+                if c.codec not in codec_index:
+                    codec_index[c.codec] = len(codecs)
+                    codecs.append(c.codec)
+                chunks.append(
+                    {
+                        "offsets": list(c.box.offsets),
+                        "sizes": list(c.box.sizes),
+                        "file": file_index[c.file],
+                        "offset": c.offset,
+                        "nbytes": c.nbytes,
+                        "raw_nbytes": c.raw_nbytes,
+                        "codec": codec_index[c.codec],
+                        "frame_raw_nbytes": c.frame_raw_nbytes,
+                        "frames": [[f.nbytes, f.crc32c] for f in c.frames],
+                    }
+                )
+            entries.append(
+                {
+                    "key": list(e.key),
+                    "kind": "tensor",
+                    "dtype": e.dtype,
+                    "shape": list(e.shape),
+                    "container": e.container,
+                    "chunks": chunks,
+                }
+            )
+        doc = {
+            "format": FORMAT_NAME,
+            "format_version": list(self.format_version),
+            "save_id": self.save_id,
+            "world_size": self.world_size,
+            "created_unix_s": self.created_unix_s,
+            "library_version": self.library_version,
+            "files": files,
+            "codecs": [c.to_json() for c in codecs],
+            "entries": entries,
+        }
+        return json.dumps(doc, separators=(",", ":"), allow_nan=False).encode("utf-8")
+
+    @staticmethod
+    def from_json(data: bytes, *, source: str = MANIFEST_NAME) -> Manifest:
+        """Parse and fully validate a manifest; raises CorruptCheckpointError naming ``source``."""
+        try:
+            doc = json.loads(data.decode("utf-8"), parse_constant=_reject_constant)
+        except (UnicodeDecodeError, ValueError, RecursionError) as e:
+            raise CorruptCheckpointError(f"{source}: not valid JSON ({e})") from e
+        try:
+            return _parse_manifest(doc)
+        except CorruptCheckpointError as e:
+            raise type(e)(f"{source}: {e}") from None
+
+
+def dotted(key: Key) -> str:
+    """The display name of a key path: its parts joined with dots."""
+    return ".".join(str(p) for p in key)
+
+
+def _reject_constant(word: str) -> None:
+    raise ValueError(f"{word} is not allowed")
+
+
+def _fail(path: str, message: str) -> CorruptCheckpointError:
+    return CorruptCheckpointError(f"{path}: {message}")
+
+
+def _obj(doc: object, path: str) -> dict[str, object]:
+    if not isinstance(doc, dict):
+        raise _fail(path, f"expected an object, got {type(doc).__name__}")
+    return doc
+
+
+def _field(doc: dict[str, object], name: str, path: str) -> object:
+    if name not in doc:
+        raise _fail(f"{path}.{name}" if path else name, "missing")
+    return doc[name]
+
+
+def _int(value: object, path: str, *, lo: int = 0, hi: int = 2**62) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise _fail(path, f"expected an int, got {type(value).__name__}")
+    if not lo <= value <= hi:
+        raise _fail(path, f"{value} is out of range [{lo}, {hi}]")
+    return value
+
+
+def _str(value: object, path: str) -> str:
+    if not isinstance(value, str):
+        raise _fail(path, f"expected a string, got {type(value).__name__}")
+    return value
+
+
+def _list(value: object, path: str) -> list[object]:
+    if not isinstance(value, list):
+        raise _fail(path, f"expected a list, got {type(value).__name__}")
+    return value
+
+
+def _ints(value: object, path: str, *, length: int | None = None) -> tuple[int, ...]:
+    items = _list(value, path)
+    if length is not None and len(items) != length:
+        raise _fail(path, f"expected {length} ints, got {len(items)}")
+    if len(items) > MAX_NDIM:
+        raise _fail(path, f"more than {MAX_NDIM} dims")
+    return tuple(_int(v, f"{path}[{i}]", hi=MAX_DIM_SIZE) for i, v in enumerate(items))
+
+
+def _parse_manifest(raw: object) -> Manifest:
+    doc = _obj(raw, "manifest")
+    if doc.get("format") != FORMAT_NAME:
+        raise UnsupportedFormatError(f"format: expected {FORMAT_NAME!r}, got {doc.get('format')!r}")
+    version = _ints(_field(doc, "format_version", ""), "format_version", length=2)
+    if version[0] != FORMAT_VERSION[0]:
+        raise UnsupportedFormatError(
+            f"format_version {version[0]}.{version[1]} is not readable by this reshard "
+            f"(reads {FORMAT_VERSION[0]}.x); upgrade reshard"
+        )
+    files = [_str(f, f"files[{i}]") for i, f in enumerate(_list(_field(doc, "files", ""), "files"))]
+    for i, f in enumerate(files):
+        if not _FILE_RE.match(f) or ".." in f:
+            raise _fail(f"files[{i}]", f"{f!r} is not a file name inside data/")
+    codecs = [_parse_codec(c, f"codecs[{i}]") for i, c in enumerate(_list(doc.get("codecs", []), "codecs"))]
+    entries: list[Entry] = []
+    seen: set[str] = set()
+    for i, e in enumerate(_list(_field(doc, "entries", ""), "entries")):
+        entry = _parse_entry(e, f"entries[{i}]", files, codecs)
+        name = dotted(entry.key)
+        if name in seen:
+            raise _fail(f"entries[{i}].key", f"duplicate key {name!r}")
+        seen.add(name)
+        entries.append(entry)
+    created = doc.get("created_unix_s", 0.0)
+    if not isinstance(created, (int, float)) or isinstance(created, bool):
+        raise _fail("created_unix_s", "expected a number")
+    return Manifest(
+        save_id=_str(_field(doc, "save_id", ""), "save_id"),
+        world_size=_int(_field(doc, "world_size", ""), "world_size", lo=1, hi=2**31),
+        created_unix_s=float(created),
+        library_version=_str(doc.get("library_version", ""), "library_version"),
+        entries=tuple(entries),
+        format_version=(version[0], version[1]),
+    )
+
+
+def _parse_codec(raw: object, path: str) -> CodecSpec:
+    doc = _obj(raw, path)
+    name = _str(_field(doc, "name", path), f"{path}.name")
+    config = _obj(doc.get("configuration", {}), f"{path}.configuration")
+    items: list[tuple[str, Union[bool, int, float, str]]] = []
+    for k, v in sorted(config.items()):
+        if not isinstance(v, (bool, int, float, str)):
+            raise _fail(f"{path}.configuration.{k}", "expected a scalar")
+        items.append((k, v))
+    return CodecSpec(name=name, configuration=tuple(items))
+
+
+def _parse_key(raw: object, path: str) -> Key:
+    parts = _list(raw, path)
+    if not parts:
+        raise _fail(path, "empty key")
+    out: list[KeyPart] = []
+    for i, p in enumerate(parts):
+        if isinstance(p, bool) or not isinstance(p, (str, int)):
+            raise _fail(f"{path}[{i}]", "expected a string or int")
+        out.append(p)
+    return tuple(out)
+
+
+def _parse_entry(raw: object, path: str, files: list[str], codecs: list[CodecSpec]) -> Entry:
+    doc = _obj(raw, path)
+    key = _parse_key(_field(doc, "key", path), f"{path}.key")
+    kind = _field(doc, "kind", path)
+    if kind == "value":
+        value = _obj(_field(doc, "value", path), f"{path}.value")
+        decode_value(value, f"{path}.value")
+        return ValueEntry(key=key, value=value)  # type: ignore[arg-type]
+    if kind != "tensor":
+        raise _fail(f"{path}.kind", f"expected 'tensor' or 'value', got {kind!r}")
+    dtype = _str(_field(doc, "dtype", path), f"{path}.dtype")
+    if dtype not in ITEMSIZE:
+        raise _fail(f"{path}.dtype", f"unknown dtype {dtype!r}")
+    shape = _ints(_field(doc, "shape", path), f"{path}.shape")
+    if math.prod(shape) * ITEMSIZE[dtype] > 2**62:
+        raise _fail(f"{path}.shape", f"{list(shape)} is too large")
+    container = _str(doc.get("container", "torch"), f"{path}.container")
+    chunks = tuple(
+        _parse_chunk(c, f"{path}.chunks[{i}]", shape, ITEMSIZE[dtype], files, codecs)
+        for i, c in enumerate(_list(_field(doc, "chunks", path), f"{path}.chunks"))
+    )
+    problem = tiling_problem(shape, [c.box for c in chunks])
+    if problem is not None:
+        raise _fail(f"{path}.chunks", f"chunks of {dotted(key)!r} do not tile its shape: {problem}")
+    if len({c.box for c in chunks}) != len(chunks):
+        raise _fail(f"{path}.chunks", "duplicate chunk boxes")
+    return TensorEntry(key=key, dtype=dtype, shape=shape, container=container, chunks=chunks)
+
+
+def _parse_chunk(
+    raw: object, path: str, shape: tuple[int, ...], itemsize: int, files: list[str],
+    codecs: list[CodecSpec],
+) -> Chunk:
+    doc = _obj(raw, path)
+    offsets = _ints(_field(doc, "offsets", path), f"{path}.offsets", length=len(shape))
+    sizes = _ints(_field(doc, "sizes", path), f"{path}.sizes", length=len(shape))
+    box = Box(offsets, sizes)
+    if any(o + s > d for o, s, d in zip(offsets, sizes, shape)) or box.is_empty:
+        raise _fail(path, f"box {list(offsets)}+{list(sizes)} is empty or outside shape {list(shape)}")
+    file_idx = _int(_field(doc, "file", path), f"{path}.file", hi=len(files) - 1)
+    codec_idx = _int(_field(doc, "codec", path), f"{path}.codec", hi=len(codecs) - 1)
+    raw_nbytes = _int(_field(doc, "raw_nbytes", path), f"{path}.raw_nbytes")
+    if raw_nbytes != box.numel * itemsize:
+        raise _fail(f"{path}.raw_nbytes", f"{raw_nbytes} != {box.numel} elements x {itemsize} bytes")
+    frame_raw = _int(
+        _field(doc, "frame_raw_nbytes", path), f"{path}.frame_raw_nbytes", lo=1, hi=MAX_FRAME_RAW_NBYTES
+    )
+    frames_raw = _list(_field(doc, "frames", path), f"{path}.frames")
+    if len(frames_raw) != -(-raw_nbytes // frame_raw):
+        raise _fail(f"{path}.frames", f"expected {-(-raw_nbytes // frame_raw)} frames, got {len(frames_raw)}")
+    frames = []
+    for i, f in enumerate(frames_raw):
+        pair = _ints(f, f"{path}.frames[{i}]", length=2)
+        frames.append(Frame(nbytes=pair[0], crc32c=_int(pair[1], f"{path}.frames[{i}][1]", hi=2**32 - 1)))
+    nbytes = _int(_field(doc, "nbytes", path), f"{path}.nbytes")
+    if nbytes != sum(f.nbytes for f in frames):
+        raise _fail(f"{path}.nbytes", f"{nbytes} != the sum of its frames")
+    codec = codecs[codec_idx]
+    if codec == IDENTITY and any(
+        f.nbytes != min(frame_raw, raw_nbytes - i * frame_raw) for i, f in enumerate(frames)
+    ):
+        raise _fail(f"{path}.frames", "identity frames must hold exactly their raw bytes")
+    return Chunk(
+        box=box, file=files[file_idx], offset=_int(_field(doc, "offset", path), f"{path}.offset"),
+        nbytes=nbytes, raw_nbytes=raw_nbytes, codec=codec, frame_raw_nbytes=frame_raw,
+        frames=tuple(frames),
+    )

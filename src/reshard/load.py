@@ -1,0 +1,138 @@
+"""The load path: read the manifest once, match it to the state dict, fill in place."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import config
+from .adapters.tensors import flatten, is_tensor_leaf, set_path, shards_of, torch_dtype
+from .core.layout import full_box
+from .dist.collective import Collective
+from .errors import LayoutMismatchError, MissingKeysError
+from .format.manifest import Entry, Manifest, TensorEntry, dotted
+from .storage import Store, open_store
+from .transfer.read import Target, fill
+from .manifest_io import read_manifest_bytes
+
+
+@dataclass(slots=True)
+class LoadPlan:
+    targets: list[Target]
+    values: list[tuple[tuple[Any, ...], Any]]
+
+
+def load(
+    state_dict: dict[str, Any],
+    path: str | os.PathLike[str],
+    *,
+    process_group: Any = None,
+    strict: bool = True,
+) -> None:
+    """Fill ``state_dict`` in place from the checkpoint at ``path``; collective.
+
+    Each rank reads only the bytes its own shards need, whatever mesh, placements or
+    world size saved them. Tensors (DTensor local shards, plain tensors, numpy arrays,
+    LocalShardsWrapper shards, checkpointable subclasses) are written into; plain values
+    are replaced. With ``strict`` a key the checkpoint lacks raises; extra checkpoint
+    keys are ignored. Errors are raised on every rank.
+    """
+    coll = Collective(process_group)
+    store = open_store(path)
+    try:
+        raw = coll.agree_broadcast(lambda: read_manifest_bytes(store))
+        plan: dict[str, LoadPlan] = {}
+
+        def prepare() -> None:
+            manifest = Manifest.from_json(raw, source=os.path.join(store.location, "manifest.json"))
+            plan["plan"] = plan_load(state_dict, manifest, strict=strict, location=store.location)
+
+        coll.agree_all(prepare)
+
+        def execute() -> None:
+            apply(store, state_dict, plan["plan"])
+
+        coll.agree_all(execute)
+    finally:
+        store.close()
+
+
+def apply(store: Store, state_dict: dict[str, Any], plan: LoadPlan) -> None:
+    with torch.no_grad():
+        fill(store, plan.targets, threads=config.io_threads(),
+             max_piece_nbytes=config.max_piece_nbytes())
+    for key, value in plan.values:
+        set_path(state_dict, key, value() if callable(value) else value)
+
+
+def plan_load(
+    state_dict: Mapping[str, Any], manifest: Manifest, *, strict: bool, location: str
+) -> LoadPlan:
+    """Targets and replacement values for every key of ``state_dict``; raises on mismatch."""
+    by_key: dict[Any, Entry] = {e.key: e for e in manifest.entries}
+    by_name = manifest.by_dotted()
+    targets: list[Target] = []
+    values: list[tuple[tuple[Any, ...], Any]] = []
+    missing: list[str] = []
+    problems: list[str] = []
+    for key, leaf in flatten(state_dict):
+        entry = by_key.get(key) or by_name.get(dotted(key))
+        if entry is None:
+            missing.append(dotted(key))
+            continue
+        if isinstance(entry, TensorEntry):
+            _match_tensor(key, leaf, entry, targets, values, problems)
+        elif is_tensor_leaf(leaf):
+            problems.append(f"key {dotted(key)!r}: the checkpoint holds a plain value, "
+                            f"the state dict a {type(leaf).__name__}")
+        else:
+            values.append((key, entry.decoded()))
+    if problems:
+        raise LayoutMismatchError(_join(problems))
+    if missing and strict:
+        raise MissingKeysError(
+            f"the checkpoint at {location} has no key {_join([repr(m) for m in missing], ', ')} "
+            "(load with strict=False to skip missing keys)"
+        )
+    return LoadPlan(targets=targets, values=values)
+
+
+def _match_tensor(
+    key: tuple[Any, ...], leaf: Any, entry: TensorEntry, targets: list[Target],
+    values: list[tuple[tuple[Any, ...], Any]], problems: list[str],
+) -> None:
+    name = dotted(key)
+    if not is_tensor_leaf(leaf):
+        tensor = torch.empty(entry.shape, dtype=torch_dtype(entry.dtype))
+        targets.append(Target(entry=entry, box=full_box(entry.shape), tensor=tensor))
+        values.append((key, _as_container(tensor, entry.container)))
+        return
+    scalar = isinstance(leaf, np.generic)
+    if scalar:
+        leaf = np.array(leaf)
+    shards = shards_of(leaf, key, for_load=True)
+    if shards.shape != entry.shape:
+        problems.append(f"key {name!r}: the checkpoint holds shape {list(entry.shape)}, "
+                        f"the state dict expects {list(shards.shape)}")
+        return
+    for box, tensor in zip(shards.boxes, shards.tensors):
+        targets.append(Target(entry=entry, box=box, tensor=tensor))
+    if scalar:
+        values.append((key, lambda a=leaf: a[()]))
+
+
+def _as_container(tensor: torch.Tensor, container: str) -> Any:
+    if container == "torch" or tensor.dtype == torch.bfloat16:
+        return tensor
+    array = tensor.numpy()
+    return (lambda: array[()]) if container == "numpy_scalar" else array
+
+
+def _join(items: list[str], sep: str = "; ", limit: int = 20) -> str:
+    more = len(items) - limit
+    return sep.join(items[:limit]) + (f" and {more} more" if more > 0 else "")
