@@ -12,12 +12,12 @@ from . import config
 from .adapters.tensors import torch_dtype
 from .core.layout import Box
 from .errors import CheckpointError
-from .format.manifest import Chunk, Entry, Key, Manifest, TensorEntry, ValueEntry, dotted
-from .manifest_io import read_manifest_bytes
+from .format.manifest import Chunk, Entry, Key, ValueEntry, dotted
+from .manifest_io import load_manifest
 from .storage import open_store
 from .transfer.read import Target, fill
 
-Index = Union[int, slice, tuple[Union[int, slice], ...], None]
+Index = Union[int, slice, tuple[int | slice, ...], None]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -48,9 +48,7 @@ class Checkpoint:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self._store = open_store(path)
         self.path = self._store.location
-        self.manifest = Manifest.from_json(
-            read_manifest_bytes(self._store), source=os.path.join(self.path, "manifest.json")
-        )
+        self.manifest = load_manifest(self._store)
         self._entries = self.manifest.by_dotted()
 
     def __enter__(self) -> Checkpoint:

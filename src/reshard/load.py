@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
 import torch
 
 from . import config
@@ -16,9 +17,9 @@ from .core.layout import full_box
 from .dist.collective import Collective
 from .errors import LayoutMismatchError, MissingKeysError
 from .format.manifest import Entry, Manifest, TensorEntry, dotted
+from .manifest_io import load_manifest
 from .storage import Store, open_store
 from .transfer.read import Target, fill
-from .manifest_io import read_manifest_bytes
 
 
 @dataclass(slots=True)
@@ -45,11 +46,10 @@ def load(
     coll = Collective(process_group)
     store = open_store(path)
     try:
-        raw = coll.agree_broadcast(lambda: read_manifest_bytes(store))
+        manifest = coll.agree_broadcast(lambda: load_manifest(store))
         plan: dict[str, LoadPlan] = {}
 
         def prepare() -> None:
-            manifest = Manifest.from_json(raw, source=os.path.join(store.location, "manifest.json"))
             plan["plan"] = plan_load(state_dict, manifest, strict=strict, location=store.location)
 
         coll.agree_all(prepare)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
 import torch
 
 from ..core.layout import Box, full_box

@@ -1,5 +1,6 @@
 """Codecs (storage transforms applied to each frame) and checksums."""
 
+from .checksum import crc32c
 from .registry import (
     Codec,
     IdentityCodec,
@@ -9,7 +10,6 @@ from .registry import (
     register_codec,
     resolve_codec,
 )
-from .checksum import crc32c
 
 __all__ = [
     "Codec",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import Protocol, Union, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 from ..errors import CheckpointError, UnknownCodecError
 from ..format.manifest import IDENTITY, CodecSpec
@@ -96,7 +96,7 @@ def register_codec(codec: Codec) -> None:
     _user_codecs[name] = codec
 
 
-def resolve_codec(codec: Union[None, str, Codec]) -> tuple[Codec, CodecSpec]:
+def resolve_codec(codec: None | str | Codec) -> tuple[Codec, CodecSpec]:
     """The codec object and its manifest record for a ``save(codec=...)`` argument."""
     if codec is None or codec == "identity":
         return IdentityCodec(), IDENTITY

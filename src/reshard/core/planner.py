@@ -3,7 +3,6 @@ byte ranges). Pure: plans are lists of small records; nothing here does I/O."""
 
 from __future__ import annotations
 
-import heapq
 import math
 from dataclasses import dataclass, field
 from typing import Union

@@ -37,7 +37,7 @@ class CodecSpec:
     """A codec and its configuration, e.g. ``zstd`` with ``level=3``."""
 
     name: str
-    configuration: tuple[tuple[str, Union[bool, int, float, str]], ...] = ()
+    configuration: tuple[tuple[str, bool | int | float | str], ...] = ()
 
     def to_json(self) -> dict[str, JsonValue]:
         out: dict[str, JsonValue] = {"name": self.name}
@@ -51,10 +51,14 @@ IDENTITY = CodecSpec(name="identity")
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Frame:
-    """One independently decodable, checksummed run of a chunk's stored bytes."""
+    """One independently decodable, checksummed run of a chunk's stored bytes.
+
+    ``crc32c`` is None only in manifests built in memory for foreign formats (DCP);
+    the reshard format always records it.
+    """
 
     nbytes: int
-    crc32c: int
+    crc32c: int | None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -291,7 +295,7 @@ def _parse_codec(raw: object, path: str) -> CodecSpec:
     doc = _obj(raw, path)
     name = _str(_field(doc, "name", path), f"{path}.name")
     config = _obj(doc.get("configuration", {}), f"{path}.configuration")
-    items: list[tuple[str, Union[bool, int, float, str]]] = []
+    items: list[tuple[str, bool | int | float | str]] = []
     for k, v in sorted(config.items()):
         if not isinstance(v, (bool, int, float, str)):
             raise _fail(f"{path}.configuration.{k}", "expected a scalar")
