@@ -3,6 +3,7 @@ LocalShardsWrapper and DCP's checkpointable protocol."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -121,9 +122,7 @@ def is_tensor_leaf(leaf: Any) -> bool:
 def shards_of(leaf: Any, key: Key, *, for_load: bool) -> Shards:
     """The boxes of ``leaf`` held by this rank and the tensors backing them."""
     name = dotted(key)
-    from torch.distributed.tensor import DTensor
-
-    if isinstance(leaf, DTensor) and not hasattr(leaf._local_tensor, "__create_chunk_list__"):
+    if _is_dtensor(leaf) and not hasattr(leaf._local_tensor, "__create_chunk_list__"):
         return _dtensor_shards(leaf, name)
     if hasattr(leaf, "__create_chunk_list__"):
         return _protocol_shards(leaf, name, for_load=for_load)
@@ -145,6 +144,12 @@ def shards_of(leaf: Any, key: Key, *, for_load: bool) -> Shards:
         shape=shape, dtype=dtype_name(tensor.dtype, name), container=container,
         boxes=(full_box(shape),), tensors=(tensor,),
     )
+
+
+def _is_dtensor(leaf: Any) -> bool:
+    # Importing DTensor costs most of a second; a leaf can only be one if it was imported.
+    module = sys.modules.get("torch.distributed.tensor")
+    return module is not None and isinstance(leaf, module.DTensor)
 
 
 def _dtensor_shards(dt: Any, name: str) -> Shards:
