@@ -1,0 +1,49 @@
+"""The command line as a user meets it: inspect, demo, usage errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import reshard
+from reshard.cli import main
+
+
+def test_inspect_lists_keys_shapes_and_totals(tmp_path, capsys):
+    path = tmp_path / "ckpt"
+    reshard.save({"w": torch.arange(12.0).reshape(3, 4), "opt": {"step": 3},
+                  "arr": np.arange(5, dtype=np.int8)}, path)
+    assert main(["inspect", str(path), "--chunks"]) == 0
+    out = capsys.readouterr().out
+    assert "w" in out and "float32" in out and "[3, 4]" in out
+    assert "opt.step" in out and "arr" in out and "int8" in out
+    assert "3 keys, 2 chunks" in out
+    assert "offsets=[0, 0] sizes=[3, 4]" in out
+
+
+def test_inspect_missing_checkpoint_exits_1_naming_path(tmp_path, capsys):
+    assert main(["inspect", str(tmp_path / "nothing")]) == 1
+    err = capsys.readouterr().err
+    assert "CheckpointNotFoundError" in err and "nothing" in err
+
+
+def test_no_command_is_a_usage_error(capsys):
+    assert main([]) == 2
+
+
+def test_unknown_command_is_a_usage_error():
+    with pytest.raises(SystemExit) as e:
+        main(["frobnicate"])
+    assert e.value.code == 2
+
+
+@pytest.mark.dist
+def test_demo_passes_end_to_end(tmp_path, capsys):
+    assert main(["demo", "--workdir", str(tmp_path), "--keep"]) == 0
+    out = capsys.readouterr().out
+    assert "demo passed" in out
+    assert out.count("every value matches") == 2
+    with reshard.open(tmp_path / "checkpoint") as ckpt:
+        assert ckpt.manifest.world_size == 4
+        assert "tensors.model.embed.weight" in ckpt.keys()
