@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Union
 
 from ..core.layout import Box, tiling_problem
-from ..errors import CorruptCheckpointError, UnsupportedFormatError
+from ..errors import CheckpointError, CorruptCheckpointError, UnsupportedFormatError
 from .dtypes import ITEMSIZE
 from .values import JsonValue, decode_value
 
@@ -26,6 +26,7 @@ DATA_DIR = "data"
 MAX_NDIM = 64
 MAX_DIM_SIZE = 2**48
 MAX_FRAME_RAW_NBYTES = 1 << 30
+MAX_FILE_OFFSET = 2**62
 _FILE_RE = re.compile(r"^data/[A-Za-z0-9][A-Za-z0-9._-]{0,200}$")
 
 KeyPart = Union[str, int]
@@ -196,8 +197,15 @@ class Manifest:
             raise CorruptCheckpointError(f"{source}: not valid JSON ({e})") from e
         try:
             return _parse_manifest(doc)
-        except CorruptCheckpointError as e:
+        except CheckpointError as e:
             raise type(e)(f"{source}: {e}") from None
+        except (KeyError, IndexError, TypeError, ValueError, ArithmeticError, RecursionError,
+                MemoryError) as e:
+            # A safety net: every check above should have caught a malformed manifest first.
+            # Whatever slipped through is still a bad file, not a crash of the caller.
+            raise CorruptCheckpointError(
+                f"{source}: malformed manifest ({type(e).__name__}: {str(e)[:200]})"
+            ) from e
 
 
 def dotted(key: Key) -> str:
@@ -266,7 +274,7 @@ def _parse_manifest(raw: object) -> Manifest:
         )
     files = [_str(f, f"files[{i}]") for i, f in enumerate(_list(_field(doc, "files", ""), "files"))]
     for i, f in enumerate(files):
-        if not _FILE_RE.match(f) or ".." in f:
+        if not _FILE_RE.fullmatch(f) or ".." in f:
             raise _fail(f"files[{i}]", f"{f!r} is not a file name inside data/")
     codecs = [_parse_codec(c, f"codecs[{i}]") for i, c in enumerate(_list(doc.get("codecs", []), "codecs"))]
     entries: list[Entry] = []
@@ -279,8 +287,11 @@ def _parse_manifest(raw: object) -> Manifest:
         seen.add(name)
         entries.append(entry)
     created = doc.get("created_unix_s", 0.0)
-    if not isinstance(created, (int, float)) or isinstance(created, bool):
-        raise _fail("created_unix_s", "expected a number")
+    if (
+        not isinstance(created, (int, float)) or isinstance(created, bool)
+        or not -1e12 < created < 1e12
+    ):
+        raise _fail("created_unix_s", f"expected a number of seconds, got {str(created)[:40]}")
     return Manifest(
         save_id=_str(_field(doc, "save_id", ""), "save_id"),
         world_size=_int(_field(doc, "world_size", ""), "world_size", lo=1, hi=2**31),
@@ -373,12 +384,17 @@ def _parse_chunk(
     if nbytes != sum(f.nbytes for f in frames):
         raise _fail(f"{path}.nbytes", f"{nbytes} != the sum of its frames")
     codec = codecs[codec_idx]
-    if codec == IDENTITY and any(
+    offset = _int(_field(doc, "offset", path), f"{path}.offset")
+    if offset + nbytes > MAX_FILE_OFFSET:
+        raise _fail(path, f"bytes [{offset}, {offset + nbytes}) lie beyond any file")
+    # By name, not by spec: a configuration on "identity" must not skip this check,
+    # since the read path sizes its buffers from these frames.
+    if codec.name == IDENTITY.name and any(
         f.nbytes != min(frame_raw, raw_nbytes - i * frame_raw) for i, f in enumerate(frames)
     ):
         raise _fail(f"{path}.frames", "identity frames must hold exactly their raw bytes")
     return Chunk(
-        box=box, file=files[file_idx], offset=_int(_field(doc, "offset", path), f"{path}.offset"),
+        box=box, file=files[file_idx], offset=offset,
         nbytes=nbytes, raw_nbytes=raw_nbytes, codec=codec, frame_raw_nbytes=frame_raw,
         frames=tuple(frames),
     )
