@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import zlib
 from dataclasses import dataclass
 from typing import Union
 
@@ -27,6 +28,7 @@ MAX_NDIM = 64
 MAX_DIM_SIZE = 2**48
 MAX_FRAME_RAW_NBYTES = 1 << 30
 MAX_FILE_OFFSET = 2**62
+CHECKSUM_FIELD = "manifest_crc32"
 _FILE_RE = re.compile(r"^data/[A-Za-z0-9][A-Za-z0-9._-]{0,200}$")
 
 KeyPart = Union[str, int]
@@ -186,6 +188,7 @@ class Manifest:
             "codecs": [c.to_json() for c in codecs],
             "entries": entries,
         }
+        doc[CHECKSUM_FIELD] = _doc_crc32(doc)
         return json.dumps(doc, separators=(",", ":"), allow_nan=False).encode("utf-8")
 
     @staticmethod
@@ -196,6 +199,7 @@ class Manifest:
         except (UnicodeDecodeError, ValueError, RecursionError) as e:
             raise CorruptCheckpointError(f"{source}: not valid JSON ({e})") from e
         try:
+            _check_crc(doc)
             return _parse_manifest(doc)
         except CheckpointError as e:
             raise type(e)(f"{source}: {e}") from None
@@ -211,6 +215,31 @@ class Manifest:
 def dotted(key: Key) -> str:
     """The display name of a key path: its parts joined with dots."""
     return ".".join(str(p) for p in key)
+
+
+def _doc_crc32(doc: dict[str, object]) -> int:
+    """CRC-32 of the canonical JSON of ``doc`` without its checksum field.
+
+    Canonical: keys sorted, no spaces, ASCII only. Taken over the parsed document rather
+    than the file's bytes, so re-indenting a manifest keeps it valid while any change of a
+    value (a flipped digit of a plain value, a shape, a dtype) is caught.
+    """
+    body = {k: v for k, v in doc.items() if k != CHECKSUM_FIELD}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+    return zlib.crc32(text.encode("ascii"))
+
+
+def _check_crc(doc: object) -> None:
+    """Check the optional whole-manifest checksum (writers other than reshard may omit it)."""
+    if not isinstance(doc, dict) or CHECKSUM_FIELD not in doc:
+        return
+    expected = _int(doc[CHECKSUM_FIELD], CHECKSUM_FIELD, hi=2**32 - 1)
+    try:
+        actual = _doc_crc32(doc)
+    except (ValueError, RecursionError) as e:  # e.g. 1e999 parses as inf, which JSON lacks
+        raise _fail(CHECKSUM_FIELD, f"the manifest cannot be checked: {e}") from None
+    if actual != expected:
+        raise _fail(CHECKSUM_FIELD, "the manifest fails its CRC-32 check: it was modified or damaged")
 
 
 def _reject_constant(word: str) -> None:
