@@ -88,7 +88,7 @@ def test_zstd_levels(tmp_path: Path) -> None:
         sizes[level] = sum(os.path.getsize(f) for f in data_files(tmp_path))
         assert leftovers(tmp_path) == []
     for bad in ("zstd:x", "zstd:23", "zstd:", "zstd:1.5"):
-        with pytest.raises(reshard.CheckpointError, match="zstd"):
+        with pytest.raises(reshard.CheckpointError, match="(?i)zstd"):
             reshard.save(make_state(1), tmp_path, codec=bad)
     for bad_level in (23, -(2**17) - 1, True, 2.0):
         with pytest.raises(reshard.CheckpointError, match="level"):
