@@ -23,6 +23,7 @@ from .errors import (
 )
 from .load import load
 from .save import save
+from .verify import VerifyReport, verify
 
 __all__ = [
     "Checkpoint",
@@ -39,10 +40,12 @@ __all__ = [
     "UnknownCodecError",
     "UnsupportedFormatError",
     "UnsupportedValueError",
+    "VerifyReport",
     "ZstdCodec",
     "__version__",
     "load",
     "open",
     "register_codec",
     "save",
+    "verify",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 import uuid
@@ -101,19 +102,36 @@ def _save(coll: Collective, store: Store, state_dict: Mapping[str, Any], codec_a
         keep = set(manifest.files())
         _sync_data_dir(store)
         store.write_atomic(MANIFEST_NAME, manifest.to_json())
-        _remove_files(store, lambda name: name not in keep)
+        # Committed: from here the save has succeeded. Removing the previous files is
+        # best effort; whatever is left is removed by the next save to this path.
+        try:
+            _remove_files(store, lambda name: name not in keep)
+        except Exception as e:  # noqa: BLE001 - must not report a committed save as failed
+            _log.warning("reshard.save: committed %s but could not remove old files: %s",
+                         store.location, e)
 
     coll.agree_broadcast(commit)
+
+
+_log = logging.getLogger("reshard")
 
 
 def _check_target(store: Store) -> None:
     location = store.location
     if os.path.exists(location) and not os.path.isdir(location):
         raise StorageError(f"cannot save to {location}: it is a file, not a directory")
+    data = os.path.join(location, DATA_DIR)
     try:
-        os.makedirs(os.path.join(location, DATA_DIR), exist_ok=True)
+        os.makedirs(data, exist_ok=True)
     except OSError as e:
         raise StorageError(f"cannot create checkpoint directory {location}: {e}") from e
+    # The save deletes every file in data/ that the new manifest does not name: a data/
+    # that is a symlink to some other folder would have that folder emptied.
+    if os.path.islink(data) or os.path.dirname(os.path.realpath(data)) != os.path.realpath(location):
+        raise StorageError(
+            f"cannot save to {location}: {data} is a symlink; it must be a plain folder "
+            "inside the checkpoint (a save removes every file there that it did not write)"
+        )
 
 
 def _sync_data_dir(store: Store) -> None:

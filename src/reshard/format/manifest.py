@@ -10,11 +10,12 @@ from __future__ import annotations
 import json
 import math
 import re
+import zlib
 from dataclasses import dataclass
 from typing import Union
 
 from ..core.layout import Box, tiling_problem
-from ..errors import CorruptCheckpointError, UnsupportedFormatError
+from ..errors import CheckpointError, CorruptCheckpointError, UnsupportedFormatError
 from .dtypes import ITEMSIZE
 from .values import JsonValue, decode_value
 
@@ -26,6 +27,8 @@ DATA_DIR = "data"
 MAX_NDIM = 64
 MAX_DIM_SIZE = 2**48
 MAX_FRAME_RAW_NBYTES = 1 << 30
+MAX_FILE_OFFSET = 2**62
+CHECKSUM_FIELD = "manifest_crc32"
 _FILE_RE = re.compile(r"^data/[A-Za-z0-9][A-Za-z0-9._-]{0,200}$")
 
 KeyPart = Union[str, int]
@@ -185,6 +188,7 @@ class Manifest:
             "codecs": [c.to_json() for c in codecs],
             "entries": entries,
         }
+        doc[CHECKSUM_FIELD] = _doc_crc32(doc)
         return json.dumps(doc, separators=(",", ":"), allow_nan=False).encode("utf-8")
 
     @staticmethod
@@ -195,14 +199,47 @@ class Manifest:
         except (UnicodeDecodeError, ValueError, RecursionError) as e:
             raise CorruptCheckpointError(f"{source}: not valid JSON ({e})") from e
         try:
+            _check_crc(doc)
             return _parse_manifest(doc)
-        except CorruptCheckpointError as e:
+        except CheckpointError as e:
             raise type(e)(f"{source}: {e}") from None
+        except (KeyError, IndexError, TypeError, ValueError, ArithmeticError, RecursionError,
+                MemoryError) as e:
+            # A safety net: every check above should have caught a malformed manifest first.
+            # Whatever slipped through is still a bad file, not a crash of the caller.
+            raise CorruptCheckpointError(
+                f"{source}: malformed manifest ({type(e).__name__}: {str(e)[:200]})"
+            ) from e
 
 
 def dotted(key: Key) -> str:
     """The display name of a key path: its parts joined with dots."""
     return ".".join(str(p) for p in key)
+
+
+def _doc_crc32(doc: dict[str, object]) -> int:
+    """CRC-32 of the canonical JSON of ``doc`` without its checksum field.
+
+    Canonical: keys sorted, no spaces, ASCII only. Taken over the parsed document rather
+    than the file's bytes, so re-indenting a manifest keeps it valid while any change of a
+    value (a flipped digit of a plain value, a shape, a dtype) is caught.
+    """
+    body = {k: v for k, v in doc.items() if k != CHECKSUM_FIELD}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+    return zlib.crc32(text.encode("ascii"))
+
+
+def _check_crc(doc: object) -> None:
+    """Check the optional whole-manifest checksum (writers other than reshard may omit it)."""
+    if not isinstance(doc, dict) or CHECKSUM_FIELD not in doc:
+        return
+    expected = _int(doc[CHECKSUM_FIELD], CHECKSUM_FIELD, hi=2**32 - 1)
+    try:
+        actual = _doc_crc32(doc)
+    except (ValueError, RecursionError) as e:  # e.g. 1e999 parses as inf, which JSON lacks
+        raise _fail(CHECKSUM_FIELD, f"the manifest cannot be checked: {e}") from None
+    if actual != expected:
+        raise _fail(CHECKSUM_FIELD, "the manifest fails its CRC-32 check: it was modified or damaged")
 
 
 def _reject_constant(word: str) -> None:
@@ -266,7 +303,7 @@ def _parse_manifest(raw: object) -> Manifest:
         )
     files = [_str(f, f"files[{i}]") for i, f in enumerate(_list(_field(doc, "files", ""), "files"))]
     for i, f in enumerate(files):
-        if not _FILE_RE.match(f) or ".." in f:
+        if not _FILE_RE.fullmatch(f) or ".." in f:
             raise _fail(f"files[{i}]", f"{f!r} is not a file name inside data/")
     codecs = [_parse_codec(c, f"codecs[{i}]") for i, c in enumerate(_list(doc.get("codecs", []), "codecs"))]
     entries: list[Entry] = []
@@ -279,8 +316,11 @@ def _parse_manifest(raw: object) -> Manifest:
         seen.add(name)
         entries.append(entry)
     created = doc.get("created_unix_s", 0.0)
-    if not isinstance(created, (int, float)) or isinstance(created, bool):
-        raise _fail("created_unix_s", "expected a number")
+    if (
+        not isinstance(created, (int, float)) or isinstance(created, bool)
+        or not -1e12 < created < 1e12
+    ):
+        raise _fail("created_unix_s", f"expected a number of seconds, got {str(created)[:40]}")
     return Manifest(
         save_id=_str(_field(doc, "save_id", ""), "save_id"),
         world_size=_int(_field(doc, "world_size", ""), "world_size", lo=1, hi=2**31),
@@ -373,12 +413,17 @@ def _parse_chunk(
     if nbytes != sum(f.nbytes for f in frames):
         raise _fail(f"{path}.nbytes", f"{nbytes} != the sum of its frames")
     codec = codecs[codec_idx]
-    if codec == IDENTITY and any(
+    offset = _int(_field(doc, "offset", path), f"{path}.offset")
+    if offset + nbytes > MAX_FILE_OFFSET:
+        raise _fail(path, f"bytes [{offset}, {offset + nbytes}) lie beyond any file")
+    # By name, not by spec: a configuration on "identity" must not skip this check,
+    # since the read path sizes its buffers from these frames.
+    if codec.name == IDENTITY.name and any(
         f.nbytes != min(frame_raw, raw_nbytes - i * frame_raw) for i, f in enumerate(frames)
     ):
         raise _fail(f"{path}.frames", "identity frames must hold exactly their raw bytes")
     return Chunk(
-        box=box, file=files[file_idx], offset=_int(_field(doc, "offset", path), f"{path}.offset"),
+        box=box, file=files[file_idx], offset=offset,
         nbytes=nbytes, raw_nbytes=raw_nbytes, codec=codec, frame_raw_nbytes=frame_raw,
         frames=tuple(frames),
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 import threading
 import uuid
 from typing import BinaryIO
@@ -50,7 +51,13 @@ class _DurableFile:
 
 
 class LocalStore:
-    """Files under one directory. Reads use ``pread`` on cached descriptors (thread-safe)."""
+    """Files under one directory. Reads use ``pread`` on cached descriptors (thread-safe).
+
+    Names never leave the directory: ``..``, absolute names, and symlinks (of a file or of
+    a folder such as ``data/``) that resolve outside the checkpoint's real path are refused,
+    for reads, writes and deletes alike. The root itself may be a symlink (``latest ->
+    step-1000``). Only regular files are read, so a FIFO or device cannot block or flood a load.
+    """
 
     def __init__(self, root: str) -> None:
         self.location = os.path.abspath(root)
@@ -61,7 +68,14 @@ class LocalStore:
         parts = name.split("/")
         if name.startswith("/") or any(p in ("", ".", "..") for p in parts):
             raise CorruptCheckpointError(f"{self.location}: refusing file name {name!r}")
-        return os.path.join(self.location, *parts)
+        path = os.path.join(self.location, *parts)
+        root = os.path.realpath(self.location)
+        real = os.path.realpath(path)
+        if real != root and not real.startswith(root + os.sep):
+            raise CorruptCheckpointError(
+                f"{self.location}: refusing {name!r}: it resolves to {real}, outside the checkpoint"
+            )
+        return path
 
     def open_writer(self, name: str) -> BinaryIO:
         path = self._path(name)
@@ -76,12 +90,7 @@ class LocalStore:
             fd = self._fds.get(name)
             if fd is None:
                 path = self._path(name)
-                try:
-                    fd = os.open(path, os.O_RDONLY)
-                except FileNotFoundError as e:
-                    raise CorruptCheckpointError(f"data file {path} is missing") from e
-                except OSError as e:
-                    raise StorageError(f"cannot open {path}: {e}") from e
+                fd = _open_regular(path, missing=CorruptCheckpointError)
                 self._fds[name] = fd
             return fd
 
@@ -92,6 +101,10 @@ class LocalStore:
         while done < len(view):
             try:
                 n = os.preadv(fd, [view[done:]], offset + done)
+            except OverflowError as e:
+                raise CorruptCheckpointError(
+                    f"data file {self._path(name)}: offset {offset} is out of range"
+                ) from e
             except OSError as e:
                 raise StorageError(f"reading {self._path(name)}: {e}") from e
             if n == 0:
@@ -103,11 +116,10 @@ class LocalStore:
 
     def read_bytes(self, name: str) -> bytes:
         path = self._path(name)
+        fd = _open_regular(path, missing=CheckpointNotFoundError)
         try:
-            with open(path, "rb") as f:
+            with os.fdopen(fd, "rb") as f:
                 return f.read()
-        except FileNotFoundError as e:
-            raise CheckpointNotFoundError(f"{path} does not exist") from e
         except OSError as e:
             raise StorageError(f"cannot read {path}: {e}") from e
 
@@ -157,6 +169,29 @@ class LocalStore:
             for fd in self._fds.values():
                 os.close(fd)
             self._fds.clear()
+
+
+def _open_regular(path: str, *, missing: type[Exception]) -> int:
+    """A read-only descriptor of the regular file at ``path``.
+
+    O_NONBLOCK keeps a FIFO planted in a checkpoint from blocking the open; it has no
+    effect on regular files.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except FileNotFoundError as e:
+        raise missing(f"{path} does not exist") from e
+    except OSError as e:
+        raise StorageError(f"cannot open {path}: {e}") from e
+    try:
+        mode = os.fstat(fd).st_mode
+    except OSError as e:
+        os.close(fd)
+        raise StorageError(f"cannot stat {path}: {e}") from e
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise CorruptCheckpointError(f"{path} is not a regular file")
+    return fd
 
 
 def _fsync_dir(path: str) -> None:

@@ -14,7 +14,7 @@ from ..adapters.tensors import torch_dtype
 from ..codecs import crc32c, decode_frame, get_codec
 from ..core.layout import Box, c_strides, element_span
 from ..core.planner import ReadPiece, plan_reads
-from ..errors import CheckpointError, CorruptCheckpointError
+from ..errors import CheckpointError, CheckpointNotFoundError, CorruptCheckpointError
 from ..format.manifest import Chunk, TensorEntry, dotted
 from ..storage.base import Store
 
@@ -48,6 +48,7 @@ def fill(
     stats = ReadStats()
     jobs: list[tuple[Target, ReadPiece, list[int]]] = []
     offsets_cache: dict[int, list[int]] = {}
+    sizes: dict[str, int] = {}
     for t in targets:
         if tuple(t.tensor.shape) != t.box.sizes:
             raise CheckpointError(f"key {t.name!r}: internal error, tensor and box disagree")
@@ -57,6 +58,7 @@ def fill(
         for piece in plan_reads(t.entry.chunks, t.box, itemsize, max_piece_nbytes=max_piece_nbytes):
             chunk = t.entry.chunks[piece.chunk_index]
             offs = offsets_cache.setdefault(id(chunk), chunk.frame_offsets())
+            _check_extent(store, t, chunk, offs[piece.frame_hi], sizes)
             jobs.append((t, piece, offs))
             stats.bytes_read += offs[piece.frame_hi] - offs[piece.frame_lo]
             stats.bytes_needed += (
@@ -76,15 +78,39 @@ def fill(
     return stats
 
 
+def _check_extent(store: Store, target: Target, chunk: Chunk, end: int, sizes: dict[str, int]) -> None:
+    """Refuse, before any buffer is sized from the manifest, bytes the data file lacks.
+
+    A missing or truncated file is reported here, naming the key and the file, and a
+    hostile frame size can never drive an allocation larger than the file itself.
+    """
+    size = sizes.get(chunk.file)
+    if size is None:
+        try:
+            size = sizes[chunk.file] = store.size(chunk.file)
+        except CheckpointNotFoundError:
+            raise CorruptCheckpointError(
+                f"key {target.name!r}: data file {chunk.file} is missing from {store.location}"
+            ) from None
+        except CheckpointError as e:
+            raise type(e)(f"key {target.name!r}: {e}") from None
+    if end > size:
+        raise CorruptCheckpointError(
+            f"key {target.name!r}: data file {chunk.file} in {store.location} is truncated: the "
+            f"chunk at offsets {list(chunk.box.offsets)} needs bytes up to {end}, the file has {size}"
+        )
+
+
 def _run(store: Store, target: Target, piece: ReadPiece, offs: list[int]) -> None:
     chunk = target.entry.chunks[piece.chunk_index]
     try:
         _read_piece(store, target, chunk, piece, offs)
     except CheckpointError as e:
         raise type(e)(f"key {target.name!r}: {e}") from None
-    except (OSError, ValueError, TypeError, RuntimeError) as e:
+    except Exception as e:  # noqa: BLE001 - bad bytes must surface as a checkpoint error
         raise CorruptCheckpointError(
-            f"key {target.name!r}: chunk at offsets {list(chunk.box.offsets)} in {chunk.file}: {e}"
+            f"key {target.name!r}: chunk at offsets {list(chunk.box.offsets)} in {chunk.file}: "
+            f"{type(e).__name__}: {e}"
         ) from e
 
 
@@ -119,7 +145,14 @@ def _read_piece(
         _flat(dest)[piece.dest_elem:piece.dest_elem + n].copy_(src)
         return
     local = piece.box.relative_to(chunk.box)
-    start = element_span(chunk.box.sizes, local)[0] - raw_base // itemsize
+    start, stop = element_span(chunk.box.sizes, local)
+    start -= raw_base // itemsize
+    if start < 0 or stop - raw_base // itemsize > len(storage):
+        # as_strided does no bounds check: never let a bad plan read past the buffer.
+        raise CorruptCheckpointError(
+            f"chunk at offsets {list(chunk.box.offsets)} in {chunk.file}: internal error, "
+            f"piece {piece.box} lies outside the frames read"
+        )
     strides = tuple(s * itemsize for s in c_strides(chunk.box.sizes))
     view = np.lib.stride_tricks.as_strided(storage[start:], shape=piece.box.sizes, strides=strides)
     src = torch.from_numpy(view).view(src_dtype)
@@ -160,7 +193,13 @@ def _decode(
     for i in range(piece.frame_lo, piece.frame_hi):
         frame = memoryview(stored)[offs[i] - base:offs[i + 1] - base]
         expect = min(chunk.frame_raw_nbytes, chunk.raw_nbytes - i * chunk.frame_raw_nbytes)
-        decoded = memoryview(decode_frame(codec, frame, expect)).cast("B")
+        try:
+            decoded = memoryview(decode_frame(codec, frame, expect)).cast("B")
+        except Exception as e:  # noqa: BLE001 - user codecs may raise anything
+            raise CorruptCheckpointError(
+                f"chunk at offsets {list(chunk.box.offsets)} in {chunk.file}: frame {i} does not "
+                f"decode with codec {chunk.codec.name!r}: {type(e).__name__}: {e}"
+            ) from e
         if len(decoded) != expect:
             raise CorruptCheckpointError(
                 f"chunk at offsets {list(chunk.box.offsets)} in {chunk.file}: frame {i} "

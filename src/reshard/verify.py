@@ -1,0 +1,209 @@
+"""Check every byte of a checkpoint: ``reshard.verify`` and ``reshard verify PATH``.
+
+A load already checks the CRC-32C of every frame it reads; ``verify`` reads *all* frames of
+every chunk, checks each checksum, decodes each compressed frame (to its recorded raw size),
+and checks that no data file is missing or shorter than its chunks need. It never raises for
+a damaged checkpoint: it returns a report naming each damaged chunk or frame by key and file.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from .codecs import crc32c, decode_frame, get_codec
+from .codecs.registry import Codec
+from .errors import CheckpointError, CheckpointNotFoundError
+from .format.manifest import DATA_DIR, MANIFEST_NAME, Chunk, Manifest, TensorEntry, dotted
+from .manifest_io import load_manifest
+from .storage import Store, open_store
+
+READ_BATCH_NBYTES = 8 * 1024 * 1024
+"""Stored bytes read at once (whole frames; one frame may exceed it)."""
+
+Progress = Callable[[int, int], None]
+"""``progress(done_nbytes, total_nbytes)``, called as stored bytes are checked."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Damage:
+    """One damaged part of a checkpoint.
+
+    ``key`` is None for a problem with the manifest itself; ``frame`` is None when the whole
+    chunk is affected (a missing or truncated file).
+    """
+
+    file: str
+    message: str
+    key: str | None = None
+    chunk_offsets: tuple[int, ...] | None = None
+    frame: int | None = None
+
+    def __str__(self) -> str:
+        where = self.file if self.key is None else f"key {self.key!r}, {self.file}"
+        if self.chunk_offsets is not None:
+            where += f", chunk at offsets {list(self.chunk_offsets)}"
+        if self.frame is not None:
+            where += f", frame {self.frame}"
+        return f"{where}: {self.message}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VerifyReport:
+    """What ``verify`` checked and what it found damaged (empty ``damaged``: intact)."""
+
+    path: str
+    keys: int = 0
+    chunks: int = 0
+    frames: int = 0
+    files: int = 0
+    bytes_checked: int = 0
+    damaged: tuple[Damage, ...] = ()
+    warnings: tuple[str, ...] = field(default=())
+
+    @property
+    def ok(self) -> bool:
+        return not self.damaged
+
+    def summary(self) -> str:
+        head = "intact" if self.ok else f"DAMAGED ({len(self.damaged)} problems)"
+        return (f"{self.path}: {head}: {self.keys} keys, {self.chunks} chunks, {self.frames} "
+                f"frames, {self.bytes_checked} stored bytes checked in {self.files} data files")
+
+
+@dataclass(slots=True)
+class _Tally:
+    chunks: int = 0
+    frames: int = 0
+    done: int = 0
+    damaged: list[Damage] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    codecs: dict[str, Codec | None] = field(default_factory=dict)
+
+
+def verify(path: str | os.PathLike[str], *, progress: Progress | None = None) -> VerifyReport:
+    """Read and check every frame of the checkpoint at ``path``; see the module docstring."""
+    store = open_store(path)
+    try:
+        try:
+            manifest = load_manifest(store)
+        except CheckpointError as e:  # missing, unreadable or invalid: nothing else to check
+            return VerifyReport(path=store.location, damaged=(Damage(file=MANIFEST_NAME, message=str(e)),))
+        return _verify(store, manifest, progress)
+    finally:
+        store.close()
+
+
+def _verify(store: Store, manifest: Manifest, progress: Progress | None) -> VerifyReport:
+    tally = _Tally()
+    by_file: dict[str, list[tuple[str, Chunk]]] = {}
+    for entry in manifest.entries:
+        if isinstance(entry, TensorEntry):
+            for chunk in entry.chunks:
+                by_file.setdefault(chunk.file, []).append((dotted(entry.key), chunk))
+    total = sum(c.nbytes for chunks in by_file.values() for _, c in chunks)
+    for file, chunks in by_file.items():
+        chunks.sort(key=lambda kc: kc[1].offset)
+        size = _file_size(store, file, chunks, tally)
+        for key, chunk in chunks:
+            _check_chunk(store, key, chunk, size, tally)
+            tally.done += chunk.nbytes
+            if progress is not None:
+                progress(tally.done, total)
+    _note_strays(store, set(by_file), tally)
+    return VerifyReport(
+        path=store.location, keys=len(manifest.entries), chunks=tally.chunks, frames=tally.frames,
+        files=len(by_file), bytes_checked=tally.done, damaged=tuple(tally.damaged),
+        warnings=tuple(tally.warnings),
+    )
+
+
+def _file_size(store: Store, file: str, chunks: list[tuple[str, Chunk]], tally: _Tally) -> int:
+    try:
+        return store.size(file)
+    except CheckpointError as e:
+        message = "the data file is missing" if isinstance(e, CheckpointNotFoundError) else str(e)
+        for key, chunk in chunks:
+            tally.damaged.append(Damage(file=file, key=key, chunk_offsets=chunk.box.offsets,
+                                        message=message))
+        return -1
+
+
+def _check_chunk(store: Store, key: str, chunk: Chunk, size: int, tally: _Tally) -> None:
+    tally.chunks += 1
+    if size < 0:
+        return
+    offs = chunk.frame_offsets()
+    if offs[-1] > size:
+        tally.damaged.append(Damage(
+            file=chunk.file, key=key, chunk_offsets=chunk.box.offsets,
+            message=f"the data file is truncated: the chunk needs bytes [{offs[0]}, {offs[-1]}), "
+                    f"the file has {size}",
+        ))
+    codec = _codec(chunk, tally)
+    lo = 0
+    while lo < len(chunk.frames):
+        hi = lo + 1
+        while hi < len(chunk.frames) and offs[hi + 1] - offs[lo] <= READ_BATCH_NBYTES:
+            hi += 1
+        if offs[hi] > size:
+            return  # reported above; frames past the end cannot be read
+        try:
+            buf = bytearray(offs[hi] - offs[lo])
+            store.read_into(chunk.file, offs[lo], memoryview(buf))
+        except CheckpointError as e:
+            tally.damaged.append(Damage(file=chunk.file, key=key, chunk_offsets=chunk.box.offsets,
+                                        frame=lo, message=str(e)))
+            return
+        for i in range(lo, hi):
+            _check_frame(chunk, i, memoryview(buf)[offs[i] - offs[lo]:offs[i + 1] - offs[lo]],
+                         codec, key, tally)
+        lo = hi
+
+
+def _check_frame(
+    chunk: Chunk, i: int, data: memoryview, codec: Codec | None, key: str, tally: _Tally
+) -> None:
+    tally.frames += 1
+    expected = chunk.frames[i].crc32c
+    if expected is not None and crc32c(data) != expected:
+        tally.damaged.append(Damage(file=chunk.file, key=key, chunk_offsets=chunk.box.offsets,
+                                    frame=i, message="fails its CRC-32C check"))
+        return
+    if codec is None or chunk.codec.name == "identity":
+        return
+    raw = min(chunk.frame_raw_nbytes, chunk.raw_nbytes - i * chunk.frame_raw_nbytes)
+    try:
+        got = len(memoryview(decode_frame(codec, data, raw)).cast("B"))
+    except Exception as e:  # noqa: BLE001 - any decode failure is damage to report
+        got, problem = -1, f"does not decode with codec {chunk.codec.name!r}: {e}"
+    else:
+        problem = f"decodes to {got} bytes, expected {raw}"
+    if got != raw:
+        tally.damaged.append(Damage(file=chunk.file, key=key, chunk_offsets=chunk.box.offsets,
+                                    frame=i, message=problem))
+
+
+def _codec(chunk: Chunk, tally: _Tally) -> Codec | None:
+    name = chunk.codec.name
+    if name not in tally.codecs:
+        try:
+            tally.codecs[name] = get_codec(chunk.codec)
+        except CheckpointError as e:
+            tally.codecs[name] = None
+            tally.warnings.append(f"checksums checked, decoding skipped: {e}")
+    return tally.codecs[name]
+
+
+def _note_strays(store: Store, referenced: set[str], tally: _Tally) -> None:
+    try:
+        names = store.list(DATA_DIR)
+    except CheckpointError:
+        return
+    strays = [n for n in names if n not in referenced]
+    if strays:
+        tally.warnings.append(
+            f"{len(strays)} file(s) in {DATA_DIR}/ are not part of this checkpoint (left by an "
+            f"interrupted save; the next save to this path removes them): {', '.join(strays[:5])}"
+        )
