@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import reshard
+from reshard.interop.convert import convert
 from tests.helpers.world import run_world
 from tests.interop import dcp_worlds as W
 
@@ -22,6 +23,11 @@ pytestmark = pytest.mark.dist
 def dcp_root(tmp_path_factory: pytest.TempPathFactory) -> str:
     root = str(tmp_path_factory.mktemp("dcp"))
     run_world(W.save_dcp_world, 4, root, timeout_s=180)
+    # DCP -> reshard -> safetensors (sharded) -> reshard, loaded by the 2-rank world too.
+    convert(os.path.join(root, "zstd"), os.path.join(root, "converted_reshard"), codec="zstd")
+    convert(os.path.join(root, "converted_reshard"), os.path.join(root, "st"),
+            max_shard_nbytes=300)
+    convert(os.path.join(root, "st"), os.path.join(root, "converted"))
     return root
 
 
@@ -41,7 +47,7 @@ def _zeros_sd() -> dict[str, Any]:
     return sd
 
 
-@pytest.mark.parametrize("scenario", W.SCENARIOS)
+@pytest.mark.parametrize("scenario", W.SCENARIOS + ("converted_reshard", "converted"))
 def test_load_in_one_process(dcp_root: str, scenario: str) -> None:
     sd = _zeros_sd()
     reshard.load(sd, os.path.join(dcp_root, scenario))
@@ -72,3 +78,20 @@ def test_dcp_reader_agrees(dcp_root: str) -> None:
         warnings.simplefilter("ignore")
         dcp.load(sd, checkpoint_id=os.path.join(dcp_root, "plain"))
     assert W.check(sd, "dcp.load", dtensor=False) == []
+
+
+def test_converted_chain_files(dcp_root: str) -> None:
+    from safetensors.torch import load_file
+
+    st = os.path.join(dcp_root, "st")
+    names = sorted(os.listdir(st))
+    assert "model.safetensors.index.json" in names and len(names) > 3
+    loaded: dict[str, torch.Tensor] = {}
+    for n in names:
+        if n.endswith(".safetensors"):
+            loaded.update(load_file(os.path.join(st, n)))
+    want = {n: W.expected(n, s, d) for n, s, d, _, _ in W.TENSORS}
+    want.update({n: W.expected(n, s, d) for n, (s, d) in W.PLAIN.items()})
+    assert sorted(loaded) == sorted(want)
+    for n, t in want.items():
+        assert loaded[n].dtype == t.dtype and torch.equal(loaded[n], t), n
