@@ -81,8 +81,10 @@ class Source:
         return tensor_bytes(out)
 
     def piece_nbytes(self, entry: TensorEntry) -> int:
-        # A single-frame chunk (a DCP blob) decodes whole: read it in one piece, not many.
-        whole = [c.raw_nbytes for c in entry.chunks if len(c.frames) == 1]
+        # A DCP blob decodes whole whatever is asked of it: read it in one piece, not many.
+        from .dcp import CODEC_NAME
+
+        whole = [c.raw_nbytes for c in entry.chunks if c.codec.name == CODEC_NAME]
         return max([config.max_piece_nbytes(), *whole])
 
     def close(self) -> None:
