@@ -81,9 +81,10 @@ LOAD_PLACEMENTS = {"S0": ("S1",), "S1": ("S0",), "R": ("S0",)}
 
 
 def load_dcp_world(rank: int, world_size: int, root: str) -> list[str]:
-    import reshard
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.tensor import distribute_tensor
+
+    import reshard
 
     mesh = init_device_mesh("cpu", (world_size,))
     failures: list[str] = []

@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 
 import reshard
+import torch
 from reshard.errors import CheckpointError, CorruptCheckpointError, UnsupportedValueError
 
 
@@ -131,14 +131,15 @@ def test_non_plain_value_needs_allow_pickle(tmp_path: Path) -> None:
 
 
 def test_corrupt_zstd_tensor_item(tmp_path: Path) -> None:
+    import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint import FileSystemWriter
     from torch.distributed.checkpoint._extension import ZStandard
-    import torch.distributed.checkpoint as dcp
 
     path = tmp_path / "dcp"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        dcp.save({"w": torch.arange(1000)}, storage_writer=FileSystemWriter(str(path), _extensions=[ZStandard()]))
+        writer = FileSystemWriter(str(path), _extensions=[ZStandard()])
+        dcp.save({"w": torch.arange(1000)}, storage_writer=writer)
     data = bytearray((path / "__0_0.distcp").read_bytes())
     data[len(data) // 2] ^= 0xFF
     (path / "__0_0.distcp").write_bytes(bytes(data))

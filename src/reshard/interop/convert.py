@@ -35,7 +35,6 @@ from ..format.manifest import (
     ValueEntry,
     dotted,
 )
-from ..format.values import JsonValue
 from ..storage import Store, open_store
 from . import safetensors_io as st
 
@@ -346,7 +345,7 @@ def add_convert_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="let DCP values that need arbitrary pickle load (trusted input only)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_convert)
-    return p
+    return p  # type: ignore[no-any-return]
 
 
 def cmd_convert(args: argparse.Namespace) -> int:

@@ -24,6 +24,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..core.layout import Box, tiling_problem
 from ..errors import CheckpointError, CorruptCheckpointError, UnsupportedValueError
 from ..format.manifest import Chunk, CodecSpec, Entry, Frame, Key, Manifest, TensorEntry, ValueEntry
 from ..format.values import encode_value
@@ -66,9 +67,8 @@ def _tensor_entry(t: DcpTensor) -> TensorEntry:
 
     dtype = dtype_name(t.dtype, t.fqn)
     itemsize = t.dtype.itemsize
+    # Replicas may be listed more than once; each distinct box is one chunk.
     seen: dict[tuple[tuple[int, ...], tuple[int, ...]], Chunk] = {}
-    from ..core.layout import Box, tiling_problem
-
     for c in t.chunks:
         box = Box(c.offsets, c.sizes)
         if any(o + s > d for o, s, d in zip(c.offsets, c.sizes, t.shape)):
@@ -157,7 +157,9 @@ class DcpTorchSaveCodec:
         return tensor_bytes(tensor.contiguous())
 
 
-def untransform(data: memoryview | bytes, transforms: tuple[str, ...], *, max_nbytes: int) -> bytes:
+def untransform(
+    data: memoryview | bytes | bytearray, transforms: tuple[str, ...], *, max_nbytes: int
+) -> bytes:
     """Undo DCP stream transforms (only ``stream.zstd/1``), producing at most ``max_nbytes``."""
     out = bytes(data)
     for _ in transforms:  # validated as stream.zstd/1 when the metadata was read

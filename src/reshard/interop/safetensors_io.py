@@ -168,7 +168,9 @@ def index_files(store: Store, index_name: str) -> tuple[list[str], list[ValueEnt
         if "/" in f or "\\" in f or f.startswith(".") or not f:
             raise CorruptCheckpointError(f"{where}: refusing shard file name {f!r}")
     meta = doc.get("metadata") or {}
-    values = values_from_json(meta.get(VALUES_KEY, {}), f"{where}: metadata") if isinstance(meta, dict) else []
+    if not isinstance(meta, dict):
+        raise CorruptCheckpointError(f"{where}: metadata is not an object")
+    values = values_from_json(meta.get(VALUES_KEY, {}), f"{where}: metadata")
     return files, values
 
 
@@ -265,10 +267,10 @@ def write_file(
         raise
 
 
-def index_document(plans: list[ShardPlan], values: dict[str, JsonValue]) -> bytes:
+def index_document(plans: list[ShardPlan], values: dict[str, dict[str, JsonValue]]) -> bytes:
     """The Hugging Face ``model.safetensors.index.json`` for ``plans``."""
     meta: dict[str, JsonValue] = {"total_size": sum(e.nbytes for p in plans for e in p.entries)}
     if values:
-        meta[VALUES_KEY] = values
+        meta[VALUES_KEY] = dict(values)
     weight_map = {".".join(str(k) for k in e.key): p.name for p in plans for e in p.entries}
     return json.dumps({"metadata": meta, "weight_map": weight_map}, indent=2).encode("utf-8")
