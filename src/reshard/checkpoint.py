@@ -45,10 +45,14 @@ class EntryInfo:
 class Checkpoint:
     """A committed checkpoint opened for reading; needs no torch.distributed."""
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, allow_pickle: bool = False) -> None:
         self._store = open_store(path)
         self.path = self._store.location
-        self.manifest = load_manifest(self._store)
+        try:
+            self.manifest = load_manifest(self._store, allow_pickle=allow_pickle)
+        except BaseException:
+            self._store.close()
+            raise
         self._entries = self.manifest.by_dotted()
 
     def __enter__(self) -> Checkpoint:
@@ -102,9 +106,10 @@ class Checkpoint:
         return out.squeeze(squeeze) if squeeze else out
 
 
-def open(path: str | os.PathLike[str]) -> Checkpoint:  # noqa: A001 - public name
-    """Open the checkpoint at ``path`` for reading in this process."""
-    return Checkpoint(path)
+def open(path: str | os.PathLike[str], *, allow_pickle: bool = False) -> Checkpoint:  # noqa: A001
+    """Open the checkpoint at ``path`` (reshard, or a torch.distributed.checkpoint
+    directory) for reading in this process; ``allow_pickle`` as in ``reshard.load``."""
+    return Checkpoint(path, allow_pickle=allow_pickle)
 
 
 def _chunk_info(c: Chunk) -> ChunkInfo:

@@ -10,6 +10,7 @@ import sys
 from collections.abc import Sequence
 
 from .errors import CheckpointError
+from .interop.convert import add_convert_parser
 
 PROGRESS_MIN_NBYTES = 256 * 1024 * 1024
 """Checkpoints at least this large get a progress bar on an interactive stderr."""
@@ -22,6 +23,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     add_inspect_parser(sub)
     add_verify_parser(sub)
+    add_convert_parser(sub)
     add_demo_parser(sub)
     try:
         args = parser.parse_args(argv)

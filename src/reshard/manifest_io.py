@@ -16,15 +16,25 @@ def read_manifest_bytes(store: Store) -> bytes:
     except CheckpointNotFoundError:
         raise CheckpointNotFoundError(
             f"no reshard checkpoint at {store.location}: {MANIFEST_NAME} does not exist "
-            "(a save to this path never committed)"
+            "(a save to this path never committed), and no .metadata of a "
+            "torch.distributed.checkpoint either"
         ) from None
 
 
-def load_manifest(store: Store) -> Manifest:
+def load_manifest(store: Store, *, allow_pickle: bool = False) -> Manifest:
     """The parsed, validated manifest of the checkpoint in ``store``.
 
-    This is the one place that decides what kind of checkpoint a path holds.
+    This is the one place that decides what kind of checkpoint a path holds: a reshard
+    ``manifest.json``, else a torch.distributed.checkpoint directory (``.metadata``),
+    described by an in-memory manifest. ``allow_pickle`` lets DCP values that need
+    arbitrary pickle load; it never applies to reshard checkpoints (they hold no pickle).
     """
-    return Manifest.from_json(
-        read_manifest_bytes(store), source=os.path.join(store.location, MANIFEST_NAME)
-    )
+    try:
+        data = read_manifest_bytes(store)
+    except CheckpointNotFoundError:
+        from .interop import dcp
+
+        if dcp.is_dcp_checkpoint(store):
+            return dcp.load_dcp_manifest(store, allow_pickle=allow_pickle)
+        raise
+    return Manifest.from_json(data, source=os.path.join(store.location, MANIFEST_NAME))

@@ -101,7 +101,8 @@ def _zstd_decompressor():  # type: ignore[no-untyped-def]
 
 
 _user_codecs: dict[str, Codec] = {}
-_BUILTIN = ("identity", "zstd")
+_DCP_CODEC = "dcp-torch-save"
+_BUILTIN = ("identity", "zstd", _DCP_CODEC)
 
 
 def register_codec(codec: Codec) -> None:
@@ -157,6 +158,11 @@ def get_codec(spec: CodecSpec) -> Codec:
         return ZstdCodec()
     if spec.name in _user_codecs:
         return _user_codecs[spec.name]
+    if spec.name == _DCP_CODEC:
+        # Only in manifests built in memory from a DCP directory; never a user name.
+        from ..interop.dcp import DcpTorchSaveCodec
+
+        return DcpTorchSaveCodec.from_spec(spec)
     raise UnknownCodecError(_unknown(spec.name))
 
 

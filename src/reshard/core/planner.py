@@ -175,7 +175,10 @@ def plan_reads(
             pieces.extend(_flat_pieces(ci, chunk, lo * itemsize, hi * itemsize, d_lo, itemsize,
                                        inter, max_piece_nbytes))
             continue
-        for sub in split_for_span(chunk.box.sizes, local, max(1, max_piece_nbytes // itemsize)):
+        # A piece reads whole frames, so cutting below a frame only re-reads (and re-decodes)
+        # the same frame: a one-frame chunk (a DCP blob) would be decoded once per piece.
+        span_nbytes = max(max_piece_nbytes, chunk.frame_raw_nbytes)
+        for sub in split_for_span(chunk.box.sizes, local, max(1, span_nbytes // itemsize)):
             s_lo, s_hi = element_span(chunk.box.sizes, sub)
             f_lo, f_hi = _frames(chunk, s_lo * itemsize, s_hi * itemsize)
             pieces.append(ReadPiece(

@@ -1,0 +1,368 @@
+"""``reshard convert``: DCP or safetensors -> reshard, reshard (or DCP) -> safetensors.
+
+Every source is opened as a reshard manifest (a DCP ``.metadata`` and safetensors
+headers are described in memory), so one streaming reader serves all conversions: each
+tensor is read box by box through reshard's read path and written as it arrives. Peak
+memory is one piece (``RESHARD_MAX_PIECE_NBYTES``, 16 MiB by default), or one DCP chunk
+when the source is DCP (a DCP item is a single torch.save blob that decodes whole).
+Output keys are the dotted flattened names of the source.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .. import __version__, config
+from ..codecs import crc32c, resolve_codec
+from ..core.layout import Box
+from ..errors import CheckpointError, StorageError, UnsupportedValueError
+from ..format.manifest import (
+    DATA_DIR,
+    MANIFEST_NAME,
+    Chunk,
+    Entry,
+    Frame,
+    Manifest,
+    TensorEntry,
+    ValueEntry,
+    dotted,
+)
+from ..storage import Store, open_store
+from . import safetensors_io as st
+
+FORMATS = ("reshard", "safetensors")
+PROGRESS_MIN_NBYTES = 64 * 1024 * 1024
+
+
+@dataclass(slots=True)
+class Source:
+    """An opened checkpoint of any supported kind, read through reshard's read path."""
+
+    store: Store
+    manifest: Manifest
+    kind: str
+    values: list[ValueEntry] = field(default_factory=list)
+
+    def tensors(self) -> list[TensorEntry]:
+        return [e for e in self.manifest.entries if isinstance(e, TensorEntry)]
+
+    def plain_values(self) -> list[ValueEntry]:
+        """Value entries with a JSON form; raises naming every key that has none."""
+        from .dcp import PickledValueEntry, RefusedValueEntry
+
+        values = [e for e in self.manifest.entries if isinstance(e, ValueEntry)] + self.values
+        bad = [dotted(e.key) for e in values if isinstance(e, (PickledValueEntry, RefusedValueEntry))]
+        if bad:
+            raise UnsupportedValueError(
+                f"keys {', '.join(repr(b) for b in bad[:20])} hold Python objects that need "
+                "arbitrary pickle; they have no JSON form, so convert cannot store them"
+            )
+        return values
+
+    def read(self, entry: TensorEntry, box: Box) -> memoryview:
+        """The C-order bytes of ``box`` of ``entry``."""
+        import torch
+
+        from ..adapters.tensors import tensor_bytes, torch_dtype
+        from ..transfer.read import Target, fill
+
+        out = torch.empty(box.sizes, dtype=torch_dtype(entry.dtype))
+        fill(self.store, [Target(entry=entry, box=box, tensor=out)],
+             threads=config.io_threads(), max_piece_nbytes=config.max_piece_nbytes())
+        return tensor_bytes(out)
+
+    def piece_nbytes(self, entry: TensorEntry) -> int:
+        # A DCP blob decodes whole whatever is asked of it: read it in one piece, not many.
+        from .dcp import CODEC_NAME
+
+        whole = [c.raw_nbytes for c in entry.chunks if c.codec.name == CODEC_NAME]
+        return max([config.max_piece_nbytes(), *whole])
+
+    def close(self) -> None:
+        self.store.close()
+
+
+def open_source(path: str, *, allow_pickle: bool = False) -> Source:
+    """Open a reshard checkpoint, a DCP directory, a ``.safetensors`` file, an HF
+    ``*.safetensors.index.json``, or a directory holding safetensors files."""
+    from ..manifest_io import load_manifest
+    from .dcp import is_dcp_checkpoint
+
+    path = os.path.abspath(path)
+    if os.path.isfile(path):
+        folder, name = os.path.split(path)
+        store = open_store(folder)
+        if name.endswith(st.INDEX_SUFFIX):
+            return _safetensors_source(store, *st.index_files(store, name))
+        return _safetensors_source(store, [name], [])
+    if not os.path.isdir(path):
+        raise CheckpointError(f"{path} does not exist")
+    store = open_store(path)
+    if os.path.exists(os.path.join(path, MANIFEST_NAME)) or is_dcp_checkpoint(store):
+        kind = "reshard" if os.path.exists(os.path.join(path, MANIFEST_NAME)) else "dcp"
+        try:
+            return Source(store, load_manifest(store, allow_pickle=allow_pickle), kind)
+        except BaseException:
+            store.close()
+            raise
+    names = sorted(os.listdir(path))
+    index = [n for n in names if n.endswith(st.INDEX_SUFFIX)]
+    if len(index) == 1:
+        return _safetensors_source(store, *st.index_files(store, index[0]))
+    files = [n for n in names if n.endswith(".safetensors")]
+    if files:
+        return _safetensors_source(store, files, [])
+    store.close()
+    raise CheckpointError(
+        f"{path} holds no manifest.json, DCP .metadata or .safetensors files"
+    )
+
+
+def _safetensors_source(store: Store, names: list[str], values: list[ValueEntry]) -> Source:
+    manifest = st.safetensors_manifest(store, names, frame_raw_nbytes=config.frame_raw_nbytes())
+    return Source(store, manifest, "safetensors", values)
+
+
+# Writers
+
+
+class _Progress:
+    """A one-line progress bar on stderr for inputs of at least PROGRESS_MIN_NBYTES."""
+
+    def __init__(self, total: int, *, enabled: bool) -> None:
+        self.total, self.done, self.last = total, 0, 0.0
+        self.enabled = enabled and total >= PROGRESS_MIN_NBYTES
+
+    def __call__(self, nbytes: int) -> None:
+        self.done += nbytes
+        now = time.monotonic()
+        if self.enabled and (now - self.last > 0.5 or self.done >= self.total):
+            self.last = now
+            pct = 100 * self.done // max(1, self.total)
+            bar = "#" * (pct // 4)
+            sys.stderr.write(f"\r[{bar:<25}] {pct:3d}% {self.done / 2**20:,.0f}/"
+                             f"{self.total / 2**20:,.0f} MiB")
+            sys.stderr.flush()
+
+    def finish(self) -> None:
+        if self.enabled:
+            sys.stderr.write("\n")
+
+
+def to_safetensors(
+    source: Source, dst: str, *, max_shard_nbytes: int | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> list[str]:
+    """Write ``source`` as safetensors at ``dst`` (a ``.safetensors`` file name, or a
+    directory that gets ``model.safetensors``); returns the files written."""
+    folder, stem = _safetensors_target(dst)
+    values = {dotted(v.key): v.value for v in source.plain_values()}
+    plans = st.plan_shards(source.tensors(), stem=stem, max_shard_nbytes=max_shard_nbytes)
+    os.makedirs(folder, exist_ok=True)
+    report = progress or (lambda n: None)
+    meta: dict[str, str] = {"format": "pt"}
+    if values and len(plans) == 1:
+        import json
+
+        meta[st.VALUES_KEY] = json.dumps(values, separators=(",", ":"))
+    written = []
+    for plan in plans:
+        path = os.path.join(folder, plan.name)
+        st.write_file(path, plan, meta, source.read, source.piece_nbytes, report)
+        written.append(path)
+    if len(plans) > 1:
+        index = os.path.join(folder, f"{stem}{st.INDEX_SUFFIX}")
+        with open(index, "wb") as f:
+            f.write(st.index_document(plans, values))
+        written.append(index)
+    return written
+
+
+def _safetensors_target(dst: str) -> tuple[str, str]:
+    dst = os.path.abspath(dst)
+    if dst.endswith(".safetensors"):
+        folder, name = os.path.split(dst)
+        return folder, name[: -len(".safetensors")]
+    return dst, "model"
+
+
+def to_reshard(
+    source: Source, dst: str, *, codec: str | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> Manifest:
+    """Write ``source`` as a reshard checkpoint at ``dst`` (a new or empty directory)."""
+    dst = os.path.abspath(dst)
+    if os.path.exists(dst) and (not os.path.isdir(dst) or os.listdir(dst)):
+        raise StorageError(f"{dst} exists and is not an empty directory")
+    codec_obj, spec = resolve_codec(codec)
+    values = source.plain_values()
+    save_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:12]}"
+    file_name = f"{DATA_DIR}/{save_id}.0.bin"
+    frame = config.frame_raw_nbytes()
+    report = progress or (lambda n: None)
+    store = open_store(dst)
+    entries: list[Entry] = []
+    try:
+        writer = store.open_writer(file_name)
+        try:
+            framer = _Framer(writer, codec_obj, frame)
+            for e in source.tensors():
+                chunks = []
+                for c in e.chunks:
+                    start = framer.offset
+                    for box in st.pieces(e.shape, c.box, source.piece_nbytes(e) // e.itemsize):
+                        data = source.read(e, box)
+                        framer.write(data)
+                        report(len(data))
+                    frames = framer.end_chunk()
+                    chunks.append(Chunk(
+                        box=c.box, file=file_name, offset=start, nbytes=framer.offset - start,
+                        raw_nbytes=c.raw_nbytes, codec=spec, frame_raw_nbytes=frame, frames=frames,
+                    ))
+                entries.append(TensorEntry(key=(dotted(e.key),), dtype=e.dtype, shape=e.shape,
+                                           container=e.container, chunks=tuple(chunks)))
+        except BaseException:
+            abort = getattr(writer, "abort", None)
+            if abort is not None:
+                abort()
+            raise
+        writer.close()
+        entries.extend(ValueEntry(key=(dotted(v.key),), value=v.value) for v in values)
+        manifest = Manifest(save_id=save_id, world_size=1, created_unix_s=time.time(),
+                            library_version=__version__, entries=tuple(entries))
+        store.write_atomic(MANIFEST_NAME, manifest.to_json())
+        return manifest
+    finally:
+        store.close()
+
+
+class _Framer:
+    """Cuts a chunk's byte stream into frames, encodes, checksums and appends them."""
+
+    def __init__(self, writer: Any, codec: Any, frame_raw_nbytes: int) -> None:
+        self.writer, self.codec, self.frame = writer, codec, frame_raw_nbytes
+        self.buf = bytearray()
+        self.frames: list[Frame] = []
+        self.offset = 0
+
+    def write(self, data: memoryview) -> None:
+        view = memoryview(data).cast("B")
+        pos = 0
+        while pos < len(view):
+            take = min(self.frame - len(self.buf), len(view) - pos)
+            self.buf += view[pos:pos + take]
+            pos += take
+            if len(self.buf) == self.frame:
+                self._flush()
+
+    def _flush(self) -> None:
+        out = self.codec.encode(memoryview(self.buf))
+        n = len(memoryview(out).cast("B"))
+        self.writer.write(out)
+        self.frames.append(Frame(nbytes=n, crc32c=crc32c(out)))
+        self.offset += n
+        self.buf = bytearray()
+
+    def end_chunk(self) -> tuple[Frame, ...]:
+        if self.buf:
+            self._flush()
+        frames, self.frames = tuple(self.frames), []
+        return frames
+
+
+def convert(
+    src: str, dst: str, *, to: str | None = None, max_shard_nbytes: int | None = None,
+    codec: str | None = None, allow_pickle: bool = False, show_progress: bool = False,
+) -> list[str]:
+    """Convert the checkpoint at ``src`` to ``to`` (inferred from ``dst``: a
+    ``.safetensors`` suffix or ``max_shard_nbytes`` means safetensors, else reshard)."""
+    fmt = to or ("safetensors" if dst.endswith(".safetensors") or max_shard_nbytes else "reshard")
+    if fmt not in FORMATS:
+        raise CheckpointError(f"unknown target format {fmt!r} (choose from {FORMATS})")
+    source = open_source(src, allow_pickle=allow_pickle)
+    try:
+        total = sum(e.nbytes for e in source.tensors())
+        bar = _Progress(total, enabled=show_progress)
+        try:
+            if fmt == "safetensors":
+                return to_safetensors(source, dst, max_shard_nbytes=max_shard_nbytes, progress=bar)
+            to_reshard(source, dst, codec=codec, progress=bar)
+            return [os.path.abspath(dst)]
+        finally:
+            bar.finish()
+    finally:
+        source.close()
+
+
+# CLI
+
+
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B?)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "B": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12,
+          "KI": 2**10, "MI": 2**20, "GI": 2**30, "TI": 2**40}
+
+
+def parse_size(text: str) -> int:
+    """``"5GB"`` -> 5*10**9, ``"500MiB"`` -> 500*2**20, ``"1024"`` -> 1024 bytes."""
+    m = _SIZE_RE.match(text)
+    unit = (m.group(2) or "").upper().rstrip("B") if m else ""
+    if m is None or unit not in _UNITS:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size like 5GB, 500MiB or 1048576")
+    value = int(float(m.group(1)) * _UNITS[unit])
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be positive")
+    return value
+
+
+def add_convert_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register ``convert`` on an argparse subparsers object; sets ``func=cmd_convert``."""
+    p = subparsers.add_parser(
+        "convert", help="convert between DCP, reshard and safetensors checkpoints",
+        description=(
+            "Convert SRC to DST. SRC: a reshard checkpoint, a torch.distributed.checkpoint "
+            "directory, a .safetensors file, a *.safetensors.index.json or a folder of "
+            "safetensors files. The target format is --to, else safetensors when DST ends "
+            "in .safetensors or --max-shard-size is given, else reshard. See docs/INTEROP.md."
+        ),
+    )
+    p.add_argument("src")
+    p.add_argument("dst")
+    p.add_argument("--to", choices=FORMATS, help="target format (default: from DST's suffix)")
+    p.add_argument("--max-shard-size", type=parse_size, default=None, metavar="SIZE",
+                   help="split safetensors output into files of at most SIZE (5GB, 500MiB) "
+                        "with a model.safetensors.index.json")
+    p.add_argument("--codec", choices=("identity", "zstd"), default=None,
+                   help="codec of reshard output (default identity)")
+    p.add_argument("--allow-pickle", action="store_true",
+                   help="let DCP values that need arbitrary pickle load (trusted input only)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_convert)
+    return p  # type: ignore[no-any-return]
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    """Run ``reshard convert``; 0 ok, 1 failed (message on stderr), 2 usage error."""
+    if args.to == "reshard" and args.max_shard_size is not None:
+        print("reshard convert: --max-shard-size applies only to safetensors output", file=sys.stderr)
+        return 2
+    if args.to == "safetensors" and args.codec is not None:
+        print("reshard convert: --codec applies only to reshard output", file=sys.stderr)
+        return 2
+    try:
+        written = convert(args.src, args.dst, to=args.to, max_shard_nbytes=args.max_shard_size,
+                          codec=args.codec, allow_pickle=args.allow_pickle,
+                          show_progress=not args.quiet)
+    except (CheckpointError, OSError) as e:
+        print(f"reshard convert: {e}", file=sys.stderr)
+        return 1
+    for path in written:
+        print(path)
+    return 0

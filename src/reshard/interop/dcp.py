@@ -1,0 +1,270 @@
+"""torch.distributed.checkpoint (DCP) directories read as reshard manifests.
+
+A DCP directory (written by ``torch.distributed.checkpoint.save`` with FileSystemWriter)
+holds a pickled ``.metadata`` and ``*.distcp`` files. Each tensor chunk is a
+``torch.save`` blob at ``(offset, length)`` of one file, optionally zstd-compressed by
+DCP's ZStandard extension. We describe it as a reshard chunk with one frame and the
+internal codec ``dcp-torch-save``, whose decode runs ``torch.load(weights_only=True)``
+and returns the chunk's raw C-order bytes; the whole reshard read path (planning,
+resharding, parallel reads) then works unchanged.
+
+Non-tensor items are ``torch.save``'d Python objects. They are loaded once, when the
+manifest is built, with ``torch.load(weights_only=True)``: plain values (None, bool,
+int, float, str, bytes and dicts/lists/tuples of them) become value entries, flattened
+like reshard flattens state dicts (``"extra.steps.0"``). Anything else needs arbitrary
+pickle: it is refused (the key raises CheckpointError when loaded) unless the caller
+passed ``allow_pickle=True``.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..core.layout import Box, tiling_problem
+from ..errors import CheckpointError, CorruptCheckpointError, UnsupportedValueError
+from ..format.manifest import Chunk, CodecSpec, Entry, Frame, Key, Manifest, TensorEntry, ValueEntry
+from ..format.values import encode_value
+from ..storage.base import Store
+from ._dcp_pickle import DcpBytes, DcpTensor, StorageInfo, read_metadata
+
+METADATA_NAME = ".metadata"
+CODEC_NAME = "dcp-torch-save"
+# A torch.save blob is its tensor's bytes plus a zip directory and a small pickle.
+_BLOB_OVERHEAD_NBYTES = 1 << 20
+_MAX_VALUE_NBYTES = 1 << 30
+
+
+def is_dcp_checkpoint(store: Store) -> bool:
+    """Whether ``store`` holds a DCP ``.metadata`` file."""
+    try:
+        store.size(METADATA_NAME)
+    except CheckpointError:
+        return False
+    return True
+
+
+def load_dcp_manifest(store: Store, *, allow_pickle: bool = False) -> Manifest:
+    """An in-memory manifest for the DCP checkpoint in ``store`` (never written to disk)."""
+    import os
+
+    source = os.path.join(store.location, METADATA_NAME)
+    tensors, byte_items = read_metadata(store.read_bytes(METADATA_NAME), source=source)
+    entries: list[Entry] = [_tensor_entry(t) for t in tensors]
+    for item in byte_items:
+        entries.extend(_value_entries(store, item, allow_pickle=allow_pickle))
+    return Manifest(
+        save_id=f"dcp-{uuid.uuid4().hex[:12]}", world_size=1, created_unix_s=time.time(),
+        library_version="torch.distributed.checkpoint", entries=tuple(entries),
+    )
+
+
+def _tensor_entry(t: DcpTensor) -> TensorEntry:
+    from ..adapters.tensors import dtype_name
+
+    dtype = dtype_name(t.dtype, t.fqn)
+    itemsize = t.dtype.itemsize
+    # Replicas may be listed more than once; each distinct box is one chunk.
+    seen: dict[tuple[tuple[int, ...], tuple[int, ...]], Chunk] = {}
+    for c in t.chunks:
+        box = Box(c.offsets, c.sizes)
+        if any(o + s > d for o, s, d in zip(c.offsets, c.sizes, t.shape)):
+            raise CorruptCheckpointError(
+                f"DCP key {t.fqn!r}: chunk {list(c.offsets)}+{list(c.sizes)} is outside shape {list(t.shape)}"
+            )
+        raw = box.numel * itemsize
+        seen.setdefault((c.offsets, c.sizes), Chunk(
+            box=box, file=c.storage.file, offset=c.storage.offset, nbytes=c.storage.length,
+            raw_nbytes=raw, codec=codec_spec(dtype, c.sizes, c.storage.transforms),
+            frame_raw_nbytes=max(raw, 1), frames=(Frame(nbytes=c.storage.length, crc32c=None),),
+        ))
+    chunks = tuple(seen.values())
+    problem = tiling_problem(t.shape, [c.box for c in chunks])
+    if problem is not None:
+        raise CorruptCheckpointError(f"DCP key {t.fqn!r}: the chunks do not tile the tensor: {problem}")
+    return TensorEntry(key=(t.fqn,), dtype=dtype, shape=t.shape, container="torch", chunks=chunks)
+
+
+def codec_spec(dtype: str, sizes: tuple[int, ...], transforms: tuple[str, ...]) -> CodecSpec:
+    return CodecSpec(name=CODEC_NAME, configuration=(
+        ("dtype", dtype), ("shape", ",".join(str(s) for s in sizes)),
+        ("transforms", ";".join(transforms)),
+    ))
+
+
+# Tensor chunks
+
+
+@dataclass(frozen=True, slots=True)
+class DcpTorchSaveCodec:
+    """Decodes one DCP tensor item: undo DCP's stream transforms, then
+    ``torch.load(weights_only=True)``; yields the chunk's raw C-order bytes.
+
+    Internal: looked up by ``codecs.registry.get_codec`` for in-memory DCP manifests;
+    reshard never writes it.
+    """
+
+    dtype: str
+    shape: tuple[int, ...]
+    transforms: tuple[str, ...]
+    name: str = CODEC_NAME
+
+    @staticmethod
+    def from_spec(spec: CodecSpec) -> DcpTorchSaveCodec:
+        from ..format.dtypes import ITEMSIZE
+
+        config = dict(spec.configuration)
+        dtype, shape_text, transforms = (config.get(k) for k in ("dtype", "shape", "transforms"))
+        try:
+            if not isinstance(dtype, str) or dtype not in ITEMSIZE:
+                raise ValueError(f"dtype {dtype!r}")
+            if not isinstance(shape_text, str) or not isinstance(transforms, str):
+                raise ValueError("shape and transforms must be strings")
+            shape = tuple(int(s) for s in shape_text.split(",")) if shape_text else ()
+        except ValueError as e:
+            raise CorruptCheckpointError(f"codec {CODEC_NAME!r}: bad configuration ({e})") from None
+        steps = tuple(transforms.split(";")) if transforms else ()
+        if any(t != "stream.zstd/1" and not t.startswith("stream.zstd/1.") for t in steps):
+            raise CorruptCheckpointError(f"codec {CODEC_NAME!r}: unsupported transforms {transforms!r}")
+        return DcpTorchSaveCodec(dtype=dtype, shape=shape, transforms=steps)
+
+    def encode(self, data: memoryview) -> bytes:
+        raise CheckpointError("the DCP codec only reads; reshard never writes DCP items")
+
+    def decode(self, data: memoryview) -> memoryview:
+        import math
+
+        import torch
+
+        from ..adapters.tensors import tensor_bytes, torch_dtype
+
+        raw_nbytes = math.prod(self.shape) * torch_dtype(self.dtype).itemsize
+        blob = untransform(data, self.transforms, max_nbytes=raw_nbytes + _BLOB_OVERHEAD_NBYTES)
+        try:
+            tensor = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - any failure means a bad blob
+            raise ValueError(f"DCP tensor item does not load with weights_only=True: {e}") from None
+        if not isinstance(tensor, torch.Tensor) or type(tensor) is not torch.Tensor:
+            raise ValueError(f"DCP tensor item holds a {type(tensor).__name__}, not a tensor")
+        if tensor.dtype != torch_dtype(self.dtype) or tuple(tensor.shape) != self.shape:
+            raise ValueError(
+                f"DCP tensor item holds {tensor.dtype} {list(tensor.shape)}, the metadata says "
+                f"{self.dtype} {list(self.shape)}"
+            )
+        return tensor_bytes(tensor.contiguous())
+
+
+def untransform(
+    data: memoryview | bytes | bytearray, transforms: tuple[str, ...], *, max_nbytes: int
+) -> bytes:
+    """Undo DCP stream transforms (only ``stream.zstd/1``), producing at most ``max_nbytes``."""
+    out = bytes(data)
+    for _ in transforms:  # validated as stream.zstd/1 when the metadata was read
+        import zstandard
+
+        try:
+            reader = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(out))
+            out = reader.read(max_nbytes + 1)
+        except zstandard.ZstdError as e:
+            raise ValueError(f"zstd stream does not decode: {e}") from None
+        if len(out) > max_nbytes:
+            raise ValueError(f"zstd stream decodes to more than the expected {max_nbytes} bytes")
+    return out
+
+
+# Non-tensor items
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PickledValueEntry(ValueEntry):
+    """A non-plain DCP value loaded with full pickle because the caller allowed it.
+
+    In-memory only: it has no JSON form, so ``convert`` refuses it.
+    """
+
+    obj: Any = None
+
+    def decoded(self) -> object:
+        return self.obj
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RefusedValueEntry(ValueEntry):
+    """A DCP value that needs arbitrary pickle; loading its key raises."""
+
+    reason: str = field(default="")
+
+    def decoded(self) -> object:
+        raise UnsupportedValueError(self.reason)
+
+
+_NONE: dict[str, Any] = {"type": "none"}
+
+
+def _value_entries(store: Store, item: DcpBytes, *, allow_pickle: bool) -> list[ValueEntry]:
+    import pickle
+
+    import torch
+
+    blob = _read_item(store, item.storage, item.fqn)
+    try:
+        obj = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if not allow_pickle:
+            return [RefusedValueEntry(key=(item.fqn,), value=_NONE, reason=(
+                f"DCP key {item.fqn!r} holds a Python object that only arbitrary pickle can load "
+                f"({_first_line(e)}); load it with allow_pickle=True if you trust this checkpoint"
+            ))]
+        try:
+            obj = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=False)
+        except Exception as e2:  # noqa: BLE001
+            raise CorruptCheckpointError(f"DCP key {item.fqn!r}: does not unpickle: {e2}") from None
+        return [PickledValueEntry(key=(item.fqn,), value=_NONE, obj=obj)]
+    except Exception as e:  # noqa: BLE001 - a broken blob
+        raise CorruptCheckpointError(f"DCP key {item.fqn!r}: does not load: {e}") from None
+    out: list[ValueEntry] = []
+    problems: list[str] = []
+    _flatten_value((item.fqn,), obj, out, problems)
+    if problems and not allow_pickle:
+        return [RefusedValueEntry(key=(item.fqn,), value=_NONE, reason=(
+            f"DCP key {item.fqn!r}: {problems[0]}; load it with allow_pickle=True to get the object"
+        ))]
+    if problems:
+        return [PickledValueEntry(key=(item.fqn,), value=_NONE, obj=obj)]
+    return out
+
+
+def _flatten_value(key: Key, obj: object, out: list[ValueEntry], problems: list[str]) -> None:
+    if isinstance(obj, dict) and obj:
+        for k, v in obj.items():
+            if isinstance(k, bool) or not isinstance(k, (str, int)):
+                problems.append(f"dict key {k!r} is not a str or int")
+                return
+            _flatten_value(key + (k,), v, out, problems)
+    elif isinstance(obj, (list, tuple)) and obj:
+        for i, v in enumerate(obj):
+            _flatten_value(key + (i,), v, out, problems)
+    else:
+        try:
+            out.append(ValueEntry(key=key, value=encode_value(obj, ".".join(map(str, key)))))
+        except UnsupportedValueError:
+            problems.append(f"a {type(obj).__module__}.{type(obj).__qualname__} has no plain-value form")
+
+
+def _read_item(store: Store, info: StorageInfo, fqn: str) -> bytes:
+    if info.length > _MAX_VALUE_NBYTES:
+        raise CorruptCheckpointError(f"DCP key {fqn!r}: a {info.length}-byte value is too large")
+    buf = bytearray(info.length)
+    store.read_into(info.file, info.offset, memoryview(buf))
+    try:
+        return untransform(buf, info.transforms, max_nbytes=_MAX_VALUE_NBYTES)
+    except ValueError as e:
+        raise CorruptCheckpointError(f"DCP key {fqn!r} in {info.file}: {e}") from None
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0][:300] if text else type(e).__name__

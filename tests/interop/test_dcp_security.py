@@ -1,0 +1,147 @@
+"""Hostile DCP input: nothing beyond the metadata allowlist and weights_only loads runs."""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import warnings
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import reshard
+import torch
+from reshard.errors import CheckpointError, CorruptCheckpointError, UnsupportedValueError
+
+
+class _Payload:
+    """Unpickling this runs ``os.system`` (what a hostile checkpoint would do)."""
+
+    def __init__(self, command: str) -> None:
+        self.command = command
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (os.system, (self.command,))
+
+
+class Custom:
+    """A value only arbitrary pickle can restore."""
+
+    def __init__(self, x: int) -> None:
+        self.x = x
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Custom) and other.x == self.x
+
+
+def _dcp_save(sd: dict[str, Any], path: Path) -> None:
+    import torch.distributed.checkpoint as dcp
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "assuming the intent is to save in a single process"
+        dcp.save(sd, checkpoint_id=str(path))
+
+
+@pytest.fixture()
+def ckpt(tmp_path: Path) -> Path:
+    path = tmp_path / "dcp"
+    _dcp_save({"w": torch.arange(6.0).reshape(2, 3), "step": 3}, path)
+    return path
+
+
+def test_metadata_with_reduce_payload_runs_nothing(ckpt: Path, tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    (ckpt / ".metadata").write_bytes(pickle.dumps(_Payload(f"touch {marker}")))
+    with pytest.raises(CorruptCheckpointError, match="os.system|posix.system"):
+        reshard.load({"w": torch.zeros(2, 3)}, ckpt)
+    with pytest.raises(CheckpointError):
+        reshard.open(ckpt)
+    with pytest.raises(CheckpointError):
+        reshard.load({"w": torch.zeros(2, 3)}, ckpt, allow_pickle=True)
+    assert not marker.exists()
+
+
+def test_metadata_payload_nested_inside_real_metadata(ckpt: Path, tmp_path: Path) -> None:
+    """A payload hidden in planner_data of otherwise valid metadata is refused too."""
+    from torch.distributed.checkpoint import FileSystemReader
+
+    marker = tmp_path / "pwned2"
+    meta = FileSystemReader(str(ckpt)).read_metadata()
+    meta.planner_data = {"w": _Payload(f"touch {marker}")}
+    (ckpt / ".metadata").write_bytes(pickle.dumps(meta))
+    with pytest.raises(CorruptCheckpointError, match="not a DCP metadata class"):
+        reshard.open(ckpt)
+    assert not marker.exists()
+
+
+def test_tensor_item_with_payload_runs_nothing(ckpt: Path, tmp_path: Path) -> None:
+    """A .distcp tensor blob replaced by a pickle payload fails weights_only loading."""
+    from torch.distributed.checkpoint import FileSystemReader
+
+    marker = tmp_path / "pwned3"
+    meta = FileSystemReader(str(ckpt)).read_metadata()
+    bad = io.BytesIO()
+    torch.save(_Payload(f"touch {marker}"), bad)
+    path = ckpt / "__0_0.distcp"
+    data = path.read_bytes()
+    [(index, info)] = [(i, s) for i, s in meta.storage_data.items() if i.fqn == "w"]
+    path.write_bytes(data + bad.getvalue())
+    info.offset, info.length = len(data), len(bad.getvalue())
+    (ckpt / ".metadata").write_bytes(pickle.dumps(meta))
+    with pytest.raises(CorruptCheckpointError, match="weights_only"):
+        reshard.load({"w": torch.zeros(2, 3)}, ckpt)
+    assert not marker.exists()
+
+
+def test_storage_path_escape_is_refused(ckpt: Path) -> None:
+    from torch.distributed.checkpoint import FileSystemReader
+
+    meta = FileSystemReader(str(ckpt)).read_metadata()
+    for info in meta.storage_data.values():
+        info.relative_path = "../../etc/passwd"
+    (ckpt / ".metadata").write_bytes(pickle.dumps(meta))
+    with pytest.raises(CorruptCheckpointError, match="refusing data file name"):
+        reshard.open(ckpt)
+
+
+def test_truncated_and_garbage_metadata(ckpt: Path) -> None:
+    data = (ckpt / ".metadata").read_bytes()
+    for bad in (data[: len(data) // 2], b"", b"not a pickle", pickle.dumps({"a": 1})):
+        (ckpt / ".metadata").write_bytes(bad)
+        with pytest.raises(CorruptCheckpointError):
+            reshard.open(ckpt)
+
+
+def test_non_plain_value_needs_allow_pickle(tmp_path: Path) -> None:
+    path = tmp_path / "dcp"
+    _dcp_save({"w": torch.arange(4), "obj": Custom(5), "step": 2}, path)
+    sd: dict[str, Any] = {"w": torch.zeros(4, dtype=torch.int64), "obj": None, "step": 0}
+    with pytest.raises(UnsupportedValueError, match="allow_pickle=True"):
+        reshard.load(sd, path)
+    # Keys that do not need pickle still load when the refused key is not asked for.
+    part: dict[str, Any] = {"w": torch.zeros(4, dtype=torch.int64), "step": 0}
+    reshard.load(part, path)
+    assert part["step"] == 2 and torch.equal(part["w"], torch.arange(4))
+    reshard.load(sd, path, allow_pickle=True)
+    assert sd["obj"] == Custom(5) and sd["step"] == 2
+    with reshard.open(path, allow_pickle=True) as ck:
+        assert ck.read("obj") == Custom(5)
+
+
+def test_corrupt_zstd_tensor_item(tmp_path: Path) -> None:
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint import FileSystemWriter
+    from torch.distributed.checkpoint._extension import ZStandard
+
+    path = tmp_path / "dcp"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        writer = FileSystemWriter(str(path), _extensions=[ZStandard()])
+        dcp.save({"w": torch.arange(1000)}, storage_writer=writer)
+    data = bytearray((path / "__0_0.distcp").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (path / "__0_0.distcp").write_bytes(bytes(data))
+    with pytest.raises(CorruptCheckpointError, match="key 'w'"):
+        reshard.load({"w": torch.zeros(1000, dtype=torch.int64)}, path)
