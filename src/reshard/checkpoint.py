@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Union
 
@@ -45,8 +46,10 @@ class EntryInfo:
 class Checkpoint:
     """A committed checkpoint opened for reading; needs no torch.distributed."""
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        self._store = open_store(path)
+    def __init__(
+        self, path: str | os.PathLike[str], *, storage_options: Mapping[str, Any] | None = None
+    ) -> None:
+        self._store = open_store(path, storage_options)
         self.path = self._store.location
         self.manifest = load_manifest(self._store)
         self._entries = self.manifest.by_dotted()
@@ -102,9 +105,14 @@ class Checkpoint:
         return out.squeeze(squeeze) if squeeze else out
 
 
-def open(path: str | os.PathLike[str]) -> Checkpoint:  # noqa: A001 - public name
-    """Open the checkpoint at ``path`` for reading in this process."""
-    return Checkpoint(path)
+def open(  # noqa: A001 - public name
+    path: str | os.PathLike[str], *, storage_options: Mapping[str, Any] | None = None
+) -> Checkpoint:
+    """Open the checkpoint at ``path`` (a directory or an fsspec URL) for reading in this process.
+
+    ``storage_options`` go unchanged to fsspec (for s3fs: ``key``, ``secret``, ``endpoint_url``).
+    """
+    return Checkpoint(path, storage_options=storage_options)
 
 
 def _chunk_info(c: Chunk) -> ChunkInfo:

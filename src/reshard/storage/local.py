@@ -63,6 +63,21 @@ class LocalStore:
             raise CorruptCheckpointError(f"{self.location}: refusing file name {name!r}")
         return os.path.join(self.location, *parts)
 
+    def prepare(self, folder: str) -> None:
+        if os.path.exists(self.location) and not os.path.isdir(self.location):
+            raise StorageError(f"cannot save to {self.location}: it is a file, not a directory")
+        try:
+            os.makedirs(self._path(folder), exist_ok=True)
+        except OSError as e:
+            raise StorageError(f"cannot create checkpoint directory {self.location}: {e}") from e
+
+    def sync(self, folder: str) -> None:
+        # New files' directory entries are durable only once their folder is fsynced.
+        try:
+            _fsync_dir(self._path(folder))
+        except OSError as e:
+            raise StorageError(f"cannot sync {self._path(folder)}: {e}") from e
+
     def open_writer(self, name: str) -> BinaryIO:
         path = self._path(name)
         try:
