@@ -16,6 +16,7 @@ from .adapters.tensors import describe, flatten
 from .codecs import Codec, resolve_codec
 from .core.planner import Desc, SavePlan, TensorDesc, ValueDesc, WriteTask, plan_save
 from .dist.collective import Collective, Outcome, raise_if_failed
+from .errors import CheckpointError
 from .format.manifest import (
     DATA_DIR,
     MANIFEST_NAME,
@@ -127,7 +128,10 @@ def write_and_commit(
         try:
             raise_if_failed(written)
         except Exception:
-            _remove_files(store, lambda name: os.path.basename(name).startswith(save_id))
+            try:
+                _remove_files(store, lambda name: os.path.basename(name).startswith(save_id))
+            except CheckpointError:
+                pass  # best effort: report the failure that stopped the save, not the cleanup's
             raise
         manifest = _manifest(prepared.plan, prepared.per_rank, written, save_id,
                              coll.world_size, prepared.codec_spec)
