@@ -89,9 +89,26 @@ def _is_transient_one(e: BaseException) -> bool:
     return False
 
 
-def _is_range_error(e: BaseException) -> bool:
-    text = f"{type(e).__name__}: {e}"
-    return "InvalidRange" in text or "416" in text or "Range Not Satisfiable" in text
+def _is_range_error(error: BaseException) -> bool:
+    """Whether ``error`` says the requested byte range starts past the end (HTTP 416)."""
+    if isinstance(error, _PERMANENT):
+        return False
+    e: BaseException | None = error
+    for _ in range(8):
+        if e is None:
+            break
+        response = getattr(e, "response", None)
+        if isinstance(response, dict) and (
+            response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 416
+            or response.get("Error", {}).get("Code") == "InvalidRange"
+        ):
+            return True
+        if any(getattr(e, attr, None) == 416 for attr in ("status", "status_code", "code")):
+            return True
+        if "InvalidRange" in str(e) or "Range Not Satisfiable" in str(e):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
 
 
 def _backoff_s(attempt: int) -> float:
