@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Union
 
@@ -45,8 +46,11 @@ class EntryInfo:
 class Checkpoint:
     """A committed checkpoint opened for reading; needs no torch.distributed."""
 
-    def __init__(self, path: str | os.PathLike[str], *, allow_pickle: bool = False) -> None:
-        self._store = open_store(path)
+    def __init__(
+        self, path: str | os.PathLike[str], *, allow_pickle: bool = False,
+        storage_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        self._store = open_store(path, storage_options)
         self.path = self._store.location
         try:
             self.manifest = load_manifest(self._store, allow_pickle=allow_pickle)
@@ -106,10 +110,17 @@ class Checkpoint:
         return out.squeeze(squeeze) if squeeze else out
 
 
-def open(path: str | os.PathLike[str], *, allow_pickle: bool = False) -> Checkpoint:  # noqa: A001
-    """Open the checkpoint at ``path`` (reshard, or a torch.distributed.checkpoint
-    directory) for reading in this process; ``allow_pickle`` as in ``reshard.load``."""
-    return Checkpoint(path, allow_pickle=allow_pickle)
+def open(  # noqa: A001 - public name
+    path: str | os.PathLike[str], *, allow_pickle: bool = False,
+    storage_options: Mapping[str, Any] | None = None,
+) -> Checkpoint:
+    """Open the checkpoint at ``path`` for reading in this process.
+
+    ``path`` is a directory or an fsspec URL holding a reshard checkpoint, or a
+    torch.distributed.checkpoint directory (``allow_pickle`` as in ``reshard.load``).
+    ``storage_options`` go unchanged to fsspec (for s3fs: ``key``, ``secret``, ``endpoint_url``).
+    """
+    return Checkpoint(path, allow_pickle=allow_pickle, storage_options=storage_options)
 
 
 def _chunk_info(c: Chunk) -> ChunkInfo:

@@ -31,3 +31,31 @@ def max_piece_nbytes() -> int:
 def io_threads() -> int:
     """Threads for file reads, decoding and checksums in one process."""
     return _int_env("RESHARD_IO_THREADS", min(8, (os.cpu_count() or 2) * 2))
+
+
+def _float_env(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not a number") from None
+    if not value >= 0:
+        raise ValueError(f"{name}={raw!r} must be zero or positive")
+    return value
+
+
+def remote_attempts() -> int:
+    """Tries of one remote request (the first included) before a transient error is final."""
+    return _int_env("RESHARD_REMOTE_ATTEMPTS", 6)
+
+
+def remote_backoff_s() -> float:
+    """First retry delay on a transient remote error; it doubles per retry (capped, jittered)."""
+    return _float_env("RESHARD_REMOTE_BACKOFF_S", 0.2)
+
+
+def upload_part_nbytes() -> int:
+    """Object-store files up to this size are one PUT; larger ones upload in parts of this size."""
+    return _int_env("RESHARD_UPLOAD_PART_NBYTES", 32 * 1024 * 1024)

@@ -35,6 +35,7 @@ def load(
     process_group: Any = None,
     strict: bool = True,
     allow_pickle: bool = False,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> None:
     """Fill ``state_dict`` in place from the checkpoint at ``path``; collective.
 
@@ -42,14 +43,15 @@ def load(
     world size saved them. Tensors (DTensor local shards, plain tensors, numpy arrays,
     LocalShardsWrapper shards, checkpointable subclasses) are written into; plain values
     are replaced. With ``strict`` a key the checkpoint lacks raises; extra checkpoint
-    keys are ignored. Errors are raised on every rank.
+    keys are ignored. Errors are raised on every rank. ``path`` may be an fsspec URL
+    (``s3://bucket/prefix``); ``storage_options`` go to fsspec.
 
     ``path`` may also be a torch.distributed.checkpoint directory (docs/INTEROP.md).
     ``allow_pickle=True`` lets its non-tensor values that need arbitrary pickle load;
     only pass it for checkpoints you trust. Without it such keys raise CheckpointError.
     """
     coll = Collective(process_group)
-    store = open_store(path)
+    store = open_store(path, storage_options)
     try:
         manifest = coll.agree_broadcast(lambda: load_manifest(store, allow_pickle=allow_pickle))
         plan: dict[str, LoadPlan] = {}

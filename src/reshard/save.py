@@ -7,6 +7,7 @@ import os
 import time
 import uuid
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -14,9 +15,9 @@ import torch
 from . import __version__, config
 from .adapters.tensors import describe, flatten
 from .codecs import Codec, resolve_codec
-from .core.planner import Desc, SavePlan, TensorDesc, ValueDesc, plan_save
+from .core.planner import Desc, SavePlan, TensorDesc, ValueDesc, WriteTask, plan_save
 from .dist.collective import Collective, Outcome, raise_if_failed
-from .errors import StorageError
+from .errors import CheckpointError
 from .format.manifest import (
     DATA_DIR,
     MANIFEST_NAME,
@@ -37,22 +38,46 @@ def save(
     *,
     process_group: Any = None,
     codec: str | Codec | None = None,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> None:
     """Save ``state_dict`` to ``path``; collective over ``process_group``.
 
-    Every rank passes its own shards and the same ``path``. Replicated data is written
-    once. The manifest is committed last, atomically: a crash leaves the previous
-    checkpoint at ``path`` loadable. Any rank's failure raises on every rank.
+    Every rank passes its own shards and the same ``path``: a local directory or an
+    fsspec URL such as ``s3://bucket/prefix`` (``storage_options`` go to fsspec).
+    Replicated data is written once. The manifest is committed last, atomically: a crash
+    leaves the previous checkpoint at ``path`` loadable. Any rank's failure raises on every rank.
     """
     coll = Collective(process_group)
-    store = open_store(path)
+    store = open_store(path, storage_options)
     try:
-        _save(coll, store, state_dict, codec)
+        prepared = prepare_save(coll, store, state_dict, codec)
+        write_and_commit(coll, store, prepared, prepared.shards())
     finally:
         store.close()
 
 
-def _save(coll: Collective, store: Store, state_dict: Mapping[str, Any], codec_arg: Any) -> None:
+@dataclass(slots=True, kw_only=True)
+class PreparedSave:
+    """The agreed plan of one save, as seen by one rank (``plan`` only on the coordinator)."""
+
+    save_id: str
+    tasks: tuple[WriteTask, ...]
+    tensors: list[tuple[torch.Tensor, ...]]
+    codec: Codec
+    codec_spec: CodecSpec
+    plan: SavePlan | None = None
+    per_rank: list[list[Desc]] | None = None
+
+    def shards(self) -> list[tuple[int, int, torch.Tensor]]:
+        """This rank's ``(item_index, box_index, tensor)`` to write, in plan order."""
+        return [(t.item_index, t.box_index, self.tensors[t.item_index][t.box_index])
+                for t in self.tasks]
+
+
+def prepare_save(
+    coll: Collective, store: Store, state_dict: Mapping[str, Any], codec_arg: Any
+) -> PreparedSave:
+    """Describe every rank's state, plan on the coordinator, hand each rank its tasks."""
     local: dict[str, Any] = {}
 
     def describe_local() -> list[Desc]:
@@ -69,21 +94,30 @@ def _save(coll: Collective, store: Store, state_dict: Mapping[str, Any], codec_a
         raise_if_failed(described)
         per_rank: list[list[Desc]] = [o.value for o in described]  # type: ignore[misc]
         shared["plan"], shared["per_rank"] = plan_save(per_rank), per_rank
-        _check_target(store)
+        store.prepare(DATA_DIR)
         save_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:12]}"
         return [(save_id, shared["plan"].tasks[r]) for r in range(coll.world_size)]
 
     save_id, tasks = coll.agree_scatter(decide)
+    return PreparedSave(save_id=save_id, tasks=tasks, tensors=local["tensors"],
+                        codec=local["codec"], codec_spec=local["codec_spec"],
+                        plan=shared.get("plan"), per_rank=shared.get("per_rank"))
+
+
+def write_and_commit(
+    coll: Collective, store: Store, prepared: PreparedSave,
+    shards: list[tuple[int, int, torch.Tensor]],
+) -> None:
+    """Write this rank's ``shards`` (those of ``prepared.shards()``, or copies), then commit."""
+    save_id = prepared.save_id
     file_name = f"{DATA_DIR}/{save_id}.{coll.rank}.bin"
 
     def write_local() -> tuple[str, list[WrittenChunk]]:
-        shards = [(t.item_index, t.box_index, local["tensors"][t.item_index][t.box_index])
-                  for t in tasks]
         if not shards:
             return file_name, []
         with torch.no_grad():
             written = write_data_file(
-                store, file_name, shards, local["codec"],
+                store, file_name, shards, prepared.codec,
                 frame_raw_nbytes=config.frame_raw_nbytes(), threads=config.io_threads(),
             )
         return file_name, written
@@ -91,16 +125,19 @@ def _save(coll: Collective, store: Store, state_dict: Mapping[str, Any], codec_a
     written = coll.gather_outcomes(write_local)
 
     def commit() -> None:
-        assert written is not None
+        assert written is not None and prepared.plan is not None and prepared.per_rank is not None
         try:
             raise_if_failed(written)
         except Exception:
-            _remove_files(store, lambda name: os.path.basename(name).startswith(save_id))
+            try:
+                _remove_files(store, lambda name: os.path.basename(name).startswith(save_id))
+            except CheckpointError:
+                pass  # best effort: report the failure that stopped the save, not the cleanup's
             raise
-        manifest = _manifest(shared["plan"], shared["per_rank"], written, save_id,
-                             coll.world_size, local["codec_spec"])
+        manifest = _manifest(prepared.plan, prepared.per_rank, written, save_id,
+                             coll.world_size, prepared.codec_spec)
         keep = set(manifest.files())
-        _sync_data_dir(store)
+        store.sync(DATA_DIR)
         store.write_atomic(MANIFEST_NAME, manifest.to_json())
         # Committed: from here the save has succeeded. Removing the previous files is
         # best effort; whatever is left is removed by the next save to this path.
@@ -114,33 +151,6 @@ def _save(coll: Collective, store: Store, state_dict: Mapping[str, Any], codec_a
 
 
 _log = logging.getLogger("reshard")
-
-
-def _check_target(store: Store) -> None:
-    location = store.location
-    if os.path.exists(location) and not os.path.isdir(location):
-        raise StorageError(f"cannot save to {location}: it is a file, not a directory")
-    data = os.path.join(location, DATA_DIR)
-    try:
-        os.makedirs(data, exist_ok=True)
-    except OSError as e:
-        raise StorageError(f"cannot create checkpoint directory {location}: {e}") from e
-    # The save deletes every file in data/ that the new manifest does not name: a data/
-    # that is a symlink to some other folder would have that folder emptied.
-    if os.path.islink(data) or os.path.dirname(os.path.realpath(data)) != os.path.realpath(location):
-        raise StorageError(
-            f"cannot save to {location}: {data} is a symlink; it must be a plain folder "
-            "inside the checkpoint (a save removes every file there that it did not write)"
-        )
-
-
-def _sync_data_dir(store: Store) -> None:
-    folder = os.path.join(store.location, DATA_DIR)
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _remove_files(store: Store, should_remove: Any) -> None:

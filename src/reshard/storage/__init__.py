@@ -1,4 +1,4 @@
-"""Where checkpoint bytes live."""
+"""Where checkpoint bytes live: a local directory, or any fsspec filesystem (object stores)."""
 
 from .base import Store, open_store
 from .local import LocalStore

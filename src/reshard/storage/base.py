@@ -1,22 +1,34 @@
-"""The store interface: a checkpoint directory of named files."""
+"""The store interface, and ``open_store``: which store serves a path or URL."""
 
 from __future__ import annotations
 
 import os
-from typing import BinaryIO, Protocol
+import re
+from collections.abc import Mapping
+from typing import Any, BinaryIO, Protocol
+
+from ..errors import CheckpointError
 
 
 class Store(Protocol):
     """Bytes of one checkpoint directory, addressed by relative '/'-separated names.
 
     Every rank opens its own store on the same path. Only the coordinator calls
-    ``write_atomic`` (the commit) and ``delete``.
+    ``prepare``, ``sync``, ``write_atomic`` (the commit) and ``delete``, in that order.
     """
 
     location: str
 
+    def prepare(self, folder: str) -> None:
+        """Make the checkpoint location ready for files under ``folder`` (coordinator, before writes)."""
+        ...
+
     def open_writer(self, name: str) -> BinaryIO:
-        """A new file for sequential writes; ``close()`` makes it durable."""
+        """A new file for sequential writes; ``close()`` makes it complete and durable, or raises."""
+        ...
+
+    def sync(self, folder: str) -> None:
+        """Make the names of files closed under ``folder`` durable (coordinator, before the commit)."""
         ...
 
     def read_into(self, name: str, offset: int, buffer: memoryview) -> None:
@@ -48,7 +60,34 @@ class Store(Protocol):
         ...
 
 
-def open_store(path: str | os.PathLike[str]) -> Store:
-    from .local import LocalStore
+# "s3://...", "gs://...", "memory://...", and fsspec chains such as "simplecache::s3://...".
+_URL = re.compile(r"^(?:[A-Za-z][A-Za-z0-9+.\-]*::)*([A-Za-z][A-Za-z0-9+.\-]*)://")
+_LOCAL_PROTOCOLS = ("file", "local")
 
-    return LocalStore(os.fspath(path))
+
+def open_store(
+    path: str | os.PathLike[str], storage_options: Mapping[str, Any] | None = None
+) -> Store:
+    """The store for ``path``: a local directory, or an fsspec URL (``s3://bucket/prefix``).
+
+    ``storage_options`` go unchanged to fsspec (for s3fs: ``key``, ``secret``,
+    ``endpoint_url``, ``client_kwargs``, ...). They are refused for local paths, where
+    they would be ignored: a mistyped URL such as ``s3:/bucket`` must not silently
+    become a local directory.
+    """
+    location = os.fspath(path)
+    if not isinstance(location, str):
+        raise CheckpointError(f"checkpoint path must be a str or os.PathLike, got {location!r}")
+    match = _URL.match(location)
+    if match is None or (match.group(1).lower() in _LOCAL_PROTOCOLS and "::" not in location):
+        if storage_options:
+            raise CheckpointError(
+                f"storage_options were given for the local path {location!r}; they apply only "
+                "to fsspec URLs such as s3://bucket/prefix"
+            )
+        from .local import LocalStore
+
+        return LocalStore(location[len(match.group(0)):] if match else location)
+    from .fsspec_store import FsspecStore
+
+    return FsspecStore.from_url(location, dict(storage_options or {}))
