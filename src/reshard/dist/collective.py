@@ -1,0 +1,152 @@
+"""Collective steps over torch.distributed, with agreement on failure.
+
+Each step runs local work, then exchanges its outcome, so an exception on one rank
+becomes the same CheckpointError on every rank instead of a hang. A one-process
+stand-in serves when torch.distributed is not initialized.
+"""
+
+from __future__ import annotations
+
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from ..errors import ERROR_CLASSES, CheckpointError
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome(Generic[T]):
+    """What one rank's local step produced: a value, or an error to share."""
+
+    value: T | None = None
+    error_class: str | None = None
+    error_message: str | None = None
+
+
+def run_local(fn: Callable[[], T], rank: int) -> Outcome[T]:
+    try:
+        return Outcome(value=fn())
+    except CheckpointError as e:
+        return Outcome(error_class=type(e).__name__, error_message=str(e))
+    except Exception as e:  # noqa: BLE001 - shared with the other ranks, then raised
+        detail = "".join(traceback.format_exception_only(type(e), e)).strip()
+        return Outcome(error_class="CheckpointError", error_message=f"rank {rank}: {detail}")
+
+
+def raise_if_failed(outcomes: list[Outcome[Any]]) -> None:
+    """Raise one error, the same on every rank, if any rank failed."""
+    failed = [(r, o) for r, o in enumerate(outcomes) if o.error_class is not None]
+    if not failed:
+        return
+    classes = {o.error_class for _, o in failed}
+    cls = ERROR_CLASSES.get(classes.pop(), CheckpointError) if len(classes) == 1 else CheckpointError
+    messages: list[str] = []
+    for rank, o in failed:
+        msg = o.error_message or "unknown error"
+        if msg not in messages:
+            messages.append(msg)
+    ranks = ", ".join(str(r) for r, _ in failed)
+    text = messages[0] if len(messages) == 1 else "; ".join(messages[:8])
+    if len(outcomes) > 1 and len(failed) < len(outcomes):
+        text = f"{text} (failed on rank {ranks})"
+    raise cls(text)
+
+
+class Collective:
+    """The collective operations reshard needs, on one process group."""
+
+    def __init__(self, process_group: Any = None) -> None:
+        import torch.distributed as dist
+
+        self._dist = dist if dist.is_available() and dist.is_initialized() else None
+        self._group = process_group
+        if self._dist is None:
+            if process_group is not None:
+                raise CheckpointError("process_group given but torch.distributed is not initialized")
+            self.rank, self.world_size = 0, 1
+        else:
+            self.rank = self._dist.get_rank(process_group)
+            self.world_size = self._dist.get_world_size(process_group)
+            if self.rank < 0:
+                raise CheckpointError("this process is not a member of the given process_group")
+
+    @property
+    def is_coordinator(self) -> bool:
+        return self.rank == 0
+
+    def _global(self, group_rank: int) -> int:
+        assert self._dist is not None
+        if self._group is None:
+            return group_rank
+        return int(self._dist.get_global_rank(self._group, group_rank))
+
+    def all_gather(self, obj: T) -> list[T]:
+        if self._dist is None:
+            return [obj]
+        out: list[Any] = [None] * self.world_size
+        self._dist.all_gather_object(out, obj, group=self._group)
+        return out
+
+    def gather(self, obj: T) -> list[T] | None:
+        """Every rank's ``obj`` on the coordinator; None elsewhere."""
+        if self._dist is None:
+            return [obj]
+        out: list[Any] | None = [None] * self.world_size if self.is_coordinator else None
+        self._dist.gather_object(obj, out, dst=self._global(0), group=self._group)
+        return out
+
+    def broadcast(self, obj: T | None) -> T:
+        """The coordinator's ``obj`` on every rank."""
+        if self._dist is None:
+            return obj  # type: ignore[return-value]
+        box = [obj]
+        self._dist.broadcast_object_list(box, src=self._global(0), group=self._group)
+        return box[0]  # type: ignore[return-value]
+
+    def scatter(self, objs: list[T] | None) -> T:
+        """Item ``r`` of the coordinator's list on rank ``r``."""
+        if self._dist is None:
+            assert objs is not None
+            return objs[0]
+        out: list[Any] = [None]
+        self._dist.scatter_object_list(out, objs, src=self._global(0), group=self._group)
+        return out[0]  # type: ignore[no-any-return]
+
+    # Agreed steps: every rank returns, or every rank raises the same error.
+
+    def agree_all(self, fn: Callable[[], T]) -> list[T]:
+        """Run ``fn`` on every rank; every rank gets every rank's result."""
+        outcomes = self.all_gather(run_local(fn, self.rank))
+        raise_if_failed(outcomes)
+        return [o.value for o in outcomes]  # type: ignore[misc]
+
+    def gather_outcomes(self, fn: Callable[[], T]) -> list[Outcome[T]] | None:
+        """Run ``fn`` on every rank; the outcomes reach the coordinator, which must
+        pass them to ``raise_if_failed`` inside the next agreed step."""
+        return self.gather(run_local(fn, self.rank))
+
+    def agree_broadcast(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` on the coordinator; every rank gets its result or its error."""
+        outcome = run_local(fn, self.rank) if self.is_coordinator else None
+        shared: Outcome[T] = self.broadcast(outcome)
+        raise_if_failed([shared])
+        return shared.value  # type: ignore[return-value]
+
+    def agree_scatter(self, fn: Callable[[], list[T]]) -> T:
+        """Run ``fn`` on the coordinator (one result per rank); each rank gets its own
+        result, or every rank the coordinator's error."""
+        if self.is_coordinator:
+            outcome = run_local(fn, self.rank)
+            if outcome.error_class is None:
+                parts: list[Outcome[T]] = [Outcome(value=v) for v in outcome.value]  # type: ignore[union-attr]
+            else:
+                parts = [outcome] * self.world_size
+        else:
+            parts = None  # type: ignore[assignment]
+        mine: Outcome[T] = self.scatter(parts)
+        raise_if_failed([mine])
+        return mine.value  # type: ignore[return-value]
