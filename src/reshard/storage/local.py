@@ -80,20 +80,21 @@ class LocalStore:
     def prepare(self, folder: str) -> None:
         if os.path.exists(self.location) and not os.path.isdir(self.location):
             raise StorageError(f"cannot save to {self.location}: it is a file, not a directory")
-        path = self._path(folder)
-        try:
-            os.makedirs(path, exist_ok=True)
-        except OSError as e:
-            raise StorageError(f"cannot create checkpoint directory {self.location}: {e}") from e
+        path = os.path.join(self.location, folder)
         # A save deletes every file in the folder that the new manifest does not name: a
         # folder that is a symlink to somewhere else would have that place emptied.
-        if os.path.islink(path) or os.path.dirname(os.path.realpath(path)) != os.path.realpath(
-            self.location
+        if os.path.islink(path) or (
+            os.path.exists(path)
+            and os.path.dirname(os.path.realpath(path)) != os.path.realpath(self.location)
         ):
             raise StorageError(
                 f"cannot save to {self.location}: {path} is a symlink; it must be a plain folder "
                 "inside the checkpoint (a save removes every file there that it did not write)"
             )
+        try:
+            os.makedirs(path, exist_ok=True)
+        except OSError as e:
+            raise StorageError(f"cannot create checkpoint directory {self.location}: {e}") from e
 
     def sync(self, folder: str) -> None:
         # New files' directory entries are durable only once their folder is fsynced.
