@@ -145,3 +145,40 @@ def test_corrupt_zstd_tensor_item(tmp_path: Path) -> None:
     (path / "__0_0.distcp").write_bytes(bytes(data))
     with pytest.raises(CorruptCheckpointError, match="key 'w'"):
         reshard.load({"w": torch.zeros(1000, dtype=torch.int64)}, path)
+
+
+class _Global:
+    """Pickles as a bare reference to ``module.name`` (what find_class is asked for)."""
+
+    def __init__(self, module: str, name: str, args: tuple[Any, ...] = ()) -> None:
+        self.module, self.name, self.args = module, name, args
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        import importlib
+
+        return (getattr(importlib.import_module(self.module), self.name), self.args)
+
+
+@pytest.mark.parametrize(
+    ("module", "name", "args"),
+    [
+        ("builtins", "eval", ("1+1",)),
+        ("builtins", "getattr", ("x", "upper")),
+        ("torch", "load", ("/nonexistent",)),
+        ("subprocess", "call", (["true"],)),
+        ("torch.serialization", "_get_layout", ("torch.float32",)),
+    ],
+)
+def test_metadata_allowlist_refuses(ckpt: Path, module: str, name: str, args: tuple[Any, ...]) -> None:
+    from reshard.interop._dcp_pickle import read_metadata
+
+    with pytest.raises(CorruptCheckpointError, match="refusing to load"):
+        read_metadata(pickle.dumps(_Global(module, name, args)), source="x/.metadata")
+
+
+def test_real_metadata_parses(ckpt: Path) -> None:
+    from reshard.interop._dcp_pickle import read_metadata
+
+    tensors, values = read_metadata((ckpt / ".metadata").read_bytes(), source="m")
+    assert [t.fqn for t in tensors] == ["w"] and tensors[0].shape == (2, 3)
+    assert [v.fqn for v in values] == ["step"]
