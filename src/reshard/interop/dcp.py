@@ -244,7 +244,8 @@ def _flatten_value(key: Key, obj: object, out: list[ValueEntry], problems: list[
                 problems.append(f"dict key {k!r} is not a str or int")
                 return
             _flatten_value(key + (k,), v, out, problems)
-    elif isinstance(obj, (list, tuple)) and obj:
+    elif isinstance(obj, (list, tuple)) and obj and type(obj).__name__ != "Size":
+        # torch.Size stays whole, as reshard's own flattening keeps it (it has no plain form).
         for i, v in enumerate(obj):
             _flatten_value(key + (i,), v, out, problems)
     else:
