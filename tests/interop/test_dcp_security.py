@@ -182,3 +182,41 @@ def test_real_metadata_parses(ckpt: Path) -> None:
     tensors, values = read_metadata((ckpt / ".metadata").read_bytes(), source="m")
     assert [t.fqn for t in tensors] == ["w"] and tensors[0].shape == (2, 3)
     assert [v.fqn for v in values] == ["step"]
+
+
+def test_fuzzed_metadata_raises_only_checkpoint_errors(tmp_path: Path) -> None:
+    import random
+
+    path = tmp_path / "dcp"
+    _dcp_save({"w": torch.arange(6.0).reshape(2, 3), "v": [1, "a"], "s": torch.tensor(2)}, path)
+    good = (path / ".metadata").read_bytes()
+    rng = random.Random(1234)
+    outcomes = {"ok": 0, "refused": 0}
+    for _ in range(300):
+        data = bytearray(good)
+        for _ in range(rng.randint(1, 4)):
+            data[rng.randrange(len(data))] = rng.randrange(256)
+        if rng.random() < 0.2:
+            data = data[: rng.randrange(len(data))]
+        (path / ".metadata").write_bytes(bytes(data))
+        try:
+            with reshard.open(path) as ck:
+                for key in ck.keys():
+                    ck.read(key)
+            outcomes["ok"] += 1
+        except CheckpointError:
+            outcomes["refused"] += 1
+    assert outcomes["refused"] > 100
+
+
+def test_flipped_tensor_byte_is_detected(tmp_path: Path) -> None:
+    """DCP has no checksums of its own; the torch.save archive's CRC-32s catch this."""
+    path = tmp_path / "dcp"
+    _dcp_save({"w": torch.arange(1000)}, path)
+    f = path / "__0_0.distcp"
+    data = bytearray(f.read_bytes())
+    i = data.find(torch.arange(1000)[500:501].numpy().tobytes())
+    data[i] ^= 1
+    f.write_bytes(bytes(data))
+    with pytest.raises(CorruptCheckpointError, match="CRC-32"):
+        reshard.load({"w": torch.zeros(1000, dtype=torch.int64)}, path)

@@ -143,6 +143,7 @@ class DcpTorchSaveCodec:
 
         raw_nbytes = math.prod(self.shape) * torch_dtype(self.dtype).itemsize
         blob = untransform(data, self.transforms, max_nbytes=raw_nbytes + _BLOB_OVERHEAD_NBYTES)
+        _check_zip_crcs(blob)
         try:
             tensor = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
         except Exception as e:  # noqa: BLE001 - any failure means a bad blob
@@ -155,6 +156,32 @@ class DcpTorchSaveCodec:
                 f"{self.dtype} {list(self.shape)}"
             )
         return tensor_bytes(tensor.contiguous())
+
+
+def _check_zip_crcs(blob: bytes) -> None:
+    # DCP records no checksums and torch.load does not verify the zip's CRC-32s, so a
+    # flipped bit in tensor data would load silently. torch.save stores records
+    # uncompressed: check each in place (zipfile.testzip would copy it in 1 MiB steps).
+    import struct
+    import zipfile
+    import zlib
+
+    try:
+        with zipfile.ZipFile(io.BytesIO(blob)) as zf:
+            infos = zf.infolist()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
+        raise ValueError(f"DCP tensor item is not a torch.save archive ({e})") from None
+    view = memoryview(blob)
+    for info in infos:
+        h = info.header_offset
+        if info.compress_type != zipfile.ZIP_STORED or bytes(view[h:h + 4]) != b"PK\x03\x04":
+            raise ValueError(f"DCP tensor item: record {info.filename!r} is not a stored zip record")
+        name_len, extra_len = struct.unpack("<HH", view[h + 26:h + 30])
+        lo = h + 30 + name_len + extra_len
+        if lo + info.compress_size > len(view):
+            raise ValueError(f"DCP tensor item: record {info.filename!r} is truncated")
+        if zlib.crc32(view[lo:lo + info.compress_size]) != info.CRC:
+            raise ValueError(f"DCP tensor item: record {info.filename!r} fails its CRC-32 check")
 
 
 def untransform(
