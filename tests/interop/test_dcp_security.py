@@ -220,3 +220,21 @@ def test_flipped_tensor_byte_is_detected(tmp_path: Path) -> None:
     f.write_bytes(bytes(data))
     with pytest.raises(CorruptCheckpointError, match="CRC-32"):
         reshard.load({"w": torch.zeros(1000, dtype=torch.int64)}, path)
+
+
+@pytest.mark.parametrize("change", ["length", "offset", "file"])
+def test_item_ranges_are_checked_before_reading(ckpt: Path, change: str) -> None:
+    from torch.distributed.checkpoint import FileSystemReader
+
+    meta = FileSystemReader(str(ckpt)).read_metadata()
+    for index, info in meta.storage_data.items():
+        if index.fqn == "w":
+            if change == "length":
+                info.length = 2**45
+            elif change == "offset":
+                info.offset = 2**40
+            else:
+                info.relative_path = "__9_9.distcp"
+    (ckpt / ".metadata").write_bytes(pickle.dumps(meta))
+    with pytest.raises(CorruptCheckpointError, match="past its end|missing"):
+        reshard.open(ckpt)

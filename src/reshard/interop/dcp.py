@@ -53,6 +53,8 @@ def load_dcp_manifest(store: Store, *, allow_pickle: bool = False) -> Manifest:
 
     source = os.path.join(store.location, METADATA_NAME)
     tensors, byte_items = read_metadata(store.read_bytes(METADATA_NAME), source=source)
+    _check_ranges(store, [c.storage for t in tensors for c in t.chunks]
+                  + [b.storage for b in byte_items])
     entries: list[Entry] = [_tensor_entry(t) for t in tensors]
     for item in byte_items:
         entries.extend(_value_entries(store, item, allow_pickle=allow_pickle))
@@ -60,6 +62,24 @@ def load_dcp_manifest(store: Store, *, allow_pickle: bool = False) -> Manifest:
         save_id=f"dcp-{uuid.uuid4().hex[:12]}", world_size=1, created_unix_s=time.time(),
         library_version="torch.distributed.checkpoint", entries=tuple(entries),
     )
+
+
+def _check_ranges(store: Store, infos: list[StorageInfo]) -> None:
+    """Every item lies inside its data file (so no read is sized by a hostile length)."""
+    sizes: dict[str, int] = {}
+    for info in infos:
+        if info.file not in sizes:
+            try:
+                sizes[info.file] = store.size(info.file)
+            except CheckpointError:
+                raise CorruptCheckpointError(
+                    f"{store.location}: DCP data file {info.file!r} is missing"
+                ) from None
+        if info.offset + info.length > sizes[info.file]:
+            raise CorruptCheckpointError(
+                f"{store.location}: DCP item at bytes [{info.offset}, {info.offset + info.length}) "
+                f"of {info.file!r} is past its end ({sizes[info.file]} bytes)"
+            )
 
 
 def _tensor_entry(t: DcpTensor) -> TensorEntry:
@@ -73,9 +93,15 @@ def _tensor_entry(t: DcpTensor) -> TensorEntry:
         box = Box(c.offsets, c.sizes)
         if any(o + s > d for o, s, d in zip(c.offsets, c.sizes, t.shape)):
             raise CorruptCheckpointError(
-                f"DCP key {t.fqn!r}: chunk {list(c.offsets)}+{list(c.sizes)} is outside shape {list(t.shape)}"
+                f"DCP key {t.fqn!r}: chunk {list(c.offsets)}+{list(c.sizes)} is outside shape "
+                f"{list(t.shape)}"
             )
         raw = box.numel * itemsize
+        if c.storage.length > raw + raw // 64 + _BLOB_OVERHEAD_NBYTES:
+            raise CorruptCheckpointError(
+                f"DCP key {t.fqn!r}: a {c.storage.length}-byte item cannot hold a "
+                f"{list(c.sizes)} {dtype} chunk"
+            )
         seen.setdefault((c.offsets, c.sizes), Chunk(
             box=box, file=c.storage.file, offset=c.storage.offset, nbytes=c.storage.length,
             raw_nbytes=raw, codec=codec_spec(dtype, c.sizes, c.storage.transforms),
