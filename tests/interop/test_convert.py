@@ -57,8 +57,8 @@ def _assert_same(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor]) ->
 @pytest.fixture()
 def small_pieces(monkeypatch: pytest.MonkeyPatch) -> None:
     """Force many pieces and frames per tensor so streaming boundaries are exercised."""
-    monkeypatch.setenv("RESHARD_MAX_PIECE_NBYTES", "40")
-    monkeypatch.setenv("RESHARD_FRAME_RAW_NBYTES", "24")
+    monkeypatch.setenv("RESHARD_MAX_PIECE_NBYTES", "136")
+    monkeypatch.setenv("RESHARD_FRAME_RAW_NBYTES", "48")
 
 
 def test_reshard_to_safetensors_single_file(tmp_path: Path, small_pieces: None) -> None:

@@ -145,3 +145,96 @@ def test_corrupt_zstd_tensor_item(tmp_path: Path) -> None:
     (path / "__0_0.distcp").write_bytes(bytes(data))
     with pytest.raises(CorruptCheckpointError, match="key 'w'"):
         reshard.load({"w": torch.zeros(1000, dtype=torch.int64)}, path)
+
+
+class _Global:
+    """Pickles as a bare reference to ``module.name`` (what find_class is asked for)."""
+
+    def __init__(self, module: str, name: str, args: tuple[Any, ...] = ()) -> None:
+        self.module, self.name, self.args = module, name, args
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        import importlib
+
+        return (getattr(importlib.import_module(self.module), self.name), self.args)
+
+
+@pytest.mark.parametrize(
+    ("module", "name", "args"),
+    [
+        ("builtins", "eval", ("1+1",)),
+        ("builtins", "getattr", ("x", "upper")),
+        ("torch", "load", ("/nonexistent",)),
+        ("subprocess", "call", (["true"],)),
+        ("torch.serialization", "_get_layout", ("torch.float32",)),
+    ],
+)
+def test_metadata_allowlist_refuses(ckpt: Path, module: str, name: str, args: tuple[Any, ...]) -> None:
+    from reshard.interop._dcp_pickle import read_metadata
+
+    with pytest.raises(CorruptCheckpointError, match="refusing to load"):
+        read_metadata(pickle.dumps(_Global(module, name, args)), source="x/.metadata")
+
+
+def test_real_metadata_parses(ckpt: Path) -> None:
+    from reshard.interop._dcp_pickle import read_metadata
+
+    tensors, values = read_metadata((ckpt / ".metadata").read_bytes(), source="m")
+    assert [t.fqn for t in tensors] == ["w"] and tensors[0].shape == (2, 3)
+    assert [v.fqn for v in values] == ["step"]
+
+
+def test_fuzzed_metadata_raises_only_checkpoint_errors(tmp_path: Path) -> None:
+    import random
+
+    path = tmp_path / "dcp"
+    _dcp_save({"w": torch.arange(6.0).reshape(2, 3), "v": [1, "a"], "s": torch.tensor(2)}, path)
+    good = (path / ".metadata").read_bytes()
+    rng = random.Random(1234)
+    outcomes = {"ok": 0, "refused": 0}
+    for _ in range(300):
+        data = bytearray(good)
+        for _ in range(rng.randint(1, 4)):
+            data[rng.randrange(len(data))] = rng.randrange(256)
+        if rng.random() < 0.2:
+            data = data[: rng.randrange(len(data))]
+        (path / ".metadata").write_bytes(bytes(data))
+        try:
+            with reshard.open(path) as ck:
+                for key in ck.keys():
+                    ck.read(key)
+            outcomes["ok"] += 1
+        except CheckpointError:
+            outcomes["refused"] += 1
+    assert outcomes["refused"] > 100
+
+
+def test_flipped_tensor_byte_is_detected(tmp_path: Path) -> None:
+    """DCP has no checksums of its own; the torch.save archive's CRC-32s catch this."""
+    path = tmp_path / "dcp"
+    _dcp_save({"w": torch.arange(1000)}, path)
+    f = path / "__0_0.distcp"
+    data = bytearray(f.read_bytes())
+    i = data.find(torch.arange(1000)[500:501].numpy().tobytes())
+    data[i] ^= 1
+    f.write_bytes(bytes(data))
+    with pytest.raises(CorruptCheckpointError, match="CRC-32"):
+        reshard.load({"w": torch.zeros(1000, dtype=torch.int64)}, path)
+
+
+@pytest.mark.parametrize("change", ["length", "offset", "file"])
+def test_item_ranges_are_checked_before_reading(ckpt: Path, change: str) -> None:
+    from torch.distributed.checkpoint import FileSystemReader
+
+    meta = FileSystemReader(str(ckpt)).read_metadata()
+    for index, info in meta.storage_data.items():
+        if index.fqn == "w":
+            if change == "length":
+                info.length = 2**45
+            elif change == "offset":
+                info.offset = 2**40
+            else:
+                info.relative_path = "__9_9.distcp"
+    (ckpt / ".metadata").write_bytes(pickle.dumps(meta))
+    with pytest.raises(CorruptCheckpointError, match="past its end|missing"):
+        reshard.open(ckpt)

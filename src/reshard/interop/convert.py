@@ -28,6 +28,7 @@ from ..format.manifest import (
     DATA_DIR,
     MANIFEST_NAME,
     Chunk,
+    CodecSpec,
     Entry,
     Frame,
     Manifest,
@@ -198,7 +199,10 @@ def to_reshard(
     source: Source, dst: str, *, codec: str | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> Manifest:
-    """Write ``source`` as a reshard checkpoint at ``dst`` (a new or empty directory)."""
+    """Write ``source`` as a reshard checkpoint at ``dst`` (a new or empty directory).
+
+    One process writes one data file frame by frame, then commits the manifest.
+    """
     dst = os.path.abspath(dst)
     if os.path.exists(dst) and (not os.path.isdir(dst) or os.listdir(dst)):
         raise StorageError(f"{dst} exists and is not an empty directory")
@@ -206,29 +210,15 @@ def to_reshard(
     values = source.plain_values()
     save_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:12]}"
     file_name = f"{DATA_DIR}/{save_id}.0.bin"
-    frame = config.frame_raw_nbytes()
     report = progress or (lambda n: None)
     store = open_store(dst)
-    entries: list[Entry] = []
     try:
         writer = store.open_writer(file_name)
         try:
-            framer = _Framer(writer, codec_obj, frame)
-            for e in source.tensors():
-                chunks = []
-                for c in e.chunks:
-                    start = framer.offset
-                    for box in st.pieces(e.shape, c.box, source.piece_nbytes(e) // e.itemsize):
-                        data = source.read(e, box)
-                        framer.write(data)
-                        report(len(data))
-                    frames = framer.end_chunk()
-                    chunks.append(Chunk(
-                        box=c.box, file=file_name, offset=start, nbytes=framer.offset - start,
-                        raw_nbytes=c.raw_nbytes, codec=spec, frame_raw_nbytes=frame, frames=frames,
-                    ))
-                entries.append(TensorEntry(key=(dotted(e.key),), dtype=e.dtype, shape=e.shape,
-                                           container=e.container, chunks=tuple(chunks)))
+            framer = _Framer(writer, codec_obj, config.frame_raw_nbytes())
+            entries: list[Entry] = [
+                _write_tensor(source, e, framer, file_name, spec, report) for e in source.tensors()
+            ]
         except BaseException:
             abort = getattr(writer, "abort", None)
             if abort is not None:
@@ -242,6 +232,27 @@ def to_reshard(
         return manifest
     finally:
         store.close()
+
+
+def _write_tensor(
+    source: Source, e: TensorEntry, framer: _Framer, file_name: str, spec: CodecSpec,
+    report: Callable[[int], None],
+) -> TensorEntry:
+    """Copy every chunk of ``e`` (same boxes) piece by piece into the framer."""
+    chunks = []
+    for c in e.chunks:
+        start = framer.offset
+        for box in st.pieces(e.shape, c.box, source.piece_nbytes(e) // e.itemsize):
+            data = source.read(e, box)
+            framer.write(data)
+            report(len(data))
+        frames = framer.end_chunk()
+        chunks.append(Chunk(
+            box=c.box, file=file_name, offset=start, nbytes=framer.offset - start,
+            raw_nbytes=c.raw_nbytes, codec=spec, frame_raw_nbytes=framer.frame, frames=frames,
+        ))
+    return TensorEntry(key=(dotted(e.key),), dtype=e.dtype, shape=e.shape,
+                       container=e.container, chunks=tuple(chunks))
 
 
 class _Framer:

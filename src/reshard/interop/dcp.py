@@ -53,6 +53,8 @@ def load_dcp_manifest(store: Store, *, allow_pickle: bool = False) -> Manifest:
 
     source = os.path.join(store.location, METADATA_NAME)
     tensors, byte_items = read_metadata(store.read_bytes(METADATA_NAME), source=source)
+    _check_ranges(store, [c.storage for t in tensors for c in t.chunks]
+                  + [b.storage for b in byte_items])
     entries: list[Entry] = [_tensor_entry(t) for t in tensors]
     for item in byte_items:
         entries.extend(_value_entries(store, item, allow_pickle=allow_pickle))
@@ -60,6 +62,24 @@ def load_dcp_manifest(store: Store, *, allow_pickle: bool = False) -> Manifest:
         save_id=f"dcp-{uuid.uuid4().hex[:12]}", world_size=1, created_unix_s=time.time(),
         library_version="torch.distributed.checkpoint", entries=tuple(entries),
     )
+
+
+def _check_ranges(store: Store, infos: list[StorageInfo]) -> None:
+    """Every item lies inside its data file (so no read is sized by a hostile length)."""
+    sizes: dict[str, int] = {}
+    for info in infos:
+        if info.file not in sizes:
+            try:
+                sizes[info.file] = store.size(info.file)
+            except CheckpointError:
+                raise CorruptCheckpointError(
+                    f"{store.location}: DCP data file {info.file!r} is missing"
+                ) from None
+        if info.offset + info.length > sizes[info.file]:
+            raise CorruptCheckpointError(
+                f"{store.location}: DCP item at bytes [{info.offset}, {info.offset + info.length}) "
+                f"of {info.file!r} is past its end ({sizes[info.file]} bytes)"
+            )
 
 
 def _tensor_entry(t: DcpTensor) -> TensorEntry:
@@ -73,9 +93,15 @@ def _tensor_entry(t: DcpTensor) -> TensorEntry:
         box = Box(c.offsets, c.sizes)
         if any(o + s > d for o, s, d in zip(c.offsets, c.sizes, t.shape)):
             raise CorruptCheckpointError(
-                f"DCP key {t.fqn!r}: chunk {list(c.offsets)}+{list(c.sizes)} is outside shape {list(t.shape)}"
+                f"DCP key {t.fqn!r}: chunk {list(c.offsets)}+{list(c.sizes)} is outside shape "
+                f"{list(t.shape)}"
             )
         raw = box.numel * itemsize
+        if c.storage.length > raw + raw // 64 + _BLOB_OVERHEAD_NBYTES:
+            raise CorruptCheckpointError(
+                f"DCP key {t.fqn!r}: a {c.storage.length}-byte item cannot hold a "
+                f"{list(c.sizes)} {dtype} chunk"
+            )
         seen.setdefault((c.offsets, c.sizes), Chunk(
             box=box, file=c.storage.file, offset=c.storage.offset, nbytes=c.storage.length,
             raw_nbytes=raw, codec=codec_spec(dtype, c.sizes, c.storage.transforms),
@@ -143,6 +169,7 @@ class DcpTorchSaveCodec:
 
         raw_nbytes = math.prod(self.shape) * torch_dtype(self.dtype).itemsize
         blob = untransform(data, self.transforms, max_nbytes=raw_nbytes + _BLOB_OVERHEAD_NBYTES)
+        _check_zip_crcs(blob)
         try:
             tensor = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
         except Exception as e:  # noqa: BLE001 - any failure means a bad blob
@@ -155,6 +182,32 @@ class DcpTorchSaveCodec:
                 f"{self.dtype} {list(self.shape)}"
             )
         return tensor_bytes(tensor.contiguous())
+
+
+def _check_zip_crcs(blob: bytes) -> None:
+    # DCP records no checksums and torch.load does not verify the zip's CRC-32s, so a
+    # flipped bit in tensor data would load silently. torch.save stores records
+    # uncompressed: check each in place (zipfile.testzip would copy it in 1 MiB steps).
+    import struct
+    import zipfile
+    import zlib
+
+    try:
+        with zipfile.ZipFile(io.BytesIO(blob)) as zf:
+            infos = zf.infolist()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
+        raise ValueError(f"DCP tensor item is not a torch.save archive ({e})") from None
+    view = memoryview(blob)
+    for info in infos:
+        h = info.header_offset
+        if info.compress_type != zipfile.ZIP_STORED or bytes(view[h:h + 4]) != b"PK\x03\x04":
+            raise ValueError(f"DCP tensor item: record {info.filename!r} is not a stored zip record")
+        name_len, extra_len = struct.unpack("<HH", view[h + 26:h + 30])
+        lo = h + 30 + name_len + extra_len
+        if lo + info.compress_size > len(view):
+            raise ValueError(f"DCP tensor item: record {info.filename!r} is truncated")
+        if zlib.crc32(view[lo:lo + info.compress_size]) != info.CRC:
+            raise ValueError(f"DCP tensor item: record {info.filename!r} fails its CRC-32 check")
 
 
 def untransform(
@@ -244,7 +297,8 @@ def _flatten_value(key: Key, obj: object, out: list[ValueEntry], problems: list[
                 problems.append(f"dict key {k!r} is not a str or int")
                 return
             _flatten_value(key + (k,), v, out, problems)
-    elif isinstance(obj, (list, tuple)) and obj:
+    elif isinstance(obj, (list, tuple)) and obj and type(obj).__name__ != "Size":
+        # torch.Size stays whole, as reshard's own flattening keeps it (it has no plain form).
         for i, v in enumerate(obj):
             _flatten_value(key + (i,), v, out, problems)
     else:
