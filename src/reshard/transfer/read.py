@@ -111,15 +111,19 @@ def _read_piece(
     store.read_into(chunk.file, stored_lo, memoryview(stored))
     _verify(chunk, piece.frame_lo, piece.frame_hi, memoryview(stored), offs, stored_lo)
     raw = stored if chunk.codec.name == "identity" else _decode(chunk, piece, stored, offs, raw_end - raw_base)
-    storage = raw.view(_STORAGE_NP[itemsize])
+    # Frames need not end on element boundaries (frame_raw_nbytes is any size), so cut
+    # out exactly the piece's raw bytes, which do, and realign them if needed.
+    needed = raw[piece.raw_lo - raw_base:piece.raw_hi - raw_base]
+    if needed.ctypes.data % itemsize:
+        needed = needed.copy()
+    storage = needed.view(_STORAGE_NP[itemsize])
     if piece.flat:
-        lo = (piece.raw_lo - raw_base) // itemsize
         n = (piece.raw_hi - piece.raw_lo) // itemsize
-        src = torch.from_numpy(storage[lo:lo + n]).view(src_dtype)
+        src = torch.from_numpy(storage).view(src_dtype)
         _flat(dest)[piece.dest_elem:piece.dest_elem + n].copy_(src)
         return
     local = piece.box.relative_to(chunk.box)
-    start = element_span(chunk.box.sizes, local)[0] - raw_base // itemsize
+    start = element_span(chunk.box.sizes, local)[0] - piece.raw_lo // itemsize
     strides = tuple(s * itemsize for s in c_strides(chunk.box.sizes))
     view = np.lib.stride_tricks.as_strided(storage[start:], shape=piece.box.sizes, strides=strides)
     src = torch.from_numpy(view).view(src_dtype)
