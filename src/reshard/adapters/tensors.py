@@ -188,11 +188,21 @@ def _protocol_shards(obj: Any, name: str, *, for_load: bool) -> Shards:
         items = obj.__create_write_items__(name, obj)
     except Exception as e:
         raise UnsupportedValueError(f"key {name!r}: __create_write_items__ failed: {e}") from e
-    if not items:
-        raise UnsupportedValueError(f"key {name!r}: __create_write_items__ returned no items")
-    tensor_data = items[0].tensor_data
-    shape = tuple(int(s) for s in tensor_data.size)
-    dtype = dtype_name(tensor_data.properties.dtype, name)
+    if items:
+        tensor_data = items[0].tensor_data
+        shape = tuple(int(s) for s in tensor_data.size)
+        dtype = dtype_name(tensor_data.properties.dtype, name)
+    elif isinstance(obj, torch.Tensor):
+        # A rank that holds no shard has no write item to describe the tensor (an empty
+        # LocalShardsWrapper gives none), but a tensor subclass still knows its global
+        # shape and dtype: the rank then contributes no boxes.
+        shape, dtype = tuple(int(s) for s in obj.shape), dtype_name(obj.dtype, name)
+    else:
+        raise UnsupportedValueError(
+            f"key {name!r}: __create_write_items__ returned no items and the object has no "
+            "tensor shape; a rank holding nothing must still describe the tensor (return a "
+            "write item with an empty chunk, or subclass torch.Tensor)"
+        )
     chunks = obj.__create_chunk_list__() if for_load else [i.tensor_data.chunk for i in items]
     boxes: list[Box] = []
     tensors: list[torch.Tensor] = []

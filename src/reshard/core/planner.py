@@ -118,7 +118,12 @@ def _merge(
     if isinstance(desc, TensorDesc):
         first = p.desc
         assert isinstance(first, TensorDesc)
-        if (first.dtype, first.shape) != (desc.dtype, desc.shape):
+        # A rank that holds no element cannot know the dtype (an empty LocalShardsWrapper
+        # reports the default dtype), so only ranks holding data decide it.
+        if not _holds_data(first) and _holds_data(desc) and first.shape == desc.shape:
+            p.desc = first = desc
+        dtype_differs = first.dtype != desc.dtype and _holds_data(first) and _holds_data(desc)
+        if first.shape != desc.shape or dtype_differs:
             problems.append(
                 f"key {name!r}: rank {rank} has dtype {desc.dtype} shape {list(desc.shape)}, "
                 f"another rank dtype {first.dtype} shape {list(first.shape)}"
@@ -126,6 +131,10 @@ def _merge(
             return
         for box_index, box in enumerate(desc.boxes):
             p.boxes.setdefault(box, []).append((rank, item_index, box_index))
+
+
+def _holds_data(desc: TensorDesc) -> bool:
+    return any(not b.is_empty for b in desc.boxes)
 
 
 def _summarize(problems: list[str]) -> str:

@@ -137,17 +137,21 @@ def _read_piece(
     store.read_into(chunk.file, stored_lo, memoryview(stored))
     _verify(chunk, piece.frame_lo, piece.frame_hi, memoryview(stored), offs, stored_lo)
     raw = stored if chunk.codec.name == "identity" else _decode(chunk, piece, stored, offs, raw_end - raw_base)
-    storage = raw.view(_STORAGE_NP[itemsize])
+    # Frames need not end on element boundaries (frame_raw_nbytes is any size), so cut
+    # out exactly the piece's raw bytes, which do, and realign them if needed.
+    needed = raw[piece.raw_lo - raw_base:piece.raw_hi - raw_base]
+    if needed.ctypes.data % itemsize:
+        needed = needed.copy()
+    storage = needed.view(_STORAGE_NP[itemsize])
     if piece.flat:
-        lo = (piece.raw_lo - raw_base) // itemsize
         n = (piece.raw_hi - piece.raw_lo) // itemsize
-        src = torch.from_numpy(storage[lo:lo + n]).view(src_dtype)
+        src = torch.from_numpy(storage).view(src_dtype)
         _flat(dest)[piece.dest_elem:piece.dest_elem + n].copy_(src)
         return
     local = piece.box.relative_to(chunk.box)
     start, stop = element_span(chunk.box.sizes, local)
-    start -= raw_base // itemsize
-    if start < 0 or stop - raw_base // itemsize > len(storage):
+    start -= piece.raw_lo // itemsize
+    if start < 0 or stop - piece.raw_lo // itemsize > len(storage):
         # as_strided does no bounds check: never let a bad plan read past the buffer.
         raise CorruptCheckpointError(
             f"chunk at offsets {list(chunk.box.offsets)} in {chunk.file}: internal error, "
