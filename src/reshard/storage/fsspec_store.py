@@ -112,7 +112,7 @@ def _is_range_error(error: BaseException) -> bool:
 
 
 def _backoff_s(attempt: int) -> float:
-    delay = min(_MAX_BACKOFF_S, config.remote_backoff_s() * (2 ** attempt))
+    delay = min(_MAX_BACKOFF_S, config.remote_backoff_s() * (2.0 ** attempt))
     return delay * (0.5 + random.random() / 2)
 
 
@@ -266,7 +266,7 @@ class FsspecStore:
             self.fs.invalidate_cache(folder)
             return list(self.fs.ls(folder, detail=True))
 
-        entries = self.call("list", prefix, ls, on_missing=list)
+        entries = self.call("list", prefix, ls, on_missing=lambda: [])
         names = {
             posixpath.basename(str(e["name"]).rstrip("/"))
             for e in entries if e.get("type") == "file"
