@@ -166,6 +166,20 @@ def test_second_async_save_waits_for_the_first(tmp_path: pathlib.Path) -> None:
     assert torch.equal(reshard.open(tmp_path / "ck").read("x"), torch.arange(10) * 2)
 
 
+def test_save_waits_for_an_async_save_in_flight(tmp_path: pathlib.Path) -> None:
+    codec = GateCodec()
+    first = reshard.async_save({"x": torch.arange(10)}, tmp_path / "ck", codec=codec)
+    saver = threading.Thread(target=lambda: reshard.save({"x": torch.arange(10) * 3}, tmp_path / "ck"))
+    saver.start()
+    saver.join(timeout=0.5)
+    assert saver.is_alive() and not first.done()
+    codec.gate.set()
+    saver.join(timeout=60)
+    assert not saver.is_alive()
+    first.result()
+    assert torch.equal(reshard.open(tmp_path / "ck").read("x"), torch.arange(10) * 3)
+
+
 def test_staging_buffers_are_reused(tmp_path: pathlib.Path) -> None:
     state = {"a": torch.arange(1000, dtype=torch.float64), "b": torch.arange(77, dtype=torch.int8)}
     reshard.async_save(state, tmp_path / "one").result(timeout=60)
