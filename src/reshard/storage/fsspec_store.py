@@ -128,6 +128,9 @@ class FsspecStore:
         self.location = url.rstrip("/")
         self.fs = fs
         self._root = root.rstrip("/")
+        # Every request costs a round trip: transfer/read.py fetches pieces this close together
+        # in one ranged request.
+        self.coalesce_gap_nbytes = config.remote_coalesce_gap_nbytes()
 
     @classmethod
     def from_url(cls, url: str, storage_options: dict[str, Any]) -> FsspecStore:
