@@ -15,8 +15,8 @@ collective, so it happens inside ``async_save`` on the calling thread, which eve
 enters; planning and the staging agreement also use this group, from the calling thread,
 while no background save is running.
 
-Memory. One save is in flight per process: a second ``async_save`` first waits for the
-previous one (without raising its error, which stays on its handle). Staging buffers are
+Memory. One save is in flight per process: a second ``async_save`` (or a ``save``) first
+waits for the previous one (without raising its error, which stays on its handle). Staging buffers are
 kept between saves and reused when the sizes match (pinned host memory for CUDA tensors,
 so the device-to-host copies run at full speed), so a training loop saving the same state
 allocates them once; buffers the next save does not need are freed.
@@ -174,6 +174,17 @@ def async_save(
         thread.start()
         _inflight = handle
         return handle
+
+
+def wait_for_inflight() -> None:
+    """Wait for this process's in-flight async save, if any, without raising its error.
+
+    ``save`` calls this: two saves to one path at once could delete each other's data
+    objects in their cleanup steps.
+    """
+    handle = _inflight
+    if handle is not None:
+        handle._finished.wait()
 
 
 def release_staging_buffers() -> None:

@@ -59,3 +59,8 @@ def remote_backoff_s() -> float:
 def upload_part_nbytes() -> int:
     """Object-store files up to this size are one PUT; larger ones upload in parts of this size."""
     return _int_env("RESHARD_UPLOAD_PART_NBYTES", 32 * 1024 * 1024)
+
+
+def remote_coalesce_gap_nbytes() -> int:
+    """Object-store reads of one file this close together are fetched as one request."""
+    return _int_env("RESHARD_REMOTE_COALESCE_GAP_NBYTES", 1024 * 1024)

@@ -46,7 +46,11 @@ def save(
     fsspec URL such as ``s3://bucket/prefix`` (``storage_options`` go to fsspec).
     Replicated data is written once. The manifest is committed last, atomically: a crash
     leaves the previous checkpoint at ``path`` loadable. Any rank's failure raises on every rank.
+    An ``async_save`` still in flight in this process is waited for first.
     """
+    from .async_save import wait_for_inflight  # async_save imports this module
+
+    wait_for_inflight()
     coll = Collective(process_group)
     store = open_store(path, storage_options)
     try:

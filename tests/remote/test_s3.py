@@ -249,8 +249,42 @@ def test_reads_past_the_end_are_truncation(s3_bucket: str, s3_options: dict[str,
     buf = bytearray(4)
     store.read_into("data/x.bin", 3, memoryview(buf))
     assert bytes(buf) == b"3456"
+    truncated = re.escape(f"{url}/data/x.bin") + ".*truncated"
     for offset in (8, 10, 50):  # partly past the end; starting at or past it (HTTP 416)
-        with pytest.raises(reshard.CorruptCheckpointError, match=re.escape(f"{url}/data/x.bin") + ".*truncated"):
+        with pytest.raises(reshard.CorruptCheckpointError, match=truncated):
             store.read_into("data/x.bin", offset, memoryview(bytearray(4)))
     with pytest.raises(reshard.CorruptCheckpointError, match=re.escape(f"{url}/data/gone.bin") + ".*missing"):
         store.read_into("data/gone.bin", 0, memoryview(bytearray(4)))
+
+
+def test_loads_coalesce_neighbouring_reads(s3_endpoint: str, s3_bucket: str,
+                                          s3_options: dict[str, Any]) -> None:
+    state = {f"layer{i}": {"w": torch.arange(i, i + 300, dtype=torch.float32).reshape(10, 30),
+                           "b": torch.arange(i, i + 7, dtype=torch.int16)} for i in range(40)}
+    url = f"s3://{s3_bucket}/many"
+    reshard.save(state, url, storage_options=s3_options, codec="zstd")
+
+    requests: list[tuple[str, str, str]] = []
+
+    def record(method: str, path: str, range_: str) -> None:
+        requests.append((method, path, range_))
+        return None
+
+    proxy = FaultProxy(int(s3_endpoint.rsplit(":", 1)[1]), record)  # type: ignore[arg-type]
+    try:
+        out = {k: {"w": torch.zeros(10, 30), "b": torch.zeros(7, dtype=torch.int16)} for k in state}
+        # Only column 3..5 of each "w": strided pieces, decoded from zstd frames.
+        cols = {k: torch.zeros(10, 2) for k in state}
+        reshard.load(out, url, storage_options=storage_options(proxy.endpoint))
+        with reshard.open(url, storage_options=storage_options(proxy.endpoint)) as ck:
+            for k in state:
+                cols[k] = ck.read(f"{k}.w", (slice(None), slice(3, 5)))
+    finally:
+        proxy.stop()
+    for k, v in state.items():
+        assert torch.equal(out[k]["w"], v["w"]) and torch.equal(out[k]["b"], v["b"]), k
+        assert torch.equal(cols[k], v["w"][:, 3:5]), k
+    data_gets = [r for m, p, r in requests if m == "GET" and "/data/" in p]
+    # 80 tensors in one data object: the load fetches them in one ranged request, not 80.
+    # (Checkpoint.read is called per key, so each read is its own request.)
+    assert len(data_gets) == 1 + len(state), len(data_gets)

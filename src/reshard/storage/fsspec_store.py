@@ -112,7 +112,7 @@ def _is_range_error(error: BaseException) -> bool:
 
 
 def _backoff_s(attempt: int) -> float:
-    delay = min(_MAX_BACKOFF_S, config.remote_backoff_s() * (2 ** attempt))
+    delay = min(_MAX_BACKOFF_S, config.remote_backoff_s() * (2.0 ** attempt))
     return delay * (0.5 + random.random() / 2)
 
 
@@ -128,6 +128,9 @@ class FsspecStore:
         self.location = url.rstrip("/")
         self.fs = fs
         self._root = root.rstrip("/")
+        # Every request costs a round trip: transfer/read.py fetches pieces this close together
+        # in one ranged request.
+        self.coalesce_gap_nbytes = config.remote_coalesce_gap_nbytes()
 
     @classmethod
     def from_url(cls, url: str, storage_options: dict[str, Any]) -> FsspecStore:
@@ -266,7 +269,7 @@ class FsspecStore:
             self.fs.invalidate_cache(folder)
             return list(self.fs.ls(folder, detail=True))
 
-        entries = self.call("list", prefix, ls, on_missing=list)
+        entries = self.call("list", prefix, ls, on_missing=lambda: [])
         names = {
             posixpath.basename(str(e["name"]).rstrip("/"))
             for e in entries if e.get("type") == "file"

@@ -17,6 +17,7 @@ from ..core.planner import ReadPiece, plan_reads
 from ..errors import CheckpointError, CheckpointNotFoundError, CorruptCheckpointError
 from ..format.manifest import Chunk, TensorEntry, dotted
 from ..storage.base import Store
+from .coalesce import group_reads, run_group
 
 _STORAGE_NP = {1: np.uint8, 2: np.int16, 4: np.int32, 8: np.int64, 16: np.complex128}
 
@@ -64,12 +65,13 @@ def fill(
             stats.bytes_needed += (
                 piece.raw_hi - piece.raw_lo if piece.flat else piece.box.numel * itemsize
             )
-    if threads <= 1 or len(jobs) <= 1:
-        for job in jobs:
-            _run(store, *job)
+    groups = group_reads(store, jobs, max_group_nbytes=max_piece_nbytes)
+    if threads <= 1 or len(groups) <= 1:
+        for group in groups:
+            run_group(store, group, _run)
     else:
         with ThreadPoolExecutor(max_workers=threads) as pool:
-            for f in [pool.submit(_run, store, *job) for job in jobs]:
+            for f in [pool.submit(run_group, store, group, _run) for group in groups]:
                 f.result()
     for t in targets:
         if t.staging is not None:
