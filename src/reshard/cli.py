@@ -11,9 +11,7 @@ from collections.abc import Sequence
 
 from .errors import CheckpointError
 from .interop.convert import add_convert_parser
-
-PROGRESS_MIN_NBYTES = 256 * 1024 * 1024
-"""Checkpoints at least this large get a progress bar on an interactive stderr."""
+from .progress import ProgressBar
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -52,41 +50,15 @@ def add_verify_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
 def cmd_verify(args: argparse.Namespace) -> int:
     from . import verify
 
-    bar = _Bar(force=args.progress)
+    bar = ProgressBar("verifying", enabled=args.progress)
     report = verify(args.path, progress=bar)
-    bar.done()
+    bar.close()
     print(report.summary())
     for w in report.warnings:
         print(f"warning: {w}")
     for d in report.damaged:
         print(f"damaged: {d}")
     return 0 if report.ok else 1
-
-
-class _Bar:
-    """A one-line progress bar on stderr."""
-
-    def __init__(self, *, force: bool | None, width: int = 40) -> None:
-        self.force, self.width, self.shown, self.last = force, width, False, -1
-
-    def __call__(self, done: int, total: int) -> None:
-        if self.force is False:
-            return
-        if self.force is None and (total < PROGRESS_MIN_NBYTES or not sys.stderr.isatty()):
-            return
-        pct = 100 if total <= 0 else done * 100 // total
-        if pct == self.last:
-            return
-        self.last, self.shown = pct, True
-        fill = self.width * pct // 100
-        sys.stderr.write(f"\rverifying [{'#' * fill}{'.' * (self.width - fill)}] {pct:3d}% "
-                         f"{done / 2**20:.0f}/{total / 2**20:.0f} MiB")
-        sys.stderr.flush()
-
-    def done(self) -> None:
-        if self.shown:
-            sys.stderr.write("\n")
-            sys.stderr.flush()
 
 
 

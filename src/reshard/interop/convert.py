@@ -36,11 +36,11 @@ from ..format.manifest import (
     ValueEntry,
     dotted,
 )
+from ..progress import ProgressBar
 from ..storage import Store, open_store
 from . import safetensors_io as st
 
 FORMATS = ("reshard", "safetensors")
-PROGRESS_MIN_NBYTES = 64 * 1024 * 1024
 
 
 @dataclass(slots=True)
@@ -134,28 +134,6 @@ def _safetensors_source(store: Store, names: list[str], values: list[ValueEntry]
 
 # Writers
 
-
-class _Progress:
-    """A one-line progress bar on stderr for inputs of at least PROGRESS_MIN_NBYTES."""
-
-    def __init__(self, total: int, *, enabled: bool) -> None:
-        self.total, self.done, self.last = total, 0, 0.0
-        self.enabled = enabled and total >= PROGRESS_MIN_NBYTES
-
-    def __call__(self, nbytes: int) -> None:
-        self.done += nbytes
-        now = time.monotonic()
-        if self.enabled and (now - self.last > 0.5 or self.done >= self.total):
-            self.last = now
-            pct = 100 * self.done // max(1, self.total)
-            bar = "#" * (pct // 4)
-            sys.stderr.write(f"\r[{bar:<25}] {pct:3d}% {self.done / 2**20:,.0f}/"
-                             f"{self.total / 2**20:,.0f} MiB")
-            sys.stderr.flush()
-
-    def finish(self) -> None:
-        if self.enabled:
-            sys.stderr.write("\n")
 
 
 def to_safetensors(
@@ -301,14 +279,14 @@ def convert(
     source = open_source(src, allow_pickle=allow_pickle)
     try:
         total = sum(e.nbytes for e in source.tensors())
-        bar = _Progress(total, enabled=show_progress)
+        bar = ProgressBar("converting", total, enabled=None if show_progress else False)
         try:
             if fmt == "safetensors":
-                return to_safetensors(source, dst, max_shard_nbytes=max_shard_nbytes, progress=bar)
-            to_reshard(source, dst, codec=codec, progress=bar)
+                return to_safetensors(source, dst, max_shard_nbytes=max_shard_nbytes, progress=bar.advance)
+            to_reshard(source, dst, codec=codec, progress=bar.advance)
             return [os.path.abspath(dst)]
         finally:
-            bar.finish()
+            bar.close()
     finally:
         source.close()
 
