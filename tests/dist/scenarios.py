@@ -189,7 +189,14 @@ def _group_e() -> list[Scenario]:
 
 
 def _misc_dtypes() -> list[Scenario]:
+    strided = [Mesh("2x2", "S0,S1", strided=True), Mesh("4", "S1", strided=True)]
     return [
+        Scenario("a_strided_s0s1_to_s1s0", (7, 5), strided[0], m("2x2", "S1,S0")),
+        Scenario("a_s1s0_to_strided_s0s1", (7, 5), m("2x2", "S1,S0"), strided[0]),
+        Scenario("b_strided_s0s1_to_strided_1d", (7, 5), strided[0], strided[1], torch.int64),
+        Scenario("b_strided_3d", (5, 3, 7), Mesh("2x1x2", "S2,R,S0", strided=True), strided[1]),
+        Scenario("a_f16_s0s0_to_s1", (7, 5), m("2x2", "S0,S0"), m("4", "S1"), torch.float16),
+        Scenario("a_u8_r_s1_to_s0r", (7, 5), m("2x2", "R,S1"), m("2x2", "S0,R"), torch.uint8),
         Scenario("a_bf16_s0s1_to_r", (7, 5), m("2x2", "S0,S1"), m("4", "R"), torch.bfloat16),
         Scenario("a_i8_s1_to_s0", (7, 5), m("4", "S1"), m("4", "S0"), torch.int8),
         Scenario("a_bool_s0_to_s1s0", (7, 5), m("4", "S0"), m("2x2", "S1,S0"), torch.bool),

@@ -251,6 +251,31 @@ def _partial_and_strict(path: str, meshes: Meshes, rank: int, report: Report) ->
                                                    meshes, None)}}, path),
         "model.b", "[13]", "[12]")
 
+    # A problem in one rank's state dict only: every rank must raise the same error.
+    report.expect_error(
+        "shape_mismatch_one_rank", reshard.LayoutMismatchError,
+        lambda: reshard.load({"model": {"w": torch.zeros((8, 5) if rank == 1 else (7, 5))}}, path),
+        "model.w", "[8, 5]")
+    report.expect_error(
+        "missing_key_one_rank", reshard.MissingKeysError,
+        lambda: reshard.load({"model": {"w": torch.zeros(7, 5)},
+                              **({"only_rank3": 1} if rank == 3 else {})}, path),
+        "only_rank3")
+
+    def ranks_load_different_keys() -> list[str]:
+        sd: dict[str, Any] = {"model": {"w": torch.zeros(7, 5)}} if rank % 2 else {}
+        if rank < 2:
+            sd["meta"] = {"name": ""}
+        reshard.load(sd, path)
+        out = []
+        if rank % 2 and not torch.equal(sd["model"]["w"], wanted):
+            out.append("model.w differs")
+        if rank < 2 and sd["meta"]["name"] != "run-α":
+            out.append(f"meta.name is {sd['meta']['name']!r}")
+        return out
+
+    report.run("ranks_load_different_keys", ranks_load_different_keys)
+
     def not_strict() -> list[str]:
         extra = torch.full((2,), 9.0)
         sd = {"model": {"w": torch.zeros(7, 5), "extra": extra}, "gone": [1, 2]}
@@ -387,7 +412,8 @@ def test_training_state_round_trip_resharded(world_result: dict[str, Any]) -> No
 
 def test_partial_and_strict_loads_raise_on_every_rank(world_result: dict[str, Any]) -> None:
     _assert_checks(world_result, "partial_load", "strict_missing_keys", "shape_mismatch_plain",
-                   "shape_mismatch_dtensor", "strict_false_skips_missing")
+                   "shape_mismatch_dtensor", "shape_mismatch_one_rank", "missing_key_one_rank",
+                   "ranks_load_different_keys", "strict_false_skips_missing")
 
 
 def test_dtype_conversion_on_load(world_result: dict[str, Any]) -> None:
