@@ -373,6 +373,44 @@ def _unsupported(path: str, rank: int, report: Report) -> None:
     report.run("failed_save_keeps_previous", previous_checkpoint_intact)
 
 
+def _subgroups_and_key_order(root: str, rank: int, report: Report) -> None:
+    """Two process groups of 2 save side by side (each rank lists its keys in another
+    order); each group's checkpoint records 2 ranks, and the whole world loads both."""
+    import torch.distributed as dist
+
+    groups = [dist.new_group([0, 1]), dist.new_group([2, 3])]
+    mine = rank // 2
+    full = global_tensor((5, 3), torch.float32, seed=7 + mine)
+    half = full[:3] if rank % 2 == 0 else full[3:]
+    items = [("rows", build_rows(half, rank % 2)), ("group", mine), ("rep", full)]
+    sd = dict(items if rank % 2 == 0 else reversed(items))
+    reshard.save(sd, os.path.join(root, f"group{mine}"), process_group=groups[mine])
+
+    def check_groups() -> list[str]:
+        out = []
+        for g in (0, 1):
+            path = os.path.join(root, f"group{g}")
+            want = global_tensor((5, 3), torch.float32, seed=7 + g)
+            got = {"rows": torch.zeros(5, 3), "group": -1, "rep": torch.zeros(5, 3)}
+            reshard.load(got, path)
+            if not (torch.equal(got["rows"], want) and torch.equal(got["rep"], want)
+                    and got["group"] == g):
+                out.append(f"group{g}: loaded {got}")
+            with reshard.open(path) as ck:
+                if ck.manifest.world_size != 2:
+                    out.append(f"group{g}: manifest world_size {ck.manifest.world_size}")
+        return out
+
+    dist.barrier()  # both groups committed before anyone loads
+    report.run("subgroup_saves", check_groups)
+
+
+def build_rows(half: torch.Tensor, part: int) -> Any:
+    from .layouts import RowShardTensor
+
+    return RowShardTensor((5, 3), torch.float32, [(0 if part == 0 else 3, half.clone())])
+
+
 def training_world(rank: int, world: int, root: str) -> tuple[list[str], list[str]]:
     meshes = Meshes()
     report = Report(rank)
@@ -384,6 +422,7 @@ def training_world(rank: int, world: int, root: str) -> tuple[list[str], list[st
     other = os.path.join(root, "overwrite")
     _overwrite(other, rank, report)
     _unsupported(other, rank, report)
+    _subgroups_and_key_order(root, rank, report)
     return report.problems, report.ran
 
 
@@ -429,6 +468,10 @@ def test_overwrite_and_unsupported_values(world_result: dict[str, Any]) -> None:
                    "unsupported_value_one_rank", "failed_save_keeps_previous")
 
 
+def test_process_subgroups_save_side_by_side(world_result: dict[str, Any]) -> None:
+    _assert_checks(world_result, "subgroup_saves")
+
+
 def test_no_problem_left_unreported(world_result: dict[str, Any]) -> None:
     assert not world_result["problems"], "\n".join(world_result["problems"])
 
@@ -466,3 +509,17 @@ def test_load_training_state_in_one_process(world_result: dict[str, Any]) -> Non
     g = global_tensor((13,), torch.float32, seed=100) * 0.01 + 1
     assert torch.allclose(sd["optim"]["state"][1]["exp_avg"], 0.1 * g)
     assert np.array_equal(sd["np"]["arr"], np.arange(12.0).reshape(3, 4))
+
+
+def test_one_process_save_replaces_a_four_rank_checkpoint(world_result: dict[str, Any],
+                                                            tmp_path: Path) -> None:
+    import shutil
+
+    path = tmp_path / "ck"
+    shutil.copytree(Path(world_result["root"], "state"), path)
+    assert len(os.listdir(path / "data")) == 4
+    reshard.save({"only": torch.arange(3)}, path)
+    assert os.listdir(path / "data") == [Path(reshard.open(path).info("only").chunks[0].file).name]
+    assert reshard.open(path).keys() == ["only"]
+    with pytest.raises(reshard.MissingKeysError, match="model.w"):
+        reshard.load({"model": {"w": torch.zeros(7, 5)}}, path)
