@@ -20,7 +20,7 @@ import reshard
 import torch
 from tests.helpers.world import run_world
 
-from .layouts import SENTINEL, Mesh, Meshes, build, check, global_tensor
+from .layouts import SENTINEL, Mesh, Meshes, build, check, chunk_rows, global_tensor
 
 pytestmark = pytest.mark.dist
 
@@ -276,6 +276,15 @@ def _partial_and_strict(path: str, meshes: Meshes, rank: int, report: Report) ->
 
     report.run("ranks_load_different_keys", ranks_load_different_keys)
 
+    # DTensor.from_local rows that do not follow torch.chunk (5, 3, 4, 2 of 14) contradict
+    # the Shard(0) placement (DTensor would place rows 4.. on rank 1): refused clearly.
+    odd = chunk_rows("from_local", (5, 3, 4, 2))
+    report.expect_error(
+        "from_local_rows_not_torch_chunk", reshard.LayoutMismatchError,
+        lambda: reshard.save({"odd": build(odd, (14,), torch.float32, rank, meshes,
+                                           torch.arange(14.0))}, path + "-odd"),
+        "odd", "torch.chunk")
+
     def not_strict() -> list[str]:
         extra = torch.full((2,), 9.0)
         sd = {"model": {"w": torch.zeros(7, 5), "extra": extra}, "gone": [1, 2]}
@@ -452,7 +461,8 @@ def test_training_state_round_trip_resharded(world_result: dict[str, Any]) -> No
 def test_partial_and_strict_loads_raise_on_every_rank(world_result: dict[str, Any]) -> None:
     _assert_checks(world_result, "partial_load", "strict_missing_keys", "shape_mismatch_plain",
                    "shape_mismatch_dtensor", "shape_mismatch_one_rank", "missing_key_one_rank",
-                   "ranks_load_different_keys", "strict_false_skips_missing")
+                   "ranks_load_different_keys", "strict_false_skips_missing",
+                   "from_local_rows_not_torch_chunk")
 
 
 def test_dtype_conversion_on_load(world_result: dict[str, Any]) -> None:
