@@ -55,6 +55,8 @@ def contiguous_stride(shape: tuple[int, ...]) -> tuple[int, ...]:
 class Mesh:
     mesh: str  # "4", "2x2", "2x1x2"
     placements: str  # "S0,R"
+    strided: bool = False  # the local tensor is a non-contiguous view
+
 
     @property
     def mesh_shape(self) -> tuple[int, ...]:
@@ -70,7 +72,7 @@ class Mesh:
         return [Replicate() if p == "R" else Shard(int(p[1:])) for p in self.placements.split(",")]
 
     def __str__(self) -> str:
-        return f"mesh{self.mesh}[{self.placements}]"
+        return f"mesh{self.mesh}[{self.placements}]" + ("strided" if self.strided else "")
 
 
 @dataclass(frozen=True)
@@ -244,6 +246,8 @@ def build(layout: Layout, shape: tuple[int, ...], dtype: torch.dtype, rank: int,
         idx = mesh_local_index(shape, layout, mesh.get_coordinate())
         local = (source.reshape(-1)[idx] if source is not None
                  else torch.full(idx.shape, SENTINEL, dtype=dtype))
+        if layout.strided:  # every other element of a larger buffer: stride 2 on the last dim
+            local = torch.zeros((*local.shape, 2), dtype=dtype)[..., 0].copy_(local)
         return DTensor.from_local(local, mesh, layout.torch_placements(), run_check=False,
                                   shape=torch.Size(shape), stride=stride)
     pieces = _pieces(layout, rank, source, shape, dtype)

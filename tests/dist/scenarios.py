@@ -162,6 +162,7 @@ def _group_e() -> list[Scenario]:
     lsw_save = rows("lsw", [(0, 3), (7, 2)], [(3, 4)], [(9, 4)], [])
     lsw_load = rows("lsw", [(10, 3)], [], [(0, 1), (1, 2), (3, 1)], [(4, 6)])
     lsw_one = rows("lsw", [(0, 4)], [(4, 4)], [(8, 1)], [(9, 4)])
+    lsw_empty = rows("lsw", [(0, 0), (0, 5)], [(5, 0)], [(5, 8)], [])
     obj_save = rows("object", [(0, 6)], [(6, 0)], [(6, 7)], [(13, 0)])
     obj_load = rows("object", [(0, 2), (11, 2)], [(2, 9)], [(0, 0)], [(11, 0)])
     return [
@@ -181,6 +182,8 @@ def _group_e() -> list[Scenario]:
         Scenario("e_lsw_to_r", (13, 6), lsw_save, m("4", "R")),
         Scenario("e_s0s0_to_lsw", (13, 6), m("2x2", "S0,S0"), lsw_load),
         Scenario("e_lsw_to_full1", (13, 6), lsw_load, FULL1),
+        Scenario("e_lsw_empty_same_offset_to_lsw", (13, 6), lsw_empty, lsw_load),
+        Scenario("e_proto_to_lsw_empty_same_offset", (13, 6), save_multi, lsw_empty),
         Scenario("e_object_to_object", (13, 6), obj_save, obj_load),
         Scenario("e_object_to_proto", (13, 2, 2), obj_save, save_empty, torch.int64),
         Scenario("e_proto_to_object", (13, 6), save_p, obj_load),
@@ -189,7 +192,14 @@ def _group_e() -> list[Scenario]:
 
 
 def _misc_dtypes() -> list[Scenario]:
+    strided = [Mesh("2x2", "S0,S1", strided=True), Mesh("4", "S1", strided=True)]
     return [
+        Scenario("a_strided_s0s1_to_s1s0", (7, 5), strided[0], m("2x2", "S1,S0")),
+        Scenario("a_s1s0_to_strided_s0s1", (7, 5), m("2x2", "S1,S0"), strided[0]),
+        Scenario("b_strided_s0s1_to_strided_1d", (7, 5), strided[0], strided[1], torch.int64),
+        Scenario("b_strided_3d", (5, 3, 7), Mesh("2x1x2", "S2,R,S0", strided=True), strided[1]),
+        Scenario("a_f16_s0s0_to_s1", (7, 5), m("2x2", "S0,S0"), m("4", "S1"), torch.float16),
+        Scenario("a_u8_r_s1_to_s0r", (7, 5), m("2x2", "R,S1"), m("2x2", "S0,R"), torch.uint8),
         Scenario("a_bf16_s0s1_to_r", (7, 5), m("2x2", "S0,S1"), m("4", "R"), torch.bfloat16),
         Scenario("a_i8_s1_to_s0", (7, 5), m("4", "S1"), m("4", "S0"), torch.int8),
         Scenario("a_bool_s0_to_s1s0", (7, 5), m("4", "S0"), m("2x2", "S1,S0"), torch.bool),

@@ -20,7 +20,7 @@ import reshard
 import torch
 from tests.helpers.world import run_world
 
-from .layouts import SENTINEL, Mesh, Meshes, build, check, global_tensor
+from .layouts import SENTINEL, Mesh, Meshes, build, check, chunk_rows, global_tensor
 
 pytestmark = pytest.mark.dist
 
@@ -251,6 +251,40 @@ def _partial_and_strict(path: str, meshes: Meshes, rank: int, report: Report) ->
                                                    meshes, None)}}, path),
         "model.b", "[13]", "[12]")
 
+    # A problem in one rank's state dict only: every rank must raise the same error.
+    report.expect_error(
+        "shape_mismatch_one_rank", reshard.LayoutMismatchError,
+        lambda: reshard.load({"model": {"w": torch.zeros((8, 5) if rank == 1 else (7, 5))}}, path),
+        "model.w", "[8, 5]")
+    report.expect_error(
+        "missing_key_one_rank", reshard.MissingKeysError,
+        lambda: reshard.load({"model": {"w": torch.zeros(7, 5)},
+                              **({"only_rank3": 1} if rank == 3 else {})}, path),
+        "only_rank3")
+
+    def ranks_load_different_keys() -> list[str]:
+        sd: dict[str, Any] = {"model": {"w": torch.zeros(7, 5)}} if rank % 2 else {}
+        if rank < 2:
+            sd["meta"] = {"name": ""}
+        reshard.load(sd, path)
+        out = []
+        if rank % 2 and not torch.equal(sd["model"]["w"], wanted):
+            out.append("model.w differs")
+        if rank < 2 and sd["meta"]["name"] != "run-α":
+            out.append(f"meta.name is {sd['meta']['name']!r}")
+        return out
+
+    report.run("ranks_load_different_keys", ranks_load_different_keys)
+
+    # DTensor.from_local rows that do not follow torch.chunk (5, 3, 4, 2 of 14) contradict
+    # the Shard(0) placement (DTensor would place rows 4.. on rank 1): refused clearly.
+    odd = chunk_rows("from_local", (5, 3, 4, 2))
+    report.expect_error(
+        "from_local_rows_not_torch_chunk", reshard.LayoutMismatchError,
+        lambda: reshard.save({"odd": build(odd, (14,), torch.float32, rank, meshes,
+                                           torch.arange(14.0))}, path + "-odd"),
+        "odd", "torch.chunk")
+
     def not_strict() -> list[str]:
         extra = torch.full((2,), 9.0)
         sd = {"model": {"w": torch.zeros(7, 5), "extra": extra}, "gone": [1, 2]}
@@ -348,6 +382,44 @@ def _unsupported(path: str, rank: int, report: Report) -> None:
     report.run("failed_save_keeps_previous", previous_checkpoint_intact)
 
 
+def _subgroups_and_key_order(root: str, rank: int, report: Report) -> None:
+    """Two process groups of 2 save side by side (each rank lists its keys in another
+    order); each group's checkpoint records 2 ranks, and the whole world loads both."""
+    import torch.distributed as dist
+
+    groups = [dist.new_group([0, 1]), dist.new_group([2, 3])]
+    mine = rank // 2
+    full = global_tensor((5, 3), torch.float32, seed=7 + mine)
+    half = full[:3] if rank % 2 == 0 else full[3:]
+    items = [("rows", build_rows(half, rank % 2)), ("group", mine), ("rep", full)]
+    sd = dict(items if rank % 2 == 0 else reversed(items))
+    reshard.save(sd, os.path.join(root, f"group{mine}"), process_group=groups[mine])
+
+    def check_groups() -> list[str]:
+        out = []
+        for g in (0, 1):
+            path = os.path.join(root, f"group{g}")
+            want = global_tensor((5, 3), torch.float32, seed=7 + g)
+            got = {"rows": torch.zeros(5, 3), "group": -1, "rep": torch.zeros(5, 3)}
+            reshard.load(got, path)
+            if not (torch.equal(got["rows"], want) and torch.equal(got["rep"], want)
+                    and got["group"] == g):
+                out.append(f"group{g}: loaded {got}")
+            with reshard.open(path) as ck:
+                if ck.manifest.world_size != 2:
+                    out.append(f"group{g}: manifest world_size {ck.manifest.world_size}")
+        return out
+
+    dist.barrier()  # both groups committed before anyone loads
+    report.run("subgroup_saves", check_groups)
+
+
+def build_rows(half: torch.Tensor, part: int) -> Any:
+    from .layouts import RowShardTensor
+
+    return RowShardTensor((5, 3), torch.float32, [(0 if part == 0 else 3, half.clone())])
+
+
 def training_world(rank: int, world: int, root: str) -> tuple[list[str], list[str]]:
     meshes = Meshes()
     report = Report(rank)
@@ -359,6 +431,7 @@ def training_world(rank: int, world: int, root: str) -> tuple[list[str], list[st
     other = os.path.join(root, "overwrite")
     _overwrite(other, rank, report)
     _unsupported(other, rank, report)
+    _subgroups_and_key_order(root, rank, report)
     return report.problems, report.ran
 
 
@@ -387,7 +460,9 @@ def test_training_state_round_trip_resharded(world_result: dict[str, Any]) -> No
 
 def test_partial_and_strict_loads_raise_on_every_rank(world_result: dict[str, Any]) -> None:
     _assert_checks(world_result, "partial_load", "strict_missing_keys", "shape_mismatch_plain",
-                   "shape_mismatch_dtensor", "strict_false_skips_missing")
+                   "shape_mismatch_dtensor", "shape_mismatch_one_rank", "missing_key_one_rank",
+                   "ranks_load_different_keys", "strict_false_skips_missing",
+                   "from_local_rows_not_torch_chunk")
 
 
 def test_dtype_conversion_on_load(world_result: dict[str, Any]) -> None:
@@ -401,6 +476,10 @@ def test_replicated_data_written_once(world_result: dict[str, Any]) -> None:
 def test_overwrite_and_unsupported_values(world_result: dict[str, Any]) -> None:
     _assert_checks(world_result, "overwrite_newest_wins", "unsupported_value_all_ranks",
                    "unsupported_value_one_rank", "failed_save_keeps_previous")
+
+
+def test_process_subgroups_save_side_by_side(world_result: dict[str, Any]) -> None:
+    _assert_checks(world_result, "subgroup_saves")
 
 
 def test_no_problem_left_unreported(world_result: dict[str, Any]) -> None:
@@ -440,3 +519,17 @@ def test_load_training_state_in_one_process(world_result: dict[str, Any]) -> Non
     g = global_tensor((13,), torch.float32, seed=100) * 0.01 + 1
     assert torch.allclose(sd["optim"]["state"][1]["exp_avg"], 0.1 * g)
     assert np.array_equal(sd["np"]["arr"], np.arange(12.0).reshape(3, 4))
+
+
+def test_one_process_save_replaces_a_four_rank_checkpoint(world_result: dict[str, Any],
+                                                            tmp_path: Path) -> None:
+    import shutil
+
+    path = tmp_path / "ck"
+    shutil.copytree(Path(world_result["root"], "state"), path)
+    assert len(os.listdir(path / "data")) == 4
+    reshard.save({"only": torch.arange(3)}, path)
+    assert os.listdir(path / "data") == [Path(reshard.open(path).info("only").chunks[0].file).name]
+    assert reshard.open(path).keys() == ["only"]
+    with pytest.raises(reshard.MissingKeysError, match="model.w"):
+        reshard.load({"model": {"w": torch.zeros(7, 5)}}, path)

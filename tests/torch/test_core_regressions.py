@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 import pytest
@@ -70,3 +71,32 @@ def test_protocol_object_holding_nothing_is_a_clear_error() -> None:
     empty_piece = RowShardObject((13, 6), torch.int64, [(5, torch.zeros(0, 6, dtype=torch.int64))])
     s = shards_of(empty_piece, ("k",), for_load=False)
     assert (s.shape, s.boxes) == ((13, 6), ())
+
+
+def _row_plan(rng: random.Random, n: int, parts: int) -> list[tuple[int, int]]:
+    cuts = sorted(rng.sample(range(1, n), parts - 1))
+    bounds = [0, *cuts, n]
+    return [(a, b - a) for a, b in zip(bounds, bounds[1:])]
+
+
+@pytest.mark.parametrize("codec", ["identity", "zstd"])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_one_process_row_plans_with_default_frames(tmp_path: Path, codec: str, seed: int) -> None:
+    """A ~1 MiB tensor saved as many uneven row chunks with the default frame size (so
+    chunks span several frames and the identity fast path reads whole frames), loaded
+    into another uneven plan and into column slices."""
+    rng = random.Random(seed)
+    shape = (1031, 257)
+    full = torch.arange(shape[0] * shape[1], dtype=torch.float32).reshape(shape)
+    save_plan = _row_plan(rng, shape[0], 5)
+    pieces = [(o, full[o:o + n].clone()) for o, n in save_plan]
+    reshard.save({"t": RowShardObject(shape, torch.float32, pieces)}, tmp_path / "ck", codec=codec)
+    load_plan = _row_plan(rng, shape[0], 7)
+    target = RowShardObject(shape, torch.float32, [(o, torch.zeros(n, shape[1])) for o, n in load_plan])
+    reshard.load({"t": target}, tmp_path / "ck")
+    for off, t in target._pieces:
+        assert torch.equal(t, full[off:off + t.shape[0]])
+    with reshard.open(tmp_path / "ck") as ck:
+        assert len(ck.info("t").chunks) == 5
+        lo = rng.randrange(0, 900)
+        assert torch.equal(ck.read("t", (slice(lo, lo + 131), slice(7, 200))), full[lo:lo + 131, 7:200])
