@@ -211,3 +211,27 @@ def test_compression_ratio_of_zstd_frames(tmp_path: Path) -> None:
             assert out == bytes(chunk.frame_raw_nbytes)
             pos += f.nbytes
         assert chunk.nbytes < chunk.raw_nbytes // 10
+
+
+def test_hostile_huge_shape_is_a_checkpoint_error(tmp_path: Path) -> None:
+    """A manifest declaring a 1 TiB tensor stored as 1024 tiny 'zstd' frames (CRCs valid):
+    reading it whole, slicing it or loading it raises CheckpointError and nothing else."""
+    file, _ = _one_frame_zstd_checkpoint(tmp_path)
+    frame = b"\x00" * 8
+    Path(file).write_bytes(frame * 1024)
+
+    def edit(doc: dict[str, Any]) -> None:
+        entry = doc["entries"][0]
+        entry.update(dtype="uint8", shape=[2**40])
+        entry["chunks"][0].update(offsets=[0], sizes=[2**40], offset=0, nbytes=8 * 1024,
+                                  raw_nbytes=2**40, frame_raw_nbytes=2**30,
+                                  frames=[[8, crc32c(frame)]] * 1024)
+
+    rewrite_manifest(tmp_path, edit)
+    with reshard.open(tmp_path) as ck:
+        for index in (None, (slice(0, 10),), (2**40 - 1,)):
+            with pytest.raises(reshard.CheckpointError):
+                ck.read("t", index)
+    with pytest.raises(reshard.CheckpointError):
+        reshard.load({"t": None}, tmp_path)
+    assert not reshard.verify(tmp_path).ok

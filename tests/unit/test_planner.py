@@ -133,3 +133,12 @@ def test_plan_save_refuses_bad_layouts() -> None:
     with pytest.raises(LayoutMismatchError, match="plain value"):
         plan_save([[_desc("t", (4,), [Box((0,), (4,))])],
                    [ValueDesc(key=("t",), value={"type": "none"})]])
+
+
+@pytest.mark.xfail(strict=True, reason="plan_reads reads every frame a non-contiguous piece spans: "
+                   "a column slice of rows wider than a frame also reads the frames between rows")
+def test_column_slice_reads_only_frames_holding_wanted_elements() -> None:
+    chunk = _chunk(Box((0, 0), (4, 64)), 1, 16)  # rows of 64 bytes = 4 frames each
+    pieces = plan_reads((chunk,), Box((0, 0), (4, 2)), 1, max_piece_nbytes=1 << 20)
+    read = {f for p in pieces for f in range(p.frame_lo, p.frame_hi)}
+    assert read == {0, 4, 8, 12}
