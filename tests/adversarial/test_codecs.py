@@ -10,10 +10,10 @@ from typing import Any
 
 import numpy as np
 import pytest
-import torch
 import zstandard
 
 import reshard
+import torch
 from reshard.codecs import crc32c
 from reshard.codecs import registry as codec_registry
 

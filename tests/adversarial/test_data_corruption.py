@@ -14,7 +14,13 @@ import reshard
 from reshard.format.manifest import Manifest
 
 from ._state import (
-    FRAME_RAW_NBYTES, RotCodec, blank_state, chunk_map, data_files, load_version, make_state,
+    FRAME_RAW_NBYTES,
+    RotCodec,
+    blank_state,
+    chunk_map,
+    data_files,
+    load_version,
+    make_state,
 )
 
 CODECS = {"identity": None, "zstd": "zstd", "user": RotCodec()}

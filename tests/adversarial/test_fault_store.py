@@ -16,9 +16,9 @@ import pytest
 
 import reshard
 from reshard.storage import LocalStore
+from tests.helpers.world import run_world
 
 from ._state import RotCodec, blank_state, leftovers, make_state, state_version
-from tests.helpers.world import run_world
 
 # (name, operation, failing rank, version expected at the path afterwards: 1 = old, 2 = new)
 SAVE_FAULTS = [

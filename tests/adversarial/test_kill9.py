@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 import reshard
+from tests.helpers.world import WorldError, run_world
 
 from . import _kill
 from ._state import blank_state, data_files, leftovers, load_version, make_state, state_version
-from tests.helpers.world import WorldError, run_world
 
 OLD, NEW = 1, 2
 

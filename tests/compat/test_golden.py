@@ -10,9 +10,9 @@ from typing import Any
 
 import numpy as np
 import pytest
-import torch
 
 import reshard
+import torch
 
 from .golden_state import GOLDENS, full_tensors, nested, numpy_values, plain_values
 
@@ -59,7 +59,8 @@ def test_golden_loads_exactly(name: str) -> None:
         got = _get(sd, key)
         assert type(got) is type(want) and (got == want or (math.isinf(want) and got == want)), key
     arr = _get(sd, "np.arr")
-    assert isinstance(arr, np.ndarray) and arr.dtype == np.int32 and np.array_equal(arr, numpy_values()["np.arr"])
+    assert isinstance(arr, np.ndarray) and arr.dtype == np.int32
+    assert np.array_equal(arr, numpy_values()["np.arr"])
     assert _get(sd, "np.scalar") == 2.5 and isinstance(_get(sd, "np.scalar"), np.float64)
 
 

@@ -9,7 +9,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from reshard.core.layout import (
-    Box, c_strides, contains, element_span, full_box, intersect, shard_box, split_for_span,
+    Box,
+    c_strides,
+    contains,
+    element_span,
+    full_box,
+    intersect,
+    shard_box,
+    split_for_span,
     tiling_problem,
 )
 

@@ -12,7 +12,15 @@ from hypothesis import strategies as st
 from reshard.errors import CheckpointError, CorruptCheckpointError, UnsupportedFormatError
 from reshard.format.dtypes import ITEMSIZE
 from reshard.format.manifest import (
-    CHECKSUM_FIELD, IDENTITY, Chunk, CodecSpec, Frame, Manifest, TensorEntry, ValueEntry, dotted,
+    CHECKSUM_FIELD,
+    IDENTITY,
+    Chunk,
+    CodecSpec,
+    Frame,
+    Manifest,
+    TensorEntry,
+    ValueEntry,
+    dotted,
 )
 from reshard.format.values import encode_value
 
@@ -43,8 +51,8 @@ def tensor_entries(draw: st.DrawFn, key: tuple, files: list[str]) -> TensorEntry
         chunks.append(Chunk(box=box, file=draw(st.sampled_from(files)), offset=offset, nbytes=nbytes,
                             raw_nbytes=raw, codec=codec, frame_raw_nbytes=frame_raw, frames=tuple(frames)))
         offset += nbytes
-    return TensorEntry(key=key, dtype=dtype, shape=shape,
-                       container=draw(st.sampled_from(["torch", "numpy", "numpy_scalar"])), chunks=tuple(chunks))
+    container = draw(st.sampled_from(["torch", "numpy", "numpy_scalar"]))
+    return TensorEntry(key=key, dtype=dtype, shape=shape, container=container, chunks=tuple(chunks))
 
 
 @st.composite
@@ -99,7 +107,8 @@ def _parse(doc: dict) -> Manifest:
     (lambda d: d["entries"][0].update(shape=[5]), "tile"),
     (lambda d: d["entries"][0]["chunks"][0].update(offsets=[-1]), "out of range"),
     (lambda d: d["entries"][0]["chunks"][0].update(offset=2**62), "beyond"),
-    (lambda d: d["entries"][0]["chunks"][0].update(frames=[[3, 1]], frame_raw_nbytes=4, nbytes=3), "identity"),
+    (lambda d: d["entries"][0]["chunks"][0].update(
+        frames=[[3, 1]], frame_raw_nbytes=4, nbytes=3), "identity"),
     (lambda d: d["entries"][0]["chunks"][0].update(frames=[[2, 1]]), "frames"),
     (lambda d: d["entries"][0]["chunks"][0].update(nbytes=5), "nbytes"),
     (lambda d: d["entries"][0]["chunks"][0].update(raw_nbytes=8), "raw_nbytes"),
