@@ -95,7 +95,10 @@ def _save(coll: Collective, store: Store, state_dict: Mapping[str, Any], codec_a
         try:
             raise_if_failed(written)
         except Exception:
-            _remove_files(store, lambda name: os.path.basename(name).startswith(save_id))
+            try:
+                _remove_files(store, lambda name: os.path.basename(name).startswith(save_id))
+            except Exception as e:  # noqa: BLE001 - report the failure that stopped the save
+                _log.warning("reshard.save: could not remove the failed save's files: %s", e)
             raise
         manifest = _manifest(shared["plan"], shared["per_rank"], written, save_id,
                              coll.world_size, local["codec_spec"])
