@@ -234,3 +234,30 @@ def test_hostile_huge_shape_is_a_checkpoint_error(tmp_path: Path) -> None:
     with pytest.raises(reshard.CheckpointError):
         reshard.load({"t": None}, tmp_path)
     assert not reshard.verify(tmp_path).ok
+
+
+@pytest.mark.parametrize("codec", [None, "zstd"])
+def test_hostile_stored_frame_size_is_not_allocated(tmp_path: Path, codec: str | None) -> None:
+    """A manifest whose frame claims 8 GiB of stored bytes (chunk sizes kept consistent) is
+    refused as truncated before any buffer of that size exists."""
+    reshard.save({"t": torch.arange(64, dtype=torch.float32)}, tmp_path, codec=codec)
+    big = 2**33
+
+    def edit(doc: dict[str, Any]) -> None:
+        doc["codecs"][0] = {"name": "zstd", "configuration": {"level": 3}}  # identity frames are exact
+        (chunk,) = doc["entries"][0]["chunks"]
+        chunk.update(nbytes=big, frames=[[big, 0]])
+
+    rewrite_manifest(tmp_path, edit)
+    tracemalloc.start()
+    try:
+        with pytest.raises(reshard.CorruptCheckpointError, match="'t'.*truncated"):
+            reshard.load({"t": torch.zeros(64)}, tmp_path)
+        with reshard.open(tmp_path) as ck, pytest.raises(reshard.CorruptCheckpointError, match="truncated"):
+            ck.read("t", 3)
+        report = reshard.verify(tmp_path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert not report.ok and "truncated" in report.damaged[0].message
+    assert peak < 16 * 2**20
