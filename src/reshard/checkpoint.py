@@ -104,7 +104,14 @@ class Checkpoint:
                 raise CheckpointError(f"key {dotted(entry.key)!r} is a plain value; it has no index")
             return entry.decoded()
         box, squeeze = _index_box(entry.shape, index, dotted(entry.key))
-        out = torch.empty(box.sizes, dtype=torch_dtype(entry.dtype))
+        try:
+            out = torch.empty(box.sizes, dtype=torch_dtype(entry.dtype))
+        except (RuntimeError, MemoryError) as e:
+            # The size comes from the manifest: a damaged or hostile one must not crash the caller.
+            raise CheckpointError(
+                f"{self.path}: cannot allocate {list(box.sizes)} {entry.dtype} for key "
+                f"{dotted(entry.key)!r} (read a slice with an index instead): {e}"
+            ) from e
         fill(self._store, [Target(entry=entry, box=box, tensor=out)],
              threads=config.io_threads(), max_piece_nbytes=config.max_piece_nbytes())
         return out.squeeze(squeeze) if squeeze else out

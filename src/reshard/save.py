@@ -135,8 +135,8 @@ def write_and_commit(
         except Exception:
             try:
                 _remove_files(store, lambda name: os.path.basename(name).startswith(save_id))
-            except CheckpointError:
-                pass  # best effort: report the failure that stopped the save, not the cleanup's
+            except Exception as e:  # noqa: BLE001 - report the failure that stopped the save
+                _log.warning("reshard.save: could not remove the failed save's files: %s", e)
             raise
         manifest = _manifest(prepared.plan, prepared.per_rank, written, save_id,
                              coll.world_size, prepared.codec_spec)

@@ -80,6 +80,14 @@ class _Tally:
     damaged: list[Damage] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     codecs: dict[str, Codec | None] = field(default_factory=dict)
+    total: int = 0
+    checked: int = 0
+    progress: Progress | None = None
+
+    def advance(self, nbytes: int) -> None:
+        self.done += nbytes
+        if self.progress is not None and nbytes:
+            self.progress(self.done, self.total)
 
 
 def verify(path: str | os.PathLike[str], *, progress: Progress | None = None) -> VerifyReport:
@@ -102,19 +110,19 @@ def _verify(store: Store, manifest: Manifest, progress: Progress | None) -> Veri
         if isinstance(entry, TensorEntry):
             for chunk in entry.chunks:
                 by_file.setdefault(chunk.file, []).append((dotted(entry.key), chunk))
-    total = sum(c.nbytes for chunks in by_file.values() for _, c in chunks)
+    tally.total = sum(c.nbytes for chunks in by_file.values() for _, c in chunks)
+    tally.progress = progress
     for file, chunks in by_file.items():
         chunks.sort(key=lambda kc: kc[1].offset)
         size = _file_size(store, file, chunks, tally)
         for key, chunk in chunks:
+            start = tally.done
             _check_chunk(store, key, chunk, size, tally)
-            tally.done += chunk.nbytes
-            if progress is not None:
-                progress(tally.done, total)
+            tally.advance(start + chunk.nbytes - tally.done)  # bytes it could not read count too
     _note_strays(store, set(by_file), tally)
     return VerifyReport(
         path=store.location, keys=len(manifest.entries), chunks=tally.chunks, frames=tally.frames,
-        files=len(by_file), bytes_checked=tally.done, damaged=tuple(tally.damaged),
+        files=len(by_file), bytes_checked=tally.checked, damaged=tuple(tally.damaged),
         warnings=tuple(tally.warnings),
     )
 
@@ -159,6 +167,8 @@ def _check_chunk(store: Store, key: str, chunk: Chunk, size: int, tally: _Tally)
         for i in range(lo, hi):
             _check_frame(chunk, i, memoryview(buf)[offs[i] - offs[lo]:offs[i + 1] - offs[lo]],
                          codec, key, tally)
+        tally.checked += offs[hi] - offs[lo]
+        tally.advance(offs[hi] - offs[lo])
         lo = hi
 
 

@@ -10,10 +10,10 @@ from typing import Any
 
 import numpy as np
 import pytest
-import torch
 import zstandard
 
 import reshard
+import torch
 from reshard.codecs import crc32c
 from reshard.codecs import registry as codec_registry
 
@@ -191,9 +191,8 @@ def test_partial_read_decodes_only_needed_frames(tmp_path: Path, codec: Any) -> 
         assert ck.read("t", 37).equal(t[37])
         assert ck.read("t", (slice(10, 12), slice(5, 9))).equal(t[10:12, 5:9])
     if isinstance(codec, _Counting):
-        # Row 37 is 2 frames. Rows 10-11, cols 5-8 need frames 20 and 22; the planner reads
-        # the frames spanning a piece, so frame 21 between them is read too: 5 of 128 frames.
-        assert _Counting.calls <= 5
+        # Row 37 is frames 74-75; rows 10-11, cols 5-8 need frames 20 and 22 (not 21 between).
+        assert _Counting.calls == 4
     sd = {"t": torch.zeros(64, 256)}
     reshard.load(sd, tmp_path)
     assert sd["t"].equal(t)
@@ -211,3 +210,54 @@ def test_compression_ratio_of_zstd_frames(tmp_path: Path) -> None:
             assert out == bytes(chunk.frame_raw_nbytes)
             pos += f.nbytes
         assert chunk.nbytes < chunk.raw_nbytes // 10
+
+
+def test_hostile_huge_shape_is_a_checkpoint_error(tmp_path: Path) -> None:
+    """A manifest declaring a 1 TiB tensor stored as 1024 tiny 'zstd' frames (CRCs valid):
+    reading it whole, slicing it or loading it raises CheckpointError and nothing else."""
+    file, _ = _one_frame_zstd_checkpoint(tmp_path)
+    frame = b"\x00" * 8
+    Path(file).write_bytes(frame * 1024)
+
+    def edit(doc: dict[str, Any]) -> None:
+        entry = doc["entries"][0]
+        entry.update(dtype="uint8", shape=[2**40])
+        entry["chunks"][0].update(offsets=[0], sizes=[2**40], offset=0, nbytes=8 * 1024,
+                                  raw_nbytes=2**40, frame_raw_nbytes=2**30,
+                                  frames=[[8, crc32c(frame)]] * 1024)
+
+    rewrite_manifest(tmp_path, edit)
+    with reshard.open(tmp_path) as ck:
+        for index in (None, (slice(0, 10),), (2**40 - 1,)):
+            with pytest.raises(reshard.CheckpointError):
+                ck.read("t", index)
+    with pytest.raises(reshard.CheckpointError):
+        reshard.load({"t": None}, tmp_path)
+    assert not reshard.verify(tmp_path).ok
+
+
+@pytest.mark.parametrize("codec", [None, "zstd"])
+def test_hostile_stored_frame_size_is_not_allocated(tmp_path: Path, codec: str | None) -> None:
+    """A manifest whose frame claims 8 GiB of stored bytes (chunk sizes kept consistent) is
+    refused as truncated before any buffer of that size exists."""
+    reshard.save({"t": torch.arange(64, dtype=torch.float32)}, tmp_path, codec=codec)
+    big = 2**33
+
+    def edit(doc: dict[str, Any]) -> None:
+        doc["codecs"][0] = {"name": "zstd", "configuration": {"level": 3}}  # identity frames are exact
+        (chunk,) = doc["entries"][0]["chunks"]
+        chunk.update(nbytes=big, frames=[[big, 0]])
+
+    rewrite_manifest(tmp_path, edit)
+    tracemalloc.start()
+    try:
+        with pytest.raises(reshard.CorruptCheckpointError, match="'t'.*truncated"):
+            reshard.load({"t": torch.zeros(64)}, tmp_path)
+        with reshard.open(tmp_path) as ck, pytest.raises(reshard.CorruptCheckpointError, match="truncated"):
+            ck.read("t", 3)
+        report = reshard.verify(tmp_path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert not report.ok and "truncated" in report.damaged[0].message
+    assert peak < 16 * 2**20

@@ -74,7 +74,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         del os.environ["RESHARD_FRAME_RAW_NBYTES"]
     (root / "secret.bin").write_bytes(b"s" * 100000)
     docs = [json.loads((root / n / "manifest.json").read_bytes()) for n in ("ckpt", "ident")]
-    return {"root": root, "ckpt": ckpt, "docs": docs, "data": {n: sorted(os.listdir(ckpt / "data")) for n in [0]}}
+    return {"root": root, "ckpt": ckpt, "docs": docs}
 
 
 def _at(doc: Any, path: tuple[Any, ...]) -> Any:

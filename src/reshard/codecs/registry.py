@@ -128,7 +128,8 @@ def resolve_codec(codec: None | str | Codec) -> tuple[Codec, CodecSpec]:
     if codec == "zstd":
         return ZstdCodec(), CodecSpec(name="zstd", configuration=(("level", 3),))
     if isinstance(codec, str) and codec.startswith("zstd:"):
-        codec = ZstdCodec(level=_zstd_level(codec))
+        level = _zstd_level(codec)
+        return ZstdCodec(level=level), CodecSpec(name="zstd", configuration=(("level", level),))
     if isinstance(codec, ZstdCodec):
         return codec, CodecSpec(name="zstd", configuration=(("level", codec.level),))
     if isinstance(codec, str):

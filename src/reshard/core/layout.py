@@ -193,10 +193,17 @@ def _cluster_overlap(cluster: list[Box], dim: int) -> tuple[Box, Box] | None:
     first = (cluster[0].offsets[dim], cluster[0].sizes[dim])
     if all((b.offsets[dim], b.sizes[dim]) == first for b in cluster):
         return _find_overlap(cluster, dim + 1)
-    for i, a in enumerate(cluster):
-        for b in cluster[i + 1 :]:
+    # Sweep along ``dim`` (the cluster is sorted by offset there): a box can only overlap
+    # boxes whose interval on ``dim`` is still open, not every earlier box. Staggered
+    # layouts (bricks offset per column) would otherwise cost all pairs.
+    active: list[Box] = []
+    for b in cluster:
+        start = b.offsets[dim]
+        active = [a for a in active if a.offsets[dim] + a.sizes[dim] > start]
+        for a in active:
             if intersect(a, b) is not None:
                 return a, b
+        active.append(b)
     return None
 
 

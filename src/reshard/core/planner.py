@@ -186,8 +186,14 @@ def plan_reads(
             continue
         # A piece reads whole frames, so cutting below a frame only re-reads (and re-decodes)
         # the same frame: a one-frame chunk (a DCP blob) would be decoded once per piece.
-        span_nbytes = max(max_piece_nbytes, chunk.frame_raw_nbytes)
-        for sub in split_for_span(chunk.box.sizes, local, max(1, span_nbytes // itemsize)):
+        max_elements = max(1, max(max_piece_nbytes, chunk.frame_raw_nbytes) // itemsize)
+        run, gap = _run_and_gap(chunk.box.sizes, local)
+        if gap * itemsize >= chunk.frame_raw_nbytes:
+            # A whole frame may lie between two runs of wanted elements: cut the piece at
+            # every run so that frame is never read (a column slice of wide rows). Runs this
+            # far apart never share a frame, so no frame is read twice.
+            max_elements = min(max_elements, run)
+        for sub in split_for_span(chunk.box.sizes, local, max_elements):
             s_lo, s_hi = element_span(chunk.box.sizes, sub)
             f_lo, f_hi = _frames(chunk, s_lo * itemsize, s_hi * itemsize)
             pieces.append(ReadPiece(
@@ -195,6 +201,23 @@ def plan_reads(
                 flat=False, raw_lo=s_lo * itemsize, raw_hi=s_hi * itemsize, dest_elem=0,
             ))
     return pieces
+
+
+def _run_and_gap(sizes: tuple[int, ...], local: Box) -> tuple[int, int]:
+    """Elements in each contiguous run of ``local`` in the C layout of ``sizes``, and the
+    elements skipped between consecutive runs (0 when ``local`` is one run)."""
+    k = len(sizes) - 1
+    while k >= 0 and local.sizes[k] == sizes[k]:
+        k -= 1
+    if k < 0:
+        return local.numel, 0
+    run = local.sizes[k] * math.prod(sizes[k + 1:])
+    j = k - 1
+    while j >= 0 and local.sizes[j] == 1:
+        j -= 1
+    if j < 0:
+        return run, 0
+    return run, math.prod(sizes[j + 1:]) - run
 
 
 def _flat_pieces(

@@ -1,0 +1,69 @@
+"""``reshard verify PATH``: exit 0 intact, 1 damaged (naming what), 2 usage error."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import reshard
+from reshard.cli import main
+
+from ._state import chunk_map, data_files, make_state
+
+
+def test_verify_intact_and_damaged(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    reshard.save(make_state(1), tmp_path, codec="zstd")
+    assert main(["verify", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "intact" in out and "9 keys" in out
+    (file,) = data_files(tmp_path)
+    _, a, b, key = chunk_map(tmp_path)[0]
+    with open(file, "r+b") as f:
+        f.seek((a + b) // 2)
+        byte = f.read(1)
+        f.seek((a + b) // 2)
+        f.write(bytes([byte[0] ^ 0x40]))
+    assert main(["verify", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert "DAMAGED" in out and f"key '{key}'" in out and os.path.basename(file) in out and "CRC" in out
+
+
+def test_verify_missing_and_usage(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["verify", str(tmp_path / "nothing")]) == 1
+    assert "manifest.json" in capsys.readouterr().out
+    assert main(["verify"]) == 2
+    assert main(["verify", "a", "b"]) == 2
+    assert main([]) == 2
+    assert main(["no-such-command"]) == 2
+
+
+def test_verify_progress_and_leftovers(tmp_path: Path) -> None:
+    reshard.save(make_state(1), tmp_path)
+    (tmp_path / "data" / "stray.0.bin").write_bytes(b"left by a killed save")
+    calls: list[tuple[int, int]] = []
+    report = reshard.verify(tmp_path, progress=lambda done, total: calls.append((done, total)))
+    assert report.ok and report.frames > report.chunks > 0
+    assert any("stray.0.bin" in w for w in report.warnings)
+    assert calls and calls[-1][0] == calls[-1][1] == report.bytes_checked
+    assert all(a[0] <= b[0] for a, b in zip(calls, calls[1:]))
+
+
+def test_verify_command_line_subprocess(tmp_path: Path) -> None:
+    """The real command line: progress bar forced on, exit code from the process."""
+    reshard.save(make_state(1), tmp_path)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    run = subprocess.run([sys.executable, "-m", "reshard.cli", "verify", str(tmp_path), "--progress"],
+                         capture_output=True, text=True, env=env, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert "intact" in run.stdout and "100%" in run.stderr
+
+
+def test_verify_exit_1_on_missing_data(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    reshard.save(make_state(1), tmp_path)
+    os.unlink(data_files(tmp_path)[0])
+    assert main(["verify", str(tmp_path)]) == 1
+    assert "missing" in capsys.readouterr().out

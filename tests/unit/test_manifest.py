@@ -1,0 +1,146 @@
+"""The manifest round-trips exactly, and the parser refuses what the format forbids."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from reshard.errors import CheckpointError, CorruptCheckpointError, UnsupportedFormatError
+from reshard.format.dtypes import ITEMSIZE
+from reshard.format.manifest import (
+    CHECKSUM_FIELD,
+    IDENTITY,
+    Chunk,
+    CodecSpec,
+    Frame,
+    Manifest,
+    TensorEntry,
+    ValueEntry,
+    dotted,
+)
+from reshard.format.values import encode_value
+
+from ._strategies import grid_tilings, shapes
+
+key_parts = st.text(alphabet="abcxyz_.0123", min_size=1, max_size=5) | st.integers(0, 9)
+plain_values = (st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=10)
+                | st.binary(max_size=10) | st.sampled_from([{}, [], ()]))
+
+
+@st.composite
+def tensor_entries(draw: st.DrawFn, key: tuple, files: list[str]) -> TensorEntry:
+    dtype = draw(st.sampled_from(sorted(ITEMSIZE)))
+    shape = draw(shapes(max_dim=5))
+    frame_raw = draw(st.integers(1, 64))
+    codec = draw(st.sampled_from([IDENTITY, CodecSpec(name="zstd", configuration=(("level", 3),)),
+                                  CodecSpec(name="mine", configuration=(("a", True), ("b", "x")))]))
+    chunks = []
+    offset = 0
+    for box in draw(grid_tilings(shape)):
+        raw = box.numel * ITEMSIZE[dtype]
+        frames = []
+        for s in range(0, raw, frame_raw):
+            n = min(frame_raw, raw - s)
+            frames.append(Frame(nbytes=n if codec == IDENTITY else draw(st.integers(1, 99)),
+                                crc32c=draw(st.integers(0, 2**32 - 1))))
+        nbytes = sum(f.nbytes for f in frames)
+        chunks.append(Chunk(box=box, file=draw(st.sampled_from(files)), offset=offset, nbytes=nbytes,
+                            raw_nbytes=raw, codec=codec, frame_raw_nbytes=frame_raw, frames=tuple(frames)))
+        offset += nbytes
+    container = draw(st.sampled_from(["torch", "numpy", "numpy_scalar"]))
+    return TensorEntry(key=key, dtype=dtype, shape=shape, container=container, chunks=tuple(chunks))
+
+
+@st.composite
+def manifests(draw: st.DrawFn) -> Manifest:
+    keys = draw(st.lists(st.lists(key_parts, min_size=1, max_size=3).map(tuple), max_size=5,
+                         unique_by=dotted))
+    files = [f"data/s.{i}.bin" for i in range(draw(st.integers(1, 3)))]
+    entries = []
+    for k in keys:
+        if draw(st.booleans()):
+            entries.append(ValueEntry(key=k, value=encode_value(draw(plain_values), dotted(k))))
+        else:
+            entries.append(draw(tensor_entries(k, files)))
+    return Manifest(save_id=draw(st.text(max_size=8)), world_size=draw(st.integers(1, 2**20)),
+                    created_unix_s=draw(st.floats(0, 4e9)), library_version="0.1.0", entries=tuple(entries))
+
+
+@settings(max_examples=150, deadline=None, derandomize=True)
+@given(m=manifests())
+def test_round_trip(m: Manifest) -> None:
+    data = m.to_json()
+    back = Manifest.from_json(data)
+    assert back == m
+    assert back.to_json() == data
+    doc = json.loads(data)
+    assert isinstance(doc[CHECKSUM_FIELD], int)
+    # Values decode to what was stored (NaN compares unequal to itself).
+    for a, b in zip(m.entries, back.entries):
+        if isinstance(a, ValueEntry):
+            va, vb = a.decoded(), b.decoded()  # type: ignore[union-attr]
+            assert va == vb or (isinstance(va, float) and math.isnan(va) and math.isnan(vb))
+
+
+def _base() -> dict:
+    return json.loads(Manifest(save_id="s", world_size=1, created_unix_s=0.0, library_version="x", entries=(
+        TensorEntry(key=("t",), dtype="int8", shape=(4,), container="torch", chunks=(
+            Chunk(box=__import__("reshard.core.layout", fromlist=["Box"]).Box((0,), (4,)), file="data/a.bin",
+                  offset=0, nbytes=4, raw_nbytes=4, codec=IDENTITY, frame_raw_nbytes=2,
+                  frames=(Frame(nbytes=2, crc32c=1), Frame(nbytes=2, crc32c=2))),)),
+    )).to_json())
+
+
+def _parse(doc: dict) -> Manifest:
+    doc.pop(CHECKSUM_FIELD, None)
+    return Manifest.from_json(json.dumps(doc).encode())
+
+
+@pytest.mark.parametrize("edit, match", [
+    (lambda d: d.update(format="other"), "format"),
+    (lambda d: d.update(format_version=[2, 0]), "upgrade"),
+    (lambda d: d["entries"][0].update(dtype="float128"), "unknown dtype"),
+    (lambda d: d["entries"][0].update(shape=[5]), "tile"),
+    (lambda d: d["entries"][0]["chunks"][0].update(offsets=[-1]), "out of range"),
+    (lambda d: d["entries"][0]["chunks"][0].update(offset=2**62), "beyond"),
+    (lambda d: d["entries"][0]["chunks"][0].update(
+        frames=[[3, 1]], frame_raw_nbytes=4, nbytes=3), "identity"),
+    (lambda d: d["entries"][0]["chunks"][0].update(frames=[[2, 1]]), "frames"),
+    (lambda d: d["entries"][0]["chunks"][0].update(nbytes=5), "nbytes"),
+    (lambda d: d["entries"][0]["chunks"][0].update(raw_nbytes=8), "raw_nbytes"),
+    (lambda d: d["entries"][0]["chunks"][0].update(file=1), "file"),
+    (lambda d: d["entries"][0]["chunks"][0].update(codec=-1), "codec"),
+    (lambda d: d["entries"][0]["chunks"][0]["frames"][0].__setitem__(1, 2**32), "out of range"),
+    (lambda d: d["entries"].append(d["entries"][0]), "duplicate"),
+    (lambda d: d["entries"][0]["chunks"].append(d["entries"][0]["chunks"][0]), "overlap|duplicate"),
+    (lambda d: d.update(files=["data/../x"]), "inside data"),
+    (lambda d: d.update(created_unix_s=10**400), "number"),
+    (lambda d: d["codecs"][0].update(name="identity", configuration={"x": 1}) or
+        d["entries"][0]["chunks"][0].update(frames=[[3, 1]], frame_raw_nbytes=4, nbytes=3), "identity"),
+])
+def test_parser_refuses(edit, match) -> None:  # type: ignore[no-untyped-def]
+    doc = _base()
+    _parse(dict(doc))  # the base is valid
+    edit(doc)
+    with pytest.raises(CheckpointError, match=match) as err:
+        _parse(doc)
+    assert isinstance(err.value, (CorruptCheckpointError, UnsupportedFormatError))
+    assert "manifest.json" in str(err.value)
+
+
+def test_checksum_catches_a_changed_value() -> None:
+    m = Manifest(save_id="s", world_size=1, created_unix_s=0.0, library_version="x",
+                 entries=(ValueEntry(key=("step",), value={"type": "int", "value": 1000}),))
+    data = m.to_json()
+    assert Manifest.from_json(data) == m
+    with pytest.raises(CorruptCheckpointError, match="CRC-32"):
+        Manifest.from_json(data.replace(b"1000", b"1008"))
+    # Re-indenting keeps it valid; without the field (another writer) it is not checked.
+    assert Manifest.from_json(json.dumps(json.loads(data), indent=2).encode()) == m
+    doc = json.loads(data)
+    del doc[CHECKSUM_FIELD]
+    assert Manifest.from_json(json.dumps(doc).encode()) == m
