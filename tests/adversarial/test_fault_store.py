@@ -89,7 +89,7 @@ class FaultyStore:
 
 
 def _arm(module: str, op: str, armed: bool) -> None:
-    sys.modules[module].open_store = lambda path: FaultyStore(os.fspath(path), op, armed)  # type: ignore[attr-defined]
+    sys.modules[module].open_store = lambda path, *_, **__: FaultyStore(os.fspath(path), op, armed)  # type: ignore[attr-defined]
 
 
 def _disarm() -> None:
