@@ -9,10 +9,14 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from .pickling import slots_reduce
+
 
 @dataclass(frozen=True, slots=True)
 class Box:
     """A hyper-rectangle of a global array: ``offsets`` plus ``sizes``, one int per dim."""
+
+    __reduce__ = slots_reduce
 
     offsets: tuple[int, ...]
     sizes: tuple[int, ...]

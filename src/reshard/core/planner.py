@@ -12,6 +12,7 @@ from ..format.dtypes import ITEMSIZE
 from ..format.manifest import Chunk, Key, dotted
 from ..format.values import JsonValue
 from .layout import Box, c_strides, element_span, intersect, split_for_span, tiling_problem
+from .pickling import slots_reduce
 
 MAX_REPORTED_PROBLEMS = 20
 
@@ -19,6 +20,8 @@ MAX_REPORTED_PROBLEMS = 20
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TensorDesc:
     """What one rank holds of a tensor: its global description and its local boxes."""
+
+    __reduce__ = slots_reduce
 
     key: Key
     dtype: str
@@ -29,6 +32,8 @@ class TensorDesc:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ValueDesc:
+    __reduce__ = slots_reduce
+
     key: Key
     value: dict[str, JsonValue]
 
@@ -39,6 +44,8 @@ Desc = Union[TensorDesc, ValueDesc]
 @dataclass(frozen=True, slots=True, kw_only=True)
 class WriteTask:
     """Rank-local instruction: write box ``box_index`` of local item ``item_index``."""
+
+    __reduce__ = slots_reduce
 
     item_index: int
     box_index: int

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Union
 
 from ..core.layout import Box, tiling_problem
+from ..core.pickling import slots_reduce
 from ..errors import CorruptCheckpointError, UnsupportedFormatError
 from .dtypes import ITEMSIZE
 from .values import JsonValue, decode_value
@@ -36,6 +37,8 @@ Key = tuple[KeyPart, ...]
 class CodecSpec:
     """A codec and its configuration, e.g. ``zstd`` with ``level=3``."""
 
+    __reduce__ = slots_reduce
+
     name: str
     configuration: tuple[tuple[str, bool | int | float | str], ...] = ()
 
@@ -57,6 +60,8 @@ class Frame:
     the reshard format always records it.
     """
 
+    __reduce__ = slots_reduce
+
     nbytes: int
     crc32c: int | None
 
@@ -69,6 +74,8 @@ class Chunk:
     frames of ``frame_raw_nbytes`` raw bytes (the last may be shorter), each encoded
     with ``codec`` and stored back to back from ``offset`` in ``file``.
     """
+
+    __reduce__ = slots_reduce
 
     box: Box
     file: str
@@ -89,6 +96,8 @@ class Chunk:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TensorEntry:
+    __reduce__ = slots_reduce
+
     key: Key
     dtype: str
     shape: tuple[int, ...]
@@ -106,6 +115,8 @@ class TensorEntry:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ValueEntry:
+    __reduce__ = slots_reduce
+
     key: Key
     value: dict[str, JsonValue]
 
@@ -118,6 +129,8 @@ Entry = Union[TensorEntry, ValueEntry]
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Manifest:
+    __reduce__ = slots_reduce
+
     save_id: str
     world_size: int
     created_unix_s: float

@@ -9,6 +9,7 @@ import torch
 
 from ..adapters.tensors import tensor_bytes
 from ..codecs import Codec, crc32c
+from ..core.pickling import slots_reduce
 from ..format.manifest import Frame
 from ..storage.base import Store
 
@@ -18,6 +19,8 @@ ENCODE_BATCH_FRAMES = 16
 @dataclass(frozen=True, slots=True, kw_only=True)
 class WrittenChunk:
     """Where one written box landed in the rank's data file (sent to the coordinator)."""
+
+    __reduce__ = slots_reduce
 
     item_index: int
     box_index: int
