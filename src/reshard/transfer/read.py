@@ -62,18 +62,49 @@ def fill(
             stats.bytes_needed += (
                 piece.raw_hi - piece.raw_lo if piece.flat else piece.box.numel * itemsize
             )
-    if threads <= 1 or len(jobs) <= 1:
-        for job in jobs:
-            _run(store, *job)
+    batches = _batches(jobs, stats.bytes_read, threads)
+    if threads <= 1 or len(batches) <= 1:
+        for batch in batches:
+            _run_batch(store, batch)
     else:
         with ThreadPoolExecutor(max_workers=threads) as pool:
-            for f in [pool.submit(_run, store, *job) for job in jobs]:
+            for f in [pool.submit(_run_batch, store, batch) for batch in batches]:
                 f.result()
     for t in targets:
         if t.staging is not None:
             t.tensor.copy_(t.staging)
             t.staging = None
     return stats
+
+
+MIN_BATCH_NBYTES = 1 << 20
+
+
+def _batches(
+    jobs: list[tuple[Target, ReadPiece, list[int]]], total: int, threads: int
+) -> list[list[tuple[Target, ReadPiece, list[int]]]]:
+    """Consecutive pieces grouped into pool tasks of at least ``MIN_BATCH_NBYTES`` (and
+    about a quarter of a thread's share): a thread hand-off per small piece cost more
+    than reading it, while large pieces keep a task each so threads still balance."""
+    target = max(MIN_BATCH_NBYTES, total // max(1, 4 * threads))
+    batches: list[list[tuple[Target, ReadPiece, list[int]]]] = []
+    current: list[tuple[Target, ReadPiece, list[int]]] = []
+    size = 0
+    for job in jobs:
+        _, piece, offs = job
+        current.append(job)
+        size += offs[piece.frame_hi] - offs[piece.frame_lo]
+        if size >= target:
+            batches.append(current)
+            current, size = [], 0
+    if current:
+        batches.append(current)
+    return batches
+
+
+def _run_batch(store: Store, batch: list[tuple[Target, ReadPiece, list[int]]]) -> None:
+    for job in batch:
+        _run(store, *job)
 
 
 def _run(store: Store, target: Target, piece: ReadPiece, offs: list[int]) -> None:
