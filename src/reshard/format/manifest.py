@@ -264,6 +264,9 @@ def _ints(value: object, path: str, *, length: int | None = None) -> tuple[int, 
         raise _fail(path, f"expected {length} ints, got {len(items)}")
     if len(items) > MAX_NDIM:
         raise _fail(path, f"more than {MAX_NDIM} dims")
+    # Fast path without building a JSON path per element (manifests hold millions).
+    if all(type(v) is int and 0 <= v <= MAX_DIM_SIZE for v in items):
+        return tuple(items)  # type: ignore[arg-type]
     return tuple(_int(v, f"{path}[{i}]", hi=MAX_DIM_SIZE) for i, v in enumerate(items))
 
 
@@ -378,10 +381,12 @@ def _parse_chunk(
     frames_raw = _list(_field(doc, "frames", path), f"{path}.frames")
     if len(frames_raw) != -(-raw_nbytes // frame_raw):
         raise _fail(f"{path}.frames", f"expected {-(-raw_nbytes // frame_raw)} frames, got {len(frames_raw)}")
-    frames = []
-    for i, f in enumerate(frames_raw):
-        pair = _ints(f, f"{path}.frames[{i}]", length=2)
-        frames.append(Frame(nbytes=pair[0], crc32c=_int(pair[1], f"{path}.frames[{i}][1]", hi=2**32 - 1)))
+    frames = _well_formed_frames(frames_raw)
+    if frames is None:
+        frames = []
+        for i, f in enumerate(frames_raw):
+            pair = _ints(f, f"{path}.frames[{i}]", length=2)
+            frames.append(Frame(nbytes=pair[0], crc32c=_int(pair[1], f"{path}.frames[{i}][1]", hi=2**32 - 1)))
     nbytes = _int(_field(doc, "nbytes", path), f"{path}.nbytes")
     if nbytes != sum(f.nbytes for f in frames):
         raise _fail(f"{path}.nbytes", f"{nbytes} != the sum of its frames")
@@ -395,3 +400,23 @@ def _parse_chunk(
         nbytes=nbytes, raw_nbytes=raw_nbytes, codec=codec, frame_raw_nbytes=frame_raw,
         frames=tuple(frames),
     )
+
+
+def _well_formed_frames(items: list[object]) -> list[Frame] | None:
+    """The frames, when every item is an ``[nbytes, crc32c]`` pair of in-range ints;
+    else None, and the item-by-item checks name the bad one.
+
+    Frames are most of a large manifest; the generic checks cost several microseconds
+    per frame, this loop a fraction of that, with the same bounds.
+    """
+    out = []
+    for f in items:
+        if type(f) is not list or len(f) != 2:
+            return None
+        n, c = f
+        if type(n) is not int or type(c) is not int or not (
+            0 <= n <= MAX_DIM_SIZE and 0 <= c <= 0xFFFFFFFF
+        ):
+            return None
+        out.append(Frame(nbytes=n, crc32c=c))
+    return out
