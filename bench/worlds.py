@@ -4,6 +4,7 @@ A/B/A/B, each timed as barrier -> t0 -> op -> barrier and probed for memory and 
 from __future__ import annotations
 
 import os
+import resource
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -95,18 +96,27 @@ def _measure(dist: Any, op: Any) -> dict[str, Any]:
     probes.reset_peak_rss()
     rss0 = probes.rss_bytes()
     dist.barrier()
+    cpu0 = _cpu_s()
     t0 = time.perf_counter()
     op()
     t_op = time.perf_counter() - t0
+    cpu = _cpu_s() - cpu0
     dist.barrier()
     t = time.perf_counter() - t0
     io1 = probes.io_counters()
     peak = probes.peak_rss_bytes()
     return {
-        "t": t, "t_op": t_op, "rss_before": rss0, "peak_rss": peak,
+        "t": t, "t_op": t_op, "cpu_s": cpu, "rss_before": rss0, "peak_rss": peak,
         "peak_rss_delta": max(0, peak - rss0),
         **{k: io1[k] - io0[k] for k in io0},
     }
+
+
+def _cpu_s() -> float:
+    """User + system CPU seconds of this process, all threads (less sensitive than wall
+    time to other load on the machine)."""
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
 
 
 def _on_rank0(dist: Any, rank: int, fn: Any) -> None:
