@@ -164,9 +164,15 @@ class ReadPiece:
 
 
 def plan_reads(
-    chunks: tuple[Chunk, ...], dest: Box, itemsize: int, *, max_piece_nbytes: int
+    chunks: tuple[Chunk, ...], dest: Box, itemsize: int, *, max_piece_nbytes: int,
+    max_strided_nbytes: int | None = None,
 ) -> list[ReadPiece]:
-    """Pieces that fill ``dest`` from ``chunks``; each reads only the frames it needs."""
+    """Pieces that fill ``dest`` from ``chunks``; each reads only the frames it needs.
+
+    ``max_strided_nbytes`` (default ``max_piece_nbytes``) bounds the span of pieces that
+    are not contiguous in both chunk and destination: those are staged in memory.
+    """
+    strided = max_piece_nbytes if max_strided_nbytes is None else max_strided_nbytes
     pieces: list[ReadPiece] = []
     if dest.is_empty:
         return pieces
@@ -182,7 +188,7 @@ def plan_reads(
             pieces.extend(_flat_pieces(ci, chunk, lo * itemsize, hi * itemsize, d_lo, itemsize,
                                        inter, max_piece_nbytes))
             continue
-        for sub in split_for_span(chunk.box.sizes, local, max(1, max_piece_nbytes // itemsize)):
+        for sub in split_for_span(chunk.box.sizes, local, max(1, strided // itemsize)):
             s_lo, s_hi = element_span(chunk.box.sizes, sub)
             f_lo, f_hi = _frames(chunk, s_lo * itemsize, s_hi * itemsize)
             pieces.append(ReadPiece(
