@@ -46,6 +46,20 @@ def reset_peak_rss() -> bool:
         return False
 
 
+def trim_heap() -> None:
+    """Collect garbage and hand freed heap memory back to the OS (glibc malloc_trim), so
+    an operation's RSS growth is not hidden by memory the previous one freed but the
+    allocator kept resident (both libraries run in the same processes, interleaved)."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def peak_rss_bytes() -> int:
     return _status_kib("VmHWM") * 1024
 

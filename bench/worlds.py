@@ -42,6 +42,7 @@ class WorldConfig:
     zstd_gib: float
     tiny_n: int
     drop_caches: bool
+    zstd_level: int = 3
     jobs: list[Job] = field(default_factory=list)
 
 
@@ -59,11 +60,14 @@ def ckpt_path(cfg: WorldConfig, lib: str, ckpt: str) -> str:
     return os.path.join(cfg.workdir, f"{lib}.{ckpt}")
 
 
-def _save_op(lib: str, sd: dict[str, Any], path: str, codec: str):  # type: ignore[no-untyped-def]
+def _save_op(lib: str, sd: dict[str, Any], path: str, codec: str,  # type: ignore[no-untyped-def]
+             zstd_level: int = 3):
     if lib == "reshard":
         import reshard
+        from reshard.codecs import ZstdCodec
 
-        return lambda: reshard.save(sd, path, codec=None if codec == "identity" else codec)
+        arg = None if codec == "identity" else ZstdCodec(level=zstd_level)
+        return lambda: reshard.save(sd, path, codec=arg)
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint import FileSystemWriter
 
@@ -91,6 +95,7 @@ def _load_op(lib: str, sd: dict[str, Any], path: str):  # type: ignore[no-untype
 
 
 def _measure(dist: Any, op: Any) -> dict[str, Any]:
+    probes.trim_heap()
     dist.barrier()
     io0 = probes.io_counters()
     probes.reset_peak_rss()
@@ -140,7 +145,7 @@ def world_main(rank: int, world: int, cfg: WorldConfig) -> list[dict[str, Any]] 
                 for lib in LIBS:
                     path = ckpt_path(cfg, lib, job.ckpt)
                     _on_rank0(dist, rank, lambda: probes.remove(path))
-                    rec = _measure(dist, _save_op(lib, sd, path, job.codec))
+                    rec = _measure(dist, _save_op(lib, sd, path, job.codec, cfg.zstd_level))
                     _collect(dist, rank, results, job, lib, rep, rec, extra={
                         "disk_bytes": probes.disk_bytes(path) if rank == 0 else 0,
                     })
