@@ -253,7 +253,9 @@ def markdown(meta: dict[str, Any], raw: dict[str, Any], raw_nbytes: int,
         f"state, zstd datasets {meta['zstd_gib']} GiB (reshard level {meta['zstd_level']}, DCP level "
         f"3), {meta['tiny_n']} tiny tensors, reps "
         f"{meta['reps']} interleaved A/B, medians; load average {meta['loadavg_start']} at start, "
-        f"{meta['loadavg_end']} at end; wall {meta['wall_s']:.0f} s; "
+        f"{meta['loadavg_end']} at end; CPU speed check: a 5M-iteration Python loop took "
+        f"{meta['python_loop_5M_cpu_s']:.2f} CPU s (~0.3-0.45 s on an idle core); "
+        f"wall {meta['wall_s']:.0f} s; "
         f"cold = sync + POSIX_FADV_DONTNEED{' + drop_caches' if meta['drop_caches'] else ''}.",
         "",
     ]
@@ -361,6 +363,7 @@ def main(argv: list[str] | None = None) -> int:
             "tiny_n": args.tiny_n, "reps": args.reps, "zstd_level": args.zstd_level, "scenarios": sorted(sel),
             "drop_caches": args.drop_caches, "cold": not args.no_cold,
             "loadavg_start": "%.2f %.2f %.2f" % os.getloadavg(), "workdir": workdir,
+            "python_loop_5M_cpu_s": probes.python_speed_s(),
             "argv": sys.argv[1:] if argv is None else argv}
     raw_nbytes = int(args.size_gib * state.GIB)
     raw: dict[str, Any] = {}
