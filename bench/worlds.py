@@ -4,6 +4,7 @@ A/B/A/B, each timed as barrier -> t0 -> op -> barrier and probed for memory and 
 from __future__ import annotations
 
 import os
+import resource
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,6 +42,7 @@ class WorldConfig:
     zstd_gib: float
     tiny_n: int
     drop_caches: bool
+    zstd_level: int = 3
     jobs: list[Job] = field(default_factory=list)
 
 
@@ -58,11 +60,14 @@ def ckpt_path(cfg: WorldConfig, lib: str, ckpt: str) -> str:
     return os.path.join(cfg.workdir, f"{lib}.{ckpt}")
 
 
-def _save_op(lib: str, sd: dict[str, Any], path: str, codec: str):  # type: ignore[no-untyped-def]
+def _save_op(lib: str, sd: dict[str, Any], path: str, codec: str,  # type: ignore[no-untyped-def]
+             zstd_level: int = 3):
     if lib == "reshard":
         import reshard
+        from reshard.codecs import ZstdCodec
 
-        return lambda: reshard.save(sd, path, codec=None if codec == "identity" else codec)
+        arg = None if codec == "identity" else ZstdCodec(level=zstd_level)
+        return lambda: reshard.save(sd, path, codec=arg)
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint import FileSystemWriter
 
@@ -90,23 +95,33 @@ def _load_op(lib: str, sd: dict[str, Any], path: str):  # type: ignore[no-untype
 
 
 def _measure(dist: Any, op: Any) -> dict[str, Any]:
+    probes.trim_heap()
     dist.barrier()
     io0 = probes.io_counters()
     probes.reset_peak_rss()
     rss0 = probes.rss_bytes()
     dist.barrier()
+    cpu0 = _cpu_s()
     t0 = time.perf_counter()
     op()
     t_op = time.perf_counter() - t0
+    cpu = _cpu_s() - cpu0
     dist.barrier()
     t = time.perf_counter() - t0
     io1 = probes.io_counters()
     peak = probes.peak_rss_bytes()
     return {
-        "t": t, "t_op": t_op, "rss_before": rss0, "peak_rss": peak,
+        "t": t, "t_op": t_op, "cpu_s": cpu, "rss_before": rss0, "peak_rss": peak,
         "peak_rss_delta": max(0, peak - rss0),
         **{k: io1[k] - io0[k] for k in io0},
     }
+
+
+def _cpu_s() -> float:
+    """User + system CPU seconds of this process, all threads (less sensitive than wall
+    time to other load on the machine)."""
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
 
 
 def _on_rank0(dist: Any, rank: int, fn: Any) -> None:
@@ -130,7 +145,7 @@ def world_main(rank: int, world: int, cfg: WorldConfig) -> list[dict[str, Any]] 
                 for lib in LIBS:
                     path = ckpt_path(cfg, lib, job.ckpt)
                     _on_rank0(dist, rank, lambda: probes.remove(path))
-                    rec = _measure(dist, _save_op(lib, sd, path, job.codec))
+                    rec = _measure(dist, _save_op(lib, sd, path, job.codec, cfg.zstd_level))
                     _collect(dist, rank, results, job, lib, rep, rec, extra={
                         "disk_bytes": probes.disk_bytes(path) if rank == 0 else 0,
                     })

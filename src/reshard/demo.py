@@ -55,8 +55,9 @@ def _distributed_state(mesh: Any, which: int) -> dict[str, Any]:
 
 
 def _save_rank(rank: int, world: int, path: str) -> dict[str, Any]:
-    import reshard
     from torch.distributed.device_mesh import init_device_mesh
+
+    import reshard
 
     mesh = init_device_mesh("cpu", (2, 2))
     state = _distributed_state(mesh, 0)
@@ -66,8 +67,9 @@ def _save_rank(rank: int, world: int, path: str) -> dict[str, Any]:
 
 
 def _load_rank(rank: int, world: int, path: str) -> dict[str, Any]:
-    import reshard
     from torch.distributed.device_mesh import init_device_mesh
+
+    import reshard
 
     mesh = init_device_mesh("cpu", (world,))
     state = _distributed_state(mesh, 1)

@@ -17,7 +17,6 @@ from .adapters.tensors import describe, flatten
 from .codecs import Codec, resolve_codec
 from .core.planner import Desc, SavePlan, TensorDesc, ValueDesc, WriteTask, plan_save
 from .dist.collective import Collective, Outcome, raise_if_failed
-from .errors import CheckpointError
 from .format.manifest import (
     DATA_DIR,
     MANIFEST_NAME,

@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-
 import torch
 
 from ..core.layout import Box, full_box
@@ -154,7 +153,6 @@ def _is_dtensor(leaf: Any) -> bool:
 
 def _dtensor_shards(dt: Any, name: str) -> Shards:
     from torch.distributed.tensor import Replicate, Shard
-    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
 
     for p in dt.placements:
         if type(p) not in (Shard, Replicate):
@@ -164,10 +162,10 @@ def _dtensor_shards(dt: Any, name: str) -> Shards:
             )
     shape = tuple(dt.shape)
     local = dt._local_tensor
-    if dt.device_mesh.get_coordinate() is None:
+    if _coordinate(dt.device_mesh) is None:
         return Shards(shape=shape, dtype=dtype_name(dt.dtype, name), container="torch",
                       boxes=(), tensors=())
-    sizes, offsets = compute_local_shape_and_global_offset(dt.shape, dt.device_mesh, dt.placements)
+    sizes, offsets = _local_shape_and_offset(shape, dt.device_mesh, tuple(dt.placements))
     if tuple(local.shape) != tuple(sizes):
         raise LayoutMismatchError(
             f"key {name!r}: the local shard has shape {list(local.shape)}, but placements "
@@ -179,6 +177,41 @@ def _dtensor_shards(dt: Any, name: str) -> Shards:
         shape=shape, dtype=dtype_name(local.dtype, name), container="torch",
         boxes=(Box(tuple(offsets), tuple(sizes)),), tensors=(local,),
     )
+
+
+# DTensor's own shape/offset computation costs ~0.1-0.3 ms per call, which dominated
+# saves and loads of thousands of small DTensors; the answer depends only on the
+# global shape, the mesh (and this rank's place in it) and the placements.
+_SHAPE_CACHE: dict[tuple[Any, ...], tuple[tuple[int, ...], tuple[int, ...]]] = {}
+_COORD_CACHE: dict[Any, Any] = {}
+_CACHE_LIMIT = 4096
+
+
+def _coordinate(mesh: Any) -> Any:
+    key = id(mesh)
+    hit = _COORD_CACHE.get(key)
+    if hit is None or hit[0] is not mesh:
+        if len(_COORD_CACHE) > _CACHE_LIMIT:
+            _COORD_CACHE.clear()
+            _SHAPE_CACHE.clear()  # its keys use id(mesh), valid only while pinned here
+        hit = _COORD_CACHE[key] = (mesh, mesh.get_coordinate())
+    return hit[1]
+
+
+def _local_shape_and_offset(
+    shape: tuple[int, ...], mesh: Any, placements: tuple[Any, ...]
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+
+    key = (shape, id(mesh), placements)
+    hit = _SHAPE_CACHE.get(key)
+    if hit is None or _COORD_CACHE.get(id(mesh), (None,))[0] is not mesh:
+        if len(_SHAPE_CACHE) > _CACHE_LIMIT:
+            _SHAPE_CACHE.clear()
+        _coordinate(mesh)  # pins the mesh object behind id(mesh) for the cache key
+        sizes, offsets = compute_local_shape_and_global_offset(shape, mesh, list(placements))
+        hit = _SHAPE_CACHE[key] = (tuple(int(x) for x in sizes), tuple(int(x) for x in offsets))
+    return hit
 
 
 def _protocol_shards(obj: Any, name: str, *, for_load: bool) -> Shards:

@@ -9,10 +9,14 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from .pickling import slots_reduce
+
 
 @dataclass(frozen=True, slots=True)
 class Box:
     """A hyper-rectangle of a global array: ``offsets`` plus ``sizes``, one int per dim."""
+
+    __reduce__ = slots_reduce
 
     offsets: tuple[int, ...]
     sizes: tuple[int, ...]
@@ -145,7 +149,9 @@ def shard_box(
 
 def tiling_problem(shape: Sequence[int], boxes: Iterable[Box]) -> str | None:
     """Why the distinct non-empty ``boxes`` do not tile ``shape`` exactly, or None."""
-    distinct = {b for b in boxes if not b.is_empty}
+    distinct = {b for b in boxes if 0 not in b.sizes}
+    if _is_grid_tiling(shape, distinct):
+        return None
     ndim = len(shape)
     for b in distinct:
         if b.ndim != ndim:
@@ -160,6 +166,37 @@ def tiling_problem(shape: Sequence[int], boxes: Iterable[Box]) -> str | None:
     if covered != total:
         return f"boxes cover {covered} of {total} elements (holes)"
     return None
+
+
+def _is_grid_tiling(shape: Sequence[int], boxes: set[Box]) -> bool:
+    """True when ``boxes`` are exactly the cells of a grid over ``shape`` (what any
+    mesh/placement sharding produces); False means "not shown", not "not a tiling".
+
+    Per dim, the distinct intervals must partition ``[0, shape[d])``; each box is then
+    one grid cell, distinct boxes are distinct cells, and as many boxes as cells means
+    every cell is covered exactly once. O(boxes x ndim), against the general check's sort
+    and overlap search.
+    """
+    ndim = len(shape)
+    if not boxes or 0 in shape:
+        return False
+    intervals: list[set[tuple[int, int]]] = [set() for _ in range(ndim)]
+    for b in boxes:
+        if len(b.offsets) != ndim or len(b.sizes) != ndim:
+            return False
+        for d in range(ndim):
+            intervals[d].add((b.offsets[d], b.sizes[d]))
+    cells = 1
+    for d in range(ndim):
+        pos = 0
+        for o, n in sorted(intervals[d]):
+            if o != pos:
+                return False
+            pos = o + n
+        if pos != shape[d]:
+            return False
+        cells *= len(intervals[d])
+    return cells == len(boxes)
 
 
 def _find_overlap(boxes: list[Box], dim: int) -> tuple[Box, Box] | None:

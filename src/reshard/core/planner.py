@@ -12,6 +12,7 @@ from ..format.dtypes import ITEMSIZE
 from ..format.manifest import Chunk, Key, dotted
 from ..format.values import JsonValue
 from .layout import Box, c_strides, element_span, intersect, split_for_span, tiling_problem
+from .pickling import slots_reduce
 
 MAX_REPORTED_PROBLEMS = 20
 
@@ -19,6 +20,8 @@ MAX_REPORTED_PROBLEMS = 20
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TensorDesc:
     """What one rank holds of a tensor: its global description and its local boxes."""
+
+    __reduce__ = slots_reduce
 
     key: Key
     dtype: str
@@ -29,6 +32,8 @@ class TensorDesc:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ValueDesc:
+    __reduce__ = slots_reduce
+
     key: Key
     value: dict[str, JsonValue]
 
@@ -39,6 +44,8 @@ Desc = Union[TensorDesc, ValueDesc]
 @dataclass(frozen=True, slots=True, kw_only=True)
 class WriteTask:
     """Rank-local instruction: write box ``box_index`` of local item ``item_index``."""
+
+    __reduce__ = slots_reduce
 
     item_index: int
     box_index: int
@@ -166,9 +173,15 @@ class ReadPiece:
 
 
 def plan_reads(
-    chunks: tuple[Chunk, ...], dest: Box, itemsize: int, *, max_piece_nbytes: int
+    chunks: tuple[Chunk, ...], dest: Box, itemsize: int, *, max_piece_nbytes: int,
+    max_strided_nbytes: int | None = None,
 ) -> list[ReadPiece]:
-    """Pieces that fill ``dest`` from ``chunks``; each reads only the frames it needs."""
+    """Pieces that fill ``dest`` from ``chunks``; each reads only the frames it needs.
+
+    ``max_strided_nbytes`` (default ``max_piece_nbytes``) bounds the span of pieces that
+    are not contiguous in both chunk and destination: those are staged in memory.
+    """
+    strided = max_piece_nbytes if max_strided_nbytes is None else max_strided_nbytes
     pieces: list[ReadPiece] = []
     if dest.is_empty:
         return pieces
@@ -186,7 +199,7 @@ def plan_reads(
             continue
         # A piece reads whole frames, so cutting below a frame only re-reads (and re-decodes)
         # the same frame: a one-frame chunk (a DCP blob) would be decoded once per piece.
-        max_elements = max(1, max(max_piece_nbytes, chunk.frame_raw_nbytes) // itemsize)
+        max_elements = max(1, max(strided, chunk.frame_raw_nbytes) // itemsize)
         run, gap = _run_and_gap(chunk.box.sizes, local)
         if gap * itemsize >= chunk.frame_raw_nbytes:
             # A whole frame may lie between two runs of wanted elements: cut the piece at

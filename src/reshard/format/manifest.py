@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Union
 
 from ..core.layout import Box, tiling_problem
+from ..core.pickling import slots_reduce
 from ..errors import CheckpointError, CorruptCheckpointError, UnsupportedFormatError
 from .dtypes import ITEMSIZE
 from .values import JsonValue, decode_value
@@ -39,6 +40,8 @@ Key = tuple[KeyPart, ...]
 class CodecSpec:
     """A codec and its configuration, e.g. ``zstd`` with ``level=3``."""
 
+    __reduce__ = slots_reduce
+
     name: str
     configuration: tuple[tuple[str, bool | int | float | str], ...] = ()
 
@@ -60,6 +63,8 @@ class Frame:
     the reshard format always records it.
     """
 
+    __reduce__ = slots_reduce
+
     nbytes: int
     crc32c: int | None
 
@@ -72,6 +77,8 @@ class Chunk:
     frames of ``frame_raw_nbytes`` raw bytes (the last may be shorter), each encoded
     with ``codec`` and stored back to back from ``offset`` in ``file``.
     """
+
+    __reduce__ = slots_reduce
 
     box: Box
     file: str
@@ -92,6 +99,8 @@ class Chunk:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TensorEntry:
+    __reduce__ = slots_reduce
+
     key: Key
     dtype: str
     shape: tuple[int, ...]
@@ -109,6 +118,8 @@ class TensorEntry:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ValueEntry:
+    __reduce__ = slots_reduce
+
     key: Key
     value: dict[str, JsonValue]
 
@@ -121,6 +132,8 @@ Entry = Union[TensorEntry, ValueEntry]
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Manifest:
+    __reduce__ = slots_reduce
+
     save_id: str
     world_size: int
     created_unix_s: float
@@ -288,6 +301,9 @@ def _ints(value: object, path: str, *, length: int | None = None) -> tuple[int, 
         raise _fail(path, f"expected {length} ints, got {len(items)}")
     if len(items) > MAX_NDIM:
         raise _fail(path, f"more than {MAX_NDIM} dims")
+    # Fast path without building a JSON path per element (manifests hold millions).
+    if all(type(v) is int and 0 <= v <= MAX_DIM_SIZE for v in items):
+        return tuple(items)  # type: ignore[arg-type]
     return tuple(_int(v, f"{path}[{i}]", hi=MAX_DIM_SIZE) for i, v in enumerate(items))
 
 
@@ -405,10 +421,12 @@ def _parse_chunk(
     frames_raw = _list(_field(doc, "frames", path), f"{path}.frames")
     if len(frames_raw) != -(-raw_nbytes // frame_raw):
         raise _fail(f"{path}.frames", f"expected {-(-raw_nbytes // frame_raw)} frames, got {len(frames_raw)}")
-    frames = []
-    for i, f in enumerate(frames_raw):
-        pair = _ints(f, f"{path}.frames[{i}]", length=2)
-        frames.append(Frame(nbytes=pair[0], crc32c=_int(pair[1], f"{path}.frames[{i}][1]", hi=2**32 - 1)))
+    frames = _well_formed_frames(frames_raw)
+    if frames is None:
+        frames = []
+        for i, f in enumerate(frames_raw):
+            pair = _ints(f, f"{path}.frames[{i}]", length=2)
+            frames.append(Frame(nbytes=pair[0], crc32c=_int(pair[1], f"{path}.frames[{i}][1]", hi=2**32 - 1)))
     nbytes = _int(_field(doc, "nbytes", path), f"{path}.nbytes")
     if nbytes != sum(f.nbytes for f in frames):
         raise _fail(f"{path}.nbytes", f"{nbytes} != the sum of its frames")
@@ -427,3 +445,23 @@ def _parse_chunk(
         nbytes=nbytes, raw_nbytes=raw_nbytes, codec=codec, frame_raw_nbytes=frame_raw,
         frames=tuple(frames),
     )
+
+
+def _well_formed_frames(items: list[object]) -> list[Frame] | None:
+    """The frames, when every item is an ``[nbytes, crc32c]`` pair of in-range ints;
+    else None, and the item-by-item checks name the bad one.
+
+    Frames are most of a large manifest; the generic checks cost several microseconds
+    per frame, this loop a fraction of that, with the same bounds.
+    """
+    out = []
+    for f in items:
+        if type(f) is not list or len(f) != 2:
+            return None
+        n, c = f
+        if type(n) is not int or type(c) is not int or not (
+            0 <= n <= MAX_DIM_SIZE and 0 <= c <= 0xFFFFFFFF
+        ):
+            return None
+        out.append(Frame(nbytes=n, crc32c=c))
+    return out

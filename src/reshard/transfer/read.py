@@ -3,11 +3,11 @@ verify their checksums, decode, and copy straight into destination memory."""
 
 from __future__ import annotations
 
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
-
 import torch
 
 from ..adapters.tensors import torch_dtype
@@ -56,7 +56,12 @@ def fill(
         if t.tensor.device.type != "cpu" or not t.tensor.is_contiguous():
             t.staging = torch.empty(t.box.sizes, dtype=t.tensor.dtype)
         itemsize = t.entry.itemsize
-        for piece in plan_reads(t.entry.chunks, t.box, itemsize, max_piece_nbytes=max_piece_nbytes):
+        direct = all(c.codec.name == "identity" for c in t.entry.chunks)
+        for piece in plan_reads(
+            t.entry.chunks, t.box, itemsize,
+            max_piece_nbytes=max_piece_nbytes if direct else min(max_piece_nbytes, STAGED_PIECE_NBYTES),
+            max_strided_nbytes=min(max_piece_nbytes, STAGED_PIECE_NBYTES),
+        ):
             chunk = t.entry.chunks[piece.chunk_index]
             offs = offsets_cache.setdefault(id(chunk), chunk.frame_offsets())
             _check_extent(store, t, chunk, offs[piece.frame_hi], sizes)
@@ -66,12 +71,16 @@ def fill(
                 piece.raw_hi - piece.raw_lo if piece.flat else piece.box.numel * itemsize
             )
     groups = group_reads(store, jobs, max_group_nbytes=max_piece_nbytes)
-    if threads <= 1 or len(groups) <= 1:
-        for group in groups:
-            run_group(store, group, _run)
+    batches = _batches(groups, stats.bytes_read, threads)
+    if threads <= 1 or len(batches) <= 1:
+        try:
+            for batch in batches:
+                _run_batch(store, batch)
+        finally:
+            _drop_scratch()  # pool threads drop theirs when they exit
     else:
         with ThreadPoolExecutor(max_workers=threads) as pool:
-            for f in [pool.submit(run_group, store, group, _run) for group in groups]:
+            for f in [pool.submit(_run_batch, store, batch) for batch in batches]:
                 f.result()
     for t in targets:
         if t.staging is not None:
@@ -101,6 +110,64 @@ def _check_extent(store: Store, target: Target, chunk: Chunk, end: int, sizes: d
             f"key {target.name!r}: data file {chunk.file} in {store.location} is truncated: the "
             f"chunk at offsets {list(chunk.box.offsets)} needs bytes up to {end}, the file has {size}"
         )
+
+
+# Pieces staged in memory (strided cuts, encoded frames) are kept to a few MiB: faster
+# (the buffer stays in cache between the read and the scatter copy: S0 -> S1 column
+# cut, 1 process: 0.21 s at 16 MiB, 0.14 s at 4 MiB) and threads x 4 MiB of scratch
+# instead of threads x 16 MiB. Contiguous identity pieces read straight into the
+# destination and keep the larger config.max_piece_nbytes().
+STAGED_PIECE_NBYTES = 4 << 20
+
+_local = threading.local()
+
+
+def _scratch(slot: int, nbytes: int) -> np.ndarray:
+    """A reusable byte buffer of this thread (slot 0: stored bytes, 1: decoded bytes).
+
+    Staging a piece in fresh memory page-faulted every byte on each piece (fresh pages
+    cost ~3x a copy); one buffer per thread and slot, grown as needed and bounded by the
+    largest piece, is faulted once.
+    """
+    bufs = _local.__dict__.setdefault("scratch", [None, None])
+    buf = bufs[slot]
+    if buf is None or buf.size < nbytes:
+        buf = bufs[slot] = np.empty(nbytes, dtype=np.uint8)
+    return buf[:nbytes]
+
+
+def _drop_scratch() -> None:
+    _local.__dict__.pop("scratch", None)
+
+
+MIN_BATCH_NBYTES = 1 << 20
+
+
+Group = list[tuple[Target, ReadPiece, list[int]]]
+
+
+def _batches(groups: list[Group], total: int, threads: int) -> list[list[Group]]:
+    """Consecutive read groups gathered into pool tasks of at least ``MIN_BATCH_NBYTES``
+    (and about a quarter of a thread's share): a thread hand-off per small piece cost more
+    than reading it, while large pieces keep a task each so threads still balance."""
+    target = max(MIN_BATCH_NBYTES, total // max(1, 4 * threads))
+    batches: list[list[Group]] = []
+    current: list[Group] = []
+    size = 0
+    for group in groups:
+        current.append(group)
+        size += sum(offs[piece.frame_hi] - offs[piece.frame_lo] for _, piece, offs in group)
+        if size >= target:
+            batches.append(current)
+            current, size = [], 0
+    if current:
+        batches.append(current)
+    return batches
+
+
+def _run_batch(store: Store, batch: list[Group]) -> None:
+    for group in batch:
+        run_group(store, group, _run)
 
 
 def _run(store: Store, target: Target, piece: ReadPiece, offs: list[int]) -> None:
@@ -135,7 +202,7 @@ def _read_piece(
         store.read_into(chunk.file, stored_lo, mv)
         _verify(chunk, piece.frame_lo, piece.frame_hi, mv, offs, stored_lo)
         return
-    stored = np.empty(stored_hi - stored_lo, dtype=np.uint8)
+    stored = _scratch(0, stored_hi - stored_lo)
     store.read_into(chunk.file, stored_lo, memoryview(stored))
     _verify(chunk, piece.frame_lo, piece.frame_hi, memoryview(stored), offs, stored_lo)
     raw = stored if chunk.codec.name == "identity" else _decode(chunk, piece, stored, offs, raw_end - raw_base)
@@ -194,7 +261,7 @@ def _decode(
     chunk: Chunk, piece: ReadPiece, stored: np.ndarray, offs: list[int], raw_len: int
 ) -> np.ndarray:
     codec = get_codec(chunk.codec)
-    out = np.empty(raw_len, dtype=np.uint8)
+    out = _scratch(1, raw_len)
     base, pos = offs[piece.frame_lo], 0
     for i in range(piece.frame_lo, piece.frame_hi):
         frame = memoryview(stored)[offs[i] - base:offs[i + 1] - base]

@@ -2,22 +2,25 @@
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
+import itertools
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
 
 from ..adapters.tensors import tensor_bytes
 from ..codecs import Codec, crc32c
+from ..core.pickling import slots_reduce
 from ..format.manifest import Frame
 from ..storage.base import Store
-
-ENCODE_BATCH_FRAMES = 16
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class WrittenChunk:
     """Where one written box landed in the rank's data file (sent to the coordinator)."""
+
+    __reduce__ = slots_reduce
 
     item_index: int
     box_index: int
@@ -26,6 +29,10 @@ class WrittenChunk:
     raw_nbytes: int
     frame_raw_nbytes: int
     frames: tuple[Frame, ...]
+
+
+SMALL_CHUNK_NBYTES = 1 << 20  # encoded and checksummed inline, no thread hand-off
+COALESCE_NBYTES = 8 << 20  # small chunks are gathered into writes of about this size
 
 
 def write_data_file(
@@ -40,29 +47,38 @@ def write_data_file(
     """Write each ``(item_index, box_index, tensor)`` to ``name``; durable on return.
 
     A failure removes the partial file, so nothing half-written is left referenced.
+    Small chunks are handled inline and coalesced into large writes (per-item thread
+    hand-offs and syscalls dominated many-small-tensor saves); large chunks checksum or
+    encode on the pool while the writer thread writes, so the CPU work overlaps the I/O.
     """
     written: list[WrittenChunk] = []
     writer = store.open_writer(name)
-    identity = codec.name == "identity"
+    pending = bytearray()
     try:
-        with ThreadPoolExecutor(max_workers=threads) as pool:
+        with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
             offset = 0
             for item_index, box_index, tensor in shards:
                 raw = tensor_bytes(tensor)
                 spans = [(s, min(s + frame_raw_nbytes, len(raw)))
                          for s in range(0, len(raw), frame_raw_nbytes)]
-                if identity:
-                    crcs = list(pool.map(lambda sp: crc32c(raw[sp[0]:sp[1]]), spans))
-                    writer.write(raw)
-                    frames = tuple(Frame(nbytes=b - a, crc32c=c) for (a, b), c in zip(spans, crcs))
+                if len(raw) <= SMALL_CHUNK_NBYTES:
+                    frames = _encode_inline(raw, spans, codec, pending)
+                    if len(pending) >= COALESCE_NBYTES:
+                        writer.write(pending)
+                        pending.clear()
                 else:
-                    frames = _write_encoded(writer, raw, spans, codec, pool)
+                    if pending:
+                        writer.write(pending)
+                        pending.clear()
+                    frames = _write_large(writer, raw, spans, codec, pool, threads)
                 nbytes = sum(f.nbytes for f in frames)
                 written.append(WrittenChunk(
                     item_index=item_index, box_index=box_index, offset=offset, nbytes=nbytes,
                     raw_nbytes=len(raw), frame_raw_nbytes=frame_raw_nbytes, frames=frames,
                 ))
                 offset += nbytes
+            if pending:
+                writer.write(pending)
     except BaseException:
         abort = getattr(writer, "abort", None)
         if abort is not None:
@@ -79,14 +95,41 @@ def _encode(codec: Codec, data: memoryview) -> tuple[bytes | memoryview, int]:
     return out, crc32c(out)
 
 
-def _write_encoded(
-    writer: object, raw: memoryview, spans: list[tuple[int, int]], codec: Codec,
-    pool: ThreadPoolExecutor,
+def _encode_inline(
+    raw: memoryview, spans: list[tuple[int, int]], codec: Codec, out: bytearray
 ) -> tuple[Frame, ...]:
+    frames = []
+    for a, b in spans:
+        data, crc = _encode(codec, raw[a:b])
+        view = memoryview(data).cast("B")
+        out += view
+        frames.append(Frame(nbytes=len(view), crc32c=crc))
+    return tuple(frames)
+
+
+def _write_large(
+    writer: object, raw: memoryview, spans: list[tuple[int, int]], codec: Codec,
+    pool: ThreadPoolExecutor, threads: int,
+) -> tuple[Frame, ...]:
+    write = writer.write  # type: ignore[attr-defined]
+    if codec.name == "identity":
+        # The checksums run on the pool (crc32c releases the GIL) while this thread writes.
+        futures = [pool.submit(crc32c, raw[a:b]) for a, b in spans]
+        write(raw)
+        return tuple(Frame(nbytes=b - a, crc32c=f.result()) for (a, b), f in zip(spans, futures))
+    # Encoded frames are written in order as they finish; a bounded window of frames in
+    # flight keeps memory at a few frames per thread.
+    window = max(2, 4 * threads)
+    futures: deque[Future[tuple[bytes | memoryview, int]]] = deque()
     frames: list[Frame] = []
-    for i in range(0, len(spans), ENCODE_BATCH_FRAMES):
-        batch = spans[i:i + ENCODE_BATCH_FRAMES]
-        for data, crc in pool.map(lambda sp: _encode(codec, raw[sp[0]:sp[1]]), batch):
-            writer.write(data)  # type: ignore[attr-defined]
-            frames.append(Frame(nbytes=len(memoryview(data).cast("B")), crc32c=crc))
+    it = iter(spans)
+    for a, b in itertools.islice(it, window):
+        futures.append(pool.submit(_encode, codec, raw[a:b]))
+    while futures:
+        data, crc = futures.popleft().result()
+        nxt = next(it, None)
+        if nxt is not None:
+            futures.append(pool.submit(_encode, codec, raw[nxt[0]:nxt[1]]))
+        write(data)
+        frames.append(Frame(nbytes=len(memoryview(data).cast("B")), crc32c=crc))
     return tuple(frames)
