@@ -52,7 +52,7 @@ class _FaultyWriter:
 
     def write(self, data: Any) -> int:
         self._writes += 1
-        if self._op == "write" and self._writes == 2:
+        if self._op == "write" and self._writes == 1:  # small chunks go out in one write
             raise Injected(errno.ENOSPC, "injected: no space left on device")
         return int(self._inner.write(data))
 
