@@ -224,7 +224,8 @@ def describe(key: Key, leaf: Any) -> tuple[Desc, tuple[torch.Tensor, ...]]:
 
 def tensor_bytes(tensor: torch.Tensor) -> memoryview:
     """The C-order little-endian bytes of ``tensor`` (copied only if needed)."""
-    t = tensor.detach()
+    # Conjugate and negative views keep a lazy bit that .contiguous() keeps and .view() refuses.
+    t = tensor.detach().resolve_conj().resolve_neg()
     if t.device.type != "cpu":
         t = t.cpu()
     t = t.contiguous()

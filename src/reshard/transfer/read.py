@@ -52,7 +52,10 @@ def fill(
     for t in targets:
         if tuple(t.tensor.shape) != t.box.sizes:
             raise CheckpointError(f"key {t.name!r}: internal error, tensor and box disagree")
-        if t.tensor.device.type != "cpu" or not t.tensor.is_contiguous():
+        if (
+            t.tensor.device.type != "cpu" or not t.tensor.is_contiguous()
+            or t.tensor.is_conj() or t.tensor.is_neg()  # their bytes are not their values
+        ):
             t.staging = torch.empty(t.box.sizes, dtype=t.tensor.dtype)
         itemsize = t.entry.itemsize
         for piece in plan_reads(t.entry.chunks, t.box, itemsize, max_piece_nbytes=max_piece_nbytes):
