@@ -122,6 +122,11 @@ def _match_tensor(
     scalar = isinstance(leaf, np.generic)
     if scalar:
         leaf = np.array(leaf)
+    if isinstance(leaf, np.ndarray) and leaf.flags.writeable and any(s < 0 for s in leaf.strides):
+        # torch cannot view negative strides (np.flip, a[::-1]): fill a copy, then write
+        # it back into the caller's array in place.
+        dest, leaf = leaf, np.empty(leaf.shape, dtype=leaf.dtype)
+        values.append((key, lambda d=dest, s=leaf: (np.copyto(d, s), d)[1]))
     shards = shards_of(leaf, key, for_load=True)
     if shards.shape != entry.shape:
         problems.append(f"key {name!r}: the checkpoint holds shape {list(entry.shape)}, "

@@ -35,3 +35,54 @@ def test_frames_that_split_elements_read_exactly(tmp_path, monkeypatch, frame_ra
     reshard.load(dest, tmp_path)
     assert torch.equal(dest["a"], x.to(torch.complex128))
     assert reshard.verify(tmp_path).ok
+
+
+def test_numpy_negative_strides_save_and_load_in_place(tmp_path):
+    # Bug: torch.from_numpy refuses negative strides, so saving np.flip(a) or loading
+    # into a[::-1] failed with a bare "rank 0: ValueError" naming no key.
+    src = np.arange(12.0).reshape(3, 4)[::-1, ::-1]
+    reshard.save({"a": src, "b": np.arange(5)}, tmp_path)
+    with reshard.open(tmp_path) as ckpt:
+        assert np.array_equal(ckpt.read("a").numpy(), np.ascontiguousarray(src))
+    backing = np.zeros(10, dtype=np.int64)
+    dest = {"a": np.zeros((4, 3))[::-1].T, "b": backing[::-2]}
+    a_before = dest["a"]
+    reshard.load(dest, tmp_path)
+    assert dest["a"] is a_before and np.array_equal(dest["a"], src)
+    assert np.array_equal(backing[::-2], np.arange(5)) and not backing[-2::-2].any()
+
+
+def test_conjugate_and_negative_views_save_and_load(tmp_path):
+    # Bug: .contiguous() keeps the lazy conj/neg bit and .view(uint8) refuses it, so
+    # x.conj() could not be saved, and a conj view could not be loaded into.
+    z = torch.tensor([1 + 2j, 3 - 1j, -2 + 0.5j])
+    reshard.save({"c": z.conj(), "n": torch.arange(3.0)._neg_view()}, tmp_path)
+    with reshard.open(tmp_path) as ckpt:
+        assert torch.equal(ckpt.read("c"), z.conj().resolve_conj())
+        assert torch.equal(ckpt.read("n"), -torch.arange(3.0))
+    dest = {"c": torch.zeros(3, dtype=torch.complex64).conj(), "n": torch.zeros(3)._neg_view()}
+    reshard.load(dest, tmp_path)
+    assert torch.equal(dest["c"].resolve_conj(), z.conj().resolve_conj())
+    assert torch.equal(dest["n"].resolve_neg(), -torch.arange(3.0))
+
+
+@pytest.mark.parametrize("make, words", [
+    (lambda: torch.eye(3).to_sparse(), "sparse_coo"),
+    (lambda: torch.empty(3, device="meta"), "meta device"),
+])
+def test_tensors_without_dense_data_are_refused_naming_the_key(tmp_path, make, words):
+    # Bug: sparse and meta tensors failed deep in the writer as "rank 0: RuntimeError"
+    # naming no key.
+    with pytest.raises(reshard.UnsupportedValueError, match=rf"key 'model\.w'.*{words}"):
+        reshard.save({"model": {"w": make()}}, tmp_path)
+    assert not (tmp_path / "manifest.json").exists()
+
+
+def test_loading_into_meta_or_expanded_tensors_is_refused(tmp_path):
+    # Bug: a meta destination "loaded" silently (nothing was written anywhere), and an
+    # expanded destination failed as a bare RuntimeError naming no key.
+    reshard.save({"w": torch.arange(12.0).reshape(3, 4)}, tmp_path)
+    with pytest.raises(reshard.UnsupportedValueError, match=r"key 'w'.*meta device.*to_empty"):
+        reshard.load({"w": torch.empty(3, 4, device="meta")}, tmp_path)
+    with pytest.raises(reshard.UnsupportedValueError, match=r"key 'w'.*expanded"):
+        reshard.load({"w": torch.zeros(3, 1).expand(3, 4)}, tmp_path)

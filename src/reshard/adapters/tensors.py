@@ -123,7 +123,7 @@ def shards_of(leaf: Any, key: Key, *, for_load: bool) -> Shards:
     """The boxes of ``leaf`` held by this rank and the tensors backing them."""
     name = dotted(key)
     if _is_dtensor(leaf) and not hasattr(leaf._local_tensor, "__create_chunk_list__"):
-        return _dtensor_shards(leaf, name)
+        return _dtensor_shards(leaf, name, for_load=for_load)
     if hasattr(leaf, "__create_chunk_list__"):
         return _protocol_shards(leaf, name, for_load=for_load)
     if isinstance(leaf, np.generic):
@@ -136,9 +136,13 @@ def shards_of(leaf: Any, key: Key, *, for_load: bool) -> Shards:
     if isinstance(leaf, np.ndarray):
         if for_load and not leaf.flags.writeable:
             raise UnsupportedValueError(f"key {name!r}: the numpy array is read-only")
+        if not for_load and any(s < 0 for s in leaf.strides):
+            # torch cannot view negative strides (np.flip, a[::-1]); saving copies anyway.
+            leaf = np.ascontiguousarray(leaf)
         tensor = numpy_to_torch(leaf, name)
     else:
         tensor = leaf.detach() if leaf.requires_grad else leaf
+    check_dense(tensor, name, for_load=for_load)
     shape = tuple(tensor.shape)
     return Shards(
         shape=shape, dtype=dtype_name(tensor.dtype, name), container=container,
@@ -152,7 +156,25 @@ def _is_dtensor(leaf: Any) -> bool:
     return module is not None and isinstance(leaf, module.DTensor)
 
 
-def _dtensor_shards(dt: Any, name: str) -> Shards:
+def check_dense(tensor: torch.Tensor, name: str, *, for_load: bool) -> None:
+    """Refuse tensors whose elements are not plain strided memory this process can read
+    (and, for a load, write) element by element, naming the key."""
+    problem = None
+    if tensor.is_nested:
+        problem = "nested tensors are not supported (save their components as a list)"
+    elif tensor.layout != torch.strided:
+        problem = (f"layout {tensor.layout} is not supported (convert it to a dense tensor, "
+                   "e.g. .to_dense())")
+    elif tensor.device.type == "meta":
+        problem = ("it is on the meta device and holds no data"
+                   + (" (materialize it first, e.g. module.to_empty(device=...))" if for_load else ""))
+    elif for_load and any(st == 0 and n > 1 for st, n in zip(tensor.stride(), tensor.shape)):
+        problem = "it is an expanded view whose elements share memory; load into a copy"
+    if problem is not None:
+        raise UnsupportedValueError(f"key {name!r}: {problem}")
+
+
+def _dtensor_shards(dt: Any, name: str, *, for_load: bool) -> Shards:
     from torch.distributed.tensor import Replicate, Shard
     from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
 
@@ -175,6 +197,7 @@ def _dtensor_shards(dt: Any, name: str) -> Shards:
             "(DTensor uneven shards must follow torch.chunk sizes)"
         )
     local = local.detach() if local.requires_grad else local
+    check_dense(local, name, for_load=for_load)
     return Shards(
         shape=shape, dtype=dtype_name(local.dtype, name), container="torch",
         boxes=(Box(tuple(offsets), tuple(sizes)),), tensors=(local,),
