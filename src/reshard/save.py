@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 import uuid
 from collections.abc import Mapping
@@ -95,7 +96,7 @@ def prepare_save(
         per_rank: list[list[Desc]] = [o.value for o in described]  # type: ignore[misc]
         shared["plan"], shared["per_rank"] = plan_save(per_rank), per_rank
         store.prepare(DATA_DIR)
-        save_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:12]}"
+        save_id = _save_id()
         return [(save_id, shared["plan"].tasks[r]) for r in range(coll.world_size)]
 
     save_id, tasks = coll.agree_scatter(decide)
@@ -142,7 +143,7 @@ def write_and_commit(
         # Committed: from here the save has succeeded. Removing the previous files is
         # best effort; whatever is left is removed by the next save to this path.
         try:
-            _remove_files(store, lambda name: name not in keep)
+            _remove_files(store, lambda name: name not in keep and _is_data_file(name))
         except Exception as e:  # noqa: BLE001 - must not report a committed save as failed
             _log.warning("reshard.save: committed %s but could not remove old files: %s",
                          store.location, e)
@@ -151,6 +152,21 @@ def write_and_commit(
 
 
 _log = logging.getLogger("reshard")
+
+_DATA_FILE_RE = re.compile(rf"^{DATA_DIR}/[0-9]{{8}}T[0-9]{{6}}-[0-9a-f]{{12}}\.[0-9]+\.bin$")
+
+
+def _is_data_file(name: str) -> bool:
+    """Whether ``name`` is named like a data file of some save (``_save_id`` names them).
+
+    The checkpoint may live in a folder the user also keeps other files in, including a
+    ``data/`` of their own: a save must only ever remove files that a save wrote.
+    """
+    return _DATA_FILE_RE.match(name) is not None
+
+
+def _save_id() -> str:
+    return f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:12]}"
 
 
 def _remove_files(store: Store, should_remove: Any) -> None:

@@ -86,3 +86,23 @@ def test_loading_into_meta_or_expanded_tensors_is_refused(tmp_path):
         reshard.load({"w": torch.empty(3, 4, device="meta")}, tmp_path)
     with pytest.raises(reshard.UnsupportedValueError, match=r"key 'w'.*expanded"):
         reshard.load({"w": torch.zeros(3, 1).expand(3, 4)}, tmp_path)
+
+
+def test_save_into_a_used_folder_keeps_the_users_files(tmp_path):
+    # Bug: after the commit a save deleted every file of data/ that its manifest did not
+    # name, so reshard.save(sd, ".") in a project deleted the user's data/train.csv.
+    (tmp_path / "notes.txt").write_text("mine")
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "train.csv").write_text("1,2,3")
+    (tmp_path / "data" / "model.0.bin").write_bytes(b"not ours")
+    leftover = tmp_path / "data" / "20240101T000000-0123456789ab.3.bin"  # a killed save's
+    leftover.write_bytes(b"x")
+    for step in range(2):
+        reshard.save({"w": torch.full((4,), float(step))}, tmp_path)
+    names = sorted(p.name for p in (tmp_path / "data").iterdir())
+    assert "train.csv" in names and "model.0.bin" in names and leftover.name not in names
+    assert len([n for n in names if n.endswith(".0.bin") and n != "model.0.bin"]) == 1
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+    dest = {"w": torch.zeros(4)}
+    reshard.load(dest, tmp_path)
+    assert torch.equal(dest["w"], torch.ones(4))
