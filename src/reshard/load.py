@@ -126,7 +126,7 @@ def _match_tensor(
         # torch cannot view negative strides (np.flip, a[::-1]): fill a copy, then write
         # it back into the caller's array in place.
         dest, leaf = leaf, np.empty(leaf.shape, dtype=leaf.dtype)
-        values.append((key, lambda d=dest, s=leaf: (np.copyto(d, s), d)[1]))
+        values.append((key, lambda d=dest, s=leaf: _copied_into(d, s)))
     shards = shards_of(leaf, key, for_load=True)
     if shards.shape != entry.shape:
         problems.append(f"key {name!r}: the checkpoint holds shape {list(entry.shape)}, "
@@ -136,6 +136,11 @@ def _match_tensor(
         targets.append(Target(entry=entry, box=box, tensor=tensor))
     if scalar:
         values.append((key, lambda a=leaf: a[()]))
+
+
+def _copied_into(dest: np.ndarray[Any, Any], src: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+    np.copyto(dest, src)
+    return dest
 
 
 def _as_container(tensor: torch.Tensor, container: str) -> Any:

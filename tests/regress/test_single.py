@@ -106,3 +106,18 @@ def test_save_into_a_used_folder_keeps_the_users_files(tmp_path):
     dest = {"w": torch.zeros(4)}
     reshard.load(dest, tmp_path)
     assert torch.equal(dest["w"], torch.ones(4))
+
+
+def test_read_accepts_numpy_and_tensor_ints_and_int_keys(tmp_path):
+    # Bug: ckpt.read(key, np.int64(1)) (an index from numpy) was refused, and
+    # ckpt.info(0) for a checkpoint saved from {0: ...} raised a bare TypeError.
+    x = torch.arange(60.0).reshape(3, 4, 5)
+    reshard.save({"a": x, 0: torch.arange(3)}, tmp_path)
+    with reshard.open(tmp_path) as ckpt:
+        assert torch.equal(ckpt.read("a", np.int64(1)), x[1])
+        assert torch.equal(ckpt.read("a", (torch.tensor(-1), np.int32(2))), x[-1, 2])
+        assert torch.equal(ckpt.read(0), torch.arange(3)) and ckpt.info(0).shape == (3,)
+        with pytest.raises(reshard.CheckpointError, match="ints or slices"):
+            ckpt.read("a", True)
+        with pytest.raises(reshard.CheckpointError, match="ints or slices"):
+            ckpt.read("a", torch.tensor(1.0))
