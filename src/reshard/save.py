@@ -18,7 +18,7 @@ from .adapters.tensors import describe, flatten
 from .codecs import Codec, resolve_codec
 from .core.planner import Desc, SavePlan, TensorDesc, ValueDesc, WriteTask, plan_save
 from .dist.collective import Collective, Outcome, raise_if_failed
-from .errors import CheckpointError
+from .errors import CheckpointError, CheckpointNotFoundError, StorageError
 from .format.manifest import (
     DATA_DIR,
     MANIFEST_NAME,
@@ -81,11 +81,11 @@ def prepare_save(
     """Describe every rank's state, plan on the coordinator, hand each rank its tasks."""
     local: dict[str, Any] = {}
 
-    def describe_local() -> list[Desc]:
+    def describe_local() -> tuple[CodecSpec, list[Desc]]:
         local["codec"], local["codec_spec"] = resolve_codec(codec_arg)
         described = [describe(key, leaf) for key, leaf in flatten(state_dict)]
         local["tensors"] = [tensors for _, tensors in described]
-        return [desc for desc, _ in described]
+        return local["codec_spec"], [desc for desc, _ in described]
 
     described = coll.gather_outcomes(describe_local)
     shared: dict[str, Any] = {}
@@ -93,7 +93,8 @@ def prepare_save(
     def decide() -> list[tuple[str, tuple[Any, ...]]]:
         assert described is not None
         raise_if_failed(described)
-        per_rank: list[list[Desc]] = [o.value for o in described]  # type: ignore[misc]
+        _check_same_codec([o.value[0] for o in described])  # type: ignore[index]
+        per_rank: list[list[Desc]] = [o.value[1] for o in described]  # type: ignore[index]
         shared["plan"], shared["per_rank"] = plan_save(per_rank), per_rank
         store.prepare(DATA_DIR)
         save_id = _save_id()
@@ -129,6 +130,7 @@ def write_and_commit(
         assert written is not None and prepared.plan is not None and prepared.per_rank is not None
         try:
             raise_if_failed(written)
+            _check_visible(store, written)
         except Exception:
             try:
                 _remove_files(store, lambda name: os.path.basename(name).startswith(save_id))
@@ -152,6 +154,43 @@ def write_and_commit(
 
 
 _log = logging.getLogger("reshard")
+
+
+def _check_same_codec(specs: list[CodecSpec]) -> None:
+    """The manifest records one codec per save: refuse ranks that asked for different ones."""
+    differ = [r for r, spec in enumerate(specs) if spec != specs[0]]
+    if differ:
+        raise CheckpointError(
+            f"ranks asked for different codecs: rank 0 {specs[0].to_json()}, rank {differ[0]} "
+            f"{specs[differ[0]].to_json()}; pass the same codec on every rank"
+        )
+
+
+def _check_visible(
+    store: Store, written: list[Outcome[tuple[str, list[WrittenChunk]]]]
+) -> None:
+    """Before the commit, make sure the coordinator sees every rank's data file whole.
+
+    A rank that was given another path, or storage the coordinator does not share
+    (a node-local disk), would otherwise commit a manifest naming files that are not
+    there, after which the previous checkpoint's files are deleted.
+    """
+    for rank, outcome in enumerate(written):
+        assert outcome.value is not None
+        file_name, records = outcome.value
+        if not records:
+            continue
+        need = max(w.offset + w.nbytes for w in records)
+        try:
+            size: int | None = store.size(file_name)
+        except CheckpointNotFoundError:
+            size = None
+        if size is None or size < need:
+            seen = "is missing" if size is None else f"has {size} of {need} bytes"
+            raise StorageError(
+                f"rank {rank} wrote {file_name}, but at {store.location} it {seen}: every rank "
+                "must pass the same path, on storage that every rank shares; nothing was committed"
+            )
 
 _DATA_FILE_RE = re.compile(rf"^{DATA_DIR}/[0-9]{{8}}T[0-9]{{6}}-[0-9a-f]{{12}}\.[0-9]+\.bin$")
 
