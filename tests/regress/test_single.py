@@ -121,3 +121,44 @@ def test_read_accepts_numpy_and_tensor_ints_and_int_keys(tmp_path):
             ckpt.read("a", True)
         with pytest.raises(reshard.CheckpointError, match="ints or slices"):
             ckpt.read("a", torch.tensor(1.0))
+
+
+def test_fresh_optimizer_state_loads_and_training_continues_identically(tmp_path):
+    # Bug: a fresh optimizer's state_dict()["state"] is {}, so a strict load raised "no
+    # key 'optim.state'" although the checkpoint held optim.state.0.exp_avg..., and a
+    # strict=False load silently kept the empty state (Adam moments reset).
+    torch.manual_seed(0)
+    data = torch.randn(8, 3)
+
+    def train_step(model, opt):
+        opt.zero_grad()
+        model(data).square().sum().backward()
+        opt.step()
+
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.AdamW(model.parameters(), lr=0.1)
+    train_step(model, opt)
+    reshard.save({"model": model.state_dict(), "optim": opt.state_dict()}, tmp_path)
+    train_step(model, opt)
+
+    for strict in (True, False):
+        fresh = torch.nn.Linear(3, 2)
+        fresh_opt = torch.optim.AdamW(fresh.parameters(), lr=0.5)
+        state = {"model": fresh.state_dict(), "optim": fresh_opt.state_dict()}
+        reshard.load(state, tmp_path, strict=strict)
+        fresh_opt.load_state_dict(state["optim"])
+        assert fresh_opt.param_groups[0]["lr"] == 0.1
+        train_step(fresh, fresh_opt)
+        assert torch.equal(fresh.weight, model.weight) and torch.equal(fresh.bias, model.bias)
+        assert torch.equal(fresh_opt.state[fresh.weight]["exp_avg_sq"],
+                           opt.state[model.weight]["exp_avg_sq"])
+
+
+def test_empty_containers_take_the_saved_subtree(tmp_path):
+    reshard.save({"s": {0: {"m": torch.ones(2), "step": 3}}, "l": [[1, 2], ["a"]],
+                  "q": {5: 1, 7: 2}}, tmp_path)
+    dest = {"s": {}, "l": [], "q": []}
+    reshard.load(dest, tmp_path)
+    assert list(dest["s"]) == [0] and torch.equal(dest["s"][0]["m"], torch.ones(2))
+    assert dest["s"][0]["step"] == 3
+    assert dest["l"] == [[1, 2], ["a"]] and dest["q"] == {5: 1, 7: 2}
