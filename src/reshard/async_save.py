@@ -176,6 +176,18 @@ def async_save(
         return handle
 
 
+def wait_for_inflight(location: str) -> None:
+    """Block until this process's in-flight async save to ``location``, if any, is done.
+
+    Two saves committing to one folder each delete the other's data files: the
+    checkpoint left would name files that are gone.
+    """
+    with _START_LOCK:
+        handle = _inflight
+    if handle is not None and handle.location == location:
+        handle._finished.wait()
+
+
 def release_staging_buffers() -> None:
     """Free the host staging buffers kept for reuse (after waiting for an in-flight save)."""
     with _START_LOCK:

@@ -48,9 +48,12 @@ def save(
     Replicated data is written once. The manifest is committed last, atomically: a crash
     leaves the previous checkpoint at ``path`` loadable. Any rank's failure raises on every rank.
     """
+    from .async_save import wait_for_inflight  # async_save builds on this module
+
     coll = Collective(process_group)
     store = open_store(path, storage_options)
     try:
+        wait_for_inflight(store.location)
         prepared = prepare_save(coll, store, state_dict, codec)
         write_and_commit(coll, store, prepared, prepared.shards())
     finally:

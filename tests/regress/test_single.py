@@ -162,3 +162,16 @@ def test_empty_containers_take_the_saved_subtree(tmp_path):
     assert list(dest["s"]) == [0] and torch.equal(dest["s"][0]["m"], torch.ones(2))
     assert dest["s"][0]["step"] == 3
     assert dest["l"] == [[1, 2], ["a"]] and dest["q"] == {5: 1, 7: 2}
+
+
+def test_save_while_an_async_save_to_the_same_path_is_in_flight(tmp_path):
+    # Bug: each commit deleted the other save's data files, so the checkpoint left at
+    # the path named a file that was gone (every time, on this machine).
+    big = torch.arange(2_000_000, dtype=torch.float32)
+    handle = reshard.async_save({"a": big, "b": torch.arange(10.0)}, tmp_path)
+    reshard.save({"a": torch.zeros(2_000_000), "b": torch.zeros(10)}, tmp_path)
+    handle.result()
+    assert reshard.verify(tmp_path).ok
+    dest = {"a": torch.ones(2_000_000), "b": torch.ones(10)}
+    reshard.load(dest, tmp_path)
+    assert not dest["a"].any() and not dest["b"].any()
