@@ -175,3 +175,16 @@ def test_save_while_an_async_save_to_the_same_path_is_in_flight(tmp_path):
     dest = {"a": torch.ones(2_000_000), "b": torch.ones(10)}
     reshard.load(dest, tmp_path)
     assert not dest["a"].any() and not dest["b"].any()
+
+
+def test_verify_an_intact_dcp_checkpoint_with_several_shapes(tmp_path):
+    # Bug: verify cached decoders by codec name, but a DCP item's decoder carries the
+    # item's dtype and shape, so every DCP item after the first was reported DAMAGED.
+    import torch.distributed.checkpoint as dcp
+
+    with pytest.warns(UserWarning):  # DCP: "assuming the intent is to save in a single process"
+        dcp.save({"w": torch.arange(10.0), "n": {"a": torch.ones(2, 3, dtype=torch.float64)},
+                  "step": 5}, checkpoint_id=str(tmp_path))
+    report = reshard.verify(tmp_path)
+    assert report.ok, report.damaged
+    assert report.chunks == 2
