@@ -188,3 +188,13 @@ def test_verify_an_intact_dcp_checkpoint_with_several_shapes(tmp_path):
     report = reshard.verify(tmp_path)
     assert report.ok, report.damaged
     assert report.chunks == 2
+
+
+def test_save_refuses_what_the_reader_would_refuse(tmp_path):
+    # Bug: a 65-dim tensor saved and committed, but the manifest parser allows 64 dims,
+    # so the new checkpoint could not be opened and the previous one was deleted.
+    reshard.save({"ok": torch.ones((1,) * 64)}, tmp_path)
+    with pytest.raises(reshard.UnsupportedValueError, match=r"key 'big': 65 dims.*at most 64"):
+        reshard.save({"ok": torch.ones((1,) * 64), "big": torch.ones((1,) * 65)}, tmp_path)
+    with reshard.open(tmp_path) as ckpt:
+        assert ckpt.keys() == ["ok"] and ckpt.read("ok").shape == (1,) * 64

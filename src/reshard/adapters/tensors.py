@@ -15,7 +15,7 @@ import torch
 from ..core.layout import Box, full_box
 from ..core.planner import Desc, TensorDesc, ValueDesc
 from ..errors import LayoutMismatchError, UnsupportedValueError
-from ..format.manifest import Key, dotted
+from ..format.manifest import MAX_NDIM, Key, dotted
 from ..format.values import encode_value
 
 _TORCH_DTYPES: dict[torch.dtype, str] = {
@@ -239,6 +239,11 @@ def describe(key: Key, leaf: Any) -> tuple[Desc, tuple[torch.Tensor, ...]]:
     """The save description of one leaf, and the tensors behind its boxes."""
     if is_tensor_leaf(leaf):
         s = shards_of(leaf, key, for_load=False)
+        if len(s.shape) > MAX_NDIM:
+            # The reader refuses such manifests: never commit a checkpoint it cannot open.
+            raise UnsupportedValueError(
+                f"key {dotted(key)!r}: {len(s.shape)} dims, the format allows at most {MAX_NDIM}"
+            )
         desc = TensorDesc(key=key, dtype=s.dtype, shape=s.shape, container=s.container,
                           boxes=s.boxes)
         return desc, s.tensors
