@@ -198,3 +198,16 @@ def test_save_refuses_what_the_reader_would_refuse(tmp_path):
         reshard.save({"ok": torch.ones((1,) * 64), "big": torch.ones((1,) * 65)}, tmp_path)
     with reshard.open(tmp_path) as ckpt:
         assert ckpt.keys() == ["ok"] and ckpt.read("ok").shape == (1,) * 64
+
+
+def test_frame_size_setting_beyond_the_format_limit_is_refused(tmp_path, monkeypatch):
+    # Bug: RESHARD_FRAME_RAW_NBYTES above 2**30 committed chunks whose frame size the
+    # manifest parser refuses: the new checkpoint could not be opened.
+    reshard.save({"a": torch.ones(3)}, tmp_path)
+    monkeypatch.setenv("RESHARD_FRAME_RAW_NBYTES", str(2**31))
+    with pytest.raises(reshard.CheckpointError, match="RESHARD_FRAME_RAW_NBYTES.*at most"):
+        reshard.save({"a": torch.zeros(3)}, tmp_path)
+    monkeypatch.setenv("RESHARD_FRAME_RAW_NBYTES", str(2**30))
+    reshard.save({"a": torch.full((3,), 2.0)}, tmp_path)
+    with reshard.open(tmp_path) as ckpt:
+        assert torch.equal(ckpt.read("a"), torch.full((3,), 2.0))
