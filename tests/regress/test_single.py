@@ -211,3 +211,16 @@ def test_frame_size_setting_beyond_the_format_limit_is_refused(tmp_path, monkeyp
     reshard.save({"a": torch.full((3,), 2.0)}, tmp_path)
     with reshard.open(tmp_path) as ckpt:
         assert torch.equal(ckpt.read("a"), torch.full((3,), 2.0))
+
+
+def test_reading_a_checkpoint_replaced_by_a_later_save_names_the_file(tmp_path):
+    # Not a crash: a CheckpointError naming the key and the vanished file, with the cause.
+    reshard.save({"a": torch.arange(10.0)}, tmp_path)
+    with reshard.open(tmp_path) as ckpt:
+        old_file = ckpt.info("a").chunks[0].file
+        reshard.save({"a": torch.zeros(10)}, tmp_path)
+        with pytest.raises(reshard.CorruptCheckpointError,
+                           match=rf"key 'a': data file {old_file} is missing.*later save"):
+            ckpt.read("a")
+    with reshard.open(tmp_path) as ckpt:
+        assert not ckpt.read("a").any()

@@ -93,7 +93,9 @@ def _check_extent(store: Store, target: Target, chunk: Chunk, end: int, sizes: d
             size = sizes[chunk.file] = store.size(chunk.file)
         except CheckpointNotFoundError:
             raise CorruptCheckpointError(
-                f"key {target.name!r}: data file {chunk.file} is missing from {store.location}"
+                f"key {target.name!r}: data file {chunk.file} is missing from {store.location} "
+                "(if a later save to this path replaced the checkpoint while it was read, "
+                "read it again)"
             ) from None
         except CheckpointError as e:
             raise type(e)(f"key {target.name!r}: {e}") from None
