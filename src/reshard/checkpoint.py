@@ -13,7 +13,7 @@ import torch
 from . import config
 from .adapters.tensors import torch_dtype
 from .core.layout import Box
-from .errors import CheckpointError
+from .errors import CheckpointError, MissingKeysError
 from .format.manifest import Chunk, Entry, Key, ValueEntry, dotted
 from .manifest_io import load_manifest
 from .storage import open_store
@@ -82,7 +82,7 @@ class Checkpoint:
         try:
             return self._entries[name]
         except KeyError:
-            raise CheckpointError(f"{self.path} has no key {name!r}") from None
+            raise MissingKeysError(f"{self.path} has no key {name!r}") from None
 
     def info(self, key: str | int | Key) -> EntryInfo:
         entry = self._entry(key)

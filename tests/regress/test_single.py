@@ -224,3 +224,13 @@ def test_reading_a_checkpoint_replaced_by_a_later_save_names_the_file(tmp_path):
             ckpt.read("a")
     with reshard.open(tmp_path) as ckpt:
         assert not ckpt.read("a").any()
+
+
+def test_info_and_read_of_a_missing_key_raise_missing_keys_error(tmp_path):
+    # Was the bare root CheckpointError: `except KeyError` around ckpt.info(k) missed it.
+    reshard.save({"a": torch.ones(2)}, tmp_path)
+    with reshard.open(tmp_path) as ckpt:
+        for call in (ckpt.info, ckpt.read):
+            with pytest.raises(reshard.MissingKeysError, match="has no key 'nope'") as info:
+                call("nope")
+            assert isinstance(info.value, KeyError)
