@@ -125,8 +125,8 @@ def odd_layouts(rank: int, world: int, root: str) -> list[str]:
 
     def subgroup_not_called_by_others() -> None:
         group = dist.new_group(ranks=[1, 3])
+        mesh = DeviceMesh("cpu", [1, 3])  # every rank: creating meshes makes groups in order
         if rank in (1, 3):
-            mesh = DeviceMesh("cpu", [1, 3])
             path = os.path.join(root, "subgroup")
             reshard.save({"t": distribute_tensor(full((5,)), mesh, [Shard(0)])}, path,
                          process_group=group)
@@ -155,5 +155,68 @@ def odd_layouts(rank: int, world: int, root: str) -> list[str]:
     ])
 
 
+
+
+# Optimizer state: saved on 4 ranks from a (2, 2) mesh, continued on 3 ranks.
+
+
+def _grads(shape: tuple[int, ...], k: int) -> torch.Tensor:
+    return torch.sin(torch.arange(math.prod(shape), dtype=torch.float32) * (k + 1)).reshape(shape)
+
+
+def _params(mesh: DeviceMesh, w_placements: list[Any], b_placements: list[Any]) -> list[Any]:
+    return [torch.nn.Parameter(distribute_tensor(full((7, 5)) / 10, mesh, w_placements)),
+            torch.nn.Parameter(distribute_tensor(full((5,)) / 10, mesh, b_placements))]
+
+
+def _step(opt: torch.optim.Optimizer, params: list[Any], k: int) -> None:
+    for p in params:
+        p.grad = distribute_tensor(_grads(tuple(p.shape), k), p.device_mesh, p.placements)
+    opt.step()
+
+
+def optimizer_save(rank: int, world: int, root: str) -> list[str]:
+    def fn() -> None:
+        mesh = init_device_mesh("cpu", (2, 2))
+        params = _params(mesh, [Shard(0), Shard(1)], [Replicate(), Shard(0)])
+        opt = torch.optim.AdamW(params, lr=0.1)
+        _step(opt, params, 0)
+        reshard.save({"model": {"w": params[0], "b": params[1]}, "optim": opt.state_dict()},
+                     os.path.join(root, "optim"))
+        _step(opt, params, 1)
+        expected = [p.full_tensor() for p in params] + [opt.state[params[0]]["exp_avg"].full_tensor()]
+        if rank == 0:
+            torch.save(expected, os.path.join(root, "optim-expected.pt"))
+    return run_scenarios([("optimizer save", fn)])
+
+
+def optimizer_continue(rank: int, world: int, root: str) -> list[str]:
+    def continue_with(w_placements: list[Any], b_placements: list[Any]) -> Callable[[], None]:
+        def fn() -> None:
+            mesh = init_device_mesh("cpu", (world,))
+            params = _params(mesh, w_placements, b_placements)
+            opt = torch.optim.AdamW(params, lr=0.5)
+            _step(opt, params, 5)  # DTensor moments need destinations of their own
+            state = {"model": {"w": params[0], "b": params[1]}, "optim": opt.state_dict()}
+            reshard.load(state, os.path.join(root, "optim"))
+            opt.load_state_dict(state["optim"])
+            _step(opt, params, 1)
+            got = [p.full_tensor() for p in params] + [opt.state[params[0]]["exp_avg"].full_tensor()]
+            expected = torch.load(os.path.join(root, "optim-expected.pt"))
+            for name, a, b in zip(("w", "b", "exp_avg"), got, expected):
+                assert torch.equal(a, b), f"{name} differs after continuing"
+        return fn
+
+    return run_scenarios([
+        ("continue on Shard(1)/Replicate", continue_with([Shard(1)], [Replicate()])),
+        ("continue on Replicate/Shard(0)", continue_with([Replicate()], [Shard(0)])),
+    ])
+
+
 def world_of_4(rank: int, world: int, root: str) -> list[str]:
-    return disagreeing_saves(rank, world, root) + odd_layouts(rank, world, root)
+    return (disagreeing_saves(rank, world, root) + odd_layouts(rank, world, root)
+            + optimizer_save(rank, world, root))
+
+
+def world_of_3(rank: int, world: int, root: str) -> list[str]:
+    return optimizer_continue(rank, world, root)
