@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import time
 import uuid
 from collections.abc import Mapping
@@ -28,6 +27,7 @@ from .format.manifest import (
     Manifest,
     TensorEntry,
     ValueEntry,
+    is_saved_data_file,
 )
 from .storage import Store, open_store
 from .transfer.write import WrittenChunk, write_data_file
@@ -148,7 +148,7 @@ def write_and_commit(
         # Committed: from here the save has succeeded. Removing the previous files is
         # best effort; whatever is left is removed by the next save to this path.
         try:
-            _remove_files(store, lambda name: name not in keep and _is_data_file(name))
+            _remove_files(store, lambda name: name not in keep and is_saved_data_file(name))
         except Exception as e:  # noqa: BLE001 - must not report a committed save as failed
             _log.warning("reshard.save: committed %s but could not remove old files: %s",
                          store.location, e)
@@ -195,19 +195,8 @@ def _check_visible(
                 "must pass the same path, on storage that every rank shares; nothing was committed"
             )
 
-_DATA_FILE_RE = re.compile(rf"^{DATA_DIR}/[0-9]{{8}}T[0-9]{{6}}-[0-9a-f]{{12}}\.[0-9]+\.bin$")
-
-
-def _is_data_file(name: str) -> bool:
-    """Whether ``name`` is named like a data file of some save (``_save_id`` names them).
-
-    The checkpoint may live in a folder the user also keeps other files in, including a
-    ``data/`` of their own: a save must only ever remove files that a save wrote.
-    """
-    return _DATA_FILE_RE.match(name) is not None
-
-
 def _save_id() -> str:
+    # is_saved_data_file recognizes files named from this id; keep the two in step.
     return f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:12]}"
 
 

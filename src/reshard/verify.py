@@ -15,7 +15,16 @@ from dataclasses import dataclass, field
 from .codecs import crc32c, decode_frame, get_codec
 from .codecs.registry import Codec
 from .errors import CheckpointError, CheckpointNotFoundError
-from .format.manifest import DATA_DIR, MANIFEST_NAME, Chunk, CodecSpec, Manifest, TensorEntry, dotted
+from .format.manifest import (
+    DATA_DIR,
+    MANIFEST_NAME,
+    Chunk,
+    CodecSpec,
+    Manifest,
+    TensorEntry,
+    dotted,
+    is_saved_data_file,
+)
 from .manifest_io import load_manifest
 from .storage import Store, open_store
 
@@ -205,7 +214,8 @@ def _note_strays(store: Store, referenced: set[str], tally: _Tally) -> None:
         names = store.list(DATA_DIR)
     except CheckpointError:
         return
-    strays = [n for n in names if n not in referenced]
+    # Only files a save wrote: a save never removes other files (they are the user's).
+    strays = [n for n in names if n not in referenced and is_saved_data_file(n)]
     if strays:
         tally.warnings.append(
             f"{len(strays)} file(s) in {DATA_DIR}/ are not part of this checkpoint (left by an "

@@ -103,6 +103,9 @@ def test_save_into_a_used_folder_keeps_the_users_files(tmp_path):
     assert "train.csv" in names and "model.0.bin" in names and leftover.name not in names
     assert len([n for n in names if n.endswith(".0.bin") and n != "model.0.bin"]) == 1
     assert (tmp_path / "notes.txt").read_text() == "mine"
+    # verify does not call the user's files leftovers that "the next save removes".
+    report = reshard.verify(tmp_path)
+    assert report.ok and not report.warnings, report.warnings
     dest = {"w": torch.zeros(4)}
     reshard.load(dest, tmp_path)
     assert torch.equal(dest["w"], torch.ones(4))
