@@ -237,3 +237,12 @@ def test_info_and_read_of_a_missing_key_raise_missing_keys_error(tmp_path):
             with pytest.raises(reshard.MissingKeysError, match="has no key 'nope'") as info:
                 call("nope")
             assert isinstance(info.value, KeyError)
+
+
+@pytest.mark.parametrize("path, words", [(None, "got None"), ("", "path is empty")])
+def test_bad_paths_are_checkpoint_errors(path, words):
+    # Bug: None raised a bare TypeError; "" silently meant the current directory.
+    with pytest.raises(reshard.CheckpointError, match=words):
+        reshard.save({"a": torch.ones(1)}, path)
+    with pytest.raises(reshard.CheckpointError, match=words):
+        reshard.open(path)
