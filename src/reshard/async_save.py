@@ -176,14 +176,15 @@ def async_save(
         return handle
 
 
-def wait_for_inflight() -> None:
-    """Wait for this process's in-flight async save, if any, without raising its error.
+def wait_for_inflight(location: str) -> None:
+    """Block until this process's in-flight async save to ``location``, if any, is done.
 
-    ``save`` calls this: two saves to one path at once could delete each other's data
-    objects in their cleanup steps.
+    Two saves committing to one folder each delete the other's data files: the
+    checkpoint left would name files that are gone.
     """
-    handle = _inflight
-    if handle is not None:
+    with _START_LOCK:
+        handle = _inflight
+    if handle is not None and handle.location == location:
         handle._finished.wait()
 
 

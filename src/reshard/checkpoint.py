@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -12,7 +13,7 @@ import torch
 from . import config
 from .adapters.tensors import torch_dtype
 from .core.layout import Box
-from .errors import CheckpointError
+from .errors import CheckpointError, MissingKeysError
 from .format.manifest import Chunk, Entry, Key, ValueEntry, dotted
 from .manifest_io import load_manifest
 from .storage import open_store
@@ -75,14 +76,15 @@ class Checkpoint:
     def __contains__(self, key: object) -> bool:
         return isinstance(key, str) and key in self._entries
 
-    def _entry(self, key: str | Key) -> Entry:
-        name = key if isinstance(key, str) else dotted(key)
+    def _entry(self, key: str | int | Key) -> Entry:
+        # An int names a top-level int key ({0: ...}), as a one-part key.
+        name = key if isinstance(key, str) else dotted((key,) if isinstance(key, int) else key)
         try:
             return self._entries[name]
         except KeyError:
-            raise CheckpointError(f"{self.path} has no key {name!r}") from None
+            raise MissingKeysError(f"{self.path} has no key {name!r}") from None
 
-    def info(self, key: str | Key) -> EntryInfo:
+    def info(self, key: str | int | Key) -> EntryInfo:
         entry = self._entry(key)
         if isinstance(entry, ValueEntry):
             return EntryInfo(key=dotted(entry.key), kind="value", shape=None, dtype=None,
@@ -93,7 +95,7 @@ class Checkpoint:
             chunks=tuple(_chunk_info(c) for c in entry.chunks),
         )
 
-    def read(self, key: str | Key, index: Index = None) -> Any:
+    def read(self, key: str | int | Key, index: Index = None) -> Any:
         """The whole tensor at ``key``, or the part a tuple of ints/slices selects.
 
         Only the frames holding the selection are read. Plain values are returned as is.
@@ -141,7 +143,7 @@ def _index_box(shape: tuple[int, ...], index: Index, name: str) -> tuple[Box, tu
         raise CheckpointError(f"key {name!r}: {len(parts)} indices for shape {list(shape)}")
     offsets, sizes, squeeze = [], [], []
     for d, n in enumerate(shape):
-        part = parts[d] if d < len(parts) else slice(None)
+        part = _as_int(parts[d]) if d < len(parts) else slice(None)
         if isinstance(part, int) and not isinstance(part, bool):
             i = part + n if part < 0 else part
             if not 0 <= i < n:
@@ -158,3 +160,13 @@ def _index_box(shape: tuple[int, ...], index: Index, name: str) -> tuple[Box, tu
         else:
             raise CheckpointError(f"key {name!r}: index parts must be ints or slices, got {part!r}")
     return Box(tuple(offsets), tuple(sizes)), tuple(squeeze)
+
+
+def _as_int(part: Any) -> Any:
+    """Integer-likes (numpy ints, 0-d integer tensors) as int; anything else unchanged."""
+    if isinstance(part, (bool, slice)) or not hasattr(part, "__index__"):
+        return part
+    try:
+        return operator.index(part)
+    except TypeError:
+        return part

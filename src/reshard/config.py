@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 
+from .format.manifest import MAX_FRAME_RAW_NBYTES
 
-def _int_env(name: str, default: int) -> int:
+
+def _int_env(name: str, default: int, *, hi: int | None = None) -> int:
     raw = os.environ.get(name)
     if raw is None:
         return default
@@ -15,12 +17,15 @@ def _int_env(name: str, default: int) -> int:
         raise ValueError(f"{name}={raw!r} is not an integer") from None
     if value <= 0:
         raise ValueError(f"{name}={raw!r} must be positive")
+    if hi is not None and value > hi:
+        raise ValueError(f"{name}={raw!r} must be at most {hi}")
     return value
 
 
 def frame_raw_nbytes() -> int:
     """Raw bytes per checksummed, independently decodable frame."""
-    return _int_env("RESHARD_FRAME_RAW_NBYTES", 256 * 1024)
+    # Readers refuse larger frames (docs/FORMAT.md): a save must never write them.
+    return _int_env("RESHARD_FRAME_RAW_NBYTES", 256 * 1024, hi=MAX_FRAME_RAW_NBYTES)
 
 
 def max_piece_nbytes() -> int:

@@ -88,16 +88,19 @@ def plan_load(
     problems: list[str] = []
     for key, leaf in flatten(state_dict):
         entry = by_key.get(key) or by_name.get(dotted(key))
+        if entry is None and _is_empty_container(leaf):
+            inside = [e for e in manifest.entries if len(e.key) > len(key) and e.key[:len(key)] == key]
+            if inside:
+                # A fresh optimizer's state_dict()["state"] is {}: fill it with the saved
+                # subtree rather than report it missing (or, with strict=False, skip it).
+                values.append((key, _skeleton(leaf, [e.key[len(key):] for e in inside])))
+                for e in inside:
+                    _match(e.key, None, e, targets, values, problems)
+                continue
         if entry is None:
             missing.append(dotted(key))
             continue
-        if isinstance(entry, TensorEntry):
-            _match_tensor(key, leaf, entry, targets, values, problems)
-        elif is_tensor_leaf(leaf):
-            problems.append(f"key {dotted(key)!r}: the checkpoint holds a plain value, "
-                            f"the state dict a {type(leaf).__name__}")
-        else:
-            values.append((key, entry.decoded()))
+        _match(key, leaf, entry, targets, values, problems)
     if problems:
         raise LayoutMismatchError(_join(problems))
     if missing and strict:
@@ -106,6 +109,47 @@ def plan_load(
             "(load with strict=False to skip missing keys)"
         )
     return LoadPlan(targets=targets, values=values)
+
+
+def _match(
+    key: tuple[Any, ...], leaf: Any, entry: Entry, targets: list[Target],
+    values: list[tuple[tuple[Any, ...], Any]], problems: list[str],
+) -> None:
+    if isinstance(entry, TensorEntry):
+        _match_tensor(key, leaf, entry, targets, values, problems)
+    elif is_tensor_leaf(leaf):
+        problems.append(f"key {dotted(key)!r}: the checkpoint holds a plain value, "
+                        f"the state dict a {type(leaf).__name__}")
+    else:
+        values.append((key, entry.decoded()))
+
+
+def _is_empty_container(leaf: Any) -> bool:
+    return type(leaf) in (dict, list, tuple) and not leaf
+
+
+def _skeleton(like: Any, rests: list[tuple[Any, ...]]) -> Any:
+    """A container shaped like the saved keys ``rests`` below it, leaves None (filled later).
+
+    The top level keeps the type of ``like`` where the keys fit it; below it, int parts
+    0..n-1 make a list and other parts a dict (the format records keys, not container
+    types). Tensors arrive whole, as plain tensors: a destination of their own (a
+    DTensor, ...) needs a state dict that already holds one.
+    """
+    groups: dict[Any, list[tuple[Any, ...]]] = {}
+    for rest in rests:
+        groups.setdefault(rest[0], []).append(rest[1:])
+    children = {k: _skeleton(None, [r for r in g if r]) if any(g) else None
+                for k, g in groups.items()}
+    is_seq = (all(type(k) is int for k in children)
+              and set(children) == set(range(len(children))))
+    if like is not None and (is_seq or type(like) is dict):
+        kind: Any = type(like)
+    else:
+        kind = list if is_seq else dict
+    if kind is dict:
+        return children
+    return kind(children[i] for i in range(len(children)))
 
 
 def _match_tensor(
@@ -121,6 +165,11 @@ def _match_tensor(
     scalar = isinstance(leaf, np.generic)
     if scalar:
         leaf = np.array(leaf)
+    if isinstance(leaf, np.ndarray) and leaf.flags.writeable and any(s < 0 for s in leaf.strides):
+        # torch cannot view negative strides (np.flip, a[::-1]): fill a copy, then write
+        # it back into the caller's array in place.
+        dest, leaf = leaf, np.empty(leaf.shape, dtype=leaf.dtype)
+        values.append((key, lambda d=dest, s=leaf: _copied_into(d, s)))
     shards = shards_of(leaf, key, for_load=True)
     if shards.shape != entry.shape:
         problems.append(f"key {name!r}: the checkpoint holds shape {list(entry.shape)}, "
@@ -130,6 +179,11 @@ def _match_tensor(
         targets.append(Target(entry=entry, box=box, tensor=tensor))
     if scalar:
         values.append((key, lambda a=leaf: a[()]))
+
+
+def _copied_into(dest: np.ndarray[Any, Any], src: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+    np.copyto(dest, src)
+    return dest
 
 
 def _as_container(tensor: torch.Tensor, container: str) -> Any:

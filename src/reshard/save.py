@@ -17,6 +17,7 @@ from .adapters.tensors import describe, flatten
 from .codecs import Codec, resolve_codec
 from .core.planner import Desc, SavePlan, TensorDesc, ValueDesc, WriteTask, plan_save
 from .dist.collective import Collective, Outcome, raise_if_failed
+from .errors import CheckpointError, CheckpointNotFoundError, StorageError
 from .format.manifest import (
     DATA_DIR,
     MANIFEST_NAME,
@@ -26,6 +27,7 @@ from .format.manifest import (
     Manifest,
     TensorEntry,
     ValueEntry,
+    is_saved_data_file,
 )
 from .storage import Store, open_store
 from .transfer.write import WrittenChunk, write_data_file
@@ -47,12 +49,12 @@ def save(
     leaves the previous checkpoint at ``path`` loadable. Any rank's failure raises on every rank.
     An ``async_save`` still in flight in this process is waited for first.
     """
-    from .async_save import wait_for_inflight  # async_save imports this module
+    from .async_save import wait_for_inflight  # async_save builds on this module
 
-    wait_for_inflight()
     coll = Collective(process_group)
     store = open_store(path, storage_options)
     try:
+        wait_for_inflight(store.location)
         prepared = prepare_save(coll, store, state_dict, codec)
         write_and_commit(coll, store, prepared, prepared.shards())
     finally:
@@ -83,11 +85,11 @@ def prepare_save(
     """Describe every rank's state, plan on the coordinator, hand each rank its tasks."""
     local: dict[str, Any] = {}
 
-    def describe_local() -> list[Desc]:
+    def describe_local() -> tuple[CodecSpec, list[Desc]]:
         local["codec"], local["codec_spec"] = resolve_codec(codec_arg)
         described = [describe(key, leaf) for key, leaf in flatten(state_dict)]
         local["tensors"] = [tensors for _, tensors in described]
-        return [desc for desc, _ in described]
+        return local["codec_spec"], [desc for desc, _ in described]
 
     described = coll.gather_outcomes(describe_local)
     shared: dict[str, Any] = {}
@@ -95,10 +97,11 @@ def prepare_save(
     def decide() -> list[tuple[str, tuple[Any, ...]]]:
         assert described is not None
         raise_if_failed(described)
-        per_rank: list[list[Desc]] = [o.value for o in described]  # type: ignore[misc]
+        _check_same_codec([o.value[0] for o in described])  # type: ignore[index]
+        per_rank: list[list[Desc]] = [o.value[1] for o in described]  # type: ignore[index]
         shared["plan"], shared["per_rank"] = plan_save(per_rank), per_rank
         store.prepare(DATA_DIR)
-        save_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:12]}"
+        save_id = _save_id()
         return [(save_id, shared["plan"].tasks[r]) for r in range(coll.world_size)]
 
     save_id, tasks = coll.agree_scatter(decide)
@@ -131,6 +134,7 @@ def write_and_commit(
         assert written is not None and prepared.plan is not None and prepared.per_rank is not None
         try:
             raise_if_failed(written)
+            _check_visible(store, written)
         except Exception:
             try:
                 _remove_files(store, lambda name: os.path.basename(name).startswith(save_id))
@@ -145,7 +149,7 @@ def write_and_commit(
         # Committed: from here the save has succeeded. Removing the previous files is
         # best effort; whatever is left is removed by the next save to this path.
         try:
-            _remove_files(store, lambda name: name not in keep)
+            _remove_files(store, lambda name: name not in keep and is_saved_data_file(name))
         except Exception as e:  # noqa: BLE001 - must not report a committed save as failed
             _log.warning("reshard.save: committed %s but could not remove old files: %s",
                          store.location, e)
@@ -154,6 +158,47 @@ def write_and_commit(
 
 
 _log = logging.getLogger("reshard")
+
+
+def _check_same_codec(specs: list[CodecSpec]) -> None:
+    """The manifest records one codec per save: refuse ranks that asked for different ones."""
+    differ = [r for r, spec in enumerate(specs) if spec != specs[0]]
+    if differ:
+        raise CheckpointError(
+            f"ranks asked for different codecs: rank 0 {specs[0].to_json()}, rank {differ[0]} "
+            f"{specs[differ[0]].to_json()}; pass the same codec on every rank"
+        )
+
+
+def _check_visible(
+    store: Store, written: list[Outcome[tuple[str, list[WrittenChunk]]]]
+) -> None:
+    """Before the commit, make sure the coordinator sees every rank's data file whole.
+
+    A rank that was given another path, or storage the coordinator does not share
+    (a node-local disk), would otherwise commit a manifest naming files that are not
+    there, after which the previous checkpoint's files are deleted.
+    """
+    for rank, outcome in enumerate(written):
+        assert outcome.value is not None
+        file_name, records = outcome.value
+        if not records:
+            continue
+        need = max(w.offset + w.nbytes for w in records)
+        try:
+            size: int | None = store.size(file_name)
+        except CheckpointNotFoundError:
+            size = None
+        if size is None or size < need:
+            seen = "is missing" if size is None else f"has {size} of {need} bytes"
+            raise StorageError(
+                f"rank {rank} wrote {file_name}, but at {store.location} it {seen}: every rank "
+                "must pass the same path, on storage that every rank shares; nothing was committed"
+            )
+
+def _save_id() -> str:
+    # is_saved_data_file recognizes files named from this id; keep the two in step.
+    return f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:12]}"
 
 
 def _remove_files(store: Store, should_remove: Any) -> None:

@@ -15,7 +15,16 @@ from dataclasses import dataclass, field
 from .codecs import crc32c, decode_frame, get_codec
 from .codecs.registry import Codec
 from .errors import CheckpointError, CheckpointNotFoundError
-from .format.manifest import DATA_DIR, MANIFEST_NAME, Chunk, Manifest, TensorEntry, dotted
+from .format.manifest import (
+    DATA_DIR,
+    MANIFEST_NAME,
+    Chunk,
+    CodecSpec,
+    Manifest,
+    TensorEntry,
+    dotted,
+    is_saved_data_file,
+)
 from .manifest_io import load_manifest
 from .storage import Store, open_store
 
@@ -79,7 +88,9 @@ class _Tally:
     done: int = 0
     damaged: list[Damage] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
-    codecs: dict[str, Codec | None] = field(default_factory=dict)
+    # Keyed by the whole spec: a codec may be configured per chunk (DCP items record
+    # their dtype and shape in it), so one name can mean several codecs.
+    codecs: dict[CodecSpec, Codec | None] = field(default_factory=dict)
     total: int = 0
     checked: int = 0
     progress: Progress | None = None
@@ -196,14 +207,16 @@ def _check_frame(
 
 
 def _codec(chunk: Chunk, tally: _Tally) -> Codec | None:
-    name = chunk.codec.name
-    if name not in tally.codecs:
+    spec = chunk.codec
+    if spec not in tally.codecs:
         try:
-            tally.codecs[name] = get_codec(chunk.codec)
+            tally.codecs[spec] = get_codec(spec)
         except CheckpointError as e:
-            tally.codecs[name] = None
-            tally.warnings.append(f"checksums checked, decoding skipped: {e}")
-    return tally.codecs[name]
+            tally.codecs[spec] = None
+            warning = f"checksums checked, decoding skipped: {e}"
+            if warning not in tally.warnings:
+                tally.warnings.append(warning)
+    return tally.codecs[spec]
 
 
 def _note_strays(store: Store, referenced: set[str], tally: _Tally) -> None:
@@ -211,7 +224,8 @@ def _note_strays(store: Store, referenced: set[str], tally: _Tally) -> None:
         names = store.list(DATA_DIR)
     except CheckpointError:
         return
-    strays = [n for n in names if n not in referenced]
+    # Only files a save wrote: a save never removes other files (they are the user's).
+    strays = [n for n in names if n not in referenced and is_saved_data_file(n)]
     if strays:
         tally.warnings.append(
             f"{len(strays)} file(s) in {DATA_DIR}/ are not part of this checkpoint (left by an "

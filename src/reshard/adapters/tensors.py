@@ -14,7 +14,7 @@ import torch
 from ..core.layout import Box, full_box
 from ..core.planner import Desc, TensorDesc, ValueDesc
 from ..errors import LayoutMismatchError, UnsupportedValueError
-from ..format.manifest import Key, dotted
+from ..format.manifest import MAX_NDIM, Key, dotted
 from ..format.values import encode_value
 
 _TORCH_DTYPES: dict[torch.dtype, str] = {
@@ -122,7 +122,7 @@ def shards_of(leaf: Any, key: Key, *, for_load: bool) -> Shards:
     """The boxes of ``leaf`` held by this rank and the tensors backing them."""
     name = dotted(key)
     if _is_dtensor(leaf) and not hasattr(leaf._local_tensor, "__create_chunk_list__"):
-        return _dtensor_shards(leaf, name)
+        return _dtensor_shards(leaf, name, for_load=for_load)
     if hasattr(leaf, "__create_chunk_list__"):
         return _protocol_shards(leaf, name, for_load=for_load)
     if isinstance(leaf, np.generic):
@@ -135,9 +135,13 @@ def shards_of(leaf: Any, key: Key, *, for_load: bool) -> Shards:
     if isinstance(leaf, np.ndarray):
         if for_load and not leaf.flags.writeable:
             raise UnsupportedValueError(f"key {name!r}: the numpy array is read-only")
+        if not for_load and any(s < 0 for s in leaf.strides):
+            # torch cannot view negative strides (np.flip, a[::-1]); saving copies anyway.
+            leaf = np.ascontiguousarray(leaf)
         tensor = numpy_to_torch(leaf, name)
     else:
         tensor = leaf.detach() if leaf.requires_grad else leaf
+    check_dense(tensor, name, for_load=for_load)
     shape = tuple(tensor.shape)
     return Shards(
         shape=shape, dtype=dtype_name(tensor.dtype, name), container=container,
@@ -151,7 +155,25 @@ def _is_dtensor(leaf: Any) -> bool:
     return module is not None and isinstance(leaf, module.DTensor)
 
 
-def _dtensor_shards(dt: Any, name: str) -> Shards:
+def check_dense(tensor: torch.Tensor, name: str, *, for_load: bool) -> None:
+    """Refuse tensors whose elements are not plain strided memory this process can read
+    (and, for a load, write) element by element, naming the key."""
+    problem = None
+    if tensor.is_nested:
+        problem = "nested tensors are not supported (save their components as a list)"
+    elif tensor.layout != torch.strided:
+        problem = (f"layout {tensor.layout} is not supported (convert it to a dense tensor, "
+                   "e.g. .to_dense())")
+    elif tensor.device.type == "meta":
+        problem = ("it is on the meta device and holds no data"
+                   + (" (materialize it first, e.g. module.to_empty(device=...))" if for_load else ""))
+    elif for_load and any(st == 0 and n > 1 for st, n in zip(tensor.stride(), tensor.shape)):
+        problem = "it is an expanded view whose elements share memory; load into a copy"
+    if problem is not None:
+        raise UnsupportedValueError(f"key {name!r}: {problem}")
+
+
+def _dtensor_shards(dt: Any, name: str, *, for_load: bool) -> Shards:
     from torch.distributed.tensor import Replicate, Shard
 
     for p in dt.placements:
@@ -173,6 +195,7 @@ def _dtensor_shards(dt: Any, name: str) -> Shards:
             "(DTensor uneven shards must follow torch.chunk sizes)"
         )
     local = local.detach() if local.requires_grad else local
+    check_dense(local, name, for_load=for_load)
     return Shards(
         shape=shape, dtype=dtype_name(local.dtype, name), container="torch",
         boxes=(Box(tuple(offsets), tuple(sizes)),), tensors=(local,),
@@ -259,6 +282,11 @@ def describe(key: Key, leaf: Any) -> tuple[Desc, tuple[torch.Tensor, ...]]:
     """The save description of one leaf, and the tensors behind its boxes."""
     if is_tensor_leaf(leaf):
         s = shards_of(leaf, key, for_load=False)
+        if len(s.shape) > MAX_NDIM:
+            # The reader refuses such manifests: never commit a checkpoint it cannot open.
+            raise UnsupportedValueError(
+                f"key {dotted(key)!r}: {len(s.shape)} dims, the format allows at most {MAX_NDIM}"
+            )
         desc = TensorDesc(key=key, dtype=s.dtype, shape=s.shape, container=s.container,
                           boxes=s.boxes)
         return desc, s.tensors
@@ -267,7 +295,8 @@ def describe(key: Key, leaf: Any) -> tuple[Desc, tuple[torch.Tensor, ...]]:
 
 def tensor_bytes(tensor: torch.Tensor) -> memoryview:
     """The C-order little-endian bytes of ``tensor`` (copied only if needed)."""
-    t = tensor.detach()
+    # Conjugate and negative views keep a lazy bit that .contiguous() keeps and .view() refuses.
+    t = tensor.detach().resolve_conj().resolve_neg()
     if t.device.type != "cpu":
         t = t.cpu()
     t = t.contiguous()

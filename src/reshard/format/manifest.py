@@ -31,6 +31,7 @@ MAX_FRAME_RAW_NBYTES = 1 << 30
 MAX_FILE_OFFSET = 2**62
 CHECKSUM_FIELD = "manifest_crc32"
 _FILE_RE = re.compile(r"^data/[A-Za-z0-9][A-Za-z0-9._-]{0,200}$")
+_SAVED_DATA_FILE_RE = re.compile(r"^data/[0-9]{8}T[0-9]{6}-[0-9a-f]{12}\.[0-9]+\.bin$")
 
 KeyPart = Union[str, int]
 Key = tuple[KeyPart, ...]
@@ -223,6 +224,16 @@ class Manifest:
             raise CorruptCheckpointError(
                 f"{source}: malformed manifest ({type(e).__name__}: {str(e)[:200]})"
             ) from e
+
+
+def is_saved_data_file(name: str) -> bool:
+    """Whether ``name`` is named as reshard's saves name data files
+    (``data/<YYYYMMDD>T<HHMMSS>-<12 hex>.<rank>.bin``).
+
+    A checkpoint may live in a folder the user also keeps other files in, including a
+    ``data/`` of their own: saves only ever remove files named like this.
+    """
+    return _SAVED_DATA_FILE_RE.match(name) is not None
 
 
 def dotted(key: Key) -> str:

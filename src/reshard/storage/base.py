@@ -75,9 +75,12 @@ def open_store(
     they would be ignored: a mistyped URL such as ``s3:/bucket`` must not silently
     become a local directory.
     """
-    location = os.fspath(path)
+    location = os.fspath(path) if isinstance(path, (str, os.PathLike)) else path
     if not isinstance(location, str):
         raise CheckpointError(f"checkpoint path must be a str or os.PathLike, got {location!r}")
+    if not location:
+        # "" would be the current directory: a save would write (and clean up) there.
+        raise CheckpointError("checkpoint path is empty; pass a directory (\".\" for this one)")
     match = _URL.match(location)
     if match is None or (match.group(1).lower() in _LOCAL_PROTOCOLS and "::" not in location):
         if storage_options:

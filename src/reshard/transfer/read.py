@@ -53,7 +53,10 @@ def fill(
     for t in targets:
         if tuple(t.tensor.shape) != t.box.sizes:
             raise CheckpointError(f"key {t.name!r}: internal error, tensor and box disagree")
-        if t.tensor.device.type != "cpu" or not t.tensor.is_contiguous():
+        if (
+            t.tensor.device.type != "cpu" or not t.tensor.is_contiguous()
+            or t.tensor.is_conj() or t.tensor.is_neg()  # their bytes are not their values
+        ):
             t.staging = torch.empty(t.box.sizes, dtype=t.tensor.dtype)
         itemsize = t.entry.itemsize
         direct = all(c.codec.name == "identity" for c in t.entry.chunks)
@@ -101,7 +104,9 @@ def _check_extent(store: Store, target: Target, chunk: Chunk, end: int, sizes: d
             size = sizes[chunk.file] = store.size(chunk.file)
         except CheckpointNotFoundError:
             raise CorruptCheckpointError(
-                f"key {target.name!r}: data file {chunk.file} is missing from {store.location}"
+                f"key {target.name!r}: data file {chunk.file} is missing from {store.location} "
+                "(if a later save to this path replaced the checkpoint while it was read, "
+                "read it again)"
             ) from None
         except CheckpointError as e:
             raise type(e)(f"key {target.name!r}: {e}") from None
@@ -206,30 +211,35 @@ def _read_piece(
     store.read_into(chunk.file, stored_lo, memoryview(stored))
     _verify(chunk, piece.frame_lo, piece.frame_hi, memoryview(stored), offs, stored_lo)
     raw = stored if chunk.codec.name == "identity" else _decode(chunk, piece, stored, offs, raw_end - raw_base)
-    # Frames need not end on element boundaries (frame_raw_nbytes is any size), so cut
-    # out exactly the piece's raw bytes, which do, and realign them if needed.
-    needed = raw[piece.raw_lo - raw_base:piece.raw_hi - raw_base]
-    if needed.ctypes.data % itemsize:
-        needed = needed.copy()
-    storage = needed.view(_STORAGE_NP[itemsize])
+    # A frame need not hold whole elements (frame_raw_nbytes is any positive int), so
+    # cut the bytes at the piece's own element-aligned raw offsets before viewing them.
     if piece.flat:
-        n = (piece.raw_hi - piece.raw_lo) // itemsize
-        src = torch.from_numpy(storage).view(src_dtype)
-        _flat(dest)[piece.dest_elem:piece.dest_elem + n].copy_(src)
+        part = _elements(raw[piece.raw_lo - raw_base:piece.raw_hi - raw_base], itemsize)
+        src = torch.from_numpy(part).view(src_dtype)
+        _flat(dest)[piece.dest_elem:piece.dest_elem + len(src)].copy_(src)
         return
     local = piece.box.relative_to(chunk.box)
     start, stop = element_span(chunk.box.sizes, local)
-    start -= piece.raw_lo // itemsize
-    if start < 0 or stop - piece.raw_lo // itemsize > len(storage):
+    lo, hi = start * itemsize - raw_base, stop * itemsize - raw_base
+    if lo < 0 or hi > len(raw):
         # as_strided does no bounds check: never let a bad plan read past the buffer.
         raise CorruptCheckpointError(
             f"chunk at offsets {list(chunk.box.offsets)} in {chunk.file}: internal error, "
             f"piece {piece.box} lies outside the frames read"
         )
+    storage = _elements(raw[lo:hi], itemsize)
     strides = tuple(s * itemsize for s in c_strides(chunk.box.sizes))
-    view = np.lib.stride_tricks.as_strided(storage[start:], shape=piece.box.sizes, strides=strides)
+    view = np.lib.stride_tricks.as_strided(storage, shape=piece.box.sizes, strides=strides)
     src = torch.from_numpy(view).view(src_dtype)
     dest[piece.box.relative_to(target.box).slices()].copy_(src)
+
+
+def _elements(data: np.ndarray, itemsize: int) -> np.ndarray:
+    """``data`` (bytes) as elements of ``itemsize``; misaligned bytes are copied first,
+    since torch's vectorized copies may crash on misaligned wide elements."""
+    if data.ctypes.data % itemsize:
+        data = data.copy()
+    return data.view(_STORAGE_NP[itemsize])
 
 
 def _flat(t: torch.Tensor) -> torch.Tensor:
