@@ -43,11 +43,11 @@ def test_verify_missing_and_usage(tmp_path: Path, capsys: pytest.CaptureFixture[
 
 def test_verify_progress_and_leftovers(tmp_path: Path) -> None:
     reshard.save(make_state(1), tmp_path)
-    (tmp_path / "data" / "stray.0.bin").write_bytes(b"left by a killed save")
+    (tmp_path / "data" / "20260101T000000-0123456789ab.0.bin").write_bytes(b"left by a killed save")
     calls: list[tuple[int, int]] = []
     report = reshard.verify(tmp_path, progress=lambda done, total: calls.append((done, total)))
     assert report.ok and report.frames > report.chunks > 0
-    assert any("stray.0.bin" in w for w in report.warnings)
+    assert any("20260101T000000-0123456789ab.0.bin" in w for w in report.warnings)
     assert calls and calls[-1][0] == calls[-1][1] == report.bytes_checked
     assert all(a[0] <= b[0] for a, b in zip(calls, calls[1:]))
 
