@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import __version__, config
-from ..codecs import crc32c, resolve_codec
+from ..codecs import resolve_codec
 from ..core.layout import Box
 from ..errors import CheckpointError, StorageError, UnsupportedValueError
 from ..format.manifest import (
@@ -37,7 +37,8 @@ from ..format.manifest import (
     dotted,
 )
 from ..progress import ProgressBar
-from ..storage import Store, open_store
+from ..storage import Store, new_file, open_store
+from ..transfer.write import encode_frame
 from . import safetensors_io as st
 
 FORMATS = ("reshard", "safetensors")
@@ -191,18 +192,11 @@ def to_reshard(
     report = progress or (lambda n: None)
     store = open_store(dst)
     try:
-        writer = store.open_writer(file_name)
-        try:
+        with new_file(store, file_name) as writer:
             framer = _Framer(writer, codec_obj, config.frame_raw_nbytes())
             entries: list[Entry] = [
                 _write_tensor(source, e, framer, file_name, spec, report) for e in source.tensors()
             ]
-        except BaseException:
-            abort = getattr(writer, "abort", None)
-            if abort is not None:
-                abort()
-            raise
-        writer.close()
         entries.extend(ValueEntry(key=(dotted(v.key),), value=v.value) for v in values)
         manifest = Manifest(save_id=save_id, world_size=1, created_unix_s=time.time(),
                             library_version=__version__, entries=tuple(entries))
@@ -253,10 +247,10 @@ class _Framer:
                 self._flush()
 
     def _flush(self) -> None:
-        out = self.codec.encode(memoryview(self.buf))
+        out, crc = encode_frame(self.codec, memoryview(self.buf))
         n = len(memoryview(out).cast("B"))
         self.writer.write(out)
-        self.frames.append(Frame(nbytes=n, crc32c=crc32c(out)))
+        self.frames.append(Frame(nbytes=n, crc32c=crc))
         self.offset += n
         self.buf = bytearray()
 

@@ -1,6 +1,6 @@
 """Where checkpoint bytes live: a local directory, or any fsspec filesystem (object stores)."""
 
-from .base import Store, open_store
+from .base import Store, new_file, open_store
 from .local import LocalStore
 
-__all__ = ["LocalStore", "Store", "open_store"]
+__all__ = ["LocalStore", "Store", "new_file", "open_store"]

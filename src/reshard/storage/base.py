@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any, BinaryIO, Protocol
 
 from ..errors import CheckpointError
@@ -94,3 +95,18 @@ def open_store(
     from .fsspec_store import FsspecStore
 
     return FsspecStore.from_url(location, dict(storage_options or {}))
+
+
+@contextmanager
+def new_file(store: Store, name: str) -> Iterator[BinaryIO]:
+    """A new file of ``store``, made durable on a clean exit and removed on an error,
+    so a failed writer never leaves a partial file that could look complete."""
+    writer = store.open_writer(name)
+    try:
+        yield writer
+    except BaseException:
+        abort = getattr(writer, "abort", None)
+        if abort is not None:
+            abort()
+        raise
+    writer.close()

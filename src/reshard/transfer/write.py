@@ -13,7 +13,7 @@ from ..adapters.tensors import tensor_bytes
 from ..codecs import Codec, crc32c
 from ..core.pickling import slots_reduce
 from ..format.manifest import Frame
-from ..storage.base import Store
+from ..storage.base import Store, new_file
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -52,43 +52,36 @@ def write_data_file(
     encode on the pool while the writer thread writes, so the CPU work overlaps the I/O.
     """
     written: list[WrittenChunk] = []
-    writer = store.open_writer(name)
     pending = bytearray()
-    try:
-        with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-            offset = 0
-            for item_index, box_index, tensor in shards:
-                raw = tensor_bytes(tensor)
-                spans = [(s, min(s + frame_raw_nbytes, len(raw)))
-                         for s in range(0, len(raw), frame_raw_nbytes)]
-                if len(raw) <= SMALL_CHUNK_NBYTES:
-                    frames = _encode_inline(raw, spans, codec, pending)
-                    if len(pending) >= COALESCE_NBYTES:
-                        writer.write(pending)
-                        pending.clear()
-                else:
-                    if pending:
-                        writer.write(pending)
-                        pending.clear()
-                    frames = _write_large(writer, raw, spans, codec, pool, threads)
-                nbytes = sum(f.nbytes for f in frames)
-                written.append(WrittenChunk(
-                    item_index=item_index, box_index=box_index, offset=offset, nbytes=nbytes,
-                    raw_nbytes=len(raw), frame_raw_nbytes=frame_raw_nbytes, frames=frames,
-                ))
-                offset += nbytes
-            if pending:
-                writer.write(pending)
-    except BaseException:
-        abort = getattr(writer, "abort", None)
-        if abort is not None:
-            abort()
-        raise
-    writer.close()
+    with new_file(store, name) as writer, ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+        offset = 0
+        for item_index, box_index, tensor in shards:
+            raw = tensor_bytes(tensor)
+            spans = [(s, min(s + frame_raw_nbytes, len(raw)))
+                     for s in range(0, len(raw), frame_raw_nbytes)]
+            if len(raw) <= SMALL_CHUNK_NBYTES:
+                frames = _encode_inline(raw, spans, codec, pending)
+                if len(pending) >= COALESCE_NBYTES:
+                    writer.write(pending)
+                    pending.clear()
+            else:
+                if pending:
+                    writer.write(pending)
+                    pending.clear()
+                frames = _write_large(writer, raw, spans, codec, pool, threads)
+            nbytes = sum(f.nbytes for f in frames)
+            written.append(WrittenChunk(
+                item_index=item_index, box_index=box_index, offset=offset, nbytes=nbytes,
+                raw_nbytes=len(raw), frame_raw_nbytes=frame_raw_nbytes, frames=frames,
+            ))
+            offset += nbytes
+        if pending:
+            writer.write(pending)
     return written
 
 
-def _encode(codec: Codec, data: memoryview) -> tuple[bytes | memoryview, int]:
+def encode_frame(codec: Codec, data: memoryview) -> tuple[bytes | memoryview, int]:
+    """One frame's stored bytes and their CRC-32C; a codec returning non-bytes is refused."""
     out = codec.encode(data)
     if not isinstance(out, (bytes, bytearray, memoryview)):
         raise TypeError(f"codec {codec.name!r}: encode() returned {type(out).__name__}, not bytes")
@@ -100,7 +93,7 @@ def _encode_inline(
 ) -> tuple[Frame, ...]:
     frames = []
     for a, b in spans:
-        data, crc = _encode(codec, raw[a:b])
+        data, crc = encode_frame(codec, raw[a:b])
         view = memoryview(data).cast("B")
         out += view
         frames.append(Frame(nbytes=len(view), crc32c=crc))
@@ -124,12 +117,12 @@ def _write_large(
     frames: list[Frame] = []
     it = iter(spans)
     for a, b in itertools.islice(it, window):
-        futures.append(pool.submit(_encode, codec, raw[a:b]))
+        futures.append(pool.submit(encode_frame, codec, raw[a:b]))
     while futures:
         data, crc = futures.popleft().result()
         nxt = next(it, None)
         if nxt is not None:
-            futures.append(pool.submit(_encode, codec, raw[nxt[0]:nxt[1]]))
+            futures.append(pool.submit(encode_frame, codec, raw[nxt[0]:nxt[1]]))
         write(data)
         frames.append(Frame(nbytes=len(memoryview(data).cast("B")), crc32c=crc))
     return tuple(frames)
