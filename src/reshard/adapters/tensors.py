@@ -303,5 +303,5 @@ def tensor_bytes(tensor: torch.Tensor) -> memoryview:
     if t.dtype == torch.bool:
         t = t.view(torch.uint8)
     flat = t.reshape(-1).view(torch.uint8) if t.numel() else torch.empty(0, dtype=torch.uint8)
-    return memoryview(flat.numpy()).cast("B")
+    return flat.numpy().data.cast("B")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from ..errors import CheckpointError, UnknownCodecError
 from ..format.manifest import IDENTITY, CodecSpec
@@ -14,7 +14,8 @@ from ..format.manifest import IDENTITY, CodecSpec
 class Codec(Protocol):
     """A storage transform of one frame. ``decode(encode(b)) == b`` must hold."""
 
-    name: str
+    @property
+    def name(self) -> str: ...
 
     def encode(self, data: memoryview) -> bytes | memoryview: ...
 
@@ -66,7 +67,7 @@ class ZstdCodec:
             )
 
     def encode(self, data: memoryview) -> bytes:
-        return _zstd_compressor(self.level).compress(data)
+        return bytes(_zstd_compressor(self.level).compress(data))
 
     def decode(self, data: memoryview, max_nbytes: int = 1 << 30) -> bytes:
         import zstandard
@@ -75,7 +76,7 @@ class ZstdCodec:
             size = zstandard.frame_content_size(data)
             if size < 0 or size > max_nbytes:
                 raise ValueError(f"zstd frame declares {size} bytes, at most {max_nbytes} allowed")
-            return _zstd_decompressor().decompress(data, max_output_size=max_nbytes)
+            return bytes(_zstd_decompressor().decompress(data, max_output_size=max_nbytes))
         except zstandard.ZstdError as e:
             raise ValueError(f"zstd frame does not decode: {e}") from e
 
@@ -83,7 +84,7 @@ class ZstdCodec:
 _local = threading.local()
 
 
-def _zstd_compressor(level: int):  # type: ignore[no-untyped-def]
+def _zstd_compressor(level: int) -> Any:
     import zstandard
 
     cache = _local.__dict__.setdefault("compressors", {})
@@ -92,7 +93,7 @@ def _zstd_compressor(level: int):  # type: ignore[no-untyped-def]
     return cache[level]
 
 
-def _zstd_decompressor():  # type: ignore[no-untyped-def]
+def _zstd_decompressor() -> Any:
     import zstandard
 
     if not hasattr(_local, "decompressor"):

@@ -13,7 +13,7 @@ from typing import Any
 
 
 def rebuild(cls: type, values: tuple[Any, ...]) -> Any:
-    obj = cls.__new__(cls)
+    obj: Any = object.__new__(cls)
     for name, value in zip(cls.__slots__, values):  # type: ignore[attr-defined]
         object.__setattr__(obj, name, value)
     return obj

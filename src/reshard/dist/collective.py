@@ -43,7 +43,8 @@ def raise_if_failed(outcomes: list[Outcome[Any]]) -> None:
     if not failed:
         return
     classes = {o.error_class for _, o in failed}
-    cls = ERROR_CLASSES.get(classes.pop(), CheckpointError) if len(classes) == 1 else CheckpointError
+    only = classes.pop() if len(classes) == 1 else None
+    cls = ERROR_CLASSES.get(only, CheckpointError) if only else CheckpointError
     messages: list[str] = []
     for rank, o in failed:
         msg = o.error_message or "unknown error"
@@ -144,7 +145,7 @@ class Collective:
             if outcome.error_class is None:
                 parts: list[Outcome[T]] = [Outcome(value=v) for v in outcome.value]  # type: ignore[union-attr]
             else:
-                parts = [outcome] * self.world_size
+                parts = [outcome] * self.world_size  # type: ignore[list-item]
         else:
             parts = None  # type: ignore[assignment]
         mine: Outcome[T] = self.scatter(parts)

@@ -37,7 +37,7 @@ def encode_value(value: object, key: str) -> dict[str, JsonValue]:
     if isinstance(value, (bytes, bytearray, memoryview)):
         return {"type": "bytes", "value": base64.b64encode(bytes(value)).decode("ascii")}
     for name, kind in _EMPTY.items():
-        if type(value) is kind and not value:  # type: ignore[arg-type]
+        if type(value) is kind and not value:
             return {"type": "empty", "value": name}
     raise UnsupportedValueError(
         f"key {key!r}: a value of type {type(value).__module__}.{type(value).__qualname__} "

@@ -107,9 +107,9 @@ def _write_large(
     write = writer.write  # type: ignore[attr-defined]
     if codec.name == "identity":
         # The checksums run on the pool (crc32c releases the GIL) while this thread writes.
-        futures = [pool.submit(crc32c, raw[a:b]) for a, b in spans]
+        crcs = [pool.submit(crc32c, raw[a:b]) for a, b in spans]
         write(raw)
-        return tuple(Frame(nbytes=b - a, crc32c=f.result()) for (a, b), f in zip(spans, futures))
+        return tuple(Frame(nbytes=b - a, crc32c=f.result()) for (a, b), f in zip(spans, crcs))
     # Encoded frames are written in order as they finish; a bounded window of frames in
     # flight keeps memory at a few frames per thread.
     window = max(2, 4 * threads)
