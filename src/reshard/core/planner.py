@@ -12,6 +12,7 @@ from ..format.dtypes import ITEMSIZE
 from ..format.manifest import Chunk, Key, dotted
 from ..format.values import JsonValue
 from .layout import Box, c_strides, element_span, intersect, split_for_span, tiling_problem
+from .nogc import without_gc
 from .pickling import slots_reduce
 
 MAX_REPORTED_PROBLEMS = 20
@@ -66,6 +67,7 @@ class SavePlan:
     tasks: tuple[tuple[WriteTask, ...], ...]
 
 
+@without_gc
 def plan_save(per_rank: list[list[Desc]]) -> SavePlan:
     """Merge every rank's descriptions, check them, and pick one writer per distinct box.
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Union
 
 from ..core.layout import Box, tiling_problem
+from ..core.nogc import without_gc
 from ..core.pickling import slots_reduce
 from ..errors import CheckpointError, CorruptCheckpointError, UnsupportedFormatError
 from .dtypes import ITEMSIZE
@@ -153,6 +154,7 @@ class Manifest:
     def by_dotted(self) -> dict[str, Entry]:
         return {dotted(e.key): e for e in self.entries}
 
+    @without_gc
     def to_json(self) -> bytes:
         files = self.files()
         file_index = {f: i for i, f in enumerate(files)}
@@ -206,6 +208,7 @@ class Manifest:
         return json.dumps(doc, separators=(",", ":"), allow_nan=False).encode("utf-8")
 
     @staticmethod
+    @without_gc
     def from_json(data: bytes, *, source: str = MANIFEST_NAME) -> Manifest:
         """Parse and fully validate a manifest; raises CorruptCheckpointError naming ``source``."""
         try:
