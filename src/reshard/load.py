@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +19,13 @@ from .format.manifest import Entry, Manifest, TensorEntry, dotted
 from .manifest_io import load_manifest
 from .storage import Store, open_store
 from .transfer.read import Target, fill
+
+
+@dataclass(frozen=True, slots=True)
+class _Later:
+    """A replacement value computed only after the tensors are filled."""
+
+    make: Callable[[], Any]
 
 
 @dataclass(slots=True)
@@ -73,7 +80,7 @@ def apply(store: Store, state_dict: dict[str, Any], plan: LoadPlan) -> None:
         fill(store, plan.targets, threads=config.io_threads(),
              max_piece_nbytes=config.max_piece_nbytes())
     for key, value in plan.values:
-        set_path(state_dict, key, value() if callable(value) else value)
+        set_path(state_dict, key, value.make() if isinstance(value, _Later) else value)
 
 
 def plan_load(
@@ -169,7 +176,7 @@ def _match_tensor(
         # torch cannot view negative strides (np.flip, a[::-1]): fill a copy, then write
         # it back into the caller's array in place.
         dest, leaf = leaf, np.empty(leaf.shape, dtype=leaf.dtype)
-        values.append((key, lambda d=dest, s=leaf: _copied_into(d, s)))
+        values.append((key, _Later(lambda d=dest, s=leaf: _copied_into(d, s))))
     shards = shards_of(leaf, key, for_load=True)
     if shards.shape != entry.shape:
         problems.append(f"key {name!r}: the checkpoint holds shape {list(entry.shape)}, "
@@ -178,7 +185,7 @@ def _match_tensor(
     for box, tensor in zip(shards.boxes, shards.tensors):
         targets.append(Target(entry=entry, box=box, tensor=tensor))
     if scalar:
-        values.append((key, lambda a=leaf: a[()]))
+        values.append((key, _Later(lambda a=leaf: a[()])))
 
 
 def _copied_into(dest: np.ndarray[Any, Any], src: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
@@ -190,7 +197,7 @@ def _as_container(tensor: torch.Tensor, container: str) -> Any:
     if container == "torch" or tensor.dtype == torch.bfloat16:
         return tensor
     array = tensor.numpy()
-    return (lambda: array[()]) if container == "numpy_scalar" else array
+    return _Later(lambda: array[()]) if container == "numpy_scalar" else array
 
 
 def _join(items: list[str], sep: str = "; ", limit: int = 20) -> str:
