@@ -11,7 +11,7 @@ from ..errors import LayoutMismatchError
 from ..format.dtypes import ITEMSIZE
 from ..format.manifest import Chunk, Key, dotted
 from ..format.values import JsonValue
-from .layout import Box, c_strides, element_span, intersect, split_for_span, tiling_problem
+from .layout import Box, element_span, intersect, split_for_span, tiling_problem
 from .nogc import without_gc
 from .pickling import slots_reduce
 
@@ -261,14 +261,3 @@ def _flat_pieces(
 def _frames(chunk: Chunk, raw_lo: int, raw_hi: int) -> tuple[int, int]:
     f = chunk.frame_raw_nbytes
     return raw_lo // f, -(-raw_hi // f)
-
-
-def chunk_strides_bytes(chunk: Chunk, itemsize: int) -> tuple[int, ...]:
-    return tuple(s * itemsize for s in c_strides(chunk.box.sizes))
-
-
-def needed_nbytes(pieces: list[ReadPiece], itemsize: int) -> int:
-    return sum(
-        (p.raw_hi - p.raw_lo) if p.flat else math.prod(p.box.sizes) * itemsize for p in pieces
-    )
-
