@@ -1,4 +1,4 @@
-"""Spawn a local gloo world of CPU processes with a hard timeout (demo, tests, bench).
+"""Spawn a local world of CPU processes with a hard timeout (demo, tests, bench).
 
 ``run_world(fn, world_size, *args)`` runs ``fn(rank, world_size, *args)`` in every rank
 (spawn context, file rendezvous). The first rank to fail, or the timeout, kills the
@@ -26,7 +26,7 @@ class WorldError(AssertionError):
 
 def _child(
     fn: Callable[..., Any], rank: int, world_size: int, init_file: str, results: Any,
-    args: tuple[Any, ...],
+    args: tuple[Any, ...], backend: str,
 ) -> None:
     import datetime
 
@@ -35,8 +35,10 @@ def _child(
 
     torch.set_num_threads(1)
     try:
+        if backend == "nccl":
+            torch.cuda.set_device(rank % torch.cuda.device_count())
         dist.init_process_group(
-            "gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size,
+            backend, init_method=f"file://{init_file}", rank=rank, world_size=world_size,
             timeout=datetime.timedelta(seconds=120),
         )
         value = fn(rank, world_size, *args)
@@ -52,15 +54,18 @@ def _child(
 
 
 def run_world(
-    fn: Callable[..., Any], world_size: int, *args: Any, timeout_s: float = DEFAULT_TIMEOUT_S
+    fn: Callable[..., Any], world_size: int, *args: Any, timeout_s: float = DEFAULT_TIMEOUT_S,
+    backend: str = "gloo",
 ) -> list[Any]:
-    """Run ``fn`` on ``world_size`` ranks; return each rank's return value by rank."""
+    """Run ``fn`` on ``world_size`` ranks; return each rank's return value by rank.
+
+    ``backend="nccl"`` puts rank r on GPU ``r % device_count`` (GPU checks only)."""
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
     with tempfile.TemporaryDirectory() as tmp:
         init_file = os.path.join(tmp, "rendezvous")
         procs = [
-            ctx.Process(target=_child, args=(fn, r, world_size, init_file, results, args),
+            ctx.Process(target=_child, args=(fn, r, world_size, init_file, results, args, backend),
                         daemon=True)
             for r in range(world_size)
         ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 from collections import deque
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -55,8 +56,7 @@ def write_data_file(
     pending = bytearray()
     with new_file(store, name) as writer, ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
         offset = 0
-        for item_index, box_index, tensor in shards:
-            raw = tensor_bytes(tensor)
+        for item_index, box_index, raw in _host_bytes(shards, pool):
             spans = [(s, min(s + frame_raw_nbytes, len(raw)))
                      for s in range(0, len(raw), frame_raw_nbytes)]
             if len(raw) <= SMALL_CHUNK_NBYTES:
@@ -78,6 +78,33 @@ def write_data_file(
         if pending:
             writer.write(pending)
     return written
+
+
+def _host_bytes(
+    shards: list[tuple[int, int, torch.Tensor]], pool: ThreadPoolExecutor, ahead: int = 1
+) -> Iterator[tuple[int, int, memoryview]]:
+    """Each shard's bytes in order; a device tensor is copied to host one shard ahead
+    on the pool, so the device-to-host copies overlap the writes (they release the GIL)."""
+    window: deque[tuple[int, int, Future[memoryview] | memoryview]] = deque()
+    for item_index, box_index, tensor in shards:
+        if tensor.device.type == "cpu":
+            if not window:
+                yield item_index, box_index, tensor_bytes(tensor)
+                continue
+            window.append((item_index, box_index, tensor_bytes(tensor)))
+        else:
+            window.append((item_index, box_index, pool.submit(tensor_bytes, tensor)))
+        while len(window) > ahead:
+            yield _resolved(window.popleft())
+    while window:
+        yield _resolved(window.popleft())
+
+
+def _resolved(
+    entry: tuple[int, int, Future[memoryview] | memoryview],
+) -> tuple[int, int, memoryview]:
+    item_index, box_index, raw = entry
+    return item_index, box_index, raw.result() if isinstance(raw, Future) else raw
 
 
 def encode_frame(codec: Codec, data: memoryview) -> tuple[bytes | memoryview, int]:
