@@ -1,0 +1,48 @@
+"""Byte shuffle: regroup the bytes of fixed-size elements into byte planes.
+
+The shuffle filter of HDF5 and blosc. ``n = len(data) // elementsize`` whole elements
+become ``elementsize`` planes of ``n`` bytes each (plane ``k`` holds byte ``k`` of every
+element, in element order), followed by the ``len(data) % elementsize`` trailing bytes
+unchanged. The sign/exponent bytes of floats then sit together in low-entropy planes
+that a compressor squeezes well, while the near-random mantissa planes are stored as
+they are. Pure numpy; both directions copy plane by plane, which numpy runs at several
+GB/s (one strided 2-D transpose copy of bytes ran at ~0.2 GB/s).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+MAX_ELEMENTSIZE = 16
+"""The widest element any dtype of the format has (complex128)."""
+
+
+def shuffle(data: np.ndarray, elementsize: int, out: np.ndarray) -> np.ndarray:
+    """Write the shuffled bytes of ``data`` (uint8, 1-D) into ``out`` (same length)."""
+    n = len(data) // elementsize
+    whole = n * elementsize
+    elements = data[:whole].reshape(n, elementsize)
+    for k in range(elementsize):
+        out[k * n:(k + 1) * n] = elements[:, k]
+    out[whole:] = data[whole:]
+    return out
+
+
+def unshuffle(data: np.ndarray, elementsize: int, out: np.ndarray) -> np.ndarray:
+    """Invert :func:`shuffle`: write the element-ordered bytes of ``data`` into ``out``."""
+    n = len(data) // elementsize
+    whole = n * elementsize
+    elements = out[:whole].reshape(n, elementsize)
+    for k in range(elementsize):
+        elements[:, k] = data[k * n:(k + 1) * n]
+    out[whole:] = data[whole:]
+    return out
+
+
+def plane_bounds(nbytes: int, elementsize: int) -> list[tuple[int, int]]:
+    """Byte ranges of the planes of a shuffled buffer of ``nbytes``, then of its tail."""
+    n = nbytes // elementsize
+    bounds = [(k * n, (k + 1) * n) for k in range(elementsize)]
+    if nbytes > n * elementsize:
+        bounds.append((n * elementsize, nbytes))
+    return bounds
