@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from ..adapters.tensors import torch_dtype
-from ..codecs import crc32c, decode_frame, get_codec
+from ..codecs import crc32c, decode_frame_into, get_codec
 from ..core.layout import Box, c_strides, element_span
 from ..core.planner import ReadPiece, plan_reads
 from ..errors import CheckpointError, CheckpointNotFoundError, CorruptCheckpointError
@@ -280,17 +280,12 @@ def _decode(
         frame = memoryview(stored)[offs[i] - base:offs[i + 1] - base]
         expect = min(chunk.frame_raw_nbytes, chunk.raw_nbytes - i * chunk.frame_raw_nbytes)
         try:
-            decoded = memoryview(decode_frame(codec, frame, expect)).cast("B")
+            # Straight into the scratch buffer; a frame of any other size raises.
+            decode_frame_into(codec, frame, out[pos:pos + expect])
         except Exception as e:  # noqa: BLE001 - user codecs may raise anything
             raise CorruptCheckpointError(
                 f"chunk at offsets {list(chunk.box.offsets)} in {chunk.file}: frame {i} does not "
                 f"decode with codec {chunk.codec.name!r}: {type(e).__name__}: {e}"
             ) from e
-        if len(decoded) != expect:
-            raise CorruptCheckpointError(
-                f"chunk at offsets {list(chunk.box.offsets)} in {chunk.file}: frame {i} "
-                f"decodes to {len(decoded)} bytes, expected {expect}"
-            )
-        out[pos:pos + expect] = np.frombuffer(decoded, dtype=np.uint8)
         pos += expect
     return out
