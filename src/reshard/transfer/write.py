@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 
 from ..adapters.tensors import tensor_bytes
-from ..codecs import Codec, crc32c
+from ..codecs import Codec, bind_codec, crc32c
 from ..core.pickling import slots_reduce
 from ..format.manifest import Frame
 from ..storage.base import Store, new_file
@@ -57,10 +57,12 @@ def write_data_file(
         offset = 0
         for item_index, box_index, tensor in shards:
             raw = tensor_bytes(tensor)
+            # The manifest records codecs.chunk_spec(spec, itemsize) for this chunk.
+            chunk_codec = bind_codec(codec, tensor.element_size())
             spans = [(s, min(s + frame_raw_nbytes, len(raw)))
                      for s in range(0, len(raw), frame_raw_nbytes)]
             if len(raw) <= SMALL_CHUNK_NBYTES:
-                frames = _encode_inline(raw, spans, codec, pending)
+                frames = _encode_inline(raw, spans, chunk_codec, pending)
                 if len(pending) >= COALESCE_NBYTES:
                     writer.write(pending)
                     pending.clear()
@@ -68,7 +70,7 @@ def write_data_file(
                 if pending:
                     writer.write(pending)
                     pending.clear()
-                frames = _write_large(writer, raw, spans, codec, pool, threads)
+                frames = _write_large(writer, raw, spans, chunk_codec, pool, threads)
             nbytes = sum(f.nbytes for f in frames)
             written.append(WrittenChunk(
                 item_index=item_index, box_index=box_index, offset=offset, nbytes=nbytes,
