@@ -122,8 +122,9 @@ class ShuffleZstdCodec:
         for a, b in plane_bounds(len(raw), self.elementsize):
             if a == b:
                 continue
+            if parts:  # end the previous plane's block; the last one ends with the frame
+                parts.append(obj.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK))
             parts.append(obj.compress(planes[a:b]))
-            parts.append(obj.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK))
         parts.append(obj.flush())
         return b"".join(parts)
 
