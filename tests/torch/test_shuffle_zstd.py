@@ -68,7 +68,8 @@ def _frame_of(path: Path, key: str) -> tuple[Path, dict, int]:
     doc = json.loads((path / "manifest.json").read_text())
     entry = next(e for e in doc["entries"] if e["key"] == [key])
     chunk = entry["chunks"][0]
-    return path / doc["files"][chunk["file"]], chunk, doc["codecs"][chunk["codec"]]["configuration"]["elementsize"]
+    config = doc["codecs"][chunk["codec"]]["configuration"]
+    return path / doc["files"][chunk["file"]], chunk, config["elementsize"]
 
 
 def test_flipped_byte_in_a_shuffled_frame_is_caught(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

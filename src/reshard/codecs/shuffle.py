@@ -11,6 +11,8 @@ GB/s (one strided 2-D transpose copy of bytes ran at ~0.2 GB/s).
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 MAX_ELEMENTSIZE = 16
@@ -19,7 +21,7 @@ MAX_ELEMENTSIZE = 16
 
 # Little-endian, as the format's raw bytes are, whatever the host's order. 8-byte
 # elements are faster as strided byte copies.
-_WIDE = {2: np.dtype("<u2"), 4: np.dtype("<u4")}
+_WIDE: dict[int, np.dtype[np.unsignedinteger[Any]]] = {2: np.dtype("<u2"), 4: np.dtype("<u4")}
 
 
 def shuffle(data: np.ndarray, elementsize: int, out: np.ndarray) -> np.ndarray:

@@ -118,7 +118,7 @@ class ShuffleZstdCodec:
         # One zstd block (or more) per plane: a block mixing a random mantissa plane with
         # an exponent plane is Huffman-coded as a whole, and compresses worse and slower.
         obj = _compressor(SHUFFLE_ZSTD, self.level).compressobj(size=len(raw))
-        parts = []
+        parts: list[bytes] = []
         for a, b in plane_bounds(len(raw), self.elementsize):
             if a == b:
                 continue
@@ -215,7 +215,7 @@ def _decompress_into(data: memoryview, out: np.ndarray) -> np.ndarray:
     size = _content_size(data, len(out))
     if size != len(out):
         raise ValueError(f"zstd frame declares {size} bytes, expected {len(out)}")
-    view = memoryview(out).cast("B")
+    view = out.data.cast("B")
     done = 0
     try:
         with _decompressor().stream_reader(data) as reader:
@@ -260,8 +260,14 @@ def _decompressor() -> Any:
     return _local.decompressor
 
 
+_SCRATCH_MAX_NBYTES = 16 << 20
+
+
 def _scratch(nbytes: int) -> np.ndarray:
-    """This thread's buffer for shuffled bytes (fresh memory page-faults on every frame)."""
+    """This thread's buffer for shuffled bytes (fresh memory page-faults on every frame);
+    frames above 16 MiB (a raised RESHARD_FRAME_RAW_NBYTES) get a buffer of their own."""
+    if nbytes > _SCRATCH_MAX_NBYTES:
+        return np.empty(nbytes, dtype=np.uint8)
     buf = getattr(_local, "shuffled", None)
     if buf is None or len(buf) < nbytes:
         buf = _local.shuffled = np.empty(nbytes, dtype=np.uint8)
