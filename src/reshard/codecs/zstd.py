@@ -177,7 +177,10 @@ def codec_from_spec(spec: CodecSpec) -> ZstdCodec | ShuffleZstdCodec:
 
 
 def _all_zero(data: np.ndarray) -> bool:
-    """Whether every byte is zero (a max over 8-byte words: ~30 GB/s)."""
+    """Whether every byte is zero (a max over 8-byte words: ~30 GB/s in cache; the first
+    bytes alone settle it for most frames that are not, without reading the rest)."""
+    if data[:64].any():
+        return False
     whole = len(data) // 8 * 8
     return (whole == 0 or not data[:whole].view(np.uint64).max()) and not data[whole:].any()
 
