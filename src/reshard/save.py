@@ -14,10 +14,11 @@ import torch
 
 from . import __version__, config
 from .adapters.tensors import describe, flatten
-from .codecs import Codec, resolve_codec
+from .codecs import Codec, chunk_spec, resolve_codec
 from .core.planner import Desc, SavePlan, TensorDesc, ValueDesc, WriteTask, plan_save
 from .dist.collective import Collective, Outcome, raise_if_failed
 from .errors import CheckpointError, CheckpointNotFoundError, StorageError
+from .format.dtypes import ITEMSIZE
 from .format.manifest import (
     DATA_DIR,
     MANIFEST_NAME,
@@ -228,7 +229,7 @@ def _manifest(
             assert isinstance(desc, TensorDesc)
             chunks_by_key.setdefault(desc.key, []).append(Chunk(
                 box=desc.boxes[w.box_index], file=file_name, offset=w.offset, nbytes=w.nbytes,
-                raw_nbytes=w.raw_nbytes, codec=codec_spec,
+                raw_nbytes=w.raw_nbytes, codec=chunk_spec(codec_spec, ITEMSIZE[desc.dtype]),
                 frame_raw_nbytes=w.frame_raw_nbytes, frames=w.frames,
             ))
     entries: list[Entry] = []

@@ -14,6 +14,7 @@ import zstandard
 
 import reshard
 import torch
+from reshard.format.manifest import TensorEntry
 from reshard.codecs import crc32c
 from reshard.codecs import registry as codec_registry
 
@@ -79,12 +80,25 @@ def test_hostile_but_checksummed_zstd_frames(tmp_path: Path, case: str) -> None:
 def test_zstd_levels(tmp_path: Path) -> None:
     """Levels via ZstdCodec(level=N) and 'zstd:N' are recorded and load exactly."""
     sizes = {}
-    for level, arg in [(1, reshard.ZstdCodec(level=1)), (19, "zstd:19"), (-5, "zstd:-5"), (3, "zstd")]:
+    cases = [(1, reshard.ZstdCodec(level=1)), (19, "zstd:19"), (-5, "zstd:-5"), (3, "zstd"),
+             (4, reshard.ZstdCodec(level=4, shuffle=False))]
+    for level, arg in cases:
         reshard.save(make_state(level % 7), tmp_path, codec=arg)
         assert load_version(tmp_path) == level % 7
         with reshard.open(tmp_path) as ck:
-            (spec,) = {c.codec for e in ck.manifest.entries for c in getattr(e, "chunks", ())}
-        assert spec.name == "zstd" and dict(spec.configuration) == {"level": level}
+            specs = {(dict(e.chunks[0].codec.configuration).get("elementsize", 1), e.chunks[0].codec)
+                     for e in ck.manifest.entries if isinstance(e, TensorEntry)}
+        # Shuffled by the element size (int64 8, float32 4, bf16/int16 2); bool (1 byte)
+        # and ZstdCodec(shuffle=False) store plain zstd frames.
+        shuffled = not isinstance(arg, reshard.ZstdCodec) or arg.shuffle
+        for size, spec in specs:
+            config = dict(spec.configuration)
+            assert config.pop("level") == level
+            if shuffled and size > 1:
+                assert spec.name == "shuffle-zstd" and config == {"elementsize": size}
+            else:
+                assert spec.name == "zstd" and config == {}
+        assert {size for size, _ in specs} == ({1, 2, 4, 8} if shuffled else {1})
         sizes[level] = sum(os.path.getsize(f) for f in data_files(tmp_path))
         assert leftovers(tmp_path) == []
     for bad in ("zstd:x", "zstd:23", "zstd:", "zstd:1.5"):
@@ -93,7 +107,7 @@ def test_zstd_levels(tmp_path: Path) -> None:
     for bad_level in (23, -(2**17) - 1, True, 2.0):
         with pytest.raises(reshard.CheckpointError, match="level"):
             reshard.ZstdCodec(level=bad_level)  # type: ignore[arg-type]
-    assert load_version(tmp_path) == 3  # the failed saves left the last good one
+    assert load_version(tmp_path) == 4  # the failed saves left the last good one
 
 
 def test_unknown_codec_names_the_codec_and_the_fix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

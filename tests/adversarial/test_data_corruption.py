@@ -207,7 +207,7 @@ def test_every_byte_of_a_small_checkpoint(tmp_path: Path, codec: str) -> None:
     reshard.save(state, tmp_path, codec=CODECS[codec])
     (file,) = data_files(tmp_path)
     size = os.path.getsize(file)
-    assert size > 300
+    assert size > 200  # a real payload to flip (the shuffled zstd frames take ~250 bytes)
     silent = []
     for pos in range(size):
         _flip(file, pos, (pos * 5) % 8)

@@ -4,19 +4,25 @@ from .checksum import crc32c
 from .registry import (
     Codec,
     IdentityCodec,
-    ZstdCodec,
+    bind_codec,
     decode_frame,
+    decode_frame_into,
     get_codec,
     register_codec,
     resolve_codec,
 )
+from .zstd import ShuffleZstdCodec, ZstdCodec, chunk_spec
 
 __all__ = [
     "Codec",
     "IdentityCodec",
+    "ShuffleZstdCodec",
     "ZstdCodec",
+    "bind_codec",
+    "chunk_spec",
     "crc32c",
     "decode_frame",
+    "decode_frame_into",
     "get_codec",
     "register_codec",
     "resolve_codec",

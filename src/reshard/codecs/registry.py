@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
+
+import numpy as np
 
 from ..errors import CheckpointError, UnknownCodecError
 from ..format.manifest import IDENTITY, CodecSpec
+from .zstd import SHUFFLE_ZSTD, ShuffleZstdCodec, ZstdCodec, codec_from_spec
 
 
 @runtime_checkable
@@ -35,75 +37,9 @@ class IdentityCodec:
         return data
 
 
-ZSTD_MIN_LEVEL = -(1 << 17)
-ZSTD_MAX_LEVEL = 22
-
-
-@dataclass(frozen=True, slots=True)
-class ZstdCodec:
-    """Zstandard compression of each frame (``zstandard`` package).
-
-    ``level`` trades save time for size, as in the ``zstd`` tool: 1-3 are fast (3 is the
-    default and usually the best choice for checkpoints, whose float payloads compress
-    modestly), 4-9 are slower with small gains, 10-19 are much slower, 20-22 ("ultra")
-    need lots of memory. Negative levels (down to -131072) are faster than 1 and compress
-    less. Pass ``save(..., codec=ZstdCodec(level=9))`` or ``codec="zstd:9"``. Frames are
-    compressed in parallel on the I/O threads (zstandard releases the GIL); each frame is
-    an independent zstd frame that records its content size, so a partial load decodes
-    only the frames it needs, and decoding never allocates more than a frame's raw size.
-    The level is recorded in the manifest but is not needed to decode.
-    """
-
-    level: int = 3
-    name: str = "zstd"
-
-    def __post_init__(self) -> None:
-        level = self.level
-        if isinstance(level, bool) or not isinstance(level, int):
-            raise CheckpointError(f"ZstdCodec: level must be an int, got {level!r}")
-        if not ZSTD_MIN_LEVEL <= level <= ZSTD_MAX_LEVEL:
-            raise CheckpointError(
-                f"ZstdCodec: level {level} is out of range [{ZSTD_MIN_LEVEL}, {ZSTD_MAX_LEVEL}]"
-            )
-
-    def encode(self, data: memoryview) -> bytes:
-        return bytes(_zstd_compressor(self.level).compress(data))
-
-    def decode(self, data: memoryview, max_nbytes: int = 1 << 30) -> bytes:
-        import zstandard
-
-        try:
-            size = zstandard.frame_content_size(data)
-            if size < 0 or size > max_nbytes:
-                raise ValueError(f"zstd frame declares {size} bytes, at most {max_nbytes} allowed")
-            return bytes(_zstd_decompressor().decompress(data, max_output_size=max_nbytes))
-        except zstandard.ZstdError as e:
-            raise ValueError(f"zstd frame does not decode: {e}") from e
-
-
-_local = threading.local()
-
-
-def _zstd_compressor(level: int) -> Any:
-    import zstandard
-
-    cache = _local.__dict__.setdefault("compressors", {})
-    if level not in cache:
-        cache[level] = zstandard.ZstdCompressor(level=level, write_content_size=True)
-    return cache[level]
-
-
-def _zstd_decompressor() -> Any:
-    import zstandard
-
-    if not hasattr(_local, "decompressor"):
-        _local.decompressor = zstandard.ZstdDecompressor()
-    return _local.decompressor
-
-
 _user_codecs: dict[str, Codec] = {}
 _DCP_CODEC = "dcp-torch-save"
-_BUILTIN = ("identity", "zstd", _DCP_CODEC)
+_BUILTIN = ("identity", "zstd", SHUFFLE_ZSTD, _DCP_CODEC)
 
 
 def register_codec(codec: Codec) -> None:
@@ -127,12 +63,14 @@ def resolve_codec(codec: None | str | Codec) -> tuple[Codec, CodecSpec]:
     if codec is None or codec == "identity":
         return IdentityCodec(), IDENTITY
     if codec == "zstd":
-        return ZstdCodec(), CodecSpec(name="zstd", configuration=(("level", 3),))
+        return ZstdCodec(), ZstdCodec().spec()
     if isinstance(codec, str) and codec.startswith("zstd:"):
-        level = _zstd_level(codec)
-        return ZstdCodec(level=level), CodecSpec(name="zstd", configuration=(("level", level),))
+        zstd = ZstdCodec(level=_zstd_level(codec))
+        return zstd, zstd.spec()
     if isinstance(codec, ZstdCodec):
-        return codec, CodecSpec(name="zstd", configuration=(("level", codec.level),))
+        return codec, codec.spec()
+    if isinstance(codec, ShuffleZstdCodec):
+        return codec, codec.spec()
     if isinstance(codec, str):
         if codec not in _user_codecs:
             raise UnknownCodecError(_unknown(codec))
@@ -156,8 +94,8 @@ def get_codec(spec: CodecSpec) -> Codec:
     """The codec that decodes chunks recorded with ``spec``."""
     if spec.name == "identity":
         return IdentityCodec()
-    if spec.name == "zstd":
-        return ZstdCodec()
+    if spec.name in ("zstd", SHUFFLE_ZSTD):
+        return codec_from_spec(spec)
     if spec.name in _user_codecs:
         return _user_codecs[spec.name]
     if spec.name == _DCP_CODEC:
@@ -178,6 +116,29 @@ def _unknown(name: str) -> str:
 
 def decode_frame(codec: Codec, data: memoryview, raw_nbytes: int) -> bytes | bytearray | memoryview:
     """Decode one frame expected to hold ``raw_nbytes``; built-ins never allocate more."""
-    if isinstance(codec, ZstdCodec):
+    if isinstance(codec, (ZstdCodec, ShuffleZstdCodec)):
         return codec.decode(data, max_nbytes=raw_nbytes)
     return codec.decode(data)
+
+
+def decode_frame_into(codec: Codec, data: memoryview, out: np.ndarray) -> None:
+    """Decode one frame into ``out`` (uint8), which it must fill exactly.
+
+    Built-in codecs decode straight into ``out`` and never allocate more than its size;
+    a frame that decodes to another size raises ``ValueError``.
+    """
+    if isinstance(codec, (ZstdCodec, ShuffleZstdCodec)):
+        codec.decode_into(data, out)
+        return
+    decoded = memoryview(codec.decode(data)).cast("B")
+    if len(decoded) != len(out):
+        raise ValueError(f"frame decodes to {len(decoded)} bytes, expected {len(out)}")
+    out[:] = np.frombuffer(decoded, dtype=np.uint8)
+
+
+def bind_codec(codec: Codec, itemsize: int) -> Codec:
+    """The codec that encodes the frames of one chunk of ``itemsize``-byte elements
+    (``ZstdCodec`` shuffles by the element size); its record is :func:`chunk_spec`."""
+    if isinstance(codec, ZstdCodec):
+        return codec.for_itemsize(itemsize)
+    return codec

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import __version__, config
-from ..codecs import resolve_codec
+from ..codecs import bind_codec, chunk_spec, resolve_codec
 from ..core.layout import Box
 from ..errors import CheckpointError, StorageError, UnsupportedValueError
 from ..format.manifest import (
@@ -212,6 +212,8 @@ def _write_tensor(
 ) -> TensorEntry:
     """Copy every chunk of ``e`` (same boxes) piece by piece into the framer."""
     chunks = []
+    # As in save: the codec and its record for elements of this entry's size.
+    framer.codec, spec = bind_codec(framer.base_codec, e.itemsize), chunk_spec(spec, e.itemsize)
     for c in e.chunks:
         start = framer.offset
         for box in st.pieces(e.shape, c.box, source.piece_nbytes(e) // e.itemsize):
@@ -232,6 +234,7 @@ class _Framer:
 
     def __init__(self, writer: Any, codec: Any, frame_raw_nbytes: int) -> None:
         self.writer, self.codec, self.frame = writer, codec, frame_raw_nbytes
+        self.base_codec = codec  # the save-wide codec; self.codec is bound per entry
         self.buf = bytearray()
         self.frames: list[Frame] = []
         self.offset = 0

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from ..adapters.tensors import torch_dtype
-from ..codecs import crc32c, decode_frame, get_codec
+from ..codecs import crc32c, decode_frame_into, get_codec
 from ..core.layout import Box, c_strides, element_span
 from ..core.planner import ReadPiece, plan_reads
 from ..errors import CheckpointError, CheckpointNotFoundError, CorruptCheckpointError
@@ -213,6 +213,15 @@ def _read_piece(
     stored = _scratch(0, stored_hi - stored_lo)
     store.read_into(chunk.file, stored_lo, memoryview(stored))
     _verify(chunk, piece.frame_lo, piece.frame_hi, memoryview(stored), offs, stored_lo)
+    if (
+        piece.flat and chunk.codec.name != "identity" and dest.dtype == src_dtype
+        and piece.raw_lo == raw_base and piece.raw_hi == raw_end
+    ):
+        # Whole frames of a contiguous run: decode straight into the destination.
+        n = (piece.raw_hi - piece.raw_lo) // itemsize
+        region = _flat(dest)[piece.dest_elem:piece.dest_elem + n]
+        _decode(chunk, piece, stored, offs, raw_end - raw_base, out=_bytes_array(region))
+        return
     raw = stored if chunk.codec.name == "identity" else _decode(chunk, piece, stored, offs, raw_end - raw_base)
     # A frame need not hold whole elements (frame_raw_nbytes is any positive int), so
     # cut the bytes at the piece's own element-aligned raw offsets before viewing them.
@@ -249,6 +258,11 @@ def _flat(t: torch.Tensor) -> torch.Tensor:
     return t.reshape(-1)
 
 
+def _bytes_array(t: torch.Tensor) -> np.ndarray:
+    """The bytes of a contiguous CPU tensor as a writable uint8 array (no copy)."""
+    return t.view(torch.uint8).numpy()
+
+
 def _bytes_of(t: torch.Tensor) -> memoryview:
     if t.dtype == torch.bool:
         t = t.view(torch.uint8)
@@ -271,26 +285,23 @@ def _verify(
 
 
 def _decode(
-    chunk: Chunk, piece: ReadPiece, stored: np.ndarray, offs: list[int], raw_len: int
+    chunk: Chunk, piece: ReadPiece, stored: np.ndarray, offs: list[int], raw_len: int,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
+    """Decode the piece's frames into ``out`` (``raw_len`` bytes; default a scratch buffer)."""
     codec = get_codec(chunk.codec)
-    out = _scratch(1, raw_len)
+    out = _scratch(1, raw_len) if out is None else out
     base, pos = offs[piece.frame_lo], 0
     for i in range(piece.frame_lo, piece.frame_hi):
         frame = memoryview(stored)[offs[i] - base:offs[i + 1] - base]
         expect = min(chunk.frame_raw_nbytes, chunk.raw_nbytes - i * chunk.frame_raw_nbytes)
         try:
-            decoded = memoryview(decode_frame(codec, frame, expect)).cast("B")
+            # Straight into the scratch buffer; a frame of any other size raises.
+            decode_frame_into(codec, frame, out[pos:pos + expect])
         except Exception as e:  # noqa: BLE001 - user codecs may raise anything
             raise CorruptCheckpointError(
                 f"chunk at offsets {list(chunk.box.offsets)} in {chunk.file}: frame {i} does not "
                 f"decode with codec {chunk.codec.name!r}: {type(e).__name__}: {e}"
             ) from e
-        if len(decoded) != expect:
-            raise CorruptCheckpointError(
-                f"chunk at offsets {list(chunk.box.offsets)} in {chunk.file}: frame {i} "
-                f"decodes to {len(decoded)} bytes, expected {expect}"
-            )
-        out[pos:pos + expect] = np.frombuffer(decoded, dtype=np.uint8)
         pos += expect
     return out

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from ..adapters.tensors import tensor_bytes
-from ..codecs import Codec, crc32c
+from ..codecs import Codec, bind_codec, crc32c
 from ..core.pickling import slots_reduce
 from ..format.manifest import Frame
 from ..storage.base import Store, new_file
@@ -56,11 +56,13 @@ def write_data_file(
     pending = bytearray()
     with new_file(store, name) as writer, ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
         offset = 0
-        for item_index, box_index, raw in _host_bytes(shards, pool):
+        for item_index, box_index, tensor, raw in _host_bytes(shards, pool):
+            # The manifest records codecs.chunk_spec(spec, itemsize) for this chunk.
+            chunk_codec = bind_codec(codec, tensor.element_size())
             spans = [(s, min(s + frame_raw_nbytes, len(raw)))
                      for s in range(0, len(raw), frame_raw_nbytes)]
             if len(raw) <= SMALL_CHUNK_NBYTES:
-                frames = _encode_inline(raw, spans, codec, pending)
+                frames = _encode_inline(raw, spans, chunk_codec, pending)
                 if len(pending) >= COALESCE_NBYTES:
                     writer.write(pending)
                     pending.clear()
@@ -68,7 +70,7 @@ def write_data_file(
                 if pending:
                     writer.write(pending)
                     pending.clear()
-                frames = _write_large(writer, raw, spans, codec, pool, threads)
+                frames = _write_large(writer, raw, spans, chunk_codec, pool, threads)
             nbytes = sum(f.nbytes for f in frames)
             written.append(WrittenChunk(
                 item_index=item_index, box_index=box_index, offset=offset, nbytes=nbytes,
@@ -82,18 +84,18 @@ def write_data_file(
 
 def _host_bytes(
     shards: list[tuple[int, int, torch.Tensor]], pool: ThreadPoolExecutor, ahead: int = 1
-) -> Iterator[tuple[int, int, memoryview]]:
-    """Each shard's bytes in order; a device tensor is copied to host one shard ahead
-    on the pool, so the device-to-host copies overlap the writes (they release the GIL)."""
-    window: deque[tuple[int, int, Future[memoryview] | memoryview]] = deque()
+) -> Iterator[tuple[int, int, torch.Tensor, memoryview]]:
+    """Each shard with its bytes, in order; a device tensor is copied to host one shard
+    ahead on the pool, so the device-to-host copies overlap the writes (they release the GIL)."""
+    window: deque[tuple[int, int, torch.Tensor, Future[memoryview] | memoryview]] = deque()
     for item_index, box_index, tensor in shards:
         if tensor.device.type == "cpu":
             if not window:
-                yield item_index, box_index, tensor_bytes(tensor)
+                yield item_index, box_index, tensor, tensor_bytes(tensor)
                 continue
-            window.append((item_index, box_index, tensor_bytes(tensor)))
+            window.append((item_index, box_index, tensor, tensor_bytes(tensor)))
         else:
-            window.append((item_index, box_index, pool.submit(tensor_bytes, tensor)))
+            window.append((item_index, box_index, tensor, pool.submit(tensor_bytes, tensor)))
         while len(window) > ahead:
             yield _resolved(window.popleft())
     while window:
@@ -101,10 +103,10 @@ def _host_bytes(
 
 
 def _resolved(
-    entry: tuple[int, int, Future[memoryview] | memoryview],
-) -> tuple[int, int, memoryview]:
-    item_index, box_index, raw = entry
-    return item_index, box_index, raw.result() if isinstance(raw, Future) else raw
+    entry: tuple[int, int, torch.Tensor, Future[memoryview] | memoryview],
+) -> tuple[int, int, torch.Tensor, memoryview]:
+    item_index, box_index, tensor, raw = entry
+    return item_index, box_index, tensor, raw.result() if isinstance(raw, Future) else raw
 
 
 def encode_frame(codec: Codec, data: memoryview) -> tuple[bytes | memoryview, int]:

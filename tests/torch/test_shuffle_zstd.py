@@ -1,0 +1,137 @@
+"""codec="zstd" end to end: every dtype, frames that split elements, partial reads,
+the direct-to-destination decode, strided cuts, and damaged or hostile frames."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import zstandard
+
+import reshard
+from reshard.codecs import crc32c
+
+
+def _state() -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(7)
+    f = torch.randn(61, 37, generator=g)
+    return {
+        "f32": f, "bf16": (f * 0.02).to(torch.bfloat16), "f16": f.to(torch.float16),
+        "f64": f.to(torch.float64), "i64": torch.arange(61 * 37).reshape(61, 37) * 3 - 999,
+        "i16": torch.arange(2257, dtype=torch.int16), "i8": (torch.arange(999) % 251 - 125).to(torch.int8),
+        "u8": (torch.arange(1001) % 256).to(torch.uint8), "bool": torch.arange(777) % 3 == 0,
+        "c64": torch.complex(f, -f), "c128": torch.complex(f, f * 2).to(torch.complex128),
+        "zeros": torch.zeros(3000), "scalar": torch.tensor(2.5),
+    }
+
+
+@pytest.mark.parametrize("frame", ["45", "4096", str(256 << 10)])
+def test_every_dtype_round_trips_and_reads_partially(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     frame: str) -> None:
+    # 45-byte frames are a multiple of no itemsize > 1: frames start and end inside elements.
+    monkeypatch.setenv("RESHARD_FRAME_RAW_NBYTES", frame)
+    sd = _state()
+    reshard.save(sd, tmp_path, codec="zstd")
+    out = {k: torch.full_like(v, 0) for k, v in sd.items()}
+    reshard.load(out, tmp_path)
+    for k, v in sd.items():
+        assert out[k].dtype == v.dtype and torch.equal(out[k], v), k
+    doc = json.loads((tmp_path / "manifest.json").read_text())
+    with reshard.open(tmp_path) as ck:
+        for k, v in sd.items():
+            (chunk,) = ck.info(k).chunks
+            assert chunk.codec == ("shuffle-zstd" if v.element_size() > 1 else "zstd"), k
+            if v.dim() == 2:
+                assert torch.equal(ck.read(k, (slice(7, 9), slice(3, 30))), v[7:9, 3:30]), k
+                assert torch.equal(ck.read(k, (slice(None), slice(5, 6))), v[:, 5:6]), k
+            elif v.dim() == 1:
+                assert torch.equal(ck.read(k, (slice(101, 333),)), v[101:333]), k
+    shuffled = [c for c in doc["codecs"] if c["name"] == "shuffle-zstd"]
+    assert sorted(c["configuration"]["elementsize"] for c in shuffled) == [2, 4, 8, 16]
+
+
+def test_loads_into_non_contiguous_and_other_dtype_destinations(tmp_path: Path) -> None:
+    """Paths that cannot decode straight into the destination still land exactly."""
+    sd = _state()
+    reshard.save(sd, tmp_path, codec="zstd")
+    base = torch.zeros(37, 61)
+    out = {"f32": base.t(), "bf16": torch.zeros(61, 37, dtype=torch.float32)}
+    reshard.load(out, tmp_path, strict=False)
+    assert torch.equal(base.t(), sd["f32"])
+    assert torch.equal(out["bf16"], sd["bf16"].float())
+
+
+def _frame_of(path: Path, key: str) -> tuple[Path, dict, int]:
+    doc = json.loads((path / "manifest.json").read_text())
+    entry = next(e for e in doc["entries"] if e["key"] == [key])
+    chunk = entry["chunks"][0]
+    config = doc["codecs"][chunk["codec"]]["configuration"]
+    return path / doc["files"][chunk["file"]], chunk, config["elementsize"]
+
+
+def test_flipped_byte_in_a_shuffled_frame_is_caught(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RESHARD_FRAME_RAW_NBYTES", "4096")
+    sd = {"w": torch.randn(64, 64)}
+    reshard.save(sd, tmp_path, codec="zstd")
+    file, chunk, _ = _frame_of(tmp_path, "w")
+    data = bytearray(file.read_bytes())
+    data[chunk["offset"] + chunk["frames"][0][0] + 5] ^= 0x10  # inside frame 1
+    file.write_bytes(bytes(data))
+    with pytest.raises(reshard.CorruptCheckpointError, match="'w'.*frame 1.*CRC-32C"):
+        reshard.load({"w": torch.zeros(64, 64)}, tmp_path)
+    assert not reshard.verify(tmp_path).ok
+
+
+def _rewrite_frame(path: Path, frame: bytes) -> None:
+    """Replace the one frame of entry 'w' with ``frame`` and give it a matching CRC."""
+    file, chunk, _ = _frame_of(path, "w")
+    file.write_bytes(frame)
+    doc = json.loads((path / "manifest.json").read_text())
+    doc.pop("manifest_crc32", None)
+    c = doc["entries"][0]["chunks"][0]
+    c.update(offset=0, nbytes=len(frame), frames=[[len(frame), crc32c(frame)]])
+    (path / "manifest.json").write_text(json.dumps(doc))
+
+
+@pytest.mark.parametrize("case", ["short", "long", "huge", "no size", "garbage"])
+def test_hostile_checksummed_shuffled_frames_are_refused(tmp_path: Path, case: str) -> None:
+    w = torch.arange(256, dtype=torch.float32)  # 1 KiB: one frame
+    reshard.save({"w": w}, tmp_path, codec="zstd")
+    raw = w.numpy().tobytes()
+    frame = {
+        "short": zstandard.ZstdCompressor().compress(raw[:-4]),
+        "long": zstandard.ZstdCompressor().compress(raw + raw),
+        "huge": zstandard.ZstdCompressor().compress(bytes(4 << 20)),
+        "no size": zstandard.ZstdCompressor(write_content_size=False).compress(raw),
+        "garbage": raw,
+    }[case]
+    _rewrite_frame(tmp_path, frame)
+    with pytest.raises(reshard.CorruptCheckpointError, match="'w'.*frame 0"):
+        reshard.load({"w": torch.zeros(256)}, tmp_path)
+    with reshard.open(tmp_path) as ck, pytest.raises(reshard.CorruptCheckpointError):
+        ck.read("w", (slice(3, 5),))
+    assert not reshard.verify(tmp_path).ok
+
+
+def test_a_frame_from_another_zstd_writer_loads(tmp_path: Path) -> None:
+    """The format is zstd of the shuffled bytes, whatever encoder wrote the frame."""
+    w = torch.randn(256)
+    reshard.save({"w": w}, tmp_path, codec="zstd")
+    planes = w.numpy().view(np.uint8).reshape(256, 4).T.tobytes()
+    _rewrite_frame(tmp_path, zstandard.ZstdCompressor(level=19).compress(planes))
+    out = {"w": torch.zeros(256)}
+    reshard.load(out, tmp_path)
+    assert torch.equal(out["w"], w)
+
+
+def test_plain_zstd_stays_available_and_readable_by_name(tmp_path: Path) -> None:
+    sd = _state()
+    reshard.save(sd, tmp_path, codec=reshard.ZstdCodec(level=1, shuffle=False))
+    doc = json.loads((tmp_path / "manifest.json").read_text())
+    assert {c["name"] for c in doc["codecs"]} == {"zstd"}
+    out = {k: torch.full_like(v, 0) for k, v in sd.items()}
+    reshard.load(out, tmp_path)
+    assert all(torch.equal(out[k], v) for k, v in sd.items())
