@@ -117,6 +117,16 @@ class Collective:
         self._dist.scatter_object_list(out, objs, src=self._global(0), group=self._group)
         return out[0]  # type: ignore[no-any-return]
 
+    def all_to_all_bytes(
+        self, recv: Any, send: Any, *, recv_counts: list[int], send_counts: list[int]
+    ) -> None:
+        """Send ``send_counts[r]`` bytes of the uint8 tensor ``send`` (in rank order) to
+        rank ``r``; receive ``recv_counts[r]`` bytes from rank ``r`` into ``recv``."""
+        if self._dist is None:
+            recv.copy_(send)
+            return
+        self._dist.all_to_all_single(recv, send, recv_counts, send_counts, group=self._group)
+
     # Agreed steps: every rank returns, or every rank raises the same error.
 
     def agree_all(self, fn: Callable[[], T]) -> list[T]:
