@@ -57,8 +57,9 @@ def exchange_min_nbytes() -> int:
 
 
 def exchange_round_nbytes() -> int:
-    """Bytes each rank reads per exchange round; bounds the send and receive buffers."""
-    return _int_env("RESHARD_EXCHANGE_ROUND_NBYTES", 32 * 1024 * 1024)
+    """Bytes each rank reads per exchange round. Two rounds are in flight (one read
+    while the other is swapped): about 2 x this in send and in receive buffers."""
+    return _int_env("RESHARD_EXCHANGE_ROUND_NBYTES", 16 * 1024 * 1024)
 
 
 def _float_env(name: str, default: float) -> float:

@@ -104,44 +104,62 @@ def run(
         elif any(p.rank == me for p in tr.parts):
             incoming[tr.round][tr.reader].append(tr)
     dests: dict[int, np.ndarray] = {}
-    bufs: list[torch.Tensor] = [torch.empty(0, dtype=torch.uint8)] * 2
+    bufs: list[torch.Tensor] = [torch.empty(0, dtype=torch.uint8)] * 4
     pool = ThreadPoolExecutor(max_workers=threads) if threads > 1 else None
+    # Round r's swap runs while round r + 1 is read; its status is checked only after
+    # that, at the same point of the collective sequence on every rank.
+    pending: _Swap | None = None
     try:
-        for rnd in range(xplan.rounds):
-            send_counts = _counts(mine[rnd], me, world, lambda p: p.rank != me, lambda p: p.rank)
-            starts = [sum(send_counts[:r]) + 1 for r in range(world)]
-            send = _buffer(bufs, 0, sum(send_counts))
-            for r in range(world):
-                if send_counts[r]:
-                    send[starts[r] - 1] = 0
-            if outcome.error_class is None:
-                outcome = run_local(lambda: _read_round(
-                    store, targets, mine[rnd], send.numpy(), starts, me, pool, sizes, dests), me)
-            if outcome.error_class is not None:
+        for rnd in range(xplan.rounds + 1):
+            current = None
+            if rnd < xplan.rounds:
+                send_counts = _counts(mine[rnd], me, world, lambda p: p.rank != me, lambda p: p.rank)
+                starts = [sum(send_counts[:r]) + 1 for r in range(world)]
+                send = _buffer(bufs, 2 * (rnd % 2), sum(send_counts))
+                if outcome.error_class is None:
+                    outcome = run_local(lambda: _read_round(
+                        store, targets, mine[rnd], send.numpy(), starts, me, pool, sizes, dests), me)
+                failed = outcome.error_class is not None
                 for r in range(world):
                     if send_counts[r]:
-                        send[starts[r] - 1] = 1
-            recv_counts = [0 if q == me else 1 + sum(
-                tr.part_nbytes(p) for tr in incoming[rnd][q] for p in tr.parts if p.rank == me)
-                for q in range(world)]
-            recv = _buffer(bufs, 1, sum(recv_counts))
-            # Every pair swaps at least a status byte: 1 says the sender's reads failed.
-            coll.all_to_all_bytes(recv, send, recv_counts=recv_counts, send_counts=send_counts)
-            heads = [sum(recv_counts[:q]) for q in range(world) if q != me]
-            if outcome.error_class is not None or any(int(recv[h]) for h in heads):
-                # Every rank saw the failure: all take this step, and raise the same error
-                # naming key and file, instead of waiting for bytes that will not come.
-                raise_if_failed(coll.all_gather(outcome))
-            _unpack(targets, incoming[rnd], recv.numpy(), recv_counts, me, dests)
+                        send[starts[r] - 1] = int(failed)  # the status byte each peer checks
+                recv_counts = [0 if q == me else 1 + sum(
+                    tr.part_nbytes(p) for tr in incoming[rnd][q] for p in tr.parts if p.rank == me)
+                    for q in range(world)]
+                recv = _buffer(bufs, 2 * (rnd % 2) + 1, sum(recv_counts))
+                wait = coll.all_to_all_bytes(recv, send, recv_counts=recv_counts, send_counts=send_counts)
+                current = _Swap(rnd, wait, recv, recv_counts, failed)
+            if pending is not None:
+                pending.wait()
+                heads = [sum(pending.recv_counts[:q]) for q in range(world) if q != me]
+                if pending.failed or any(int(pending.recv[h]) for h in heads):
+                    # Every rank saw the failure here: all drain the swap in flight and
+                    # raise the same error naming key and file, instead of waiting for
+                    # bytes that will not come.
+                    if current is not None:
+                        current.wait()
+                    raise_if_failed(coll.all_gather(outcome))
+                _unpack(targets, incoming[pending.round], pending.recv.numpy(), pending.recv_counts,
+                        me, dests)
+            pending = current
     finally:
         if pool is not None:
             pool.shutdown()
         _drop_scratch()
 
 
+@dataclass(slots=True)
+class _Swap:
+    round: int
+    wait: Callable[[], None]
+    recv: torch.Tensor
+    recv_counts: list[int]
+    failed: bool
+
+
 def _buffer(bufs: list[torch.Tensor], slot: int, nbytes: int) -> torch.Tensor:
-    """A send (0) or receive (1) buffer reused across rounds: fresh memory per round
-    page-faulted every byte again."""
+    """Send (even slots) and receive (odd) buffers of two rounds, reused: fresh memory
+    per round page-faulted every byte again."""
     if bufs[slot].numel() < nbytes:
         bufs[slot] = torch.empty(nbytes, dtype=torch.uint8)
     return bufs[slot][:nbytes]
