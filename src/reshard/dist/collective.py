@@ -119,13 +119,16 @@ class Collective:
 
     def all_to_all_bytes(
         self, recv: Any, send: Any, *, recv_counts: list[int], send_counts: list[int]
-    ) -> None:
-        """Send ``send_counts[r]`` bytes of the uint8 tensor ``send`` (in rank order) to
-        rank ``r``; receive ``recv_counts[r]`` bytes from rank ``r`` into ``recv``."""
+    ) -> Callable[[], None]:
+        """Start sending ``send_counts[r]`` bytes of the uint8 tensor ``send`` (in rank
+        order) to rank ``r`` and receiving ``recv_counts[r]`` bytes from rank ``r`` into
+        ``recv``; returns the wait that completes it (both buffers stay untouched till then)."""
         if self._dist is None:
             recv.copy_(send)
-            return
-        self._dist.all_to_all_single(recv, send, recv_counts, send_counts, group=self._group)
+            return lambda: None
+        work = self._dist.all_to_all_single(recv, send, recv_counts, send_counts,
+                                            group=self._group, async_op=True)
+        return lambda: work.wait()
 
     # Agreed steps: every rank returns, or every rank raises the same error.
 
