@@ -43,8 +43,9 @@ def exchange_reads() -> bool:
     need parts of the same checksummed frames (a column cut of row-major chunks), one
     rank reads and verifies each frame and sends the others their bytes over the
     process group, instead of every rank reading the whole frame. 1 on, 0 off.
-    Set it alike on every rank (rank 0's other exchange settings are used by all)."""
-    raw = os.environ.get("RESHARD_EXCHANGE_READS", "0")
+    A rank that sets 0 only keeps its own needs out of the plan; rank 0's other
+    exchange settings are used by all ranks, so the plan is the same everywhere."""
+    raw = os.environ.get("RESHARD_EXCHANGE_READS", "1")
     if raw not in ("0", "1"):
         raise ValueError(f"RESHARD_EXCHANGE_READS={raw!r} must be 0 or 1")
     return raw == "1"

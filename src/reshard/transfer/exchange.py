@@ -60,7 +60,11 @@ def local_needs(targets: list[Target], *, world_size: int) -> tuple[tuple[int, i
         if t.tensor.dtype != torch_dtype(entry.dtype) or t.box.is_empty:
             continue
         for ci, chunk in enumerate(entry.chunks):
-            if chunk.codec.name != "identity" or not eligible_frame(chunk.frame_raw_nbytes, entry.itemsize):
+            if (
+                chunk.raw_nbytes <= 2 * chunk.frame_raw_nbytes  # cannot waste more (many small tensors)
+                or chunk.codec.name != "identity"
+                or not eligible_frame(chunk.frame_raw_nbytes, entry.itemsize)
+            ):
                 continue
             inter = intersect(chunk.box, t.box)
             if inter is None or inter.is_empty:
