@@ -107,8 +107,8 @@ def _save(rank: int, world: int, root: str, meshes: Meshes) -> None:
 
     os.environ["RESHARD_FRAME_RAW_NBYTES"] = FRAME
     mine = [s for s in SCENARIOS if s.save.world == world]
-    sd = {s.name: build(s.save, s.shape, s.dtype, rank, meshes, global_tensor(s.shape, s.dtype, _seed(s.name)))
-          for s in mine}
+    sd = {s.name: build(s.save, s.shape, s.dtype, rank, meshes,
+                        global_tensor(s.shape, s.dtype, _seed(s.name))) for s in mine}
     reshard.save(sd, os.path.join(root, f"from{world}"))
     extra = {n: _extra_dtensor(_extra_tensor(shape, dt, _seed(n)), world, sp, meshes, True)
              for n, shape, dt, sp, _ in EXTRA}

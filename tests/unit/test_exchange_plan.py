@@ -10,7 +10,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from reshard.core.exchange_plan import (
-    EMPTY_PLAN, Need, count_before, flat_range_boxes, plan_exchange, wasted_nbytes,
+    EMPTY_PLAN,
+    Need,
+    count_before,
+    flat_range_boxes,
+    plan_exchange,
+    wasted_nbytes,
 )
 from reshard.core.layout import Box, c_strides, element_span
 

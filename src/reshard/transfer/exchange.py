@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -21,8 +22,15 @@ import torch
 from .. import config
 from ..adapters.tensors import torch_dtype
 from ..core.exchange_plan import (
-    EMPTY_PLAN, ExchangePlan, Need, Part, Transfer, eligible_frame, flat_range_boxes,
-    plan_exchange, wasted_nbytes,
+    EMPTY_PLAN,
+    ExchangePlan,
+    Need,
+    Part,
+    Transfer,
+    eligible_frame,
+    flat_range_boxes,
+    plan_exchange,
+    wasted_nbytes,
 )
 from ..core.layout import Box, c_strides, element_span, intersect
 from ..dist.collective import Collective, Outcome, raise_if_failed, run_local
@@ -121,8 +129,9 @@ def run(
                 starts = [sum(send_counts[:r]) + 1 for r in range(world)]
                 send = _buffer(bufs, 2 * (rnd % 2), sum(send_counts))
                 if outcome.error_class is None:
-                    outcome = run_local(lambda: _read_round(
-                        store, targets, mine[rnd], send.numpy(), starts, me, pool, sizes, dests), me)
+                    outcome = run_local(partial(
+                        _read_round, store, targets, mine[rnd], send.numpy(), starts, me, pool,
+                        sizes, dests), me)
                 failed = outcome.error_class is not None
                 for r in range(world):
                     if send_counts[r]:
