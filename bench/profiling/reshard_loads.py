@@ -109,9 +109,6 @@ def _ab(rank: int, world: int, d: str, size_gib: float, reps: int, modes: list[s
         for rep in range(reps):
             for mode in modes:
                 env = dict(kv.split("=", 1) for kv in mode.split(",") if kv)
-                # WINDOW_NBYTES=n sets transfer/read.py's window (not an environment knob).
-                from reshard.transfer import read as read_mod
-                read_mod.WINDOW_NBYTES = int(env.pop("WINDOW_NBYTES", 1 << 20))
                 saved = {k: os.environ.get(k) for k in env}
                 os.environ.update(env)
                 state.zero_(sd)

@@ -13,7 +13,7 @@ import torch
 
 from ..adapters.tensors import torch_dtype
 from ..codecs import crc32c, decode_frame, get_codec
-from ..core.exchange_plan import EMPTY_PLAN, count_before, flat_range_boxes
+from ..core.exchange_plan import EMPTY_PLAN
 from ..core.layout import Box, c_strides, element_span
 from ..core.planner import ReadPiece, plan_reads
 from ..dist.collective import Collective
@@ -241,9 +241,6 @@ def _read_piece(
         store.read_into(chunk.file, stored_lo, mv)
         _verify(chunk, piece.frame_lo, piece.frame_hi, mv, offs, stored_lo)
         return
-    if not piece.flat and chunk.codec.name == "identity" and stored_hi - stored_lo > WINDOW_NBYTES:
-        _read_windows(store, target, chunk, piece, offs, dest)
-        return
     stored = _scratch(0, stored_hi - stored_lo)
     store.read_into(chunk.file, stored_lo, memoryview(stored))
     _verify(chunk, piece.frame_lo, piece.frame_hi, memoryview(stored), offs, stored_lo)
@@ -269,47 +266,6 @@ def _read_piece(
     view = np.lib.stride_tricks.as_strided(storage, shape=piece.box.sizes, strides=strides)
     src = torch.from_numpy(view).view(src_dtype)
     dest[piece.box.relative_to(target.box).slices()].copy_(src)
-
-
-# A strided identity piece is read, verified and cut into place a window at a time: the
-# bytes are still in L2 when checksummed and copied (a whole 8 MiB piece is not).
-WINDOW_NBYTES = 1 << 20
-
-
-def _read_windows(
-    store: Store, target: Target, chunk: Chunk, piece: ReadPiece, offs: list[int],
-    dest: torch.Tensor,
-) -> None:
-    """``_read_piece`` for a strided identity piece, in windows of whole frames: after
-    each window, the piece's elements lying wholly in the bytes read so far are copied."""
-    itemsize, f = target.entry.itemsize, chunk.frame_raw_nbytes
-    src_dtype = torch_dtype(target.entry.dtype)
-    stored_lo = offs[piece.frame_lo]
-    stored = _scratch(0, offs[piece.frame_hi] - stored_lo)
-    local = piece.box.relative_to(chunk.box)
-    region = dest[piece.box.relative_to(target.box).slices()]
-    strides = tuple(s * itemsize for s in c_strides(chunk.box.sizes))
-    step = max(1, WINDOW_NBYTES // f)
-    done = 0
-    for lo in range(piece.frame_lo, piece.frame_hi, step):
-        hi = min(lo + step, piece.frame_hi)
-        a, b = offs[lo] - stored_lo, offs[hi] - stored_lo
-        window = memoryview(stored[a:b])
-        store.read_into(chunk.file, offs[lo], window)
-        _verify(chunk, lo, hi, window, offs, offs[lo])
-        upto = count_before(chunk.box.sizes, local, min(hi * f, chunk.raw_nbytes) // itemsize)
-        for sub, _ in flat_range_boxes(local.sizes, done, upto):
-            start, stop = element_span(chunk.box.sizes, sub.shifted(local.offsets))
-            x, y = start * itemsize - stored_lo + chunk.offset, stop * itemsize - stored_lo + chunk.offset
-            if x < 0 or y > b:
-                raise CorruptCheckpointError(
-                    f"chunk at offsets {list(chunk.box.offsets)} in {chunk.file}: internal error, "
-                    f"piece {piece.box} lies outside the frames read"
-                )
-            view = np.lib.stride_tricks.as_strided(
-                _elements(stored[x:y], itemsize), shape=sub.sizes, strides=strides)
-            region[sub.slices()].copy_(torch.from_numpy(view).view(src_dtype))
-        done = upto
 
 
 def _elements(data: np.ndarray, itemsize: int) -> np.ndarray:
