@@ -179,3 +179,12 @@ def test_wasted_bytes_of_a_lone_reader() -> None:
     assert wasted_nbytes(col) == 64 * 32 * 4
     [[rows]] = _needs((64, 64), 4, 512, [[Box((2, 0), (4, 64))]])
     assert wasted_nbytes(rows) == 0
+
+
+def test_too_many_needs_keep_the_plain_path(monkeypatch) -> None:
+    import reshard.core.exchange_plan as xp
+
+    sizes = (64, 64)
+    cols = _needs(sizes, 4, 512, [[Box((0, 0), (64, 32))], [Box((0, 32), (64, 32))]])
+    monkeypatch.setattr(xp, "MAX_PLANNED_NEEDS", 1)
+    assert plan_exchange(cols, min_saved_nbytes=1, transfer_nbytes=4096, round_nbytes=1 << 20) == EMPTY_PLAN

@@ -23,6 +23,10 @@ from .pickling import slots_reduce
 
 ChunkId = tuple[str, int]
 
+# Needs of all ranks together beyond which no plan is made: every rank plans every
+# rank's needs, O(needs) Python each (a large world keeps the plain path).
+MAX_PLANNED_NEEDS = 65536
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Need:
@@ -173,6 +177,8 @@ def plan_exchange(
     of about ``round_nbytes`` read per rank. The same gathered needs give the same plan
     on every rank. Empty when the frames read more than once would total less than
     ``min_saved_nbytes``: then every rank reads its own frames as before."""
+    if sum(len(n) for n in needs_by_rank) > MAX_PLANNED_NEEDS:
+        return EMPTY_PLAN  # planning (on every rank) would cost more than it saves
     by_chunk: dict[ChunkId, list[tuple[int, Need]]] = {}
     for rank, needs in enumerate(needs_by_rank):
         for need in needs:

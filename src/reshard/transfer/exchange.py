@@ -45,6 +45,10 @@ if TYPE_CHECKING:
 # they are cut into place, large enough that per-transfer Python stays small.
 TRANSFER_NBYTES = 1 << 20
 
+# Needs one rank contributes to the plan (see local_needs); the plan itself also gives
+# up, to the plain path everywhere, past core.exchange_plan.MAX_PLANNED_NEEDS in all.
+MAX_NEEDS_PER_RANK = 4096
+
 _INT_DTYPES = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64, 16: torch.complex128}
 
 
@@ -83,6 +87,10 @@ def local_needs(targets: list[Target], *, world_size: int) -> tuple[tuple[int, i
             # Whole frames at both ends are read anyway: only more waste can be saved.
             if wasted_nbytes(need) > 2 * chunk.frame_raw_nbytes:
                 out.append(need)
+    if len(out) > MAX_NEEDS_PER_RANK:
+        # Every rank gathers and plans every rank's needs: past this, the gather and the
+        # plan would cost more than re-reading frames, so this rank reads its own.
+        return settings, []
     return settings, out
 
 
