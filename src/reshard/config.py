@@ -38,6 +38,31 @@ def io_threads() -> int:
     return _int_env("RESHARD_IO_THREADS", min(8, (os.cpu_count() or 2) * 2))
 
 
+def exchange_reads() -> bool:
+    """Cooperative reads in multi-rank loads (transfer/exchange.py): when several ranks
+    need parts of the same checksummed frames (a column cut of row-major chunks), one
+    rank reads and verifies each frame and sends the others their bytes over the
+    process group, instead of every rank reading the whole frame. 1 on, 0 off.
+    A rank that sets 0 only keeps its own needs out of the plan; rank 0's other
+    exchange settings are used by all ranks, so the plan is the same everywhere."""
+    raw = os.environ.get("RESHARD_EXCHANGE_READS", "1")
+    if raw not in ("0", "1"):
+        raise ValueError(f"RESHARD_EXCHANGE_READS={raw!r} must be 0 or 1")
+    return raw == "1"
+
+
+def exchange_min_nbytes() -> int:
+    """Cooperative reads are used only when they spare at least this many bytes of
+    frames that would otherwise be read by more than one rank (summed over ranks)."""
+    return _int_env("RESHARD_EXCHANGE_MIN_NBYTES", 16 * 1024 * 1024)
+
+
+def exchange_round_nbytes() -> int:
+    """Bytes each rank reads per exchange round. Two rounds are in flight (one read
+    while the other is swapped): about 2 x this in send and in receive buffers."""
+    return _int_env("RESHARD_EXCHANGE_ROUND_NBYTES", 16 * 1024 * 1024)
+
+
 def _float_env(name: str, default: float) -> float:
     raw = os.environ.get(name)
     if raw is None:

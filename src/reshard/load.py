@@ -18,6 +18,7 @@ from .errors import LayoutMismatchError, MissingKeysError
 from .format.manifest import Entry, Manifest, TensorEntry, dotted
 from .manifest_io import load_manifest
 from .storage import Store, open_store
+from .transfer import exchange
 from .transfer.read import Target, fill
 
 
@@ -62,23 +63,29 @@ def load(
         manifest = coll.agree_broadcast(lambda: load_manifest(store, allow_pickle=allow_pickle))
         plan: dict[str, LoadPlan] = {}
 
-        def prepare() -> None:
+        def prepare() -> Any:
             plan["plan"] = plan_load(state_dict, manifest, strict=strict, location=store.location)
+            # What this rank would share reads of: gathered here at no extra collective.
+            return exchange.local_needs(plan["plan"].targets, world_size=coll.world_size,
+                                        can_swap=coll.swaps_host_bytes)
 
-        coll.agree_all(prepare)
+        gathered = exchange.gather(coll.agree_all(prepare))
 
         def execute() -> None:
-            apply(store, state_dict, plan["plan"])
+            apply(store, state_dict, plan["plan"], coll=coll, gathered=gathered)
 
         coll.agree_all(execute)
     finally:
         store.close()
 
 
-def apply(store: Store, state_dict: dict[str, Any], plan: LoadPlan) -> None:
+def apply(
+    store: Store, state_dict: dict[str, Any], plan: LoadPlan, *,
+    coll: Collective | None = None, gathered: exchange.Gathered | None = None,
+) -> None:
     with torch.no_grad():
         fill(store, plan.targets, threads=config.io_threads(),
-             max_piece_nbytes=config.max_piece_nbytes())
+             max_piece_nbytes=config.max_piece_nbytes(), coll=coll, gathered=gathered)
     for key, value in plan.values:
         set_path(state_dict, key, value.make() if isinstance(value, _Later) else value)
 

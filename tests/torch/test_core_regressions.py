@@ -100,3 +100,21 @@ def test_one_process_row_plans_with_default_frames(tmp_path: Path, codec: str, s
         assert len(ck.info("t").chunks) == 5
         lo = rng.randrange(0, 900)
         assert torch.equal(ck.read("t", (slice(lo, lo + 131), slice(7, 200))), full[lo:lo + 131, 7:200])
+
+
+def test_cooperative_reads_stay_off_on_groups_that_cannot_move_host_tensors() -> None:
+    from reshard.dist.collective import Collective
+
+    class FakeDist:
+        def __init__(self, backend: str) -> None:
+            self.backend = backend
+
+        def get_backend(self, group: object) -> str:
+            return self.backend
+
+    swaps = {}
+    for backend in ("gloo", "nccl", "cpu:gloo,cuda:nccl", "mpi"):
+        coll = Collective.__new__(Collective)
+        coll._dist, coll._group = FakeDist(backend), None
+        swaps[backend] = coll.swaps_host_bytes
+    assert swaps == {"gloo": True, "nccl": False, "cpu:gloo,cuda:nccl": True, "mpi": True}

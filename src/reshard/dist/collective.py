@@ -117,6 +117,28 @@ class Collective:
         self._dist.scatter_object_list(out, objs, src=self._global(0), group=self._group)
         return out[0]  # type: ignore[no-any-return]
 
+    @property
+    def swaps_host_bytes(self) -> bool:
+        """Whether ``all_to_all_bytes`` can move CPU tensors on this group: gloo and MPI
+        can, an NCCL-only group cannot (cooperative reads then stay off)."""
+        if self._dist is None:
+            return True
+        backend = str(self._dist.get_backend(self._group)).lower()
+        return "gloo" in backend or "mpi" in backend
+
+    def all_to_all_bytes(
+        self, recv: Any, send: Any, *, recv_counts: list[int], send_counts: list[int]
+    ) -> Callable[[], None]:
+        """Start sending ``send_counts[r]`` bytes of the uint8 tensor ``send`` (in rank
+        order) to rank ``r`` and receiving ``recv_counts[r]`` bytes from rank ``r`` into
+        ``recv``; returns the wait that completes it (both buffers stay untouched till then)."""
+        if self._dist is None:
+            recv.copy_(send)
+            return lambda: None
+        work = self._dist.all_to_all_single(recv, send, recv_counts, send_counts,
+                                            group=self._group, async_op=True)
+        return lambda: work.wait()
+
     # Agreed steps: every rank returns, or every rank raises the same error.
 
     def agree_all(self, fn: Callable[[], T]) -> list[T]:

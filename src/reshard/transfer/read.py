@@ -6,18 +6,24 @@ from __future__ import annotations
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from ..adapters.tensors import torch_dtype
 from ..codecs import crc32c, decode_frame_into, get_codec
+from ..core.exchange_plan import EMPTY_PLAN
 from ..core.layout import Box, c_strides, element_span
 from ..core.planner import ReadPiece, plan_reads
+from ..dist.collective import Collective
 from ..errors import CheckpointError, CheckpointNotFoundError, CorruptCheckpointError
 from ..format.manifest import Chunk, TensorEntry, dotted
 from ..storage.base import Store
 from .coalesce import group_reads, run_group
+
+if TYPE_CHECKING:
+    from .exchange import Gathered
 
 _STORAGE_NP = {1: np.uint8, 2: np.int16, 4: np.int32, 8: np.int64, 16: np.complex128}
 
@@ -43,14 +49,42 @@ class ReadStats:
 
 
 def fill(
-    store: Store, targets: list[Target], *, threads: int, max_piece_nbytes: int
+    store: Store, targets: list[Target], *, threads: int, max_piece_nbytes: int,
+    coll: Collective | None = None, gathered: Gathered | None = None,
 ) -> ReadStats:
-    """Copy the saved values of every target box into its tensor."""
+    """Copy the saved values of every target box into its tensor.
+
+    With ``coll`` and the needs every rank gathered (``exchange.local_needs``), frames
+    that several ranks need are read by one of them and shared (transfer/exchange.py);
+    then this call is collective and every rank raises the same error on failure.
+    """
     stats = ReadStats()
+    sizes: dict[str, int] = {}
+    xplan = exchange.plan(gathered) if coll is not None and coll.world_size > 1 else EMPTY_PLAN
+    if not xplan.rounds:
+        _fill_own(store, targets, stats, threads=threads, max_piece_nbytes=max_piece_nbytes,
+                  sizes=sizes, skip=set())
+    else:
+        assert coll is not None
+        skip = xplan.handled(coll.rank)
+        exchange.run(store, targets, xplan, coll, threads=threads, sizes=sizes, prior=lambda: _fill_own(
+            store, targets, stats, threads=threads, max_piece_nbytes=max_piece_nbytes,
+            sizes=sizes, skip=skip))
+    for t in targets:
+        if t.staging is not None:
+            t.tensor.copy_(t.staging)
+            t.staging = None
+    return stats
+
+
+def _fill_own(
+    store: Store, targets: list[Target], stats: ReadStats, *, threads: int,
+    max_piece_nbytes: int, sizes: dict[str, int], skip: set[tuple[int, int]],
+) -> None:
+    """Read this rank's pieces, but for the (target, chunk) pairs in ``skip``."""
     jobs: list[tuple[Target, ReadPiece, list[int]]] = []
     offsets_cache: dict[int, list[int]] = {}
-    sizes: dict[str, int] = {}
-    for t in targets:
+    for slot, t in enumerate(targets):
         if tuple(t.tensor.shape) != t.box.sizes:
             raise CheckpointError(f"key {t.name!r}: internal error, tensor and box disagree")
         if (
@@ -65,6 +99,8 @@ def fill(
             t.entry.chunks, t.box, itemsize,
             max_piece_nbytes=max_piece_nbytes if direct else staged, max_strided_nbytes=staged,
         ):
+            if skip and (slot, piece.chunk_index) in skip:
+                continue
             chunk = t.entry.chunks[piece.chunk_index]
             offs = offsets_cache.setdefault(id(chunk), chunk.frame_offsets())
             _check_extent(store, t, chunk, offs[piece.frame_hi], sizes)
@@ -85,11 +121,6 @@ def fill(
         with ThreadPoolExecutor(max_workers=threads) as pool:
             for f in [pool.submit(_run_batch, store, batch) for batch in batches]:
                 f.result()
-    for t in targets:
-        if t.staging is not None:
-            t.tensor.copy_(t.staging)
-            t.staging = None
-    return stats
 
 
 def _check_extent(store: Store, target: Target, chunk: Chunk, end: int, sizes: dict[str, int]) -> None:
@@ -305,3 +336,6 @@ def _decode(
             ) from e
         pos += expect
     return out
+
+
+from . import exchange  # noqa: E402 - exchange.py builds on this module's helpers
