@@ -135,9 +135,25 @@ def _gloo_shared_gpu(rank: int, world: int, root: str) -> None:
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.tensor import DTensor, Shard
 
+    import os
+
+    from reshard.transfer import exchange
+
     torch.cuda.set_device(0)
+    # Small frames and no size floor, so the S1 load takes the cooperative read path
+    # (shared frames read by one rank, pieces swapped) into GPU destinations.
+    os.environ.update({"RESHARD_FRAME_RAW_NBYTES": "512", "RESHARD_EXCHANGE_READS": "1",
+                       "RESHARD_EXCHANGE_MIN_NBYTES": "1"})
+    runs = {"n": 0}
+    real_run = exchange.run
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        runs["n"] += 1
+        return real_run(*args, **kwargs)
+
+    exchange.run = counted
     mesh = init_device_mesh("cuda", (world,))
-    shape = (91, 37)  # uneven along both dims on 2 ranks
+    shape = (91, 137)  # uneven along both dims on 2 ranks
     full = torch.arange(shape[0] * shape[1], dtype=torch.float32).reshape(shape)
 
     def local(d: int) -> torch.Tensor:
@@ -152,6 +168,7 @@ def _gloo_shared_gpu(rank: int, world: int, root: str) -> None:
                                         stride=full.stride())}
         reshard.load(dest, f"{root}/ck")
         assert torch.equal(dest["w"].to_local().cpu(), local(d).cpu()), f"Shard({d})"
+    assert runs["n"] >= 1, "the Shard(1) load did not use cooperative reads"
 
 
 def test_gloo_two_ranks_share_one_gpu(tmp_path: pathlib.Path) -> None:
