@@ -8,6 +8,7 @@ import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any
 
 import torch
@@ -15,18 +16,18 @@ import torch
 from . import __version__, config
 from .adapters.tensors import describe, flatten
 from .codecs import Codec, resolve_codec
-from .core.planner import Desc, SavePlan, TensorDesc, ValueDesc, WriteTask, plan_save
+from .core.planner import Desc, SavePlan, ValueDesc, WriteTask, plan_save
 from .dist.collective import Collective, Outcome, raise_if_failed
 from .errors import CheckpointError, CheckpointNotFoundError, StorageError
+from .format.canonical import ChunkRow, tensor_entry_json, value_entry_json
+from .format.canonical import manifest_json as encode_manifest
 from .format.manifest import (
     DATA_DIR,
+    FORMAT_NAME,
+    FORMAT_VERSION,
     MANIFEST_NAME,
-    Chunk,
     CodecSpec,
-    Entry,
-    Manifest,
-    TensorEntry,
-    ValueEntry,
+    Key,
     is_saved_data_file,
 )
 from .storage import Store, open_store
@@ -141,11 +142,14 @@ def write_and_commit(
             except Exception as e:  # noqa: BLE001 - report the failure that stopped the save
                 _log.warning("reshard.save: could not remove the failed save's files: %s", e)
             raise
-        manifest = _manifest(prepared.plan, prepared.per_rank, written, save_id,
-                             coll.world_size, prepared.codec_spec)
-        keep = set(manifest.files())
+        manifest, files = manifest_json(
+            prepared.plan, prepared.per_rank, [o.value for o in written],  # type: ignore[misc]
+            save_id=save_id, world_size=coll.world_size, codec_spec=prepared.codec_spec,
+            created_unix_s=time.time(),
+        )
+        keep = set(files)
         store.sync(DATA_DIR)
-        store.write_atomic(MANIFEST_NAME, manifest.to_json())
+        store.write_atomic(MANIFEST_NAME, manifest)
         # Committed: from here the save has succeeded. Removing the previous files is
         # best effort; whatever is left is removed by the next save to this path.
         try:
@@ -211,34 +215,49 @@ def _remove_files(store: Store, should_remove: Any) -> None:
             store.delete(name)
 
 
-def _manifest(
+def manifest_json(
     plan: SavePlan,
     per_rank: list[list[Desc]],
-    written: list[Outcome[tuple[str, list[WrittenChunk]]]],
+    written: list[tuple[str, list[WrittenChunk]]],
+    *,
     save_id: str,
     world_size: int,
     codec_spec: CodecSpec,
-) -> Manifest:
-    chunks_by_key: dict[Any, list[Chunk]] = {}
-    for rank, outcome in enumerate(written):
-        assert outcome.value is not None
-        file_name, records = outcome.value
+    created_unix_s: float,
+) -> tuple[bytes, list[str]]:
+    """The manifest file of a save whose ranks wrote ``written`` (``(file name, records)``
+    per rank), and the data files it names.
+
+    Built straight from the records, without a Manifest of Chunk objects: at 2,048 ranks
+    that object graph and its conversion to JSON cost more than the rest of the commit.
+    """
+    files: list[str] = []
+    rows: dict[Key, list[ChunkRow]] = {}
+    for rank, (file_name, records) in enumerate(written):
+        if not records:
+            continue
+        file_index = len(files)
+        files.append(file_name)
+        descs = per_rank[rank]
         for w in records:
-            desc = per_rank[rank][w.item_index]
-            assert isinstance(desc, TensorDesc)
-            chunks_by_key.setdefault(desc.key, []).append(Chunk(
-                box=desc.boxes[w.box_index], file=file_name, offset=w.offset, nbytes=w.nbytes,
-                raw_nbytes=w.raw_nbytes, codec=codec_spec,
-                frame_raw_nbytes=w.frame_raw_nbytes, frames=w.frames,
+            desc = descs[w.item_index]
+            box = desc.boxes[w.box_index]  # type: ignore[union-attr]
+            rows.setdefault(desc.key, []).append((
+                box.offsets, box.sizes, file_index, w.offset, w.nbytes, w.raw_nbytes, 0,
+                w.frame_raw_nbytes, w.frames,
             ))
-    entries: list[Entry] = []
+    entries: list[str] = []
     for desc in plan.entries:
         if isinstance(desc, ValueDesc):
-            entries.append(ValueEntry(key=desc.key, value=desc.value))
-        else:
-            chunks = sorted(chunks_by_key.get(desc.key, []), key=lambda c: c.box.offsets)
-            entries.append(TensorEntry(key=desc.key, dtype=desc.dtype, shape=desc.shape,
-                                       container=desc.container, chunks=tuple(chunks)))
-    return Manifest(save_id=save_id, world_size=world_size, created_unix_s=time.time(),
-                    library_version=__version__, entries=tuple(entries))
-
+            entries.append(value_entry_json(key=desc.key, value=desc.value))
+            continue
+        chunks = rows.get(desc.key, [])
+        chunks.sort(key=itemgetter(0))  # by offsets: boxes of one tensor never share them
+        entries.append(tensor_entry_json(key=desc.key, dtype=desc.dtype, shape=desc.shape,
+                                         container=desc.container, chunks=chunks))
+    data = encode_manifest(
+        format_name=FORMAT_NAME, format_version=FORMAT_VERSION, save_id=save_id,
+        world_size=world_size, created_unix_s=created_unix_s, library_version=__version__,
+        files=files, codecs=[codec_spec.to_json()] if files else [], entries=entries,
+    )
+    return data, files
