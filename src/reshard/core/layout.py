@@ -183,23 +183,33 @@ def is_grid_tiling(
     large worlds hold millions of boxes.
     """
     ndim = len(shape)
-    if not offsets or 0 in shape or len(offsets) != len(sizes):
+    if not offsets or len(offsets) != len(sizes):
         return False
     if set(map(len, offsets)) != {ndim} or set(map(len, sizes)) != {ndim}:
         return False
-    cells = 1
+    intervals = []
     for d in range(ndim):
         at = itemgetter(d)
+        intervals.append(set(zip(map(at, offsets), map(at, sizes))))
+    return is_grid(shape, intervals, len(offsets))
+
+
+def is_grid(shape: Sequence[int], intervals: Sequence[set[tuple[int, int]]], n_boxes: int) -> bool:
+    """Whether ``n_boxes`` distinct boxes, whose ``(offset, size)`` on dim ``d`` are
+    ``intervals[d]``, are the cells of a grid over ``shape`` (see is_grid_tiling)."""
+    if not n_boxes or 0 in shape or len(intervals) != len(shape):
+        return False
+    cells = 1
+    for extent, found in zip(shape, intervals):
         pos = 0
-        intervals = sorted(set(zip(map(at, offsets), map(at, sizes))))
-        for o, n in intervals:
+        for o, n in sorted(found):
             if o != pos or n <= 0:
                 return False
             pos = o + n
-        if pos != shape[d]:
+        if pos != extent:
             return False
-        cells *= len(intervals)
-    return cells == len(offsets)
+        cells *= len(found)
+    return cells == n_boxes
 
 
 def _find_overlap(boxes: list[Box], dim: int) -> tuple[Box, Box] | None:

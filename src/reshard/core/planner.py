@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from operator import itemgetter
+from itertools import chain, repeat
+from operator import attrgetter, itemgetter, mul
 from typing import Union
 
 from ..errors import LayoutMismatchError
@@ -61,11 +62,22 @@ Holder = tuple[int, int, int]
 
 @dataclass(slots=True, kw_only=True)
 class PlannedEntry:
+    """One key as merged so far: its description and every box a rank holds of it.
+
+    Boxes are only appended here, in rank order, as the ranks' descriptions are read:
+    deduplication, the tiling check and sizes come after, per entry, from these lists
+    (``_jobs``). A dict of the distinct boxes per tensor, updated as ranks are read,
+    spreads a million lookups over tables larger than the CPU's cache and ran 5-6x
+    slower per box at 2,048 ranks than at 512.
+    """
+
     key: Key
     desc: Desc
-    # Keyed by (offsets, sizes) rather than Box: a tuple hashes in C, a Box through a
-    # Python-level __hash__ (twice the cost, a million times for a large world).
-    boxes: dict[BoxKey, list[Holder]] = field(default_factory=dict)
+    boxes: list[Box] = field(default_factory=list)
+    ranks: list[int] = field(default_factory=list)
+    items: list[int] = field(default_factory=list)
+    box_indices: list[int] = field(default_factory=list)
+    """Box ``i`` is box ``box_indices[i]`` of item ``items[i]`` of rank ``ranks[i]``."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -76,7 +88,20 @@ class SavePlan:
     tasks: tuple[tuple[WriteTask, ...], ...]
 
 
+@dataclass(slots=True)
+class _Jobs:
+    """Every distinct non-empty box to write, in entry order then first-held order."""
+
+    nbytes: list[int] = field(default_factory=list)
+    rank: list[int] = field(default_factory=list)
+    """The one rank holding the box, or -1 when several do (see ``holders``)."""
+    item: list[int] = field(default_factory=list)
+    box_index: list[int] = field(default_factory=list)
+    holders: dict[int, list[Holder]] = field(default_factory=dict)
+
+
 _write_task = fast_constructor(WriteTask)
+_WHERE = attrgetter("offsets", "sizes")
 
 
 @without_gc
@@ -88,71 +113,103 @@ def plan_save(per_rank: list[list[Desc]]) -> SavePlan:
     O(total boxes x log) on the coordinator.
     """
     planned: dict[str, PlannedEntry] = {}
-    # The boxes of each key whose entry is settled: a later description of the key that
-    # agrees on dtype and shape only adds its boxes, skipping _merge's name, type and
-    # dtype checks (at 2,048 ranks x 500 tensors this loop runs a million times).
-    settled: dict[Key, tuple[tuple[int, ...], str, dict[BoxKey, list[Holder]]]] = {}
+    # Entries whose description holds data: a later description of the key that agrees
+    # on dtype and shape only adds its boxes, skipping _merge's name, type and dtype
+    # checks (at 2,048 ranks x 500 tensors this loop runs a million times).
+    settled: dict[Key, tuple[tuple[int, ...], str, PlannedEntry]] = {}
     problems: list[str] = []
     for rank, descs in enumerate(per_rank):
         for item_index, desc in enumerate(descs):
             hit = settled.get(desc.key)
-            if (hit is not None and type(desc) is TensorDesc and desc.shape == hit[0]
-                    and desc.dtype == hit[1]):
-                boxes = hit[2]
-                for box_index, box in enumerate(desc.boxes):
-                    where = (box.offsets, box.sizes)
-                    holders = boxes.get(where)
-                    if holders is None:
-                        boxes[where] = [(rank, item_index, box_index)]
-                    else:
-                        holders.append((rank, item_index, box_index))
+            if (hit is None or type(desc) is not TensorDesc or desc.shape != hit[0]
+                    or desc.dtype != hit[1]):
+                p = _merge(planned, rank, item_index, desc, problems)
+                if p is not None and isinstance(p.desc, TensorDesc) and _holds_data(p.desc):
+                    settled.setdefault(desc.key, (p.desc.shape, p.desc.dtype, p))
                 continue
-            p = _merge(planned, rank, item_index, desc, problems)
-            if p is not None and isinstance(p.desc, TensorDesc) and _holds_data(p.desc):
-                settled.setdefault(desc.key, (p.desc.shape, p.desc.dtype, p.boxes))
-    jobs = _jobs(planned, problems)
+            p = hit[2]
+            boxes = desc.boxes
+            if len(boxes) == 1:
+                p.boxes.append(boxes[0])
+                p.ranks.append(rank)
+                p.items.append(item_index)
+                p.box_indices.append(0)
+            else:
+                _add_boxes(p, rank, item_index, boxes)
+    jobs = _Jobs()
+    for name, p in planned.items():
+        if isinstance(p.desc, TensorDesc):
+            _add_jobs(name, p, jobs, problems)
     if problems:
         raise LayoutMismatchError(_summarize(problems))
-    world = len(per_rank)
-    assigned_bytes = [0] * world
-    tasks: list[list[WriteTask]] = [[] for _ in range(world)]
-    # Largest first; equal sizes keep their order (the sort is stable also in reverse).
-    jobs.sort(key=itemgetter(0), reverse=True)
-    for nbytes, holders in jobs:
-        if len(holders) == 1:
-            rank, item_index, box_index = holders[0]
-        else:
-            rank, item_index, box_index = min(holders, key=lambda h: (assigned_bytes[h[0]], h[0]))
-        assigned_bytes[rank] += nbytes
-        tasks[rank].append(_write_task(item_index, box_index))
-    return SavePlan(
-        entries=tuple(p.desc for p in planned.values()),
-        tasks=tuple(tuple(t) for t in tasks),
-    )
+    return SavePlan(entries=tuple(p.desc for p in planned.values()),
+                    tasks=_assign(jobs, len(per_rank)))
 
 
-def _jobs(
-    planned: dict[str, PlannedEntry], problems: list[str]
-) -> list[tuple[int, list[Holder]]]:
-    """``(nbytes, holders)`` of every distinct non-empty box, in entry and box order;
-    a tensor whose boxes do not tile its shape adds a problem instead."""
-    jobs: list[tuple[int, list[Holder]]] = []
-    for name, p in planned.items():
-        if not isinstance(p.desc, TensorDesc):
-            continue
-        shape = p.desc.shape
-        wheres = [w for w in p.boxes if 0 not in w[1]]
-        problem = None if is_grid_tiling(shape, [w[0] for w in wheres], [w[1] for w in wheres]) \
-            else tiling_problem(shape, [Box(*w) for w in wheres])
+def _add_boxes(p: PlannedEntry, rank: int, item_index: int, boxes: tuple[Box, ...]) -> None:
+    for box_index, box in enumerate(boxes):
+        p.boxes.append(box)
+        p.ranks.append(rank)
+        p.items.append(item_index)
+        p.box_indices.append(box_index)
+
+
+def _add_jobs(name: str, p: PlannedEntry, jobs: _Jobs, problems: list[str]) -> None:
+    """Deduplicate the boxes of one tensor, check they tile it, and add one job per
+    distinct non-empty box (or a problem)."""
+    desc = p.desc
+    assert isinstance(desc, TensorDesc)
+    wheres = list(map(_WHERE, p.boxes))
+    keep = range(len(wheres))
+    if 0 in chain.from_iterable(map(itemgetter(1), wheres)):
+        keep = [i for i, w in enumerate(wheres) if 0 not in w[1]]  # type: ignore[assignment]
+        wheres = [wheres[i] for i in keep]
+    first: list[int] = list(keep)
+    groups: dict[BoxKey, list[int]] | None = None
+    if len(set(wheres)) != len(wheres):  # replicas: group the holders of each box
+        groups = {}
+        for i, where in zip(keep, wheres):
+            groups.setdefault(where, []).append(i)
+        wheres = list(groups)
+        first = [members[0] for members in groups.values()]
+    offsets, sizes = list(map(itemgetter(0), wheres)), list(map(itemgetter(1), wheres))
+    if not is_grid_tiling(desc.shape, offsets, sizes):
+        problem = tiling_problem(desc.shape, [Box(*w) for w in wheres])
         if problem is not None:
             problems.append(
-                f"key {name!r}: the shards of shape {list(p.desc.shape)} do not tile it: {problem}"
-            )
-        nbytes_per_elem = ITEMSIZE[p.desc.dtype]
-        for (_, sizes), holders in p.boxes.items():
-            if 0 not in sizes:
-                jobs.append((math.prod(sizes) * nbytes_per_elem, holders))
-    return jobs
+                f"key {name!r}: the shards of shape {list(desc.shape)} do not tile it: {problem}")
+            return
+    base = len(jobs.nbytes)
+    jobs.nbytes.extend(map(mul, map(math.prod, sizes), repeat(ITEMSIZE[desc.dtype])))
+    jobs.rank.extend(map(p.ranks.__getitem__, first))
+    jobs.item.extend(map(p.items.__getitem__, first))
+    jobs.box_index.extend(map(p.box_indices.__getitem__, first))
+    if groups is not None:
+        for j, members in enumerate(groups.values()):
+            if len(members) > 1:
+                jobs.rank[base + j] = -1
+                jobs.holders[base + j] = [(p.ranks[i], p.items[i], p.box_indices[i]) for i in members]
+
+
+def _assign(jobs: _Jobs, world: int) -> tuple[tuple[WriteTask, ...], ...]:
+    """Each rank's write tasks: boxes largest first (equal sizes in job order), each to
+    the holder with the fewest bytes so far."""
+    nbytes = jobs.nbytes
+    # reverse=True keeps equal sizes in their order: the sort stays stable.
+    order = sorted(range(len(nbytes)), key=nbytes.__getitem__, reverse=True)
+    assigned_bytes = [0] * world
+    tasks: list[list[WriteTask]] = [[] for _ in range(world)]
+    ranks, items, box_indices = jobs.rank, jobs.item, jobs.box_index
+    for i in order:
+        rank = ranks[i]
+        if rank >= 0:
+            item_index, box_index = items[i], box_indices[i]
+        else:
+            rank, item_index, box_index = min(
+                jobs.holders[i], key=lambda h: (assigned_bytes[h[0]], h[0]))
+        assigned_bytes[rank] += nbytes[i]
+        tasks[rank].append(_write_task(item_index, box_index))
+    return tuple(tuple(t) for t in tasks)
 
 
 def _merge(
@@ -185,8 +242,7 @@ def _merge(
                 f"another rank dtype {first.dtype} shape {list(first.shape)}"
             )
             return None
-        for box_index, box in enumerate(desc.boxes):
-            p.boxes.setdefault((box.offsets, box.sizes), []).append((rank, item_index, box_index))
+        _add_boxes(p, rank, item_index, desc.boxes)
     return p
 
 

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 from itertools import accumulate, chain, repeat
 from operator import add, itemgetter, mul, sub
+from typing import Any
 
 from ..core.layout import is_grid_tiling
 from .limits import MAX_DIM_SIZE, MAX_FILE_OFFSET, MAX_FRAME_RAW_NBYTES, MAX_INT
