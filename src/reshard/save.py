@@ -7,8 +7,7 @@ import os
 import time
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
-from operator import itemgetter
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -19,7 +18,7 @@ from .codecs import Codec, resolve_codec
 from .core.planner import Desc, SavePlan, ValueDesc, WriteTask, plan_save
 from .dist.collective import Collective, Outcome, raise_if_failed
 from .errors import CheckpointError, CheckpointNotFoundError, StorageError
-from .format.canonical import ChunkRow, tensor_entry_json, value_entry_json
+from .format.canonical import chunk_json, tensor_entry_json, value_entry_json
 from .format.canonical import manifest_json as encode_manifest
 from .format.manifest import (
     DATA_DIR,
@@ -228,11 +227,14 @@ def manifest_json(
     """The manifest file of a save whose ranks wrote ``written`` (``(file name, records)``
     per rank), and the data files it names.
 
-    Built straight from the records, without a Manifest of Chunk objects: at 2,048 ranks
-    that object graph and its conversion to JSON cost more than the rest of the commit.
+    Built straight from the records, without a Manifest of Chunk objects (at 2,048 ranks
+    that object graph and its conversion to JSON cost more than the rest of the commit),
+    and each chunk's text is made while its rank's records are read in order: the
+    records, descriptions and boxes of one rank lie together in memory, those of one
+    tensor across all ranks do not.
     """
     files: list[str] = []
-    rows: dict[Key, list[ChunkRow]] = {}
+    pending: dict[Key, _Chunks] = {}
     for rank, (file_name, records) in enumerate(written):
         if not records:
             continue
@@ -242,22 +244,41 @@ def manifest_json(
         for w in records:
             desc = descs[w.item_index]
             box = desc.boxes[w.box_index]  # type: ignore[union-attr]
-            rows.setdefault(desc.key, []).append((
-                box.offsets, box.sizes, file_index, w.offset, w.nbytes, w.raw_nbytes, 0,
-                w.frame_raw_nbytes, w.frames,
-            ))
+            chunks = pending.get(desc.key)
+            if chunks is None:
+                chunks = pending[desc.key] = _Chunks()
+            elif chunks.in_order and box.offsets <= chunks.offsets[-1]:
+                chunks.in_order = False
+            chunks.offsets.append(box.offsets)
+            chunks.texts.append(chunk_json(box.offsets, box.sizes, file_index, w.offset, w.nbytes,
+                                           w.raw_nbytes, 0, w.frame_raw_nbytes, w.frames))
     entries: list[str] = []
     for desc in plan.entries:
         if isinstance(desc, ValueDesc):
             entries.append(value_entry_json(key=desc.key, value=desc.value))
             continue
-        chunks = rows.get(desc.key, [])
-        chunks.sort(key=itemgetter(0))  # by offsets: boxes of one tensor never share them
+        chunks = pending.get(desc.key, _Chunks())
         entries.append(tensor_entry_json(key=desc.key, dtype=desc.dtype, shape=desc.shape,
-                                         container=desc.container, chunks=chunks))
+                                         container=desc.container, chunks=chunks.sorted_texts()))
     data = encode_manifest(
         format_name=FORMAT_NAME, format_version=FORMAT_VERSION, save_id=save_id,
         world_size=world_size, created_unix_s=created_unix_s, library_version=__version__,
         files=files, codecs=[codec_spec.to_json()] if files else [], entries=entries,
     )
     return data, files
+
+
+@dataclass(slots=True)
+class _Chunks:
+    """One tensor's chunk texts as the ranks' records are read, and their offsets."""
+
+    offsets: list[tuple[int, ...]] = field(default_factory=list)
+    texts: list[str] = field(default_factory=list)
+    in_order: bool = True
+
+    def sorted_texts(self) -> list[str]:
+        """The texts in order of offsets (boxes of one tensor never share offsets);
+        ranks read in order usually give that order already."""
+        if self.in_order:
+            return self.texts
+        return [self.texts[i] for i in sorted(range(len(self.texts)), key=self.offsets.__getitem__)]

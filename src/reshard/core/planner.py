@@ -4,8 +4,10 @@ byte ranges). Pure: plans are lists of small records; nothing here does I/O."""
 from __future__ import annotations
 
 import math
+from array import array
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from itertools import chain, repeat
+from itertools import chain
 from operator import attrgetter, itemgetter, mul
 from typing import Union
 
@@ -13,7 +15,7 @@ from ..errors import LayoutMismatchError
 from ..format.dtypes import ITEMSIZE
 from ..format.manifest import Chunk, Key, dotted
 from ..format.values import JsonValue
-from .layout import Box, element_span, intersect, is_grid_tiling, split_for_span, tiling_problem
+from .layout import Box, element_span, intersect, is_grid, split_for_span, tiling_problem
 from .nogc import without_gc
 from .pickling import slots_reduce
 from .records import fast_constructor
@@ -55,7 +57,6 @@ class WriteTask:
     box_index: int
 
 
-BoxKey = tuple[tuple[int, ...], tuple[int, ...]]
 Holder = tuple[int, int, int]
 """``(rank, item_index, box_index)`` of a rank that holds a box."""
 
@@ -101,7 +102,8 @@ class _Jobs:
 
 
 _write_task = fast_constructor(WriteTask)
-_WHERE = attrgetter("offsets", "sizes")
+_OFFSETS = attrgetter("offsets")
+_SIZES = attrgetter("sizes")
 
 
 @without_gc
@@ -118,8 +120,11 @@ def plan_save(per_rank: list[list[Desc]]) -> SavePlan:
     # checks (at 2,048 ranks x 500 tensors this loop runs a million times).
     settled: dict[Key, tuple[tuple[int, ...], str, PlannedEntry]] = {}
     problems: list[str] = []
+    # Shared index objects: fresh ints from enumerate would be one object per rank and
+    # item, apart in memory, for later passes to touch.
+    indices = list(range(max(map(len, per_rank), default=0)))
     for rank, descs in enumerate(per_rank):
-        for item_index, desc in enumerate(descs):
+        for item_index, desc in zip(indices, descs):
             hit = settled.get(desc.key)
             if (hit is None or type(desc) is not TensorDesc or desc.shape != hit[0]
                     or desc.dtype != hit[1]):
@@ -159,28 +164,37 @@ def _add_jobs(name: str, p: PlannedEntry, jobs: _Jobs, problems: list[str]) -> N
     distinct non-empty box (or a problem)."""
     desc = p.desc
     assert isinstance(desc, TensorDesc)
-    wheres = list(map(_WHERE, p.boxes))
-    keep = range(len(wheres))
-    if 0 in chain.from_iterable(map(itemgetter(1), wheres)):
-        keep = [i for i, w in enumerate(wheres) if 0 not in w[1]]  # type: ignore[assignment]
+    ndim = len(desc.shape)
+    # One pass over the boxes (objects every rank allocated apart) copies their numbers
+    # into arrays; every later step reads those, in cache.
+    offsets = array("q", chain.from_iterable(map(_OFFSETS, p.boxes)))
+    sizes = array("q", chain.from_iterable(map(_SIZES, p.boxes)))
+    if len(offsets) != ndim * len(p.boxes) or {len(b.offsets) for b in p.boxes} - {ndim}:
+        _add_problem(name, desc, p.boxes, problems)  # boxes with other dims
+        return
+    columns = [offsets[d::ndim] for d in range(ndim)] + [sizes[d::ndim] for d in range(ndim)]
+    wheres = list(zip(*columns)) if ndim else [()] * len(p.boxes)
+    keep: Sequence[int] = range(len(wheres))
+    if 0 in sizes:
+        keep = [i for i, w in enumerate(wheres) if 0 not in w[ndim:]]
         wheres = [wheres[i] for i in keep]
-    first: list[int] = list(keep)
-    groups: dict[BoxKey, list[int]] | None = None
+    first = list(keep)
+    groups: dict[tuple[int, ...], list[int]] | None = None
     if len(set(wheres)) != len(wheres):  # replicas: group the holders of each box
         groups = {}
         for i, where in zip(keep, wheres):
             groups.setdefault(where, []).append(i)
         wheres = list(groups)
         first = [members[0] for members in groups.values()]
-    offsets, sizes = list(map(itemgetter(0), wheres)), list(map(itemgetter(1), wheres))
-    if not is_grid_tiling(desc.shape, offsets, sizes):
-        problem = tiling_problem(desc.shape, [Box(*w) for w in wheres])
-        if problem is not None:
-            problems.append(
-                f"key {name!r}: the shards of shape {list(desc.shape)} do not tile it: {problem}")
+    found = [set(zip(map(itemgetter(d), wheres), map(itemgetter(ndim + d), wheres))) for d in range(ndim)]
+    if not is_grid(desc.shape, found, len(wheres)):
+        if _add_problem(name, desc, [p.boxes[i] for i in first], problems):
             return
     base = len(jobs.nbytes)
-    jobs.nbytes.extend(map(mul, map(math.prod, sizes), repeat(ITEMSIZE[desc.dtype])))
+    nbytes = [ITEMSIZE[desc.dtype]] * len(wheres)
+    for d in range(ndim):
+        nbytes = list(map(mul, nbytes, map(itemgetter(ndim + d), wheres)))
+    jobs.nbytes.extend(nbytes)
     jobs.rank.extend(map(p.ranks.__getitem__, first))
     jobs.item.extend(map(p.items.__getitem__, first))
     jobs.box_index.extend(map(p.box_indices.__getitem__, first))
@@ -189,6 +203,14 @@ def _add_jobs(name: str, p: PlannedEntry, jobs: _Jobs, problems: list[str]) -> N
             if len(members) > 1:
                 jobs.rank[base + j] = -1
                 jobs.holders[base + j] = [(p.ranks[i], p.items[i], p.box_indices[i]) for i in members]
+
+
+def _add_problem(name: str, desc: TensorDesc, boxes: list[Box], problems: list[str]) -> bool:
+    """Add a problem when ``boxes`` do not tile the tensor; whether they do not."""
+    problem = tiling_problem(desc.shape, boxes)
+    if problem is not None:
+        problems.append(f"key {name!r}: the shards of shape {list(desc.shape)} do not tile it: {problem}")
+    return problem is not None
 
 
 def _assign(jobs: _Jobs, world: int) -> tuple[tuple[WriteTask, ...], ...]:

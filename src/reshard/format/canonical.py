@@ -43,43 +43,48 @@ class FrameLike(Protocol):
     def crc32c(self) -> int | None: ...
 
 
-ChunkRow = tuple[
-    Sequence[int], Sequence[int], int, int, int, int, int, int, Sequence[FrameLike]
-]
-"""One chunk as the writer takes it: ``(offsets, sizes, file index, offset, nbytes,
-raw_nbytes, codec index, frame_raw_nbytes, frames)``, all ints (frames: objects with
-int ``nbytes`` and ``crc32c``)."""
+def chunk_json(
+    offsets: Sequence[int], sizes: Sequence[int], file: int, offset: int, nbytes: int,
+    raw_nbytes: int, codec: int, frame_raw_nbytes: int, frames: Sequence[FrameLike],
+) -> str:
+    """The canonical JSON of one chunk (``file`` and ``codec`` are indices; all ints)."""
+    form = (len(offsets), len(frames))
+    template = _TEMPLATES.get(form)
+    if template is None:
+        if len(frames) > _MAX_TEMPLATE_FRAMES:
+            frames_text = ",".join([f"[{n:d},{c:d}]" for n, c in map(_FRAME_FIELDS, frames)])
+            return _chunk_template(len(offsets), None) % (
+                codec, file, frame_raw_nbytes, frames_text, nbytes, offset, *offsets, raw_nbytes, *sizes)
+        template = _TEMPLATES[form] = _chunk_template(*form)
+    return template % (
+        codec, file, frame_raw_nbytes, *chain.from_iterable(map(_FRAME_FIELDS, frames)),
+        nbytes, offset, *offsets, raw_nbytes, *sizes,
+    )
+
+
+_MAX_TEMPLATE_FRAMES = 16
+_TEMPLATES: dict[tuple[int, int], str] = {}
+"""%-templates by (dims, frames); at most 65 x 17 of them."""
+
+
+def _chunk_template(ndim: int, n_frames: int | None) -> str:
+    """A %-template of a chunk's canonical JSON (keys in sorted order) for ``ndim`` dims
+    and ``n_frames`` frames (None: the frames are one %s): one formatting of a flat tuple
+    of ints per chunk, several times cheaper than a dict per chunk through ``json``."""
+    ints = ",".join(["%d"] * ndim)
+    return ('{"codec":%d,"file":%d,"frame_raw_nbytes":%d,"frames":['
+            + ("%s" if n_frames is None else ",".join(["[%d,%d]"] * n_frames))
+            + f'],"nbytes":%d,"offset":%d,"offsets":[{ints}],"raw_nbytes":%d,"sizes":[{ints}]}}')
 
 
 def tensor_entry_json(
     *, key: Sequence[str | int], dtype: str, shape: Sequence[int], container: str,
-    chunks: Iterable[ChunkRow],
+    chunks: Iterable[str],
 ) -> str:
-    """The canonical JSON of a tensor entry whose chunks are ``chunks``, in that order."""
-    templates: dict[tuple[int, int], str] = {}
-    texts = []
-    for offsets, sizes, file, offset, nbytes, raw, codec, frame_raw, frames in chunks:
-        form = (len(offsets), len(frames))
-        template = templates.get(form)
-        if template is None:
-            template = templates[form] = _chunk_template(*form)
-        texts.append(template % (
-            codec, file, frame_raw, *chain.from_iterable(map(_FRAME_FIELDS, frames)),
-            nbytes, offset, *offsets, raw, *sizes,
-        ))
-    return (f'{{"chunks":[{",".join(texts)}],"container":{canonical_json(container)},'
+    """The canonical JSON of a tensor entry; ``chunks`` are chunk_json texts, in order."""
+    return (f'{{"chunks":[{",".join(chunks)}],"container":{canonical_json(container)},'
             f'"dtype":{canonical_json(dtype)},"key":{canonical_json(list(key))},'
             f'"kind":"tensor","shape":{canonical_json(list(shape))}}}')
-
-
-def _chunk_template(ndim: int, n_frames: int) -> str:
-    """A %-template of a chunk's canonical JSON (keys in sorted order) for ``ndim`` dims
-    and ``n_frames`` frames: one formatting of a flat tuple of ints per chunk, several
-    times cheaper than a dict per chunk through ``json``."""
-    ints = ",".join(["%d"] * ndim)
-    return ('{"codec":%d,"file":%d,"frame_raw_nbytes":%d,"frames":['
-            + ",".join(["[%d,%d]"] * n_frames)
-            + f'],"nbytes":%d,"offset":%d,"offsets":[{ints}],"raw_nbytes":%d,"sizes":[{ints}]}}')
 
 
 def value_entry_json(*, key: Sequence[str | int], value: object) -> str:

@@ -22,6 +22,7 @@ from ..errors import CheckpointError, CorruptCheckpointError, UnsupportedFormatE
 from .canonical import (
     CHECKSUM_FIELD,
     canonical_json,
+    chunk_json,
     crc_of_bytes_matches,
     manifest_json,
     tensor_entry_json,
@@ -178,8 +179,8 @@ class Manifest:
                 codec_index.setdefault(c.codec, len(codec_index))
             entries.append(tensor_entry_json(
                 key=e.key, dtype=e.dtype, shape=e.shape, container=e.container,
-                chunks=[(c.box.offsets, c.box.sizes, file_index[c.file], c.offset, c.nbytes,
-                         c.raw_nbytes, codec_index[c.codec], c.frame_raw_nbytes, c.frames)
+                chunks=[chunk_json(c.box.offsets, c.box.sizes, file_index[c.file], c.offset, c.nbytes,
+                                   c.raw_nbytes, codec_index[c.codec], c.frame_raw_nbytes, c.frames)
                         for c in e.chunks],
             ))
         return manifest_json(
