@@ -20,7 +20,7 @@ from itertools import accumulate, chain, repeat
 from operator import add, itemgetter, mul, sub
 from typing import Any
 
-from ..core.layout import is_grid_tiling
+from ..core.layout import is_grid
 from .limits import MAX_DIM_SIZE, MAX_FILE_OFFSET, MAX_FRAME_RAW_NBYTES, MAX_INT
 
 _FIELDS = itemgetter(
@@ -114,6 +114,7 @@ def _boxes(
         return None
     n = len(offs)
     numel = [1] * n
+    intervals = []
     if ndim:
         flat_o: list[Any] = list(chain.from_iterable(offs))
         flat_s: list[Any] = list(chain.from_iterable(sizes))
@@ -126,9 +127,11 @@ def _boxes(
             if max(map(add, o, s)) > extent:
                 return None
             numel = list(map(mul, numel, s))
+            intervals.append(set(zip(o, s)))
     offsets: list[tuple[int, ...]] = list(map(tuple, offs))
     sizes_t: list[tuple[int, ...]] = list(map(tuple, sizes))
-    if len(set(zip(offsets, sizes_t))) != n or not is_grid_tiling(shape, offsets, sizes_t):
+    # Distinct boxes whose intervals form a grid of as many cells tile the shape.
+    if len(set(zip(offsets, sizes_t))) != n or not is_grid(shape, intervals, n):
         return None
     return offsets, sizes_t, numel
 
