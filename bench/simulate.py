@@ -11,14 +11,19 @@ reshard.core.layout.shard_box. Phases timed, each with its peak memory growth:
 
 * describe: building every rank's TensorDesc list (what each rank would send);
 * plan_save: the coordinator's dedup, tiling check and writer choice;
-* manifest: building the Manifest (one chunk per written box, frames of 256 KiB) and
-  serializing it to JSON (its size is reported);
-* parse: Manifest.from_json with full validation (what a loading rank does);
+* written: every rank's WrittenChunk records (one per box it was told to write, frames
+  of 256 KiB with their CRC-32C), what each rank's writer returns; rank-side work, so
+  like describe it is reported but not part of the coordinator's save planning;
+* manifest: the coordinator's commit step turning plan + records into manifest.json
+  (reshard.save.manifest_json, the function save() calls; its size is reported);
+* parse: Manifest.from_json with full validation (what load() does before it plans);
 * plan_reads: one rank's read plan for a resharded target layout, mesh (8, N/8) with
   [Shard(1), Shard(0)] for matrices (every target box cuts across saved boxes).
 
 Times are CPU seconds of this one process (time.process_time), which other load on the
-machine disturbs far less than wall time; wall times are in the JSON.
+machine disturbs far less than wall time; wall times are in the JSON. Not simulated: the
+object collectives that carry descriptions and records to the coordinator and the parsed
+manifest to every rank (pickling), and all I/O.
 """
 
 from __future__ import annotations
@@ -31,8 +36,10 @@ from typing import Any
 
 from reshard import __version__
 from reshard.core.layout import Box, shard_box
-from reshard.core.planner import TensorDesc, plan_reads, plan_save
+from reshard.core.planner import SavePlan, TensorDesc, plan_reads, plan_save
 from reshard.format.manifest import IDENTITY, Chunk, Frame, Manifest, TensorEntry
+from reshard.save import manifest_json
+from reshard.transfer.write import WrittenChunk
 
 from .probes import peak_rss_bytes, python_speed_s, reset_peak_rss, rss_bytes
 
@@ -67,7 +74,30 @@ def describe_all(world: int, specs: list[tuple[str, tuple[int, ...]]]) -> list[l
     return per_rank
 
 
+def _frames(raw: int) -> tuple[Frame, ...]:
+    return tuple(Frame(nbytes=min(FRAME, raw - s), crc32c=(s * 2654435761) & 0xFFFFFFFF)
+                 for s in range(0, raw, FRAME))
+
+
+def written_all(world: int, per_rank: list[list[TensorDesc]],
+                plan: SavePlan) -> list[tuple[str, list[WrittenChunk]]]:
+    """Each rank's data file name and the records of what it wrote there."""
+    out = []
+    for rank, tasks in enumerate(plan.tasks):
+        offset = 0
+        records = []
+        for t in tasks:
+            raw = per_rank[rank][t.item_index].boxes[t.box_index].numel * ITEMSIZE
+            records.append(WrittenChunk(item_index=t.item_index, box_index=t.box_index, offset=offset,
+                                        nbytes=raw, raw_nbytes=raw, frame_raw_nbytes=FRAME,
+                                        frames=_frames(raw)))
+            offset += raw
+        out.append((f"data/sim.{rank}.bin", records))
+    return out
+
+
 def build_manifest(world: int, per_rank: list[list[TensorDesc]], plan: Any) -> Manifest:
+    """The same manifest as a Manifest object (for bench.profiling.ab_planning)."""
     chunks: dict[tuple[Any, ...], list[Chunk]] = {}
     for rank, tasks in enumerate(plan.tasks):
         offset = 0
@@ -119,16 +149,17 @@ def simulate(world: int, n_tensors: int) -> dict[str, Any]:
     per_rank, res["describe_s"], res["describe_mem"] = _phase(lambda: describe_all(world, specs))
     plan, res["plan_save_s"], res["plan_save_mem"] = _phase(lambda: plan_save(per_rank))
     res["write_tasks"] = sum(len(t) for t in plan.tasks)
+    written, res["written_s"], _ = _phase(lambda: written_all(world, per_rank, plan))
 
-    def manifest() -> tuple[Manifest, bytes]:
-        m = build_manifest(world, per_rank, plan)
-        return m, m.to_json()
+    def manifest() -> bytes:
+        return manifest_json(plan, per_rank, written, save_id="sim", world_size=world,
+                             codec_spec=IDENTITY, created_unix_s=0.0)[0]
 
-    (m, blob), res["manifest_s"], res["manifest_mem"] = _phase(manifest)
+    blob, res["manifest_s"], res["manifest_mem"] = _phase(manifest)
     res["manifest_bytes"] = len(blob)
-    res["chunks"] = sum(len(e.chunks) for e in m.entries)  # type: ignore[union-attr]
-    del per_rank, plan, m
+    del per_rank, plan, written
     parsed, res["parse_s"], res["parse_mem"] = _phase(lambda: Manifest.from_json(blob))
+    res["chunks"] = sum(len(e.chunks) for e in parsed.entries)  # type: ignore[union-attr]
     del blob
     rank = world // 2 + 3
 
@@ -140,7 +171,8 @@ def simulate(world: int, n_tensors: int) -> dict[str, Any]:
         return pieces
 
     res["read_pieces"], res["plan_reads_s"], res["plan_reads_mem"] = _phase(reads)
-    res["wall_s"] = dict(zip(("describe", "plan_save", "manifest", "parse", "plan_reads"), _WALL))
+    res["wall_s"] = dict(zip(("describe", "plan_save", "written", "manifest", "parse", "plan_reads"),
+                             _WALL))
     _WALL.clear()
     res["save_planning_s"] = res["plan_save_s"] + res["manifest_s"]
     res["load_planning_s"] = res["parse_s"] + res["plan_reads_s"]

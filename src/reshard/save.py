@@ -7,7 +7,7 @@ import os
 import time
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -15,19 +15,19 @@ import torch
 from . import __version__, config
 from .adapters.tensors import describe, flatten
 from .codecs import Codec, chunk_spec, resolve_codec
-from .core.planner import Desc, SavePlan, TensorDesc, ValueDesc, WriteTask, plan_save
+from .core.planner import Desc, SavePlan, ValueDesc, WriteTask, plan_save
 from .dist.collective import Collective, Outcome, raise_if_failed
 from .errors import CheckpointError, CheckpointNotFoundError, StorageError
+from .format.canonical import chunk_json, tensor_entry_json, value_entry_json
+from .format.canonical import manifest_json as encode_manifest
 from .format.dtypes import ITEMSIZE
 from .format.manifest import (
     DATA_DIR,
+    FORMAT_NAME,
+    FORMAT_VERSION,
     MANIFEST_NAME,
-    Chunk,
     CodecSpec,
-    Entry,
-    Manifest,
-    TensorEntry,
-    ValueEntry,
+    Key,
     is_saved_data_file,
 )
 from .storage import Store, open_store
@@ -142,11 +142,14 @@ def write_and_commit(
             except Exception as e:  # noqa: BLE001 - report the failure that stopped the save
                 _log.warning("reshard.save: could not remove the failed save's files: %s", e)
             raise
-        manifest = _manifest(prepared.plan, prepared.per_rank, written, save_id,
-                             coll.world_size, prepared.codec_spec)
-        keep = set(manifest.files())
+        manifest, files = manifest_json(
+            prepared.plan, prepared.per_rank, [o.value for o in written],  # type: ignore[misc]
+            save_id=save_id, world_size=coll.world_size, codec_spec=prepared.codec_spec,
+            created_unix_s=time.time(),
+        )
+        keep = set(files)
         store.sync(DATA_DIR)
-        store.write_atomic(MANIFEST_NAME, manifest.to_json())
+        store.write_atomic(MANIFEST_NAME, manifest)
         # Committed: from here the save has succeeded. Removing the previous files is
         # best effort; whatever is left is removed by the next save to this path.
         try:
@@ -212,34 +215,86 @@ def _remove_files(store: Store, should_remove: Any) -> None:
             store.delete(name)
 
 
-def _manifest(
+def manifest_json(
     plan: SavePlan,
     per_rank: list[list[Desc]],
-    written: list[Outcome[tuple[str, list[WrittenChunk]]]],
+    written: list[tuple[str, list[WrittenChunk]]],
+    *,
     save_id: str,
     world_size: int,
     codec_spec: CodecSpec,
-) -> Manifest:
-    chunks_by_key: dict[Any, list[Chunk]] = {}
-    for rank, outcome in enumerate(written):
-        assert outcome.value is not None
-        file_name, records = outcome.value
+    created_unix_s: float,
+) -> tuple[bytes, list[str]]:
+    """The manifest file of a save whose ranks wrote ``written`` (``(file name, records)``
+    per rank), and the data files it names.
+
+    Built straight from the records, without a Manifest of Chunk objects (at 2,048 ranks
+    that object graph and its conversion to JSON cost more than the rest of the commit),
+    and each chunk's text is made while its rank's records are read in order: the
+    records, descriptions and boxes of one rank lie together in memory, those of one
+    tensor across all ranks do not.
+    """
+    files: list[str] = []
+    pending: dict[Key, _Chunks] = {}
+    # Each chunk's codec is bound to its element size (shuffle-zstd records it): one
+    # codec record per distinct binding, indexed in order of first use.
+    codecs: list[dict[str, Any]] = []
+    codec_by_dtype: dict[str, int] = {}
+
+    def codec_of(dtype: str) -> int:
+        index = codec_by_dtype.get(dtype)
+        if index is None:
+            record = chunk_spec(codec_spec, ITEMSIZE[dtype]).to_json()
+            if record not in codecs:
+                codecs.append(record)
+            index = codec_by_dtype[dtype] = codecs.index(record)
+        return index
+
+    for rank, (file_name, records) in enumerate(written):
+        if not records:
+            continue
+        file_index = len(files)
+        files.append(file_name)
+        descs = per_rank[rank]
         for w in records:
-            desc = per_rank[rank][w.item_index]
-            assert isinstance(desc, TensorDesc)
-            chunks_by_key.setdefault(desc.key, []).append(Chunk(
-                box=desc.boxes[w.box_index], file=file_name, offset=w.offset, nbytes=w.nbytes,
-                raw_nbytes=w.raw_nbytes, codec=chunk_spec(codec_spec, ITEMSIZE[desc.dtype]),
-                frame_raw_nbytes=w.frame_raw_nbytes, frames=w.frames,
-            ))
-    entries: list[Entry] = []
+            desc = descs[w.item_index]
+            box = desc.boxes[w.box_index]  # type: ignore[union-attr]
+            chunks = pending.get(desc.key)
+            if chunks is None:
+                chunks = pending[desc.key] = _Chunks()
+            elif chunks.in_order and box.offsets <= chunks.offsets[-1]:
+                chunks.in_order = False
+            chunks.offsets.append(box.offsets)
+            chunks.texts.append(chunk_json(box.offsets, box.sizes, file_index, w.offset, w.nbytes,
+                                           w.raw_nbytes, codec_of(desc.dtype), w.frame_raw_nbytes,
+                                           w.frames))
+    entries: list[str] = []
     for desc in plan.entries:
         if isinstance(desc, ValueDesc):
-            entries.append(ValueEntry(key=desc.key, value=desc.value))
-        else:
-            chunks = sorted(chunks_by_key.get(desc.key, []), key=lambda c: c.box.offsets)
-            entries.append(TensorEntry(key=desc.key, dtype=desc.dtype, shape=desc.shape,
-                                       container=desc.container, chunks=tuple(chunks)))
-    return Manifest(save_id=save_id, world_size=world_size, created_unix_s=time.time(),
-                    library_version=__version__, entries=tuple(entries))
+            entries.append(value_entry_json(key=desc.key, value=desc.value))
+            continue
+        chunks = pending.get(desc.key, _Chunks())
+        entries.append(tensor_entry_json(key=desc.key, dtype=desc.dtype, shape=desc.shape,
+                                         container=desc.container, chunks=chunks.sorted_texts()))
+    data = encode_manifest(
+        format_name=FORMAT_NAME, format_version=FORMAT_VERSION, save_id=save_id,
+        world_size=world_size, created_unix_s=created_unix_s, library_version=__version__,
+        files=files, codecs=codecs, entries=entries,
+    )
+    return data, files
 
+
+@dataclass(slots=True)
+class _Chunks:
+    """One tensor's chunk texts as the ranks' records are read, and their offsets."""
+
+    offsets: list[tuple[int, ...]] = field(default_factory=list)
+    texts: list[str] = field(default_factory=list)
+    in_order: bool = True
+
+    def sorted_texts(self) -> list[str]:
+        """The texts in order of offsets (boxes of one tensor never share offsets);
+        ranks read in order usually give that order already."""
+        if self.in_order:
+            return self.texts
+        return [self.texts[i] for i in sorted(range(len(self.texts)), key=self.offsets.__getitem__)]

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
+import zlib
+from unittest import mock
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from reshard.core.layout import Box
 from reshard.errors import CheckpointError, CorruptCheckpointError, UnsupportedFormatError
+from reshard.format import manifest as manifest_module
+from reshard.format.chunks import checked_columns
 from reshard.format.dtypes import ITEMSIZE
 from reshard.format.manifest import (
     CHECKSUM_FIELD,
@@ -32,9 +38,9 @@ plain_values = (st.none() | st.booleans() | st.integers() | st.floats() | st.tex
 
 
 @st.composite
-def tensor_entries(draw: st.DrawFn, key: tuple, files: list[str]) -> TensorEntry:
+def tensor_entries(draw: st.DrawFn, key: tuple, files: list[str], *, min_dim: int = 0) -> TensorEntry:
     dtype = draw(st.sampled_from(sorted(ITEMSIZE)))
-    shape = draw(shapes(max_dim=5))
+    shape = draw(shapes(max_dim=5, min_dim=min_dim))
     frame_raw = draw(st.integers(1, 64))
     codec = draw(st.sampled_from([IDENTITY, CodecSpec(name="zstd", configuration=(("level", 3),)),
                                   CodecSpec(name="mine", configuration=(("a", True), ("b", "x")))]))
@@ -56,8 +62,8 @@ def tensor_entries(draw: st.DrawFn, key: tuple, files: list[str]) -> TensorEntry
 
 
 @st.composite
-def manifests(draw: st.DrawFn) -> Manifest:
-    keys = draw(st.lists(st.lists(key_parts, min_size=1, max_size=3).map(tuple), max_size=5,
+def manifests(draw: st.DrawFn, *, parts: st.SearchStrategy[str | int] = key_parts) -> Manifest:
+    keys = draw(st.lists(st.lists(parts, min_size=1, max_size=3).map(tuple), max_size=5,
                          unique_by=dotted))
     files = [f"data/s.{i}.bin" for i in range(draw(st.integers(1, 3)))]
     entries = []
@@ -144,3 +150,134 @@ def test_checksum_catches_a_changed_value() -> None:
     doc = json.loads(data)
     del doc[CHECKSUM_FIELD]
     assert Manifest.from_json(json.dumps(doc).encode()) == m
+
+
+def _canonical(doc: object) -> bytes:
+    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=True,
+                      allow_nan=False).encode()
+
+
+@settings(max_examples=150, deadline=None, derandomize=True)
+@given(m=manifests(parts=st.text(min_size=1, max_size=4) | st.integers()))
+def test_written_manifest_is_the_canonical_text_with_the_checksum_last(m: Manifest) -> None:
+    """What a 1.0 reader checks (the CRC of the canonical JSON) holds, and the file is that
+    very text, so the CRC also covers the file's bytes (non-ASCII keys, floats, big ints)."""
+    data = m.to_json()
+    doc = json.loads(data)
+    crc = doc.pop(CHECKSUM_FIELD)
+    body = _canonical(doc)
+    assert crc == zlib.crc32(body)
+    assert data == body[:-1] + b',"manifest_crc32":%d}' % crc
+    assert Manifest.from_json(data) == m
+
+
+def test_manifests_in_the_earlier_layout_still_verify() -> None:
+    """reshard 0.1 wrote members in insertion order with the checksum among them; the CRC
+    is then checked over the canonical text rebuilt from the parsed document."""
+    m = Manifest(save_id="s", world_size=1, created_unix_s=12.5, library_version="x", entries=(
+        ValueEntry(key=("step",), value={"type": "int", "value": 1000}),
+        *Manifest.from_json(json.dumps(_base()).encode()).entries,
+    ))
+    doc = json.loads(m.to_json())
+    crc = doc.pop(CHECKSUM_FIELD)
+    earlier = {k: doc[k] for k in ("format", "format_version", "save_id", "world_size",
+                                   "created_unix_s", "library_version", "files", "codecs", "entries")}
+    earlier[CHECKSUM_FIELD] = crc
+    data = json.dumps(earlier, separators=(",", ":")).encode()
+    assert Manifest.from_json(data) == m
+    with pytest.raises(CorruptCheckpointError, match="CRC-32"):
+        Manifest.from_json(data.replace(b'"value":1000', b'"value":1008'))
+    # Damage after the checksum field is written last: both checks fail.
+    data = m.to_json()
+    with pytest.raises(CorruptCheckpointError, match="CRC-32"):
+        Manifest.from_json(data.replace(b'"value":1000', b'"value":1008'))
+
+
+HOSTILE_VALUES = [-1, 0, 1, 2, 3, 2**30 + 1, 2**32, 2**48 + 1, 2**62 + 1, True, 1.0, "1", None, [], [1],
+                  [0, 0], [[1, 2]], {}]
+
+
+@st.composite
+def mutated_tensor_manifests(draw: st.DrawFn) -> bytes:
+    """A valid one-tensor manifest with up to three chunk-level mutations."""
+    files = ["data/s.0.bin", "data/s.1.bin"]
+    entry = draw(tensor_entries(("t",), files, min_dim=1))
+    doc = json.loads(Manifest(save_id="s", world_size=1, created_unix_s=0.0, library_version="x",
+                              entries=(entry,)).to_json())
+    doc.pop(CHECKSUM_FIELD)
+    chunks = doc["entries"][0]["chunks"]
+    for _ in range(draw(st.integers(0, 3))):
+        if not chunks:
+            break
+        i = draw(st.integers(0, len(chunks) - 1))
+        chunk = chunks[i]
+        op = draw(st.sampled_from(["bump", "hostile", "delete", "duplicate", "drop", "copy", "nested"]))
+        field = draw(st.sampled_from(sorted(chunk)))
+        if op == "bump" and type(chunk.get(field)) is int:
+            chunk[field] += draw(st.sampled_from([-1, 1, 7, -chunk[field]]))
+        elif op == "hostile":
+            chunk[field] = copy.deepcopy(draw(st.sampled_from(HOSTILE_VALUES)))
+        elif op == "delete":
+            chunk.pop(field, None)
+        elif op == "duplicate":
+            chunks.insert(i, copy.deepcopy(chunk))
+        elif op == "drop":
+            chunks.pop(i)
+        elif op == "copy":
+            other = chunks[draw(st.integers(0, len(chunks) - 1))]
+            chunk[field] = copy.deepcopy(other.get(field))
+        elif op == "nested" and isinstance(chunk.get(field), list) and chunk[field]:
+            j = draw(st.integers(0, len(chunk[field]) - 1))
+            inner = chunk[field][j]
+            if isinstance(inner, list) and inner:
+                inner[draw(st.integers(0, len(inner) - 1))] = draw(st.sampled_from(HOSTILE_VALUES[:9]))
+            else:
+                chunk[field][j] = draw(st.sampled_from(HOSTILE_VALUES))
+    return json.dumps(doc).encode()
+
+
+def _outcome(data: bytes) -> Manifest | str:
+    try:
+        return Manifest.from_json(data)
+    except CheckpointError as e:
+        return f"{type(e).__name__}: {e}"
+
+
+@settings(max_examples=400, deadline=None, derandomize=True)
+@given(data=mutated_tensor_manifests())
+def test_whole_entry_chunk_checks_agree_with_the_per_chunk_checks(data: bytes) -> None:
+    """The fast path (chunks.checked_columns) never accepts what the per-chunk checks
+    refuse, and builds the same chunks: parsing with and without it gives the same result
+    or the same error, with its JSON path."""
+    fast = _outcome(data)
+    with mock.patch.object(manifest_module, "checked_columns", lambda *a, **k: None):
+        slow = _outcome(data)
+    assert fast == slow
+
+
+@settings(max_examples=100, deadline=None, derandomize=True)
+@given(data=st.data())
+def test_whole_entry_checks_take_every_grid_tiling(data: st.DataObject) -> None:
+    entry = data.draw(tensor_entries(("t",), ["data/s.0.bin"]))
+    doc = json.loads(Manifest(save_id="s", world_size=1, created_unix_s=0.0, library_version="x",
+                              entries=(entry,)).to_json())
+    e = doc["entries"][0]
+    identity = [c["name"] == "identity" for c in doc["codecs"]]
+    columns = checked_columns(e["chunks"], tuple(e["shape"]), ITEMSIZE[e["dtype"]], 1, identity)
+    assert (columns is not None) == bool(entry.chunks)
+
+
+def test_zero_dim_tensor_and_a_lone_frame() -> None:
+    m = Manifest(save_id="s", world_size=1, created_unix_s=0.0, library_version="x", entries=(
+        TensorEntry(key=("x",), dtype="float64", shape=(), container="torch", chunks=(
+            Chunk(box=Box((), ()), file="data/a.bin", offset=3, nbytes=8, raw_nbytes=8,
+                  codec=IDENTITY, frame_raw_nbytes=8, frames=(Frame(nbytes=8, crc32c=7),)),)),))
+    data = m.to_json()
+    assert Manifest.from_json(data) == m
+    doc = json.loads(data)
+    e = doc["entries"][0]
+    assert checked_columns(e["chunks"], (), 8, 1, [True]) is not None
+    e["chunks"].append(copy.deepcopy(e["chunks"][0]))
+    doc.pop(CHECKSUM_FIELD)
+    with pytest.raises(CorruptCheckpointError, match=r"entries\[0\]\.chunks"):
+        Manifest.from_json(json.dumps(doc).encode())

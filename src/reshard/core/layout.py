@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from operator import itemgetter
 
 from .pickling import slots_reduce
 
@@ -150,7 +151,7 @@ def shard_box(
 def tiling_problem(shape: Sequence[int], boxes: Iterable[Box]) -> str | None:
     """Why the distinct non-empty ``boxes`` do not tile ``shape`` exactly, or None."""
     distinct = {b for b in boxes if 0 not in b.sizes}
-    if _is_grid_tiling(shape, distinct):
+    if is_grid_tiling(shape, [b.offsets for b in distinct], [b.sizes for b in distinct]):
         return None
     ndim = len(shape)
     for b in distinct:
@@ -168,35 +169,47 @@ def tiling_problem(shape: Sequence[int], boxes: Iterable[Box]) -> str | None:
     return None
 
 
-def _is_grid_tiling(shape: Sequence[int], boxes: set[Box]) -> bool:
-    """True when ``boxes`` are exactly the cells of a grid over ``shape`` (what any
-    mesh/placement sharding produces); False means "not shown", not "not a tiling".
+def is_grid_tiling(
+    shape: Sequence[int], offsets: Sequence[Sequence[int]], sizes: Sequence[Sequence[int]]
+) -> bool:
+    """True when the boxes ``(offsets[i], sizes[i])``, which the caller has made distinct,
+    are exactly the cells of a grid over ``shape`` (what any mesh/placement sharding
+    produces); False means "not shown", not "not a tiling".
 
     Per dim, the distinct intervals must partition ``[0, shape[d])``; each box is then
     one grid cell, distinct boxes are distinct cells, and as many boxes as cells means
     every cell is covered exactly once. O(boxes x ndim), against the general check's sort
-    and overlap search.
+    and overlap search; the per-box work runs in C (map, zip, set) because manifests of
+    large worlds hold millions of boxes.
     """
     ndim = len(shape)
-    if not boxes or 0 in shape:
+    if not offsets or len(offsets) != len(sizes):
         return False
-    intervals: list[set[tuple[int, int]]] = [set() for _ in range(ndim)]
-    for b in boxes:
-        if len(b.offsets) != ndim or len(b.sizes) != ndim:
-            return False
-        for d in range(ndim):
-            intervals[d].add((b.offsets[d], b.sizes[d]))
-    cells = 1
+    if set(map(len, offsets)) != {ndim} or set(map(len, sizes)) != {ndim}:
+        return False
+    intervals = []
     for d in range(ndim):
+        at = itemgetter(d)
+        intervals.append(set(zip(map(at, offsets), map(at, sizes))))
+    return is_grid(shape, intervals, len(offsets))
+
+
+def is_grid(shape: Sequence[int], intervals: Sequence[set[tuple[int, int]]], n_boxes: int) -> bool:
+    """Whether ``n_boxes`` distinct boxes, whose ``(offset, size)`` on dim ``d`` are
+    ``intervals[d]``, are the cells of a grid over ``shape`` (see is_grid_tiling)."""
+    if not n_boxes or 0 in shape or len(intervals) != len(shape):
+        return False
+    cells = 1
+    for extent, found in zip(shape, intervals):
         pos = 0
-        for o, n in sorted(intervals[d]):
-            if o != pos:
+        for o, n in sorted(found):
+            if o != pos or n <= 0:
                 return False
             pos = o + n
-        if pos != shape[d]:
+        if pos != extent:
             return False
-        cells *= len(intervals[d])
-    return cells == len(boxes)
+        cells *= len(found)
+    return cells == n_boxes
 
 
 def _find_overlap(boxes: list[Box], dim: int) -> tuple[Box, Box] | None:

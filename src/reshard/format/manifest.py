@@ -17,8 +17,23 @@ from typing import Union
 from ..core.layout import Box, tiling_problem
 from ..core.nogc import without_gc
 from ..core.pickling import slots_reduce
+from ..core.records import fast_constructor
 from ..errors import CheckpointError, CorruptCheckpointError, UnsupportedFormatError
+from .canonical import (
+    CHECKSUM_FIELD,
+    canonical_json,
+    chunk_json,
+    crc_of_bytes_matches,
+    manifest_json,
+    tensor_entry_json,
+    value_entry_json,
+)
+from .chunks import Columns, checked_columns
 from .dtypes import ITEMSIZE
+from .limits import MAX_DIM_SIZE as MAX_DIM_SIZE
+from .limits import MAX_FILE_OFFSET as MAX_FILE_OFFSET
+from .limits import MAX_FRAME_RAW_NBYTES as MAX_FRAME_RAW_NBYTES
+from .limits import MAX_NDIM as MAX_NDIM
 from .values import JsonValue, decode_value
 
 FORMAT_NAME = "reshard"
@@ -26,11 +41,6 @@ FORMAT_VERSION = (1, 0)
 MANIFEST_NAME = "manifest.json"
 DATA_DIR = "data"
 
-MAX_NDIM = 64
-MAX_DIM_SIZE = 2**48
-MAX_FRAME_RAW_NBYTES = 1 << 30
-MAX_FILE_OFFSET = 2**62
-CHECKSUM_FIELD = "manifest_crc32"
 _FILE_RE = re.compile(r"^data/[A-Za-z0-9][A-Za-z0-9._-]{0,200}$")
 _SAVED_DATA_FILE_RE = re.compile(r"^data/[0-9]{8}T[0-9]{6}-[0-9a-f]{12}\.[0-9]+\.bin$")
 
@@ -156,56 +166,29 @@ class Manifest:
 
     @without_gc
     def to_json(self) -> bytes:
+        """The manifest file's bytes: canonical JSON, ``manifest_crc32`` last."""
         files = self.files()
         file_index = {f: i for i, f in enumerate(files)}
-        codecs: list[CodecSpec] = []
         codec_index: dict[CodecSpec, int] = {}
-        entries: list[JsonValue] = []
+        entries: list[str] = []
         for e in self.entries:
             if isinstance(e, ValueEntry):
-                entries.append({"key": list(e.key), "kind": "value", "value": e.value})
+                entries.append(value_entry_json(key=e.key, value=e.value))
                 continue
-            chunks: list[JsonValue] = []
             for c in e.chunks:
-                if c.codec not in codec_index:
-                    codec_index[c.codec] = len(codecs)
-                    codecs.append(c.codec)
-                chunks.append(
-                    {
-                        "offsets": list(c.box.offsets),
-                        "sizes": list(c.box.sizes),
-                        "file": file_index[c.file],
-                        "offset": c.offset,
-                        "nbytes": c.nbytes,
-                        "raw_nbytes": c.raw_nbytes,
-                        "codec": codec_index[c.codec],
-                        "frame_raw_nbytes": c.frame_raw_nbytes,
-                        "frames": [[f.nbytes, f.crc32c] for f in c.frames],
-                    }
-                )
-            entries.append(
-                {
-                    "key": list(e.key),
-                    "kind": "tensor",
-                    "dtype": e.dtype,
-                    "shape": list(e.shape),
-                    "container": e.container,
-                    "chunks": chunks,
-                }
-            )
-        doc = {
-            "format": FORMAT_NAME,
-            "format_version": list(self.format_version),
-            "save_id": self.save_id,
-            "world_size": self.world_size,
-            "created_unix_s": self.created_unix_s,
-            "library_version": self.library_version,
-            "files": files,
-            "codecs": [c.to_json() for c in codecs],
-            "entries": entries,
-        }
-        doc[CHECKSUM_FIELD] = _doc_crc32(doc)
-        return json.dumps(doc, separators=(",", ":"), allow_nan=False).encode("utf-8")
+                codec_index.setdefault(c.codec, len(codec_index))
+            entries.append(tensor_entry_json(
+                key=e.key, dtype=e.dtype, shape=e.shape, container=e.container,
+                chunks=[chunk_json(c.box.offsets, c.box.sizes, file_index[c.file], c.offset, c.nbytes,
+                                   c.raw_nbytes, codec_index[c.codec], c.frame_raw_nbytes, c.frames)
+                        for c in e.chunks],
+            ))
+        return manifest_json(
+            format_name=FORMAT_NAME, format_version=self.format_version, save_id=self.save_id,
+            world_size=self.world_size, created_unix_s=self.created_unix_s,
+            library_version=self.library_version, files=files,
+            codecs=[c.to_json() for c in codec_index], entries=entries,
+        )
 
     @staticmethod
     @without_gc
@@ -216,7 +199,7 @@ class Manifest:
         except (UnicodeDecodeError, ValueError, RecursionError) as e:
             raise CorruptCheckpointError(f"{source}: not valid JSON ({e})") from e
         try:
-            _check_crc(doc)
+            _check_crc(doc, data)
             return _parse_manifest(doc)
         except CheckpointError as e:
             raise type(e)(f"{source}: {e}") from None
@@ -252,15 +235,20 @@ def _doc_crc32(doc: dict[str, object]) -> int:
     value (a flipped digit of a plain value, a shape, a dtype) is caught.
     """
     body = {k: v for k, v in doc.items() if k != CHECKSUM_FIELD}
-    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
-    return zlib.crc32(text.encode("ascii"))
+    return zlib.crc32(canonical_json(body).encode("ascii"))
 
 
-def _check_crc(doc: object) -> None:
-    """Check the optional whole-manifest checksum (writers other than reshard may omit it)."""
+def _check_crc(doc: object, data: bytes) -> None:
+    """Check the optional whole-manifest checksum (writers other than reshard may omit it).
+
+    First over the file's bytes, which for a manifest laid out as reshard writes it are
+    the canonical text (canonical.py); else over the canonical text rebuilt from ``doc``.
+    """
     if not isinstance(doc, dict) or CHECKSUM_FIELD not in doc:
         return
     expected = _int(doc[CHECKSUM_FIELD], CHECKSUM_FIELD, hi=2**32 - 1)
+    if crc_of_bytes_matches(data, expected):
+        return
     try:
         actual = _doc_crc32(doc)
     except (ValueError, RecursionError) as e:  # e.g. 1e999 parses as inf, which JSON lacks
@@ -336,10 +324,11 @@ def _parse_manifest(raw: object) -> Manifest:
         if not _FILE_RE.fullmatch(f) or ".." in f:
             raise _fail(f"files[{i}]", f"{f!r} is not a file name inside data/")
     codecs = [_parse_codec(c, f"codecs[{i}]") for i, c in enumerate(_list(doc.get("codecs", []), "codecs"))]
+    identity = [c.name == IDENTITY.name for c in codecs]
     entries: list[Entry] = []
     seen: set[str] = set()
     for i, e in enumerate(_list(_field(doc, "entries", ""), "entries")):
-        entry = _parse_entry(e, f"entries[{i}]", files, codecs)
+        entry = _parse_entry(e, f"entries[{i}]", files, codecs, identity)
         name = dotted(entry.key)
         if name in seen:
             raise _fail(f"entries[{i}].key", f"duplicate key {name!r}")
@@ -385,7 +374,9 @@ def _parse_key(raw: object, path: str) -> Key:
     return tuple(out)
 
 
-def _parse_entry(raw: object, path: str, files: list[str], codecs: list[CodecSpec]) -> Entry:
+def _parse_entry(
+    raw: object, path: str, files: list[str], codecs: list[CodecSpec], identity: list[bool]
+) -> Entry:
     doc = _obj(raw, path)
     key = _parse_key(_field(doc, "key", path), f"{path}.key")
     kind = _field(doc, "kind", path)
@@ -402,16 +393,41 @@ def _parse_entry(raw: object, path: str, files: list[str], codecs: list[CodecSpe
     if math.prod(shape) * ITEMSIZE[dtype] > 2**62:
         raise _fail(f"{path}.shape", f"{list(shape)} is too large")
     container = _str(doc.get("container", "torch"), f"{path}.container")
-    chunks = tuple(
-        _parse_chunk(c, f"{path}.chunks[{i}]", shape, ITEMSIZE[dtype], files, codecs)
-        for i, c in enumerate(_list(_field(doc, "chunks", path), f"{path}.chunks"))
-    )
-    problem = tiling_problem(shape, [c.box for c in chunks])
-    if problem is not None:
-        raise _fail(f"{path}.chunks", f"chunks of {dotted(key)!r} do not tile its shape: {problem}")
-    if len({c.box for c in chunks}) != len(chunks):
-        raise _fail(f"{path}.chunks", "duplicate chunk boxes")
+    items = _list(_field(doc, "chunks", path), f"{path}.chunks")
+    columns = checked_columns(items, shape, ITEMSIZE[dtype], len(files), identity)
+    if columns is not None:
+        chunks = _chunks_of(columns, files, codecs)
+    else:
+        # Something is not plainly valid (or the tiling is not a grid): check chunk by
+        # chunk, naming the JSON path of the fault.
+        chunks = tuple(
+            _parse_chunk(c, f"{path}.chunks[{i}]", shape, ITEMSIZE[dtype], files, codecs)
+            for i, c in enumerate(items)
+        )
+        problem = tiling_problem(shape, [c.box for c in chunks])
+        if problem is not None:
+            raise _fail(f"{path}.chunks", f"chunks of {dotted(key)!r} do not tile its shape: {problem}")
+        if len({c.box for c in chunks}) != len(chunks):
+            raise _fail(f"{path}.chunks", "duplicate chunk boxes")
     return TensorEntry(key=key, dtype=dtype, shape=shape, container=container, chunks=chunks)
+
+
+_new_box = fast_constructor(Box)
+_new_frame = fast_constructor(Frame)
+_new_chunk = fast_constructor(Chunk)
+
+
+def _chunks_of(columns: Columns, files: list[str], codecs: list[CodecSpec]) -> tuple[Chunk, ...]:
+    """The chunks of checked columns (the objects the per-chunk path would build)."""
+    frames = list(map(_new_frame, columns.frame_nbytes, columns.frame_crc32c))
+    bounds = columns.frame_bounds
+    per_chunk = (list(zip(frames)) if bounds is None
+                 else [tuple(frames[a:b]) for a, b in zip(bounds, bounds[1:])])
+    return tuple(map(
+        _new_chunk, map(_new_box, columns.offsets, columns.sizes), map(files.__getitem__, columns.file),
+        columns.offset, columns.nbytes, columns.raw_nbytes, map(codecs.__getitem__, columns.codec),
+        columns.frame_raw_nbytes, per_chunk,
+    ))
 
 
 def _parse_chunk(
