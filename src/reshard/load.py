@@ -13,6 +13,7 @@ import torch
 from . import config
 from .adapters.tensors import flatten, is_tensor_leaf, set_path, shards_of, torch_dtype
 from .core.layout import full_box
+from .core.nogc import without_gc
 from .dist.collective import Collective
 from .errors import LayoutMismatchError, MissingKeysError
 from .format.manifest import Entry, Manifest, TensorEntry, dotted
@@ -34,6 +35,7 @@ class LoadPlan:
     values: list[tuple[tuple[Any, ...], Any]]
 
 
+@without_gc
 def load(
     state_dict: dict[str, Any],
     path: str | os.PathLike[str],
@@ -56,6 +58,8 @@ def load(
     ``allow_pickle=True`` lets its non-tensor values that need arbitrary pickle load;
     only pass it for checkpoints you trust. Without it such keys raise CheckpointError.
     """
+    # The cyclic GC is paused throughout (see save): planning and filling build a few
+    # acyclic objects per tensor, and collections walked the caller's whole heap.
     coll = Collective(process_group)
     store = open_store(path, storage_options)
     try:
