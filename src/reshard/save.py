@@ -16,7 +16,8 @@ from . import __version__, config
 from .adapters.tensors import describe, flatten
 from .codecs import Codec, resolve_codec
 from .core.nogc import without_gc
-from .core.planner import Desc, SavePlan, TensorDesc, ValueDesc, WriteTask, plan_save
+from .core.layout import Box
+from .core.planner import Desc, SavePlan, TensorDesc, ValueDesc, plan_save
 from .dist.collective import Collective, Outcome, raise_if_failed
 from .errors import CheckpointError, CheckpointNotFoundError, StorageError
 from .format.manifest import (
@@ -25,13 +26,14 @@ from .format.manifest import (
     Chunk,
     CodecSpec,
     Entry,
+    Frame,
     Manifest,
     TensorEntry,
     ValueEntry,
     is_saved_data_file,
 )
 from .storage import Store, open_store
-from .transfer.write import WrittenChunk, write_data_file
+from .transfer.write import WrittenFile, write_data_file
 
 
 @without_gc
@@ -71,7 +73,7 @@ class PreparedSave:
     """The agreed plan of one save, as seen by one rank (``plan`` only on the coordinator)."""
 
     save_id: str
-    tasks: tuple[WriteTask, ...]
+    tasks: tuple[tuple[int, int], ...]  # (item_index, box_index) to write, in plan order
     tensors: list[tuple[torch.Tensor, ...]]
     codec: Codec
     codec_spec: CodecSpec
@@ -80,8 +82,8 @@ class PreparedSave:
 
     def shards(self) -> list[tuple[int, int, torch.Tensor]]:
         """This rank's ``(item_index, box_index, tensor)`` to write, in plan order."""
-        return [(t.item_index, t.box_index, self.tensors[t.item_index][t.box_index])
-                for t in self.tasks]
+        tensors = self.tensors
+        return [(i, b, tensors[i][b]) for i, b in self.tasks]
 
 
 @without_gc
@@ -91,24 +93,29 @@ def prepare_save(
     """Describe every rank's state, plan on the coordinator, hand each rank its tasks."""
     local: dict[str, Any] = {}
 
-    def describe_local() -> tuple[CodecSpec, list[Desc]]:
+    def describe_local() -> tuple[CodecSpec, Any]:
         local["codec"], local["codec_spec"] = resolve_codec(codec_arg)
         described = [describe(key, leaf) for key, leaf in flatten(state_dict)]
         local["tensors"] = [tensors for _, tensors in described]
-        return local["codec_spec"], [desc for desc, _ in described]
+        local["descs"] = descs = [desc for desc, _ in described]
+        # The coordinator keeps its own descriptions; the others travel packed.
+        return local["codec_spec"], None if coll.is_coordinator else _pack_descs(descs)
 
     described = coll.gather_outcomes(describe_local)
     shared: dict[str, Any] = {}
 
-    def decide() -> list[tuple[str, tuple[Any, ...]]]:
+    def decide() -> list[tuple[str, tuple[tuple[int, int], ...]]]:
         assert described is not None
         raise_if_failed(described)
         _check_same_codec([o.value[0] for o in described])  # type: ignore[index]
-        per_rank: list[list[Desc]] = [o.value[1] for o in described]  # type: ignore[index]
+        per_rank: list[list[Desc]] = [local["descs"]] + [
+            _unpack_descs(o.value[1]) for o in described[1:]  # type: ignore[index]
+        ]
         shared["plan"], shared["per_rank"] = plan_save(per_rank), per_rank
         store.prepare(DATA_DIR)
         save_id = _save_id()
-        return [(save_id, shared["plan"].tasks[r]) for r in range(coll.world_size)]
+        return [(save_id, tuple([(t.item_index, t.box_index) for t in shared["plan"].tasks[r]]))
+                for r in range(coll.world_size)]
 
     save_id, tasks = coll.agree_scatter(decide)
     return PreparedSave(save_id=save_id, tasks=tasks, tensors=local["tensors"],
@@ -124,15 +131,15 @@ def write_and_commit(
     save_id = prepared.save_id
     file_name = f"{DATA_DIR}/{save_id}.{coll.rank}.bin"
 
-    def write_local() -> tuple[str, list[WrittenChunk]]:
+    def write_local() -> WrittenFile:
+        frame_raw_nbytes = config.frame_raw_nbytes()
         if not shards:
-            return file_name, []
+            return WrittenFile(name=file_name, frame_raw_nbytes=frame_raw_nbytes)
         with torch.no_grad():
-            written = write_data_file(
+            return write_data_file(
                 store, file_name, shards, prepared.codec,
-                frame_raw_nbytes=config.frame_raw_nbytes(), threads=config.io_threads(),
+                frame_raw_nbytes=frame_raw_nbytes, threads=config.io_threads(),
             )
-        return file_name, written
 
     written = coll.gather_outcomes(write_local)
 
@@ -176,9 +183,7 @@ def _check_same_codec(specs: list[CodecSpec]) -> None:
         )
 
 
-def _check_visible(
-    store: Store, written: list[Outcome[tuple[str, list[WrittenChunk]]]]
-) -> None:
+def _check_visible(store: Store, written: list[Outcome[WrittenFile]]) -> None:
     """Before the commit, make sure the coordinator sees every rank's data file whole.
 
     A rank that was given another path, or storage the coordinator does not share
@@ -187,10 +192,9 @@ def _check_visible(
     """
     for rank, outcome in enumerate(written):
         assert outcome.value is not None
-        file_name, records = outcome.value
-        if not records:
+        file_name, need = outcome.value.name, outcome.value.end
+        if not len(outcome.value):
             continue
-        need = max(w.offset + w.nbytes for w in records)
         try:
             size: int | None = store.size(file_name)
         except CheckpointNotFoundError:
@@ -220,7 +224,7 @@ def _remove_files(store: Store, should_remove: Any) -> None:
 def _manifest(
     plan: SavePlan,
     per_rank: list[list[Desc]],
-    written: list[Outcome[tuple[str, list[WrittenChunk]]]],
+    written: list[Outcome[WrittenFile]],
     save_id: str,
     world_size: int,
     codec_spec: CodecSpec,
@@ -228,23 +232,58 @@ def _manifest(
     chunks_by_key: dict[Any, list[Chunk]] = {}
     for rank, outcome in enumerate(written):
         assert outcome.value is not None
-        file_name, records = outcome.value
-        for w in records:
-            desc = per_rank[rank][w.item_index]
+        w = outcome.value
+        descs = per_rank[rank]
+        frames = [Frame(nbytes=n, crc32c=c) for n, c in zip(w.frame_nbytes, w.frame_crc32c)]
+        first = 0
+        for i, item_index in enumerate(w.item_index):
+            desc = descs[item_index]
             assert isinstance(desc, TensorDesc)
-            chunks_by_key.setdefault(desc.key, []).append(Chunk(
-                box=desc.boxes[w.box_index], file=file_name, offset=w.offset, nbytes=w.nbytes,
-                raw_nbytes=w.raw_nbytes, codec=codec_spec,
-                frame_raw_nbytes=w.frame_raw_nbytes, frames=w.frames,
-            ))
+            count = w.frame_count[i]
+            chunk = Chunk(
+                box=desc.boxes[w.box_index[i]], file=w.name, offset=w.offset[i],
+                nbytes=w.nbytes[i], raw_nbytes=w.raw_nbytes[i], codec=codec_spec,
+                frame_raw_nbytes=w.frame_raw_nbytes, frames=tuple(frames[first:first + count]),
+            )
+            first += count
+            found = chunks_by_key.get(desc.key)
+            if found is None:
+                chunks_by_key[desc.key] = [chunk]
+            else:
+                found.append(chunk)
     entries: list[Entry] = []
     for desc in plan.entries:
         if isinstance(desc, ValueDesc):
             entries.append(ValueEntry(key=desc.key, value=desc.value))
         else:
-            chunks = sorted(chunks_by_key.get(desc.key, []), key=lambda c: c.box.offsets)
+            chunks = chunks_by_key.get(desc.key, [])
+            if len(chunks) > 1:
+                chunks.sort(key=lambda c: c.box.offsets)
             entries.append(TensorEntry(key=desc.key, dtype=desc.dtype, shape=desc.shape,
                                        container=desc.container, chunks=tuple(chunks)))
     return Manifest(save_id=save_id, world_size=world_size, created_unix_s=time.time(),
                     library_version=__version__, entries=tuple(entries))
 
+
+# Descriptions travel to the coordinator as plain tuples: pickling and rebuilding a
+# dataclass per tensor and per box cost more than describing the tensor.
+_Packed = tuple[Any, ...]
+
+
+def _pack_descs(descs: list[Desc]) -> list[_Packed]:
+    return [
+        (d.key, d.dtype, d.shape, d.container, tuple([(b.offsets, b.sizes) for b in d.boxes]))
+        if type(d) is TensorDesc else (d.key, d.value)  # type: ignore[union-attr]
+        for d in descs
+    ]
+
+
+def _unpack_descs(packed: list[_Packed]) -> list[Desc]:
+    out: list[Desc] = []
+    for p in packed:
+        if len(p) == 2:
+            out.append(ValueDesc(key=p[0], value=p[1]))
+        else:
+            boxes = tuple([Box(offsets, sizes) for offsets, sizes in p[4]])
+            out.append(TensorDesc(key=p[0], dtype=p[1], shape=p[2], container=p[3], boxes=boxes))
+    return out

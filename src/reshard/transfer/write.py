@@ -5,30 +5,84 @@ from __future__ import annotations
 import itertools
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from ..adapters.tensors import tensor_bytes
 from ..codecs import Codec, crc32c
 from ..core.pickling import slots_reduce
-from ..format.manifest import Frame
 from ..storage.base import Store, new_file
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class WrittenChunk:
-    """Where one written box landed in the rank's data file (sent to the coordinator)."""
+class WrittenFile:
+    """Where every written box landed in one rank's data file, column by column.
+
+    Sent to the coordinator: a few tuples of ints pickle at C speed, where one object per
+    chunk and per frame cost tens of microseconds each to pickle and rebuild. Chunk ``i``
+    is box ``box_index[i]`` of local item ``item_index[i]``, stored at ``offset[i]`` with
+    ``nbytes[i]`` bytes (``raw_nbytes[i]`` raw); its frames are the next
+    ``frame_count[i]`` entries of ``frame_nbytes`` / ``frame_crc32c``.
+    """
 
     __reduce__ = slots_reduce
 
-    item_index: int
-    box_index: int
-    offset: int
-    nbytes: int
-    raw_nbytes: int
+    name: str
     frame_raw_nbytes: int
-    frames: tuple[Frame, ...]
+    item_index: tuple[int, ...] = ()
+    box_index: tuple[int, ...] = ()
+    offset: tuple[int, ...] = ()
+    nbytes: tuple[int, ...] = ()
+    raw_nbytes: tuple[int, ...] = ()
+    frame_count: tuple[int, ...] = ()
+    frame_nbytes: tuple[int, ...] = ()
+    frame_crc32c: tuple[int, ...] = ()
+
+    @property
+    def end(self) -> int:
+        """Bytes of the file the chunks occupy."""
+        return self.offset[-1] + self.nbytes[-1] if self.offset else 0
+
+    def __len__(self) -> int:
+        return len(self.item_index)
+
+
+@dataclass(slots=True)
+class _Columns:
+    item_index: list[int] = field(default_factory=list)
+    box_index: list[int] = field(default_factory=list)
+    offset: list[int] = field(default_factory=list)
+    nbytes: list[int] = field(default_factory=list)
+    raw_nbytes: list[int] = field(default_factory=list)
+    frame_count: list[int] = field(default_factory=list)
+    frame_nbytes: list[int] = field(default_factory=list)
+    frame_crc32c: list[int] = field(default_factory=list)
+    end: int = 0
+
+    def add(self, item_index: int, box_index: int, raw_nbytes: int,
+            frames: list[tuple[int, int]]) -> None:
+        nbytes = 0
+        for n, crc in frames:
+            self.frame_nbytes.append(n)
+            self.frame_crc32c.append(crc)
+            nbytes += n
+        self.item_index.append(item_index)
+        self.box_index.append(box_index)
+        self.offset.append(self.end)
+        self.nbytes.append(nbytes)
+        self.raw_nbytes.append(raw_nbytes)
+        self.frame_count.append(len(frames))
+        self.end += nbytes
+
+    def done(self, name: str, frame_raw_nbytes: int) -> WrittenFile:
+        return WrittenFile(
+            name=name, frame_raw_nbytes=frame_raw_nbytes,
+            item_index=tuple(self.item_index), box_index=tuple(self.box_index),
+            offset=tuple(self.offset), nbytes=tuple(self.nbytes),
+            raw_nbytes=tuple(self.raw_nbytes), frame_count=tuple(self.frame_count),
+            frame_nbytes=tuple(self.frame_nbytes), frame_crc32c=tuple(self.frame_crc32c),
+        )
 
 
 SMALL_CHUNK_NBYTES = 1 << 20  # encoded and checksummed inline, no thread hand-off
@@ -43,7 +97,7 @@ def write_data_file(
     *,
     frame_raw_nbytes: int,
     threads: int,
-) -> list[WrittenChunk]:
+) -> WrittenFile:
     """Write each ``(item_index, box_index, tensor)`` to ``name``; durable on return.
 
     A failure removes the partial file, so nothing half-written is left referenced.
@@ -51,33 +105,84 @@ def write_data_file(
     hand-offs and syscalls dominated many-small-tensor saves); large chunks checksum or
     encode on the pool while the writer thread writes, so the CPU work overlaps the I/O.
     """
-    written: list[WrittenChunk] = []
-    pending = bytearray()
+    cols = _Columns()
     with new_file(store, name) as writer, ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-        offset = 0
+        small = _SmallChunks(writer, cols, codec, frame_raw_nbytes)
         for item_index, box_index, tensor in shards:
+            if small.add(item_index, box_index, tensor):
+                continue
+            small.flush()
             raw = tensor_bytes(tensor)
-            spans = [(s, min(s + frame_raw_nbytes, len(raw)))
-                     for s in range(0, len(raw), frame_raw_nbytes)]
-            if len(raw) <= SMALL_CHUNK_NBYTES:
-                frames = _encode_inline(raw, spans, codec, pending)
-                if len(pending) >= COALESCE_NBYTES:
-                    writer.write(pending)
-                    pending.clear()
-            else:
-                if pending:
-                    writer.write(pending)
-                    pending.clear()
-                frames = _write_large(writer, raw, spans, codec, pool, threads)
-            nbytes = sum(f.nbytes for f in frames)
-            written.append(WrittenChunk(
-                item_index=item_index, box_index=box_index, offset=offset, nbytes=nbytes,
-                raw_nbytes=len(raw), frame_raw_nbytes=frame_raw_nbytes, frames=frames,
-            ))
-            offset += nbytes
-        if pending:
-            writer.write(pending)
-    return written
+            spans = _spans(len(raw), frame_raw_nbytes)
+            frames = _write_large(writer, raw, spans, codec, pool, threads)
+            cols.add(item_index, box_index, len(raw), frames)
+        small.flush()
+    return cols.done(name, frame_raw_nbytes)
+
+
+def _spans(n: int, frame_raw_nbytes: int) -> list[tuple[int, int]]:
+    return [(s, min(s + frame_raw_nbytes, n)) for s in range(0, n, frame_raw_nbytes)]
+
+
+# Tensor subclasses may redefine torch.cat; they take the one-tensor-at-a-time path.
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
+
+
+class _SmallChunks:
+    """Small chunks, gathered and written about ``COALESCE_NBYTES`` at a time.
+
+    Consecutive small CPU tensors of one dtype are copied into one buffer by a single
+    ``torch.cat`` (which also resolves conjugate/negative views and strides): per-tensor
+    byte views cost more than the copy. Every frame is checksummed (and, for codecs other
+    than identity, encoded) from that buffer, in file order.
+    """
+
+    def __init__(self, writer: object, cols: _Columns, codec: Codec, frame_raw_nbytes: int) -> None:
+        self._write = writer.write  # type: ignore[attr-defined]
+        self._cols = cols
+        self._codec = codec
+        self._identity = codec.name == "identity"
+        self._frame = frame_raw_nbytes
+        self._batch: list[tuple[int, int, torch.Tensor]] = []
+        self._dtype: torch.dtype | None = None
+        self._nbytes = 0
+
+    def add(self, item_index: int, box_index: int, tensor: torch.Tensor) -> bool:
+        """Take ``tensor`` if it is small and plain; False leaves it to the caller."""
+        nbytes = tensor.nbytes
+        if nbytes > SMALL_CHUNK_NBYTES or type(tensor) not in _PLAIN or not tensor.is_cpu:
+            return False
+        if tensor.dtype is not self._dtype or self._nbytes + nbytes > COALESCE_NBYTES:
+            self.flush()
+            self._dtype = tensor.dtype
+        self._batch.append((item_index, box_index, tensor))
+        self._nbytes += nbytes
+        return True
+
+    def flush(self) -> None:
+        if not self._batch:
+            return
+        batch, self._batch, self._nbytes = self._batch, [], 0
+        flat = torch.cat([t.reshape(-1) if t.dim() != 1 else t for _, _, t in batch])
+        raw = tensor_bytes(flat)
+        out = raw if self._identity else bytearray()
+        start = 0
+        add = self._cols.add
+        for item_index, box_index, tensor in batch:
+            stop = start + tensor.nbytes
+            frames = []
+            for a in range(start, stop, self._frame):
+                data = raw[a:min(a + self._frame, stop)]
+                if self._identity:
+                    frames.append((len(data), crc32c(data)))
+                    continue
+                stored, crc = encode_frame(self._codec, data)
+                view = memoryview(stored).cast("B")
+                out += view  # type: ignore[operator]
+                frames.append((len(view), crc))
+            add(item_index, box_index, stop - start, frames)
+            start = stop
+        self._write(out)
 
 
 def encode_frame(codec: Codec, data: memoryview) -> tuple[bytes | memoryview, int]:
@@ -88,33 +193,21 @@ def encode_frame(codec: Codec, data: memoryview) -> tuple[bytes | memoryview, in
     return out, crc32c(out)
 
 
-def _encode_inline(
-    raw: memoryview, spans: list[tuple[int, int]], codec: Codec, out: bytearray
-) -> tuple[Frame, ...]:
-    frames = []
-    for a, b in spans:
-        data, crc = encode_frame(codec, raw[a:b])
-        view = memoryview(data).cast("B")
-        out += view
-        frames.append(Frame(nbytes=len(view), crc32c=crc))
-    return tuple(frames)
-
-
 def _write_large(
     writer: object, raw: memoryview, spans: list[tuple[int, int]], codec: Codec,
     pool: ThreadPoolExecutor, threads: int,
-) -> tuple[Frame, ...]:
+) -> list[tuple[int, int]]:
     write = writer.write  # type: ignore[attr-defined]
     if codec.name == "identity":
         # The checksums run on the pool (crc32c releases the GIL) while this thread writes.
         crcs = [pool.submit(crc32c, raw[a:b]) for a, b in spans]
         write(raw)
-        return tuple(Frame(nbytes=b - a, crc32c=f.result()) for (a, b), f in zip(spans, crcs))
+        return [(b - a, f.result()) for (a, b), f in zip(spans, crcs)]
     # Encoded frames are written in order as they finish; a bounded window of frames in
     # flight keeps memory at a few frames per thread.
     window = max(2, 4 * threads)
     futures: deque[Future[tuple[bytes | memoryview, int]]] = deque()
-    frames: list[Frame] = []
+    frames: list[tuple[int, int]] = []
     it = iter(spans)
     for a, b in itertools.islice(it, window):
         futures.append(pool.submit(encode_frame, codec, raw[a:b]))
@@ -124,5 +217,5 @@ def _write_large(
         if nxt is not None:
             futures.append(pool.submit(encode_frame, codec, raw[nxt[0]:nxt[1]]))
         write(data)
-        frames.append(Frame(nbytes=len(memoryview(data).cast("B")), crc32c=crc))
-    return tuple(frames)
+        frames.append((len(memoryview(data).cast("B")), crc))
+    return frames
