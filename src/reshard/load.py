@@ -17,8 +17,9 @@ from .core.nogc import without_gc
 from .dist.collective import Collective
 from .errors import LayoutMismatchError, MissingKeysError
 from .format.manifest import Entry, Manifest, TensorEntry, dotted
-from .manifest_io import load_manifest
+from .manifest_io import find_manifest, parse_manifest
 from .storage import Store, open_store
+from .transfer.coalesce import fill_whole_chunks
 from .transfer.read import Target, fill
 
 
@@ -63,10 +64,11 @@ def load(
     coll = Collective(process_group)
     store = open_store(path, storage_options)
     try:
-        manifest = coll.agree_broadcast(lambda: load_manifest(store, allow_pickle=allow_pickle))
+        found = coll.agree_broadcast(lambda: find_manifest(store, allow_pickle=allow_pickle))
         plan: dict[str, LoadPlan] = {}
 
         def prepare() -> None:
+            manifest = found if isinstance(found, Manifest) else parse_manifest(store, found)
             plan["plan"] = plan_load(state_dict, manifest, strict=strict, location=store.location)
 
         coll.agree_all(prepare)
@@ -81,8 +83,8 @@ def load(
 
 def apply(store: Store, state_dict: dict[str, Any], plan: LoadPlan) -> None:
     with torch.no_grad():
-        fill(store, plan.targets, threads=config.io_threads(),
-             max_piece_nbytes=config.max_piece_nbytes())
+        rest = fill_whole_chunks(store, plan.targets)
+        fill(store, rest, threads=config.io_threads(), max_piece_nbytes=config.max_piece_nbytes())
     for key, value in plan.values:
         set_path(state_dict, key, value.make() if isinstance(value, _Later) else value)
 
