@@ -94,13 +94,16 @@ def plan_load(
 ) -> LoadPlan:
     """Targets and replacement values for every key of ``state_dict``; raises on mismatch."""
     by_key: dict[Any, Entry] = {e.key: e for e in manifest.entries}
-    by_name = manifest.by_dotted()
+    by_name: dict[str, Entry] | None = None  # built on the first key not found as it is
     targets: list[Target] = []
     values: list[tuple[tuple[Any, ...], Any]] = []
     missing: list[str] = []
     problems: list[str] = []
     for key, leaf in flatten(state_dict):
-        entry = by_key.get(key) or by_name.get(dotted(key))
+        entry = by_key.get(key)
+        if entry is None:
+            by_name = manifest.by_dotted() if by_name is None else by_name
+            entry = by_name.get(dotted(key))
         if entry is None and _is_empty_container(leaf):
             inside = [e for e in manifest.entries if len(e.key) > len(key) and e.key[:len(key)] == key]
             if inside:
@@ -169,7 +172,6 @@ def _match_tensor(
     key: tuple[Any, ...], leaf: Any, entry: TensorEntry, targets: list[Target],
     values: list[tuple[tuple[Any, ...], Any]], problems: list[str],
 ) -> None:
-    name = dotted(key)
     if not is_tensor_leaf(leaf):
         tensor = torch.empty(entry.shape, dtype=torch_dtype(entry.dtype))
         targets.append(Target(entry=entry, box=full_box(entry.shape), tensor=tensor))
@@ -185,7 +187,7 @@ def _match_tensor(
         values.append((key, _Later(lambda d=dest, s=leaf: _copied_into(d, s))))
     shards = shards_of(leaf, key, for_load=True)
     if shards.shape != entry.shape:
-        problems.append(f"key {name!r}: the checkpoint holds shape {list(entry.shape)}, "
+        problems.append(f"key {dotted(key)!r}: the checkpoint holds shape {list(entry.shape)}, "
                         f"the state dict expects {list(shards.shape)}")
         return
     for box, tensor in zip(shards.boxes, shards.tensors):

@@ -234,18 +234,14 @@ def _manifest(
         assert outcome.value is not None
         w = outcome.value
         descs = per_rank[rank]
-        frames = [Frame(nbytes=n, crc32c=c) for n, c in zip(w.frame_nbytes, w.frame_crc32c)]
-        first = 0
-        for i, item_index in enumerate(w.item_index):
+        for item_index, box_index, offset, nbytes, raw_nbytes, pairs in w.rows():
             desc = descs[item_index]
             assert isinstance(desc, TensorDesc)
-            count = w.frame_count[i]
             chunk = Chunk(
-                box=desc.boxes[w.box_index[i]], file=w.name, offset=w.offset[i],
-                nbytes=w.nbytes[i], raw_nbytes=w.raw_nbytes[i], codec=codec_spec,
-                frame_raw_nbytes=w.frame_raw_nbytes, frames=tuple(frames[first:first + count]),
+                box=desc.boxes[box_index], file=w.name, offset=offset, nbytes=nbytes,
+                raw_nbytes=raw_nbytes, codec=codec_spec, frame_raw_nbytes=w.frame_raw_nbytes,
+                frames=tuple([Frame(nbytes=n, crc32c=c) for n, c in pairs]),
             )
-            first += count
             found = chunks_by_key.get(desc.key)
             if found is None:
                 chunks_by_key[desc.key] = [chunk]

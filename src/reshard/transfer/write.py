@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 from collections import deque
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -38,6 +39,16 @@ class WrittenFile:
     frame_count: tuple[int, ...] = ()
     frame_nbytes: tuple[int, ...] = ()
     frame_crc32c: tuple[int, ...] = ()
+
+    def rows(self) -> Iterator[tuple[int, int, int, int, int, tuple[tuple[int, int], ...]]]:
+        """Per chunk: ``(item_index, box_index, offset, nbytes, raw_nbytes, frames)``,
+        ``frames`` as ``(nbytes, crc32c)`` pairs."""
+        pairs = list(zip(self.frame_nbytes, self.frame_crc32c))
+        first = 0
+        for i, count in enumerate(self.frame_count):
+            yield (self.item_index[i], self.box_index[i], self.offset[i], self.nbytes[i],
+                   self.raw_nbytes[i], tuple(pairs[first:first + count]))
+            first += count
 
     @property
     def end(self) -> int:
