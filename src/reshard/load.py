@@ -83,8 +83,9 @@ def load(
 
 def apply(store: Store, state_dict: dict[str, Any], plan: LoadPlan) -> None:
     with torch.no_grad():
-        rest = fill_whole_chunks(store, plan.targets)
-        fill(store, rest, threads=config.io_threads(), max_piece_nbytes=config.max_piece_nbytes())
+        threads = config.io_threads()
+        rest = fill_whole_chunks(store, plan.targets, threads=threads)
+        fill(store, rest, threads=threads, max_piece_nbytes=config.max_piece_nbytes())
     for key, value in plan.values:
         set_path(state_dict, key, value.make() if isinstance(value, _Later) else value)
 

@@ -78,8 +78,8 @@ def test_whole_chunk_targets_take_the_fast_path(tmp_path, monkeypatch) -> None:
     seen: list[int] = []
     real = coalesce.fill_whole_chunks
 
-    def spy(store, targets):
-        rest = real(store, targets)
+    def spy(store, targets, **kw):
+        rest = real(store, targets, **kw)
         seen.append(len(targets) - len(rest))
         return rest
 
@@ -128,9 +128,12 @@ def test_truncated_and_missing_data_file(tmp_path) -> None:
         reshard.load(_zeros_like(sd), tmp_path / "ck")
 
 
-def test_runs_are_bounded_and_gaps_small(tmp_path, monkeypatch) -> None:
-    # Tiny run limit: every chunk read on its own; the result is the same.
+@pytest.mark.parametrize("threads", ["1", "4"])
+def test_runs_are_bounded_and_gaps_small(tmp_path, monkeypatch, threads) -> None:
+    # Tiny run limit: every chunk read on its own (on one or several threads); the
+    # result is the same.
     monkeypatch.setattr(coalesce, "MAX_RUN_NBYTES", 16)
+    monkeypatch.setenv("RESHARD_IO_THREADS", threads)
     sd = _state()
     reshard.save(sd, tmp_path / "ck")
     out = _zeros_like(sd)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -115,13 +116,14 @@ _MAX_SCANNED_CHUNKS = 16  # entries with more chunks than this take the general 
 _PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)
 
 
-def fill_whole_chunks(store: Store, targets: list[Any]) -> list[Any]:
+def fill_whole_chunks(store: Store, targets: list[Any], *, threads: int = 1) -> list[Any]:
     """Fill every target that is exactly one small identity-coded chunk; return the rest.
 
     A target qualifies when one chunk of its entry has exactly its box, is stored
     uncoded, holds at most ``SMALL_CHUNK_NBYTES``, and the destination is a plain
     contiguous CPU tensor of the saved dtype (so its memory is the chunk's raw bytes).
-    Every byte copied is first checked against its frame's CRC-32C.
+    Every byte copied is first checked against its frame's CRC-32C. Several runs are
+    read on up to ``threads`` threads (cold files, object stores).
     """
     rest: list[Any] = []
     by_file: dict[str, list[tuple[int, Any, Any]]] = {}
@@ -131,25 +133,32 @@ def fill_whole_chunks(store: Store, targets: list[Any]) -> list[Any]:
             rest.append(t)
         else:
             by_file.setdefault(chunk.file, []).append((chunk.offset, t, chunk))
-    if not by_file:
-        return rest
     gap = max(SMALL_GAP_NBYTES, int(getattr(store, "coalesce_gap_nbytes", 0) or 0))
-    buffer: np.ndarray[Any, Any] | None = None
+    runs: list[tuple[str, list[tuple[int, Any, Any]]]] = []
     for file, items in by_file.items():
         _check_file(store, file, items)
         items.sort(key=lambda item: item[0])
-        for run in _runs(items, gap):
-            lo = run[0][0]
-            hi = max(c.offset + c.nbytes for _, _, c in run)
-            if buffer is None or len(buffer) < hi - lo:
-                buffer = np.empty(max(hi - lo, min(MAX_RUN_NBYTES, 1 << 16)), dtype=np.uint8)
-            view = memoryview(buffer)[:hi - lo]
-            try:
-                store.read_into(file, lo, view)
-            except CheckpointError as e:
-                raise type(e)(f"key {run[0][1].name!r}: {e}") from None
-            _copy_verified(view, buffer.ctypes.data, lo, run)
+        runs.extend((file, run) for run in _runs(items, gap))
+    if len(runs) == 1 or threads <= 1:
+        for file, run in runs:
+            _read_run(store, file, run)
+    elif runs:
+        with ThreadPoolExecutor(max_workers=min(threads, len(runs))) as pool:
+            for f in [pool.submit(_read_run, store, file, run) for file, run in runs]:
+                f.result()
     return rest
+
+
+def _read_run(store: Store, file: str, run: list[tuple[int, Any, Any]]) -> None:
+    lo = run[0][0]
+    hi = max(c.offset + c.nbytes for _, _, c in run)
+    buffer = np.empty(hi - lo, dtype=np.uint8)
+    view = memoryview(buffer)
+    try:
+        store.read_into(file, lo, view)
+    except CheckpointError as e:
+        raise type(e)(f"key {run[0][1].name!r}: {e}") from None
+    _copy_verified(view, buffer.ctypes.data, lo, run)
 
 
 def _whole_chunk(t: Any) -> Any:
