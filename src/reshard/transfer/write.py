@@ -142,9 +142,9 @@ _PLAIN = (torch.Tensor, torch.nn.Parameter)
 class _SmallChunks:
     """Small chunks, gathered and written about ``COALESCE_NBYTES`` at a time.
 
-    Consecutive small CPU tensors of one dtype are copied into one buffer by a single
-    ``torch.cat`` (which also resolves conjugate/negative views and strides): per-tensor
-    byte views cost more than the copy. Every frame is checksummed (and, for codecs other
+    Consecutive small tensors of one dtype and device are copied into one buffer by a
+    single ``torch.cat`` (which also resolves conjugate/negative views and strides):
+    per-tensor byte views cost more than the copy. Every frame is checksummed (and, for codecs other
     than identity, encoded) from that buffer, in file order.
     """
 
@@ -155,17 +155,19 @@ class _SmallChunks:
         self._identity = codec.name == "identity"
         self._frame = frame_raw_nbytes
         self._batch: list[tuple[int, int, torch.Tensor]] = []
-        self._dtype: torch.dtype | None = None
+        self._kind: object = None
         self._nbytes = 0
 
     def add(self, item_index: int, box_index: int, tensor: torch.Tensor) -> bool:
         """Take ``tensor`` if it is small and plain; False leaves it to the caller."""
         nbytes = tensor.nbytes
-        if nbytes > SMALL_CHUNK_NBYTES or type(tensor) not in _PLAIN or not tensor.is_cpu:
+        if nbytes > SMALL_CHUNK_NBYTES or type(tensor) not in _PLAIN:
             return False
-        if tensor.dtype is not self._dtype or self._nbytes + nbytes > COALESCE_NBYTES:
+        # One batch per dtype and device: a batch on an accelerator is copied to host once.
+        kind = tensor.dtype if tensor.is_cpu else (tensor.dtype, tensor.device)
+        if kind != self._kind or self._nbytes + nbytes > COALESCE_NBYTES:
             self.flush()
-            self._dtype = tensor.dtype
+            self._kind = kind
         self._batch.append((item_index, box_index, tensor))
         self._nbytes += nbytes
         return True
