@@ -15,8 +15,8 @@ import torch
 from . import __version__, config
 from .adapters.tensors import describe, flatten
 from .codecs import Codec, resolve_codec
-from .core.nogc import without_gc
 from .core.layout import Box
+from .core.nogc import without_gc
 from .core.planner import Desc, SavePlan, TensorDesc, ValueDesc, plan_save
 from .dist.collective import Collective, Outcome, raise_if_failed
 from .errors import CheckpointError, CheckpointNotFoundError, StorageError

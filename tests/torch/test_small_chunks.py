@@ -43,8 +43,8 @@ def _expected(sd: dict[str, object]) -> dict[str, object]:
 
 
 def _zeros_like(sd: dict[str, object]) -> dict[str, object]:
-    return {k: np.zeros_like(v) if isinstance(v, np.ndarray) else torch.zeros_like(v.resolve_conj().resolve_neg())
-            for k, v in sd.items()}
+    return {k: np.zeros_like(v) if isinstance(v, np.ndarray)
+            else torch.zeros_like(v.resolve_conj().resolve_neg()) for k, v in sd.items()}
 
 
 def _check(out: dict[str, object], want: dict[str, object]) -> None:

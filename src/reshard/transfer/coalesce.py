@@ -153,7 +153,7 @@ def _read_run(store: Store, file: str, run: list[tuple[int, Any, Any]]) -> None:
     lo = run[0][0]
     hi = max(c.offset + c.nbytes for _, _, c in run)
     buffer = np.empty(hi - lo, dtype=np.uint8)
-    view = memoryview(buffer)
+    view = buffer.data
     try:
         store.read_into(file, lo, view)
     except CheckpointError as e:
@@ -172,7 +172,7 @@ def _whole_chunk(t: Any) -> Any:
     ):
         return None
     nbytes = tensor.nbytes
-    if nbytes > SMALL_CHUNK_NBYTES or tuple(tensor.shape) != t.box.sizes:
+    if nbytes > SMALL_CHUNK_NBYTES or tensor.shape != t.box.sizes:
         return None
     for c in chunks:
         if c.box == t.box:
