@@ -110,7 +110,7 @@ class _SpanStore:
 # is checksummed in memory, and the verified bytes are copied into the destination.
 
 SMALL_CHUNK_NBYTES = 1 << 20  # larger chunks keep the general path (reads straight into the destination)
-MAX_RUN_NBYTES = 8 << 20  # one buffer of at most this size is read at a time
+MAX_RUN_NBYTES = 4 << 20  # one buffer of at most this size per reading thread
 SMALL_GAP_NBYTES = 4096  # holes up to this size are read through: cheaper than another request
 _MAX_SCANNED_CHUNKS = 16  # entries with more chunks than this take the general path
 _PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)
@@ -176,8 +176,11 @@ def _whole_chunk(t: Any) -> Any:
         return None
     for c in chunks:
         if c.box == t.box:
+            frames = c.frames
+            covered = (frames[0].nbytes if len(frames) == 1
+                       else sum(f.nbytes for f in frames))  # the frames span the chunk's bytes
             if (c.codec.name == "identity" and c.raw_nbytes == nbytes and c.nbytes == nbytes
-                    and sum(f.nbytes for f in c.frames) == nbytes):
+                    and covered == nbytes):
                 return c
             return None
     return None
