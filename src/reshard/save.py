@@ -234,13 +234,13 @@ def _manifest(
         assert outcome.value is not None
         w = outcome.value
         descs = per_rank[rank]
-        for item_index, box_index, offset, nbytes, raw_nbytes, pairs in w.rows():
-            desc = descs[item_index]
+        for c in w.chunks():
+            desc = descs[c.item_index]
             assert isinstance(desc, TensorDesc)
             chunk = Chunk(
-                box=desc.boxes[box_index], file=w.name, offset=offset, nbytes=nbytes,
-                raw_nbytes=raw_nbytes, codec=codec_spec, frame_raw_nbytes=w.frame_raw_nbytes,
-                frames=tuple([Frame(nbytes=n, crc32c=c) for n, c in pairs]),
+                box=desc.boxes[c.box_index], file=w.name, offset=c.offset, nbytes=c.nbytes,
+                raw_nbytes=c.raw_nbytes, codec=codec_spec, frame_raw_nbytes=c.frame_raw_nbytes,
+                frames=tuple([Frame(nbytes=f.nbytes, crc32c=f.crc32c) for f in c.frames]),
             )
             found = chunks_by_key.get(desc.key)
             if found is None:
