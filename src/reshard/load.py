@@ -13,12 +13,14 @@ import torch
 from . import config
 from .adapters.tensors import flatten, is_tensor_leaf, set_path, shards_of, torch_dtype
 from .core.layout import full_box
+from .core.nogc import without_gc
 from .dist.collective import Collective
 from .errors import LayoutMismatchError, MissingKeysError
 from .format.manifest import Entry, Manifest, TensorEntry, dotted
-from .manifest_io import load_manifest
+from .manifest_io import find_manifest, parse_manifest
 from .storage import Store, open_store
 from .transfer import exchange
+from .transfer.coalesce import fill_whole_chunks, whole_chunk
 from .transfer.read import Target, fill
 
 
@@ -35,6 +37,7 @@ class LoadPlan:
     values: list[tuple[tuple[Any, ...], Any]]
 
 
+@without_gc
 def load(
     state_dict: dict[str, Any],
     path: str | os.PathLike[str],
@@ -57,16 +60,21 @@ def load(
     ``allow_pickle=True`` lets its non-tensor values that need arbitrary pickle load;
     only pass it for checkpoints you trust. Without it such keys raise CheckpointError.
     """
+    # The cyclic GC is paused throughout (see save): planning and filling build a few
+    # acyclic objects per tensor, and collections walked the caller's whole heap.
     coll = Collective(process_group)
     store = open_store(path, storage_options)
     try:
-        manifest = coll.agree_broadcast(lambda: load_manifest(store, allow_pickle=allow_pickle))
+        found = coll.agree_broadcast(lambda: find_manifest(store, allow_pickle=allow_pickle))
         plan: dict[str, LoadPlan] = {}
 
         def prepare() -> Any:
+            manifest = found if isinstance(found, Manifest) else parse_manifest(store, found)
             plan["plan"] = plan_load(state_dict, manifest, strict=strict, location=store.location)
             # What this rank would share reads of: gathered here at no extra collective.
-            return exchange.local_needs(plan["plan"].targets, world_size=coll.world_size,
+            # Needs index the targets left after whole small chunks, as apply() fills them.
+            rest = [t for t in plan["plan"].targets if whole_chunk(t) is None]
+            return exchange.local_needs(rest, world_size=coll.world_size,
                                         can_swap=coll.swaps_host_bytes)
 
         gathered = exchange.gather(coll.agree_all(prepare))
@@ -84,8 +92,10 @@ def apply(
     coll: Collective | None = None, gathered: exchange.Gathered | None = None,
 ) -> None:
     with torch.no_grad():
-        fill(store, plan.targets, threads=config.io_threads(),
-             max_piece_nbytes=config.max_piece_nbytes(), coll=coll, gathered=gathered)
+        threads = config.io_threads()
+        rest = fill_whole_chunks(store, plan.targets, threads=threads)
+        fill(store, rest, threads=threads, max_piece_nbytes=config.max_piece_nbytes(),
+             coll=coll, gathered=gathered)
     for key, value in plan.values:
         set_path(state_dict, key, value.make() if isinstance(value, _Later) else value)
 
@@ -95,13 +105,16 @@ def plan_load(
 ) -> LoadPlan:
     """Targets and replacement values for every key of ``state_dict``; raises on mismatch."""
     by_key: dict[Any, Entry] = {e.key: e for e in manifest.entries}
-    by_name = manifest.by_dotted()
+    by_name: dict[str, Entry] | None = None  # built on the first key not found as it is
     targets: list[Target] = []
     values: list[tuple[tuple[Any, ...], Any]] = []
     missing: list[str] = []
     problems: list[str] = []
     for key, leaf in flatten(state_dict):
-        entry = by_key.get(key) or by_name.get(dotted(key))
+        entry = by_key.get(key)
+        if entry is None:
+            by_name = manifest.by_dotted() if by_name is None else by_name
+            entry = by_name.get(dotted(key))
         if entry is None and _is_empty_container(leaf):
             inside = [e for e in manifest.entries if len(e.key) > len(key) and e.key[:len(key)] == key]
             if inside:
@@ -170,7 +183,6 @@ def _match_tensor(
     key: tuple[Any, ...], leaf: Any, entry: TensorEntry, targets: list[Target],
     values: list[tuple[tuple[Any, ...], Any]], problems: list[str],
 ) -> None:
-    name = dotted(key)
     if not is_tensor_leaf(leaf):
         tensor = torch.empty(entry.shape, dtype=torch_dtype(entry.dtype))
         targets.append(Target(entry=entry, box=full_box(entry.shape), tensor=tensor))
@@ -186,7 +198,7 @@ def _match_tensor(
         values.append((key, _Later(lambda d=dest, s=leaf: _copied_into(d, s))))
     shards = shards_of(leaf, key, for_load=True)
     if shards.shape != entry.shape:
-        problems.append(f"key {name!r}: the checkpoint holds shape {list(entry.shape)}, "
+        problems.append(f"key {dotted(key)!r}: the checkpoint holds shape {list(entry.shape)}, "
                         f"the state dict expects {list(shards.shape)}")
         return
     for box, tensor in zip(shards.boxes, shards.tensors):

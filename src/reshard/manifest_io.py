@@ -21,6 +21,24 @@ def read_manifest_bytes(store: Store) -> bytes:
         ) from None
 
 
+def find_manifest(store: Store, *, allow_pickle: bool = False) -> bytes | Manifest:
+    """The committed manifest's bytes (parse them with ``parse_manifest``), or the
+    in-memory manifest of a torch.distributed.checkpoint directory.
+
+    A load's coordinator calls this and shares the result: bytes are cheaper to send
+    than a parsed manifest is to pickle and rebuild, so every rank parses them itself.
+    """
+    try:
+        return read_manifest_bytes(store)
+    except CheckpointNotFoundError:
+        return load_manifest(store, allow_pickle=allow_pickle)
+
+
+def parse_manifest(store: Store, data: bytes) -> Manifest:
+    """The validated manifest of ``store`` from its bytes (errors name its path)."""
+    return Manifest.from_json(data, source=os.path.join(store.location, MANIFEST_NAME))
+
+
 def load_manifest(store: Store, *, allow_pickle: bool = False) -> Manifest:
     """The parsed, validated manifest of the checkpoint in ``store``.
 
@@ -37,4 +55,4 @@ def load_manifest(store: Store, *, allow_pickle: bool = False) -> Manifest:
         if dcp.is_dcp_checkpoint(store):
             return dcp.load_dcp_manifest(store, allow_pickle=allow_pickle)
         raise
-    return Manifest.from_json(data, source=os.path.join(store.location, MANIFEST_NAME))
+    return parse_manifest(store, data)

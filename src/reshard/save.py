@@ -15,7 +15,9 @@ import torch
 from . import __version__, config
 from .adapters.tensors import describe, flatten
 from .codecs import Codec, chunk_spec, resolve_codec
-from .core.planner import Desc, SavePlan, ValueDesc, WriteTask, plan_save
+from .core.layout import Box
+from .core.nogc import without_gc
+from .core.planner import Desc, SavePlan, TensorDesc, ValueDesc, plan_save
 from .dist.collective import Collective, Outcome, raise_if_failed
 from .errors import CheckpointError, CheckpointNotFoundError, StorageError
 from .format.canonical import chunk_json, tensor_entry_json, value_entry_json
@@ -31,9 +33,10 @@ from .format.manifest import (
     is_saved_data_file,
 )
 from .storage import Store, open_store
-from .transfer.write import WrittenChunk, write_data_file
+from .transfer.write import WrittenFile, write_data_file
 
 
+@without_gc
 def save(
     state_dict: Mapping[str, Any],
     path: str | os.PathLike[str],
@@ -50,6 +53,9 @@ def save(
     leaves the previous checkpoint at ``path`` loadable. Any rank's failure raises on every rank.
     An ``async_save`` still in flight in this process is waited for first.
     """
+    # The cyclic GC is paused throughout: a save builds thousands of short-lived acyclic
+    # objects per tensor, and each allocation burst made the collector walk the caller's
+    # whole heap (5,000 small DTensors: 1.24 -> 0.77 CPU s on the coordinator).
     from .async_save import wait_for_inflight  # async_save builds on this module
 
     coll = Collective(process_group)
@@ -67,7 +73,7 @@ class PreparedSave:
     """The agreed plan of one save, as seen by one rank (``plan`` only on the coordinator)."""
 
     save_id: str
-    tasks: tuple[WriteTask, ...]
+    tasks: tuple[tuple[int, int], ...]  # (item_index, box_index) to write, in plan order
     tensors: list[tuple[torch.Tensor, ...]]
     codec: Codec
     codec_spec: CodecSpec
@@ -76,34 +82,40 @@ class PreparedSave:
 
     def shards(self) -> list[tuple[int, int, torch.Tensor]]:
         """This rank's ``(item_index, box_index, tensor)`` to write, in plan order."""
-        return [(t.item_index, t.box_index, self.tensors[t.item_index][t.box_index])
-                for t in self.tasks]
+        tensors = self.tensors
+        return [(i, b, tensors[i][b]) for i, b in self.tasks]
 
 
+@without_gc
 def prepare_save(
     coll: Collective, store: Store, state_dict: Mapping[str, Any], codec_arg: Any
 ) -> PreparedSave:
     """Describe every rank's state, plan on the coordinator, hand each rank its tasks."""
     local: dict[str, Any] = {}
 
-    def describe_local() -> tuple[CodecSpec, list[Desc]]:
+    def describe_local() -> tuple[CodecSpec, Any]:
         local["codec"], local["codec_spec"] = resolve_codec(codec_arg)
         described = [describe(key, leaf) for key, leaf in flatten(state_dict)]
         local["tensors"] = [tensors for _, tensors in described]
-        return local["codec_spec"], [desc for desc, _ in described]
+        local["descs"] = descs = [desc for desc, _ in described]
+        # The coordinator keeps its own descriptions; the others travel packed.
+        return local["codec_spec"], None if coll.is_coordinator else _pack_descs(descs)
 
     described = coll.gather_outcomes(describe_local)
     shared: dict[str, Any] = {}
 
-    def decide() -> list[tuple[str, tuple[Any, ...]]]:
+    def decide() -> list[tuple[str, tuple[tuple[int, int], ...]]]:
         assert described is not None
         raise_if_failed(described)
         _check_same_codec([o.value[0] for o in described])  # type: ignore[index]
-        per_rank: list[list[Desc]] = [o.value[1] for o in described]  # type: ignore[index]
+        per_rank: list[list[Desc]] = [local["descs"]] + [
+            _unpack_descs(o.value[1]) for o in described[1:]  # type: ignore[index]
+        ]
         shared["plan"], shared["per_rank"] = plan_save(per_rank), per_rank
         store.prepare(DATA_DIR)
         save_id = _save_id()
-        return [(save_id, shared["plan"].tasks[r]) for r in range(coll.world_size)]
+        return [(save_id, tuple([(t.item_index, t.box_index) for t in shared["plan"].tasks[r]]))
+                for r in range(coll.world_size)]
 
     save_id, tasks = coll.agree_scatter(decide)
     return PreparedSave(save_id=save_id, tasks=tasks, tensors=local["tensors"],
@@ -119,15 +131,15 @@ def write_and_commit(
     save_id = prepared.save_id
     file_name = f"{DATA_DIR}/{save_id}.{coll.rank}.bin"
 
-    def write_local() -> tuple[str, list[WrittenChunk]]:
+    def write_local() -> WrittenFile:
+        frame_raw_nbytes = config.frame_raw_nbytes()
         if not shards:
-            return file_name, []
+            return WrittenFile(name=file_name, frame_raw_nbytes=frame_raw_nbytes)
         with torch.no_grad():
-            written = write_data_file(
+            return write_data_file(
                 store, file_name, shards, prepared.codec,
-                frame_raw_nbytes=config.frame_raw_nbytes(), threads=config.io_threads(),
+                frame_raw_nbytes=frame_raw_nbytes, threads=config.io_threads(),
             )
-        return file_name, written
 
     written = coll.gather_outcomes(write_local)
 
@@ -174,9 +186,7 @@ def _check_same_codec(specs: list[CodecSpec]) -> None:
         )
 
 
-def _check_visible(
-    store: Store, written: list[Outcome[tuple[str, list[WrittenChunk]]]]
-) -> None:
+def _check_visible(store: Store, written: list[Outcome[WrittenFile]]) -> None:
     """Before the commit, make sure the coordinator sees every rank's data file whole.
 
     A rank that was given another path, or storage the coordinator does not share
@@ -185,10 +195,9 @@ def _check_visible(
     """
     for rank, outcome in enumerate(written):
         assert outcome.value is not None
-        file_name, records = outcome.value
-        if not records:
+        file_name, need = outcome.value.name, outcome.value.end
+        if not len(outcome.value):
             continue
-        need = max(w.offset + w.nbytes for w in records)
         try:
             size: int | None = store.size(file_name)
         except CheckpointNotFoundError:
@@ -218,15 +227,15 @@ def _remove_files(store: Store, should_remove: Any) -> None:
 def manifest_json(
     plan: SavePlan,
     per_rank: list[list[Desc]],
-    written: list[tuple[str, list[WrittenChunk]]],
+    written: list[WrittenFile],
     *,
     save_id: str,
     world_size: int,
     codec_spec: CodecSpec,
     created_unix_s: float,
 ) -> tuple[bytes, list[str]]:
-    """The manifest file of a save whose ranks wrote ``written`` (``(file name, records)``
-    per rank), and the data files it names.
+    """The manifest file of a save whose ranks wrote ``written`` (one ``WrittenFile`` per
+    rank), and the data files it names.
 
     Built straight from the records, without a Manifest of Chunk objects (at 2,048 ranks
     that object graph and its conversion to JSON cost more than the rest of the commit),
@@ -250,13 +259,13 @@ def manifest_json(
             index = codec_by_dtype[dtype] = codecs.index(record)
         return index
 
-    for rank, (file_name, records) in enumerate(written):
-        if not records:
+    for rank, written_file in enumerate(written):
+        if not len(written_file):
             continue
         file_index = len(files)
-        files.append(file_name)
+        files.append(written_file.name)
         descs = per_rank[rank]
-        for w in records:
+        for w in written_file.chunks():
             desc = descs[w.item_index]
             box = desc.boxes[w.box_index]  # type: ignore[union-attr]
             chunks = pending.get(desc.key)
@@ -298,3 +307,27 @@ class _Chunks:
         if self.in_order:
             return self.texts
         return [self.texts[i] for i in sorted(range(len(self.texts)), key=self.offsets.__getitem__)]
+
+
+# Descriptions travel to the coordinator as plain tuples: pickling and rebuilding a
+# dataclass per tensor and per box cost more than describing the tensor.
+_Packed = tuple[Any, ...]
+
+
+def _pack_descs(descs: list[Desc]) -> list[_Packed]:
+    return [
+        (d.key, d.dtype, d.shape, d.container, tuple([(b.offsets, b.sizes) for b in d.boxes]))
+        if type(d) is TensorDesc else (d.key, d.value)  # type: ignore[union-attr]
+        for d in descs
+    ]
+
+
+def _unpack_descs(packed: list[_Packed]) -> list[Desc]:
+    out: list[Desc] = []
+    for p in packed:
+        if len(p) == 2:
+            out.append(ValueDesc(key=p[0], value=p[1]))
+        else:
+            boxes = tuple([Box(offsets, sizes) for offsets, sizes in p[4]])
+            out.append(TensorDesc(key=p[0], dtype=p[1], shape=p[2], container=p[3], boxes=boxes))
+    return out

@@ -9,24 +9,32 @@ import zlib
 
 from reshard.core.layout import Box
 from reshard.core.planner import TensorDesc, ValueDesc, plan_save
-from reshard.format.manifest import CHECKSUM_FIELD, IDENTITY, CodecSpec, Frame, Manifest, TensorEntry
+from reshard.format.manifest import CHECKSUM_FIELD, IDENTITY, CodecSpec, Manifest, TensorEntry
 from reshard.save import manifest_json
-from reshard.transfer.write import WrittenChunk
+from reshard.transfer.write import WrittenFile
 
 
 def _records(plan, per_rank, frame_raw):  # type: ignore[no-untyped-def]
     written = []
     for rank, tasks in enumerate(plan.tasks):
-        offset, records = 1000 * rank, []
+        offset = 1000 * rank
+        cols: dict[str, list[int]] = {k: [] for k in (
+            "item_index", "box_index", "offset", "nbytes", "raw_nbytes", "frame_count",
+            "frame_nbytes", "frame_crc32c")}
         for t in tasks:
             raw = per_rank[rank][t.item_index].boxes[t.box_index].numel * 4
-            frames = tuple(Frame(nbytes=min(frame_raw, raw - s), crc32c=rank * 7 + s)
-                           for s in range(0, raw, frame_raw))
-            records.append(WrittenChunk(item_index=t.item_index, box_index=t.box_index, offset=offset,
-                                        nbytes=raw, raw_nbytes=raw, frame_raw_nbytes=frame_raw,
-                                        frames=frames))
+            starts = range(0, raw, frame_raw)
+            cols["item_index"].append(t.item_index)
+            cols["box_index"].append(t.box_index)
+            cols["offset"].append(offset)
+            cols["nbytes"].append(raw)
+            cols["raw_nbytes"].append(raw)
+            cols["frame_count"].append(len(starts))
+            cols["frame_nbytes"] += [min(frame_raw, raw - s) for s in starts]
+            cols["frame_crc32c"] += [rank * 7 + s for s in starts]
             offset += raw
-        written.append((f"data/x.{rank}.bin", records))
+        written.append(WrittenFile(name=f"data/x.{rank}.bin", frame_raw_nbytes=frame_raw,
+                                   **{k: tuple(v) for k, v in cols.items()}))
     return written
 
 
@@ -48,7 +56,7 @@ def test_manifest_from_records_with_ranks_out_of_offset_order() -> None:
     zstd = CodecSpec(name="zstd", configuration=(("level", 3),))
     data, files = manifest_json(plan, per_rank, written, save_id="x", world_size=world,
                                 codec_spec=zstd, created_unix_s=1.5)
-    assert files == [f"data/x.{r}.bin" for r in range(world) if written[r][1]]
+    assert files == [f"data/x.{r}.bin" for r in range(world) if len(written[r])]
     m = Manifest.from_json(data)
     assert [e.key for e in m.entries] == [("m",), ("step",), ("v",)]
     matrix, vector = m.entries[0], m.entries[2]
@@ -70,7 +78,8 @@ def test_manifest_from_records_with_ranks_out_of_offset_order() -> None:
 def test_manifest_of_values_only() -> None:
     per_rank = [[ValueDesc(key=("a",), value={"type": "str", "value": "\u00e9\u4e2d"})]] * 2
     plan = plan_save(per_rank)
-    data, files = manifest_json(plan, per_rank, [("data/x.0.bin", []), ("data/x.1.bin", [])],
+    empty = [WrittenFile(name=f"data/x.{r}.bin", frame_raw_nbytes=8) for r in range(2)]
+    data, files = manifest_json(plan, per_rank, empty,
                                 save_id="x", world_size=2, codec_spec=IDENTITY, created_unix_s=0.0)
     assert files == [] and json.loads(data)["codecs"] == []
     assert Manifest.from_json(data).entries[0].decoded() == "\u00e9\u4e2d"  # type: ignore[union-attr]

@@ -120,9 +120,11 @@ def is_tensor_leaf(leaf: Any) -> bool:
 
 def shards_of(leaf: Any, key: Key, *, for_load: bool) -> Shards:
     """The boxes of ``leaf`` held by this rank and the tensors backing them."""
+    if _is_dtensor(leaf):
+        local = leaf._local_tensor
+        if not hasattr(local, "__create_chunk_list__"):
+            return _dtensor_shards(leaf, local, key, for_load=for_load)
     name = dotted(key)
-    if _is_dtensor(leaf) and not hasattr(leaf._local_tensor, "__create_chunk_list__"):
-        return _dtensor_shards(leaf, name, for_load=for_load)
     if hasattr(leaf, "__create_chunk_list__"):
         return _protocol_shards(leaf, name, for_load=for_load)
     if isinstance(leaf, np.generic):
@@ -155,6 +157,15 @@ def _is_dtensor(leaf: Any) -> bool:
     return module is not None and isinstance(leaf, module.DTensor)
 
 
+def _is_plain_dense(tensor: torch.Tensor, *, for_load: bool) -> bool:
+    """The common case check_dense accepts, in a few attribute reads (no device object,
+    no stride walk: a contiguous tensor has no zero stride over more than one element)."""
+    return (
+        tensor.layout == torch.strided and not tensor.is_nested and not tensor.is_meta
+        and (not for_load or tensor.is_contiguous())
+    )
+
+
 def check_dense(tensor: torch.Tensor, name: str, *, for_load: bool) -> None:
     """Refuse tensors whose elements are not plain strided memory this process can read
     (and, for a load, write) element by element, naming the key."""
@@ -173,33 +184,66 @@ def check_dense(tensor: torch.Tensor, name: str, *, for_load: bool) -> None:
         raise UnsupportedValueError(f"key {name!r}: {problem}")
 
 
-def _dtensor_shards(dt: Any, name: str, *, for_load: bool) -> Shards:
+def _dtensor_shards(dt: Any, local: torch.Tensor, key: Key, *, for_load: bool) -> Shards:
+    spec = dt._spec
+    layout = _dtensor_layout(spec, key)
+    if layout.box is None:  # this rank is not in the mesh
+        return Shards(shape=layout.shape, dtype=dtype_name(dt.dtype, dotted(key)),
+                      container="torch", boxes=(), tensors=())
+    if local.shape != layout.box.sizes:
+        raise LayoutMismatchError(
+            f"key {dotted(key)!r}: the local shard has shape {list(local.shape)}, but placements "
+            f"{list(spec.placements)} of global shape {list(layout.shape)} give this rank "
+            f"{list(layout.box.sizes)} (DTensor uneven shards must follow torch.chunk sizes)"
+        )
+    if local.requires_grad:
+        local = local.detach()
+    if not _is_plain_dense(local, for_load=for_load):
+        check_dense(local, dotted(key), for_load=for_load)
+    dtype = _TORCH_DTYPES.get(local.dtype)
+    if dtype is None:
+        dtype = dtype_name(local.dtype, dotted(key))
+    return Shards(shape=layout.shape, dtype=dtype, container="torch", boxes=(layout.box,),
+                  tensors=(local,))
+
+
+@dataclass(frozen=True, slots=True)
+class _DTensorLayout:
+    """The global shape of a DTensor and this rank's box (None outside the mesh)."""
+
+    shape: tuple[int, ...]
+    box: Box | None
+
+
+def _dtensor_layout(spec: Any, key: Key) -> _DTensorLayout:
+    """This rank's layout of a DTensor spec, computed once per (shape, mesh, placements):
+    the placement checks and DTensor's own offset computation cost ~10 us per tensor,
+    which dominated saves and loads of thousands of small DTensors."""
+    mesh = spec.mesh
+    placements = spec.placements
+    cache_key = (spec.shape, id(mesh), placements)
+    hit = _LAYOUT_CACHE.get(cache_key)
+    # id(mesh) is only a valid key while _COORD_CACHE pins that very mesh object.
+    if hit is not None and _COORD_CACHE.get(id(mesh), (None,))[0] is mesh:
+        return hit
     from torch.distributed.tensor import Replicate, Shard
 
-    for p in dt.placements:
+    for p in placements:
         if type(p) not in (Shard, Replicate):
             raise UnsupportedValueError(
-                f"key {name!r}: placement {p} is not supported (Shard(d) and Replicate() are; "
-                "redistribute Partial placements first)"
+                f"key {dotted(key)!r}: placement {p} is not supported (Shard(d) and Replicate() "
+                "are; redistribute Partial placements first)"
             )
-    shape = tuple(dt.shape)
-    local = dt._local_tensor
-    if _coordinate(dt.device_mesh) is None:
-        return Shards(shape=shape, dtype=dtype_name(dt.dtype, name), container="torch",
-                      boxes=(), tensors=())
-    sizes, offsets = _local_shape_and_offset(shape, dt.device_mesh, tuple(dt.placements))
-    if tuple(local.shape) != tuple(sizes):
-        raise LayoutMismatchError(
-            f"key {name!r}: the local shard has shape {list(local.shape)}, but placements "
-            f"{list(dt.placements)} of global shape {list(shape)} give this rank {list(sizes)} "
-            "(DTensor uneven shards must follow torch.chunk sizes)"
-        )
-    local = local.detach() if local.requires_grad else local
-    check_dense(local, name, for_load=for_load)
-    return Shards(
-        shape=shape, dtype=dtype_name(local.dtype, name), container="torch",
-        boxes=(Box(tuple(offsets), tuple(sizes)),), tensors=(local,),
-    )
+    shape = tuple(int(s) for s in spec.shape)
+    if _coordinate(mesh) is None:
+        layout = _DTensorLayout(shape=shape, box=None)
+    else:
+        sizes, offsets = _local_shape_and_offset(shape, mesh, tuple(placements))
+        layout = _DTensorLayout(shape=shape, box=Box(offsets, sizes))
+    if len(_LAYOUT_CACHE) > _CACHE_LIMIT:
+        _LAYOUT_CACHE.clear()
+    _LAYOUT_CACHE[cache_key] = layout
+    return layout
 
 
 # DTensor's own shape/offset computation costs ~0.1-0.3 ms per call, which dominated
@@ -207,6 +251,7 @@ def _dtensor_shards(dt: Any, name: str, *, for_load: bool) -> Shards:
 # global shape, the mesh (and this rank's place in it) and the placements.
 _SHAPE_CACHE: dict[tuple[Any, ...], tuple[tuple[int, ...], tuple[int, ...]]] = {}
 _COORD_CACHE: dict[Any, Any] = {}
+_LAYOUT_CACHE: dict[tuple[Any, ...], _DTensorLayout] = {}
 _CACHE_LIMIT = 4096
 
 
@@ -216,7 +261,8 @@ def _coordinate(mesh: Any) -> Any:
     if hit is None or hit[0] is not mesh:
         if len(_COORD_CACHE) > _CACHE_LIMIT:
             _COORD_CACHE.clear()
-            _SHAPE_CACHE.clear()  # its keys use id(mesh), valid only while pinned here
+            _SHAPE_CACHE.clear()  # their keys use id(mesh), valid only while pinned here
+            _LAYOUT_CACHE.clear()
         hit = _COORD_CACHE[key] = (mesh, mesh.get_coordinate())
     return hit[1]
 

@@ -97,7 +97,12 @@ class Collective:
         if self._dist is None:
             return [obj]
         out: list[Any] | None = [None] * self.world_size if self.is_coordinator else None
-        self._dist.gather_object(obj, out, dst=self._global(0), group=self._group)
+        # The coordinator's own object would be pickled and rebuilt for nothing: it sends
+        # None and keeps the object itself.
+        sent = None if self.is_coordinator else obj
+        self._dist.gather_object(sent, out, dst=self._global(0), group=self._group)
+        if out is not None:
+            out[0] = obj
         return out
 
     def broadcast(self, obj: T | None) -> T:
@@ -114,7 +119,11 @@ class Collective:
             assert objs is not None
             return objs[0]
         out: list[Any] = [None]
-        self._dist.scatter_object_list(out, objs, src=self._global(0), group=self._group)
+        # As in gather: the coordinator's own part is not sent through pickle.
+        sent = [None, *objs[1:]] if self.is_coordinator and objs is not None else None
+        self._dist.scatter_object_list(out, sent, src=self._global(0), group=self._group)
+        if self.is_coordinator and objs is not None:
+            return objs[0]
         return out[0]  # type: ignore[no-any-return]
 
     @property

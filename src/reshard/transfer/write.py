@@ -4,24 +4,28 @@ from __future__ import annotations
 
 import itertools
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 
 from ..adapters.tensors import tensor_bytes
 from ..codecs import Codec, bind_codec, crc32c
 from ..core.pickling import slots_reduce
-from ..format.manifest import Frame
 from ..storage.base import Store, new_file
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class WrittenChunk:
-    """Where one written box landed in the rank's data file (sent to the coordinator)."""
+# Records the coordinator reads once per chunk and frame: named tuples, built at C speed
+# (a frozen dataclass costs a setattr call per field).
+class WrittenFrame(NamedTuple):
+    nbytes: int
+    crc32c: int
 
-    __reduce__ = slots_reduce
+
+class WrittenChunk(NamedTuple):
+    """Where one written box landed in the rank's data file."""
 
     item_index: int
     box_index: int
@@ -29,7 +33,87 @@ class WrittenChunk:
     nbytes: int
     raw_nbytes: int
     frame_raw_nbytes: int
-    frames: tuple[Frame, ...]
+    frames: tuple[WrittenFrame, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WrittenFile:
+    """Where every written box landed in one rank's data file, column by column.
+
+    Sent to the coordinator: a few tuples of ints pickle at C speed, where one object per
+    chunk and per frame cost tens of microseconds each to pickle and rebuild. Chunk ``i``
+    is box ``box_index[i]`` of local item ``item_index[i]``, stored at ``offset[i]`` with
+    ``nbytes[i]`` bytes (``raw_nbytes[i]`` raw); its frames are the next
+    ``frame_count[i]`` entries of ``frame_nbytes`` / ``frame_crc32c``.
+    """
+
+    __reduce__ = slots_reduce
+
+    name: str
+    frame_raw_nbytes: int
+    item_index: tuple[int, ...] = ()
+    box_index: tuple[int, ...] = ()
+    offset: tuple[int, ...] = ()
+    nbytes: tuple[int, ...] = ()
+    raw_nbytes: tuple[int, ...] = ()
+    frame_count: tuple[int, ...] = ()
+    frame_nbytes: tuple[int, ...] = ()
+    frame_crc32c: tuple[int, ...] = ()
+
+    def chunks(self) -> Iterator[WrittenChunk]:
+        """The chunks, one record each, in file order."""
+        frames = list(map(WrittenFrame, self.frame_nbytes, self.frame_crc32c))
+        first = 0
+        for i, count in enumerate(self.frame_count):
+            yield WrittenChunk(self.item_index[i], self.box_index[i], self.offset[i],
+                               self.nbytes[i], self.raw_nbytes[i], self.frame_raw_nbytes,
+                               tuple(frames[first:first + count]))
+            first += count
+
+    @property
+    def end(self) -> int:
+        """Bytes of the file the chunks occupy."""
+        return self.offset[-1] + self.nbytes[-1] if self.offset else 0
+
+    def __len__(self) -> int:
+        return len(self.item_index)
+
+
+@dataclass(slots=True)
+class _Columns:
+    item_index: list[int] = field(default_factory=list)
+    box_index: list[int] = field(default_factory=list)
+    offset: list[int] = field(default_factory=list)
+    nbytes: list[int] = field(default_factory=list)
+    raw_nbytes: list[int] = field(default_factory=list)
+    frame_count: list[int] = field(default_factory=list)
+    frame_nbytes: list[int] = field(default_factory=list)
+    frame_crc32c: list[int] = field(default_factory=list)
+    end: int = 0
+
+    def add(self, item_index: int, box_index: int, raw_nbytes: int,
+            frames: list[tuple[int, int]]) -> None:
+        nbytes = 0
+        for n, crc in frames:
+            self.frame_nbytes.append(n)
+            self.frame_crc32c.append(crc)
+            nbytes += n
+        self.item_index.append(item_index)
+        self.box_index.append(box_index)
+        self.offset.append(self.end)
+        self.nbytes.append(nbytes)
+        self.raw_nbytes.append(raw_nbytes)
+        self.frame_count.append(len(frames))
+        self.end += nbytes
+
+    def done(self, name: str, frame_raw_nbytes: int) -> WrittenFile:
+        return WrittenFile(
+            name=name, frame_raw_nbytes=frame_raw_nbytes,
+            item_index=tuple(self.item_index), box_index=tuple(self.box_index),
+            offset=tuple(self.offset), nbytes=tuple(self.nbytes),
+            raw_nbytes=tuple(self.raw_nbytes), frame_count=tuple(self.frame_count),
+            frame_nbytes=tuple(self.frame_nbytes), frame_crc32c=tuple(self.frame_crc32c),
+        )
 
 
 SMALL_CHUNK_NBYTES = 1 << 20  # encoded and checksummed inline, no thread hand-off
@@ -44,7 +128,7 @@ def write_data_file(
     *,
     frame_raw_nbytes: int,
     threads: int,
-) -> list[WrittenChunk]:
+) -> WrittenFile:
     """Write each ``(item_index, box_index, tensor)`` to ``name``; durable on return.
 
     A failure removes the partial file, so nothing half-written is left referenced.
@@ -52,60 +136,123 @@ def write_data_file(
     hand-offs and syscalls dominated many-small-tensor saves); large chunks checksum or
     encode on the pool while the writer thread writes, so the CPU work overlaps the I/O.
     """
-    written: list[WrittenChunk] = []
-    pending = bytearray()
+    cols = _Columns()
     with new_file(store, name) as writer, ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-        offset = 0
-        for item_index, box_index, tensor, raw in _host_bytes(shards, pool):
+        small = _SmallChunks(writer, cols, codec, frame_raw_nbytes)
+        for item_index, box_index, tensor, raw in _host_bytes(shards, pool, small.takes):
+            if raw is None:
+                small.add(item_index, box_index, tensor)
+                continue
+            small.flush()
+            spans = _spans(len(raw), frame_raw_nbytes)
             # The manifest records codecs.chunk_spec(spec, itemsize) for this chunk.
             chunk_codec = bind_codec(codec, tensor.element_size())
-            spans = [(s, min(s + frame_raw_nbytes, len(raw)))
-                     for s in range(0, len(raw), frame_raw_nbytes)]
-            if len(raw) <= SMALL_CHUNK_NBYTES:
-                frames = _encode_inline(raw, spans, chunk_codec, pending)
-                if len(pending) >= COALESCE_NBYTES:
-                    writer.write(pending)
-                    pending.clear()
-            else:
-                if pending:
-                    writer.write(pending)
-                    pending.clear()
-                frames = _write_large(writer, raw, spans, chunk_codec, pool, threads)
-            nbytes = sum(f.nbytes for f in frames)
-            written.append(WrittenChunk(
-                item_index=item_index, box_index=box_index, offset=offset, nbytes=nbytes,
-                raw_nbytes=len(raw), frame_raw_nbytes=frame_raw_nbytes, frames=frames,
-            ))
-            offset += nbytes
-        if pending:
-            writer.write(pending)
-    return written
+            frames = _write_large(writer, raw, spans, chunk_codec, pool, threads)
+            cols.add(item_index, box_index, len(raw), frames)
+        small.flush()
+    return cols.done(name, frame_raw_nbytes)
+
+
+def _spans(n: int, frame_raw_nbytes: int) -> list[tuple[int, int]]:
+    return [(s, min(s + frame_raw_nbytes, n)) for s in range(0, n, frame_raw_nbytes)]
+
+
+# Tensor subclasses may redefine torch.cat; they take the one-tensor-at-a-time path.
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
+
+
+class _SmallChunks:
+    """Small chunks, gathered and written about ``COALESCE_NBYTES`` at a time.
+
+    Consecutive small tensors of one dtype and device are copied into one buffer by a
+    single ``torch.cat`` (which also resolves conjugate/negative views and strides):
+    per-tensor byte views cost more than the copy. Every frame is checksummed (and, for codecs other
+    than identity, encoded) from that buffer, in file order.
+    """
+
+    def __init__(self, writer: object, cols: _Columns, codec: Codec, frame_raw_nbytes: int) -> None:
+        self._write = writer.write  # type: ignore[attr-defined]
+        self._cols = cols
+        self._codec = codec
+        self._frame = frame_raw_nbytes
+        self._batch: list[tuple[int, int, torch.Tensor]] = []
+        self._kind: object = None
+        self._nbytes = 0
+
+    @staticmethod
+    def takes(tensor: torch.Tensor) -> bool:
+        """Whether ``tensor`` is small and plain enough to join a batch."""
+        return tensor.nbytes <= SMALL_CHUNK_NBYTES and type(tensor) in _PLAIN
+
+    def add(self, item_index: int, box_index: int, tensor: torch.Tensor) -> None:
+        """Batch ``tensor``, one that ``takes`` accepted."""
+        nbytes = tensor.nbytes
+        # One batch per dtype and device: a batch on an accelerator is copied to host once.
+        kind = tensor.dtype if tensor.is_cpu else (tensor.dtype, tensor.device)
+        if kind != self._kind or self._nbytes + nbytes > COALESCE_NBYTES:
+            self.flush()
+            self._kind = kind
+        self._batch.append((item_index, box_index, tensor))
+        self._nbytes += nbytes
+
+    def flush(self) -> None:
+        if not self._batch:
+            return
+        batch, self._batch, self._nbytes = self._batch, [], 0
+        flat = torch.cat([t.reshape(-1) if t.dim() != 1 else t for _, _, t in batch])
+        raw = tensor_bytes(flat)
+        # One dtype per batch: the codec is bound to its element size, as for large chunks.
+        codec = bind_codec(self._codec, flat.element_size())
+        identity = codec.name == "identity"
+        out = raw if identity else bytearray()
+        start = 0
+        add = self._cols.add
+        for item_index, box_index, tensor in batch:
+            stop = start + tensor.nbytes
+            frames = []
+            for a in range(start, stop, self._frame):
+                data = raw[a:min(a + self._frame, stop)]
+                if identity:
+                    frames.append((len(data), crc32c(data)))
+                    continue
+                stored, crc = encode_frame(codec, data)
+                view = memoryview(stored).cast("B")
+                out += view  # type: ignore[operator]
+                frames.append((len(view), crc))
+            add(item_index, box_index, stop - start, frames)
+            start = stop
+        self._write(out)
 
 
 def _host_bytes(
-    shards: list[tuple[int, int, torch.Tensor]], pool: ThreadPoolExecutor, ahead: int = 1
-) -> Iterator[tuple[int, int, torch.Tensor, memoryview]]:
-    """Each shard with its bytes, in order; a device tensor is copied to host one shard
-    ahead on the pool, so the device-to-host copies overlap the writes (they release the GIL)."""
-    window: deque[tuple[int, int, torch.Tensor, Future[memoryview] | memoryview]] = deque()
+    shards: list[tuple[int, int, torch.Tensor]], pool: ThreadPoolExecutor,
+    batched: Callable[[torch.Tensor], bool], ahead: int = 1,
+) -> Iterator[tuple[int, int, torch.Tensor, memoryview | None]]:
+    """Each shard with its bytes, in order (None for those ``batched`` takes: they are
+    copied together); a device tensor is copied to host one shard ahead on the pool, so
+    the device-to-host copies overlap the writes (they release the GIL)."""
+    window: deque[tuple[int, int, torch.Tensor, Future[memoryview] | memoryview | None]] = deque()
     for item_index, box_index, tensor in shards:
-        if tensor.device.type == "cpu":
-            if not window:
-                yield item_index, box_index, tensor, tensor_bytes(tensor)
-                continue
-            window.append((item_index, box_index, tensor, tensor_bytes(tensor)))
+        if batched(tensor):
+            raw: Future[memoryview] | memoryview | None = None
+        elif tensor.device.type == "cpu":
+            raw = tensor_bytes(tensor)
         else:
-            window.append((item_index, box_index, tensor, pool.submit(tensor_bytes, tensor)))
+            raw = pool.submit(tensor_bytes, tensor)
+        if not window and not isinstance(raw, Future):
+            yield item_index, box_index, tensor, raw
+            continue
+        window.append((item_index, box_index, tensor, raw))
         while len(window) > ahead:
-            yield _resolved(window.popleft())
+            yield _resolved(*window.popleft())
     while window:
-        yield _resolved(window.popleft())
+        yield _resolved(*window.popleft())
 
 
 def _resolved(
-    entry: tuple[int, int, torch.Tensor, Future[memoryview] | memoryview],
-) -> tuple[int, int, torch.Tensor, memoryview]:
-    item_index, box_index, tensor, raw = entry
+    item_index: int, box_index: int, tensor: torch.Tensor,
+    raw: Future[memoryview] | memoryview | None,
+) -> tuple[int, int, torch.Tensor, memoryview | None]:
     return item_index, box_index, tensor, raw.result() if isinstance(raw, Future) else raw
 
 
@@ -117,33 +264,21 @@ def encode_frame(codec: Codec, data: memoryview) -> tuple[bytes | memoryview, in
     return out, crc32c(out)
 
 
-def _encode_inline(
-    raw: memoryview, spans: list[tuple[int, int]], codec: Codec, out: bytearray
-) -> tuple[Frame, ...]:
-    frames = []
-    for a, b in spans:
-        data, crc = encode_frame(codec, raw[a:b])
-        view = memoryview(data).cast("B")
-        out += view
-        frames.append(Frame(nbytes=len(view), crc32c=crc))
-    return tuple(frames)
-
-
 def _write_large(
     writer: object, raw: memoryview, spans: list[tuple[int, int]], codec: Codec,
     pool: ThreadPoolExecutor, threads: int,
-) -> tuple[Frame, ...]:
+) -> list[tuple[int, int]]:
     write = writer.write  # type: ignore[attr-defined]
     if codec.name == "identity":
         # The checksums run on the pool (crc32c releases the GIL) while this thread writes.
         crcs = [pool.submit(crc32c, raw[a:b]) for a, b in spans]
         write(raw)
-        return tuple(Frame(nbytes=b - a, crc32c=f.result()) for (a, b), f in zip(spans, crcs))
+        return [(b - a, f.result()) for (a, b), f in zip(spans, crcs)]
     # Encoded frames are written in order as they finish; a bounded window of frames in
     # flight keeps memory at a few frames per thread.
     window = max(2, 4 * threads)
     futures: deque[Future[tuple[bytes | memoryview, int]]] = deque()
-    frames: list[Frame] = []
+    frames: list[tuple[int, int]] = []
     it = iter(spans)
     for a, b in itertools.islice(it, window):
         futures.append(pool.submit(encode_frame, codec, raw[a:b]))
@@ -153,5 +288,5 @@ def _write_large(
         if nxt is not None:
             futures.append(pool.submit(encode_frame, codec, raw[nxt[0]:nxt[1]]))
         write(data)
-        frames.append(Frame(nbytes=len(memoryview(data).cast("B")), crc32c=crc))
-    return tuple(frames)
+        frames.append((len(memoryview(data).cast("B")), crc))
+    return frames
