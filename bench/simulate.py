@@ -11,7 +11,7 @@ reshard.core.layout.shard_box. Phases timed, each with its peak memory growth:
 
 * describe: building every rank's TensorDesc list (what each rank would send);
 * plan_save: the coordinator's dedup, tiling check and writer choice;
-* written: every rank's WrittenChunk records (one per box it was told to write, frames
+* written: every rank's WrittenFile record (one chunk per box it was told to write, frames
   of 256 KiB with their CRC-32C), what each rank's writer returns; rank-side work, so
   like describe it is reported but not part of the coordinator's save planning;
 * manifest: the coordinator's commit step turning plan + records into manifest.json
@@ -39,7 +39,7 @@ from reshard.core.layout import Box, shard_box
 from reshard.core.planner import SavePlan, TensorDesc, plan_reads, plan_save
 from reshard.format.manifest import IDENTITY, Chunk, Frame, Manifest, TensorEntry
 from reshard.save import manifest_json
-from reshard.transfer.write import WrittenChunk
+from reshard.transfer.write import WrittenFile
 
 from .probes import peak_rss_bytes, python_speed_s, reset_peak_rss, rss_bytes
 
@@ -80,19 +80,28 @@ def _frames(raw: int) -> tuple[Frame, ...]:
 
 
 def written_all(world: int, per_rank: list[list[TensorDesc]],
-                plan: SavePlan) -> list[tuple[str, list[WrittenChunk]]]:
-    """Each rank's data file name and the records of what it wrote there."""
+                plan: SavePlan) -> list[WrittenFile]:
+    """Each rank's record of what it wrote to its data file (what its writer returns)."""
     out = []
     for rank, tasks in enumerate(plan.tasks):
+        cols: dict[str, list[int]] = {k: [] for k in (
+            "item_index", "box_index", "offset", "nbytes", "raw_nbytes", "frame_count",
+            "frame_nbytes", "frame_crc32c")}
         offset = 0
-        records = []
         for t in tasks:
             raw = per_rank[rank][t.item_index].boxes[t.box_index].numel * ITEMSIZE
-            records.append(WrittenChunk(item_index=t.item_index, box_index=t.box_index, offset=offset,
-                                        nbytes=raw, raw_nbytes=raw, frame_raw_nbytes=FRAME,
-                                        frames=_frames(raw)))
+            frames = _frames(raw)
+            cols["item_index"].append(t.item_index)
+            cols["box_index"].append(t.box_index)
+            cols["offset"].append(offset)
+            cols["nbytes"].append(raw)
+            cols["raw_nbytes"].append(raw)
+            cols["frame_count"].append(len(frames))
+            cols["frame_nbytes"] += [f.nbytes for f in frames]
+            cols["frame_crc32c"] += [f.crc32c for f in frames]
             offset += raw
-        out.append((f"data/sim.{rank}.bin", records))
+        out.append(WrittenFile(name=f"data/sim.{rank}.bin", frame_raw_nbytes=FRAME,
+                               **{k: tuple(v) for k, v in cols.items()}))
     return out
 
 

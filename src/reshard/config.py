@@ -42,10 +42,13 @@ def exchange_reads() -> bool:
     """Cooperative reads in multi-rank loads (transfer/exchange.py): when several ranks
     need parts of the same checksummed frames (a column cut of row-major chunks), one
     rank reads and verifies each frame and sends the others their bytes over the
-    process group, instead of every rank reading the whole frame. 1 on, 0 off.
-    A rank that sets 0 only keeps its own needs out of the plan; rank 0's other
-    exchange settings are used by all ranks, so the plan is the same everywhere."""
-    raw = os.environ.get("RESHARD_EXCHANGE_READS", "1")
+    process group, instead of every rank reading the whole frame. 1 on, 0 off (the
+    default: on local disks with the gloo loopback swap it was slower, warm and cold,
+    than reading the frames twice; it pays where bytes read cost more than bytes sent,
+    see docs/PERFORMANCE.md). A rank that sets 0 only keeps its own needs out of the
+    plan; rank 0's other exchange settings are used by all ranks, so the plan is the
+    same everywhere."""
+    raw = os.environ.get("RESHARD_EXCHANGE_READS", "0")
     if raw not in ("0", "1"):
         raise ValueError(f"RESHARD_EXCHANGE_READS={raw!r} must be 0 or 1")
     return raw == "1"
