@@ -107,7 +107,8 @@ def run_demo(*, workdir: str | None = None, keep: bool = False) -> int:
         print(f"2. loaded on 2 ranks with other placements in {max(r['seconds'] for r in loaded):.2f} s: "
               + ("every value matches" if not bad else f"MISMATCH in {bad}"))
         failures = list(bad)
-        plain: dict[str, Any] = {"tensors": {n: torch.zeros_like(expected(n)) for n in LAYOUT}, "step": 0, "note": ""}
+        plain: dict[str, Any] = {"tensors": {n: torch.zeros_like(expected(n)) for n in LAYOUT},
+                                 "step": 0, "note": ""}
         t0 = time.perf_counter()
         reshard.load(plain, path)
         seconds = time.perf_counter() - t0

@@ -64,6 +64,37 @@ def _check_equal(got: dict[str, Any], want: dict[str, Any], where: str) -> None:
 
 
 @pytest.mark.parametrize("codec", [None, "zstd"])
+def test_large_cuda_tensors_stream_through_pinned_pieces(
+    tmp_path: pathlib.Path, codec: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from reshard.transfer import device_copy
+
+    # Pieces of 1 MiB (4 frames): several pieces per tensor, a short last piece.
+    monkeypatch.setattr(device_copy, "PIECE_NBYTES", 1 << 20)
+    calls = {"n": 0}
+    real = device_copy.pieces
+
+    def counted(tensor: torch.Tensor, piece_nbytes: int):  # type: ignore[no-untyped-def]
+        calls["n"] += 1
+        return real(tensor, piece_nbytes)
+
+    monkeypatch.setattr(device_copy, "pieces", counted)
+    dev = torch.device("cuda", 0)
+    sd = {
+        "big": torch.arange(1_300_007, dtype=torch.float32, device=dev),
+        "wide_t": torch.arange(700 * 900, dtype=torch.bfloat16, device=dev).reshape(700, 900).t(),
+        "mask": torch.arange(3_000_001, device=dev) % 7 == 0,
+        "c": torch.arange(200_000, dtype=torch.complex64, device=dev).conj(),
+    }
+    reshard.save(sd, tmp_path / "ck", codec=codec)
+    assert calls["n"] == 4
+    back = _zeros_like(sd, None)
+    reshard.load(back, tmp_path / "ck")
+    _check_equal(back, {k: v.resolve_conj() for k, v in sd.items()}, "streamed")
+    assert reshard.verify(tmp_path / "ck").ok
+
+
+@pytest.mark.parametrize("codec", [None, "zstd"])
 def test_single_process_cuda_round_trip(tmp_path: pathlib.Path, codec: str | None) -> None:
     sd = _cuda_state()
     reshard.save(sd, tmp_path / "ck", codec=codec)
@@ -132,10 +163,10 @@ def test_nccl_one_rank_dtensor_and_async_save(tmp_path: pathlib.Path) -> None:
 
 
 def _gloo_shared_gpu(rank: int, world: int, root: str) -> None:
+    import os
+
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.tensor import DTensor, Shard
-
-    import os
 
     from reshard.transfer import exchange
 

@@ -98,7 +98,7 @@ def split_for_span(outer_sizes: Sequence[int], inner: Box, max_elements: int) ->
     if hi - lo <= max_elements or inner.numel == 0:
         return [inner]
     strides = c_strides(outer_sizes)
-    for d, n in enumerate(inner.sizes):
+    for d, n in enumerate(inner.sizes):  # noqa: B007 - d is used after the break
         if n > 1:
             break
     else:

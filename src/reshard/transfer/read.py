@@ -253,7 +253,8 @@ def _read_piece(
         region = _flat(dest)[piece.dest_elem:piece.dest_elem + n]
         _decode(chunk, piece, stored, offs, raw_end - raw_base, out=_bytes_array(region))
         return
-    raw = stored if chunk.codec.name == "identity" else _decode(chunk, piece, stored, offs, raw_end - raw_base)
+    raw = (stored if chunk.codec.name == "identity"
+           else _decode(chunk, piece, stored, offs, raw_end - raw_base))
     # A frame need not hold whole elements (frame_raw_nbytes is any positive int), so
     # cut the bytes at the piece's own element-aligned raw offsets before viewing them.
     if piece.flat:

@@ -15,6 +15,7 @@ from ..adapters.tensors import tensor_bytes
 from ..codecs import Codec, bind_codec, crc32c
 from ..core.pickling import slots_reduce
 from ..storage.base import Store, new_file
+from . import device_copy
 
 
 # Records the coordinator reads once per chunk and frame: named tuples, built at C speed
@@ -144,9 +145,19 @@ def write_data_file(
                 small.add(item_index, box_index, tensor)
                 continue
             small.flush()
-            spans = _spans(len(raw), frame_raw_nbytes)
             # The manifest records codecs.chunk_spec(spec, itemsize) for this chunk.
             chunk_codec = bind_codec(codec, tensor.element_size())
+            if raw is _STREAMED:
+                # Pieces are whole frames, so each frame lies inside one piece.
+                piece = max(1, device_copy.PIECE_NBYTES // frame_raw_nbytes) * frame_raw_nbytes
+                frames, nbytes = [], 0
+                for part in device_copy.pieces(tensor, piece):
+                    frames += _write_large(writer, part, _spans(len(part), frame_raw_nbytes),
+                                           chunk_codec, pool, threads)
+                    nbytes += len(part)
+                cols.add(item_index, box_index, nbytes, frames)
+                continue
+            spans = _spans(len(raw), frame_raw_nbytes)
             frames = _write_large(writer, raw, spans, chunk_codec, pool, threads)
             cols.add(item_index, box_index, len(raw), frames)
         small.flush()
@@ -224,19 +235,25 @@ class _SmallChunks:
         self._write(out)
 
 
+_STREAMED = memoryview(b"")  # marker, compared by identity
+
+
 def _host_bytes(
     shards: list[tuple[int, int, torch.Tensor]], pool: ThreadPoolExecutor,
     batched: Callable[[torch.Tensor], bool], ahead: int = 1,
 ) -> Iterator[tuple[int, int, torch.Tensor, memoryview | None]]:
     """Each shard with its bytes, in order (None for those ``batched`` takes: they are
-    copied together); a device tensor is copied to host one shard ahead on the pool, so
-    the device-to-host copies overlap the writes (they release the GIL)."""
+    copied together; ``_STREAMED`` for CUDA tensors, see device_copy); another device's
+    tensor is copied to host one shard ahead on the pool, so the device-to-host copies
+    overlap the writes (they release the GIL)."""
     window: deque[tuple[int, int, torch.Tensor, Future[memoryview] | memoryview | None]] = deque()
     for item_index, box_index, tensor in shards:
         if batched(tensor):
             raw: Future[memoryview] | memoryview | None = None
         elif tensor.device.type == "cpu":
             raw = tensor_bytes(tensor)
+        elif device_copy.streamable(tensor):
+            raw = _STREAMED  # fetched piece by piece while it is written
         else:
             raw = pool.submit(tensor_bytes, tensor)
         if not window and not isinstance(raw, Future):
