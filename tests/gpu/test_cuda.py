@@ -84,7 +84,7 @@ def test_large_cuda_tensors_stream_through_pinned_pieces(
         "big": torch.arange(1_300_007, dtype=torch.float32, device=dev),
         "wide_t": torch.arange(700 * 900, dtype=torch.bfloat16, device=dev).reshape(700, 900).t(),
         "mask": torch.arange(3_000_001, device=dev) % 7 == 0,
-        "c": torch.arange(200_000, dtype=torch.complex64, device=dev).conj(),
+        "c": torch.complex(torch.arange(2e5), -torch.arange(2e5)).to(dev).conj(),
     }
     reshard.save(sd, tmp_path / "ck", codec=codec)
     assert calls["n"] == 4
