@@ -274,15 +274,15 @@ def manifest_json(
             wf.item_index, wf.box_index, wf.offset, wf.nbytes, wf.raw_nbytes, wf.frame_count
         ):
             desc = descs[item_index]
-            box = desc.boxes[box_index]  # type: ignore[union-attr]
+            box = desc.boxes[box_index]
             chunks = pending.get(desc.key)
             if chunks is None:
                 chunks = pending[desc.key] = _Chunks()
             elif chunks.in_order and box.offsets <= chunks.offsets[-1]:
                 chunks.in_order = False
-            codec = codec_by_dtype.get(desc.dtype)  # type: ignore[union-attr]
+            codec = codec_by_dtype.get(desc.dtype)
             if codec is None:
-                codec = codec_of(desc.dtype)  # type: ignore[union-attr]
+                codec = codec_of(desc.dtype)
             chunks.offsets.append(box.offsets)
             chunks.texts.append(chunk_json(box.offsets, box.sizes, file_index, offset, nbytes,
                                            raw_nbytes, codec, frame_raw_nbytes,

@@ -208,13 +208,14 @@ def _corrupt_everywhere(rank: int, world: int, root: str, meshes: Meshes) -> lis
     return problems
 
 
-def _wait_for(root: str, world: int, timeout_s: float = 150.0) -> None:
+def _wait_for(root: str, world: int, stage: str = "saved", timeout_s: float = 150.0) -> None:
+    """Wait until the world of ``world`` ranks has reached ``stage`` (saved, loaded)."""
     deadline = time.monotonic() + timeout_s
-    while not os.path.exists(os.path.join(root, f"saved-{world}")):
+    while not os.path.exists(os.path.join(root, f"{stage}-{world}")):
         if os.path.exists(os.path.join(root, f"failed-{world}")):
-            raise RuntimeError(f"the world of {world} failed to save its sources")
+            raise RuntimeError(f"the world of {world} failed before it {stage} its sources")
         if time.monotonic() > deadline:
-            raise TimeoutError(f"the world of {world} did not save its sources in {timeout_s} s")
+            raise TimeoutError(f"the world of {world} was not {stage} in {timeout_s} s")
         time.sleep(0.1)
 
 
@@ -232,6 +233,15 @@ def exchange_world(rank: int, world: int, root: str) -> tuple[list[Problem], int
     used = _setup(world)
     problems = _load_scenarios(rank, world, root, meshes)
     problems += _load_extra(rank, world, root, meshes)
+    # Every world loads every world's sources: corrupt this world's files only once all
+    # of them are done reading, or another world's clean load would see the flipped byte.
+    import torch.distributed as dist
+
+    dist.barrier()
+    if rank == 0:
+        Path(root, f"loaded-{world}").touch()
+    for source in (4, 3, 2):
+        _wait_for(root, source, "loaded")
     problems += _corrupt_everywhere(rank, world, root, meshes)
     return problems, used["runs"]
 

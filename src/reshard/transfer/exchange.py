@@ -34,9 +34,9 @@ from ..core.exchange_plan import (
 )
 from ..core.layout import Box, c_strides, element_span, intersect
 from ..dist.collective import Collective, Outcome, raise_if_failed, run_local
-from ..errors import CheckpointError, CorruptCheckpointError
+from ..errors import CorruptCheckpointError
 from ..storage.base import Store
-from .read import _check_extent, _drop_scratch, _elements, _scratch, _verify
+from .read import _check_extent, _drop_scratch, _elements, _scratch, _verify, named_errors
 
 if TYPE_CHECKING:
     from .read import Target
@@ -257,7 +257,7 @@ def _read_transfer(
 ) -> None:
     target = targets[tr.reader_slot]
     chunk = target.entry.chunks[tr.chunk[1]]
-    try:
+    with named_errors(target, chunk):
         lo, hi = offs[tr.frame_lo], offs[tr.frame_hi]
         stored = _scratch(0, hi - lo)
         store.read_into(chunk.file, lo, memoryview(stored))
@@ -281,13 +281,6 @@ def _read_transfer(
                 else:
                     a = at[i] + (pos - p.e0) * size
                     np.copyto(buf[a:a + sub.numel * size].view(elems.dtype).reshape(sub.sizes), src)
-    except CheckpointError as e:
-        raise type(e)(f"key {target.name!r}: {e}") from None
-    except Exception as e:  # noqa: BLE001 - bad bytes must surface as a checkpoint error
-        raise CorruptCheckpointError(
-            f"key {target.name!r}: chunk at offsets {list(chunk.box.offsets)} in {chunk.file}: "
-            f"{type(e).__name__}: {e}"
-        ) from e
 
 
 def _unpack(

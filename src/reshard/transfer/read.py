@@ -4,7 +4,9 @@ verify their checksums, decode, and copy straight into destination memory."""
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -211,8 +213,16 @@ def _run_batch(store: Store, batch: list[Group]) -> None:
 
 def _run(store: Store, target: Target, piece: ReadPiece, offs: list[int]) -> None:
     chunk = target.entry.chunks[piece.chunk_index]
-    try:
+    with named_errors(target, chunk):
         _read_piece(store, target, chunk, piece, offs)
+
+
+@contextmanager
+def named_errors(target: Target, chunk: Chunk) -> Iterator[None]:
+    """Any error while moving ``chunk``'s bytes into ``target`` as a CheckpointError
+    naming the key (and, for errors that are not ours, the chunk and file)."""
+    try:
+        yield
     except CheckpointError as e:
         raise type(e)(f"key {target.name!r}: {e}") from None
     except Exception as e:  # noqa: BLE001 - bad bytes must surface as a checkpoint error
