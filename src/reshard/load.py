@@ -16,11 +16,11 @@ from .core.layout import full_box
 from .core.nogc import without_gc
 from .dist.collective import Collective
 from .errors import LayoutMismatchError, MissingKeysError
-from .format.manifest import Entry, Manifest, TensorEntry, dotted
+from .format.manifest import Chunk, Entry, Manifest, TensorEntry, dotted
 from .manifest_io import find_manifest, parse_manifest
 from .storage import Store, open_store
 from .transfer import exchange
-from .transfer.coalesce import fill_whole_chunks, whole_chunk
+from .transfer.coalesce import fill_whole_chunks, split_whole_chunks
 from .transfer.read import Target, fill
 
 
@@ -33,7 +33,11 @@ class _Later:
 
 @dataclass(slots=True)
 class LoadPlan:
-    targets: list[Target]
+    """What fills each key: targets that are exactly one small saved chunk (with that
+    chunk, read in runs), the other targets (read piece by piece), replacement values."""
+
+    whole: list[tuple[Target, Chunk]]
+    rest: list[Target]
     values: list[tuple[tuple[Any, ...], Any]]
 
 
@@ -72,9 +76,8 @@ def load(
             manifest = found if isinstance(found, Manifest) else parse_manifest(store, found)
             plan["plan"] = plan_load(state_dict, manifest, strict=strict, location=store.location)
             # What this rank would share reads of: gathered here at no extra collective.
-            # Needs index the targets left after whole small chunks, as apply() fills them.
-            rest = [t for t in plan["plan"].targets if whole_chunk(t) is None]
-            return exchange.local_needs(rest, world_size=coll.world_size,
+            # Needs index plan.rest, the targets fill() gets.
+            return exchange.local_needs(plan["plan"].rest, world_size=coll.world_size,
                                         can_swap=coll.swaps_host_bytes)
 
         gathered = exchange.gather(coll.agree_all(prepare))
@@ -93,8 +96,8 @@ def apply(
 ) -> None:
     with torch.no_grad():
         threads = config.io_threads()
-        rest = fill_whole_chunks(store, plan.targets, threads=threads)
-        fill(store, rest, threads=threads, max_piece_nbytes=config.max_piece_nbytes(),
+        fill_whole_chunks(store, plan.whole, threads=threads)
+        fill(store, plan.rest, threads=threads, max_piece_nbytes=config.max_piece_nbytes(),
              coll=coll, gathered=gathered)
     for key, value in plan.values:
         set_path(state_dict, key, value.make() if isinstance(value, _Later) else value)
@@ -135,7 +138,8 @@ def plan_load(
             f"the checkpoint at {location} has no key {_join([repr(m) for m in missing], ', ')} "
             "(load with strict=False to skip missing keys)"
         )
-    return LoadPlan(targets=targets, values=values)
+    whole, rest = split_whole_chunks(targets)
+    return LoadPlan(whole=whole, rest=rest, values=values)
 
 
 def _match(

@@ -1,5 +1,5 @@
 """Coalescing reads: for stores where each request is expensive (object stores), and
-for many small chunks loaded whole (``fill_whole_chunks``).
+for many small chunks loaded whole (``split_whole_chunks``, ``fill_whole_chunks``).
 
 One GET costs a round trip of tens of milliseconds whatever its size, so pieces that
 lie close together in one data file (many small tensors, neighbouring frames of several
@@ -116,23 +116,35 @@ _MAX_SCANNED_CHUNKS = 16  # entries with more chunks than this take the general 
 _PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)
 
 
-def fill_whole_chunks(store: Store, targets: list[Any], *, threads: int = 1) -> list[Any]:
-    """Fill every target that is exactly one small identity-coded chunk; return the rest.
+def split_whole_chunks(targets: list[Any]) -> tuple[list[tuple[Any, Any]], list[Any]]:
+    """The targets that are exactly one small identity-coded chunk, each with that chunk,
+    and the rest.
 
     A target qualifies when one chunk of its entry has exactly its box, is stored
     uncoded, holds at most ``SMALL_CHUNK_NBYTES``, and the destination is a plain
     contiguous CPU tensor of the saved dtype (so its memory is the chunk's raw bytes).
-    Every byte copied is first checked against its frame's CRC-32C. Several runs are
-    read on up to ``threads`` threads (cold files, object stores).
     """
+    whole: list[tuple[Any, Any]] = []
     rest: list[Any] = []
-    by_file: dict[str, list[tuple[int, Any, Any]]] = {}
     for t in targets:
-        chunk = whole_chunk(t)
+        chunk = _whole_chunk(t)
         if chunk is None:
             rest.append(t)
         else:
-            by_file.setdefault(chunk.file, []).append((chunk.offset, t, chunk))
+            whole.append((t, chunk))
+    return whole, rest
+
+
+def fill_whole_chunks(store: Store, whole: list[tuple[Any, Any]], *, threads: int = 1) -> None:
+    """Fill each target of ``whole`` (from ``split_whole_chunks``) from its chunk.
+
+    Neighbouring chunks of a file are read in one run; every byte copied is first
+    checked against its frame's CRC-32C. Several runs are read on up to ``threads``
+    threads (cold files, object stores).
+    """
+    by_file: dict[str, list[tuple[int, Any, Any]]] = {}
+    for t, chunk in whole:
+        by_file.setdefault(chunk.file, []).append((chunk.offset, t, chunk))
     gap = max(SMALL_GAP_NBYTES, int(getattr(store, "coalesce_gap_nbytes", 0) or 0))
     runs: list[tuple[str, list[tuple[int, Any, Any]]]] = []
     for file, items in by_file.items():
@@ -146,7 +158,6 @@ def fill_whole_chunks(store: Store, targets: list[Any], *, threads: int = 1) -> 
         with ThreadPoolExecutor(max_workers=min(threads, len(runs))) as pool:
             for f in [pool.submit(_read_run, store, file, run) for file, run in runs]:
                 f.result()
-    return rest
 
 
 def _read_run(store: Store, file: str, run: list[tuple[int, Any, Any]]) -> None:
@@ -161,7 +172,7 @@ def _read_run(store: Store, file: str, run: list[tuple[int, Any, Any]]) -> None:
     _copy_verified(view, buffer.ctypes.data, lo, run)
 
 
-def whole_chunk(t: Any) -> Any:
+def _whole_chunk(t: Any) -> Any:
     """The chunk that is exactly ``t``'s box, if ``t`` can be filled from it as raw bytes."""
     tensor = t.tensor
     chunks = t.entry.chunks
@@ -230,7 +241,7 @@ def _runs(items: list[tuple[int, Any, Any]], gap: int) -> list[list[tuple[int, A
 def _copy_verified(view: memoryview, address: int, lo: int, run: list[tuple[int, Any, Any]]) -> None:
     """Check each chunk's frames in ``view`` (file bytes from ``lo``), then copy its bytes.
 
-    The copy is a memmove into the destination's memory: whole_chunk admitted only
+    The copy is a memmove into the destination's memory: _whole_chunk admitted only
     contiguous CPU tensors of exactly the chunk's size, and the chunk lies in ``view``.
     """
     for offset, t, c in run:
