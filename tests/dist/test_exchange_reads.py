@@ -11,15 +11,12 @@ element, then corrupts frames of its own checkpoint one at a time.
 from __future__ import annotations
 
 import os
-import threading
-import time
 from collections import defaultdict
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.helpers.world import run_world
+from tests.helpers.world import mark_stage, run_worlds_at_once, wait_for_stage
 
 from .layouts import Meshes, build, check, global_tensor
 from .scenarios import SCENARIOS, Scenario
@@ -153,6 +150,15 @@ def _load_extra(rank: int, world: int, root: str, meshes: Meshes) -> list[Proble
     return problems
 
 
+def _flip_bit(path: str, at: int) -> None:
+    """Flip one bit of the byte at ``at`` (twice restores it)."""
+    with open(path, "r+b") as f:
+        f.seek(at)
+        b = f.read(1)
+        f.seek(at)
+        f.write(bytes([b[0] ^ 0x40]))
+
+
 def _corrupt_everywhere(rank: int, world: int, root: str, meshes: Meshes) -> list[Problem]:
     """Flip one byte of a frame (first, middle, last of each data file) of a column-cut
     tensor; every rank must raise the same CorruptCheckpointError naming key and file."""
@@ -178,11 +184,7 @@ def _corrupt_everywhere(rank: int, world: int, root: str, meshes: Meshes) -> lis
         name = f"corrupt {file} frame {frame}"
         target = os.path.join(path, file)
         if rank == 0:
-            with open(target, "r+b") as f:
-                f.seek(at)
-                b = f.read(1)
-                f.seek(at)
-                f.write(bytes([b[0] ^ 0x40]))
+            _flip_bit(target, at)
         dist.barrier()
         sd = {key: _extra_dtensor(full, world, "S1", meshes, False)}
         try:
@@ -195,11 +197,7 @@ def _corrupt_everywhere(rank: int, world: int, root: str, meshes: Meshes) -> lis
         msgs: list[Any] = [None] * world
         dist.all_gather_object(msgs, msg)
         if rank == 0:
-            with open(target, "r+b") as f:
-                f.seek(at)
-                b = f.read(1)
-                f.seek(at)
-                f.write(bytes([b[0] ^ 0x40]))
+            _flip_bit(target, at)
         dist.barrier()
         if len(set(msgs)) != 1:
             problems.append((name, world, rank, f"ranks raised different errors: {msgs}"))
@@ -208,28 +206,17 @@ def _corrupt_everywhere(rank: int, world: int, root: str, meshes: Meshes) -> lis
     return problems
 
 
-def _wait_for(root: str, world: int, stage: str = "saved", timeout_s: float = 150.0) -> None:
-    """Wait until the world of ``world`` ranks has reached ``stage`` (saved, loaded)."""
-    deadline = time.monotonic() + timeout_s
-    while not os.path.exists(os.path.join(root, f"{stage}-{world}")):
-        if os.path.exists(os.path.join(root, f"failed-{world}")):
-            raise RuntimeError(f"the world of {world} failed before it {stage} its sources")
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"the world of {world} was not {stage} in {timeout_s} s")
-        time.sleep(0.1)
-
-
 def exchange_world(rank: int, world: int, root: str) -> tuple[list[Problem], int]:
     meshes = Meshes()
     try:
         _save(rank, world, root, meshes)
     except BaseException:
-        Path(root, f"failed-{world}").touch()
+        mark_stage(root, world, "failed")
         raise
     if rank == 0:
-        Path(root, f"saved-{world}").touch()
+        mark_stage(root, world, "saved")
     for source in (4, 3, 2):
-        _wait_for(root, source)
+        wait_for_stage(root, source, "saved")
     used = _setup(world)
     problems = _load_scenarios(rank, world, root, meshes)
     problems += _load_extra(rank, world, root, meshes)
@@ -239,9 +226,9 @@ def exchange_world(rank: int, world: int, root: str) -> tuple[list[Problem], int
 
     dist.barrier()
     if rank == 0:
-        Path(root, f"loaded-{world}").touch()
+        mark_stage(root, world, "loaded")
     for source in (4, 3, 2):
-        _wait_for(root, source, "loaded")
+        wait_for_stage(root, source, "loaded")
     problems += _corrupt_everywhere(rank, world, root, meshes)
     return problems, used["runs"]
 
@@ -249,20 +236,7 @@ def exchange_world(rank: int, world: int, root: str) -> tuple[list[Problem], int
 @pytest.fixture(scope="module")
 def outcome(tmp_path_factory: pytest.TempPathFactory) -> dict[int, Any]:
     root = str(tmp_path_factory.mktemp("exchange"))
-    results: dict[int, Any] = {}
-
-    def run(world: int) -> None:
-        try:
-            results[world] = run_world(exchange_world, world, root, timeout_s=300)
-        except BaseException as e:  # noqa: BLE001 - re-raised in the test
-            Path(root, f"failed-{world}").touch()
-            results[world] = e
-
-    threads = [threading.Thread(target=run, args=(w,)) for w in (4, 3, 2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    results = run_worlds_at_once(exchange_world, (4, 3, 2), root, timeout_s=300)
     return results
 
 

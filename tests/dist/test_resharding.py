@@ -16,7 +16,6 @@ them all and the group tests below assert on their own scenarios.
 from __future__ import annotations
 
 import os
-import threading
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -25,7 +24,7 @@ from typing import Any
 import pytest
 
 import reshard
-from tests.helpers.world import run_world
+from tests.helpers.world import mark_stage, run_worlds_at_once, wait_for_stage
 
 from .codec_util import RotateCodec, register_test_codecs
 from .layouts import Meshes, build, check, global_tensor
@@ -151,18 +150,6 @@ def _unknown_codec(rank: int, world: int, root: str) -> list[Problem]:
     return [("f_unknown_codec", SECRET_CODEC, world, rank, "load did not raise")]
 
 
-def _wait_for(root: str, world: int, timeout_s: float = 150.0) -> None:
-    """Wait until the world of ``world`` ranks committed its sources (flag files, so the
-    concurrently running worlds need no shared process group)."""
-    deadline = time.monotonic() + timeout_s
-    while not os.path.exists(os.path.join(root, f"saved-{world}")):
-        if os.path.exists(os.path.join(root, f"failed-{world}")):
-            raise RuntimeError(f"the world of {world} failed to save its sources")
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"the world of {world} did not save its sources in {timeout_s} s")
-        time.sleep(0.1)
-
-
 def scenario_world(rank: int, world: int, root: str) -> tuple[list[Problem], dict[str, float]]:
     """Save this world's sources, then load every scenario targeting this world size."""
     register_test_codecs()
@@ -172,12 +159,12 @@ def scenario_world(rank: int, world: int, root: str) -> tuple[list[Problem], dic
         if world == 3:
             _save_secret(root)
     except BaseException:
-        Path(root, f"failed-{world}").touch()
+        mark_stage(root, world, "failed")
         raise
     if rank == 0:
-        Path(root, f"saved-{world}").touch()
+        mark_stage(root, world, "saved")
     for source in sorted({s.save.world for s in SCENARIOS if s.load.world == world} - {world}):
-        _wait_for(root, source)
+        wait_for_stage(root, source, "saved")
     problems, load_times = _load_targets(rank, world, root, meshes)
     if world == 4:
         problems += _unknown_codec(rank, world, root)
@@ -192,20 +179,7 @@ def outcome(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """Worlds of 4, 3 and 2 ranks run at the same time (each imports torch once), then the
     pytest process loads into plain tensors."""
     root = str(tmp_path_factory.mktemp("scenarios"))
-    results: dict[int, Any] = {}
-
-    def run(world: int) -> None:
-        try:
-            results[world] = run_world(scenario_world, world, root, timeout_s=240)
-        except BaseException as e:  # noqa: BLE001 - re-raised in the fixture
-            Path(root, f"failed-{world}").touch()
-            results[world] = e
-
-    threads = [threading.Thread(target=run, args=(w,)) for w in (4, 3, 2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    results = run_worlds_at_once(scenario_world, (4, 3, 2), root, timeout_s=240)
     problems: list[Problem] = []
     times: dict[str, float] = {}
     for world in (4, 3, 2):

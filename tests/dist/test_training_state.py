@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 
 import reshard
-import torch
 from tests.helpers.world import run_world
 
 from .layouts import SENTINEL, Mesh, Meshes, build, check, chunk_rows, global_tensor
