@@ -280,12 +280,9 @@ def manifest_json(
                 chunks = pending[desc.key] = _Chunks()
             elif chunks.in_order and box.offsets <= chunks.offsets[-1]:
                 chunks.in_order = False
-            codec = codec_by_dtype.get(desc.dtype)
-            if codec is None:
-                codec = codec_of(desc.dtype)
             chunks.offsets.append(box.offsets)
             chunks.texts.append(chunk_json(box.offsets, box.sizes, file_index, offset, nbytes,
-                                           raw_nbytes, codec, frame_raw_nbytes,
+                                           raw_nbytes, codec_of(desc.dtype), frame_raw_nbytes,
                                            frames[first:first + count]))
             first += count
     entries: list[str] = []
