@@ -32,6 +32,7 @@ import argparse
 import gc
 import json
 import time
+from functools import partial
 from typing import Any
 
 from reshard import __version__
@@ -39,7 +40,7 @@ from reshard.core.layout import Box, shard_box
 from reshard.core.planner import SavePlan, TensorDesc, plan_reads, plan_save
 from reshard.format.manifest import IDENTITY, Chunk, Frame, Manifest, TensorEntry
 from reshard.save import manifest_json
-from reshard.transfer.write import WrittenFile
+from reshard.transfer.write import WrittenColumns, WrittenFile
 
 from .probes import peak_rss_bytes, python_speed_s, reset_peak_rss, rss_bytes
 
@@ -84,24 +85,11 @@ def written_all(world: int, per_rank: list[list[TensorDesc]],
     """Each rank's record of what it wrote to its data file (what its writer returns)."""
     out = []
     for rank, tasks in enumerate(plan.tasks):
-        cols: dict[str, list[int]] = {k: [] for k in (
-            "item_index", "box_index", "offset", "nbytes", "raw_nbytes", "frame_count",
-            "frame_nbytes", "frame_crc32c")}
-        offset = 0
+        cols = WrittenColumns()
         for t in tasks:
             raw = per_rank[rank][t.item_index].boxes[t.box_index].numel * ITEMSIZE
-            frames = _frames(raw)
-            cols["item_index"].append(t.item_index)
-            cols["box_index"].append(t.box_index)
-            cols["offset"].append(offset)
-            cols["nbytes"].append(raw)
-            cols["raw_nbytes"].append(raw)
-            cols["frame_count"].append(len(frames))
-            cols["frame_nbytes"] += [f.nbytes for f in frames]
-            cols["frame_crc32c"] += [f.crc32c for f in frames]
-            offset += raw
-        out.append(WrittenFile(name=f"data/sim.{rank}.bin", frame_raw_nbytes=FRAME,
-                               **{k: tuple(v) for k, v in cols.items()}))
+            cols.add(t.item_index, t.box_index, raw, [(f.nbytes, f.crc32c) for f in _frames(raw)])
+        out.append(cols.done(f"data/sim.{rank}.bin", FRAME))
     return out
 
 
@@ -155,19 +143,17 @@ def _phase(fn: Any) -> tuple[Any, float, int]:
 def simulate(world: int, n_tensors: int) -> dict[str, Any]:
     specs = tensors(n_tensors)
     res: dict[str, Any] = {"ranks": world, "tensors": n_tensors}
-    per_rank, res["describe_s"], res["describe_mem"] = _phase(lambda: describe_all(world, specs))
-    plan, res["plan_save_s"], res["plan_save_mem"] = _phase(lambda: plan_save(per_rank))
+    # partial, not closures: the big objects are deleted below to measure the parse alone.
+    per_rank, res["describe_s"], res["describe_mem"] = _phase(partial(describe_all, world, specs))
+    plan, res["plan_save_s"], res["plan_save_mem"] = _phase(partial(plan_save, per_rank))
     res["write_tasks"] = sum(len(t) for t in plan.tasks)
-    written, res["written_s"], _ = _phase(lambda: written_all(world, per_rank, plan))
-
-    def manifest() -> bytes:
-        return manifest_json(plan, per_rank, written, save_id="sim", world_size=world,
-                             codec_spec=IDENTITY, created_unix_s=0.0)[0]
-
-    blob, res["manifest_s"], res["manifest_mem"] = _phase(manifest)
+    written, res["written_s"], _ = _phase(partial(written_all, world, per_rank, plan))
+    manifest = partial(manifest_json, plan, per_rank, written, save_id="sim", world_size=world,
+                       codec_spec=IDENTITY, created_unix_s=0.0)
+    (blob, _files), res["manifest_s"], res["manifest_mem"] = _phase(manifest)
     res["manifest_bytes"] = len(blob)
-    del per_rank, plan, written
-    parsed, res["parse_s"], res["parse_mem"] = _phase(lambda: Manifest.from_json(blob))
+    del per_rank, plan, written, manifest
+    parsed, res["parse_s"], res["parse_mem"] = _phase(partial(Manifest.from_json, blob))
     res["chunks"] = sum(len(e.chunks) for e in parsed.entries)  # type: ignore[union-attr]
     del blob
     rank = world // 2 + 3

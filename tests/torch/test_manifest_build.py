@@ -11,30 +11,18 @@ from reshard.core.layout import Box
 from reshard.core.planner import TensorDesc, ValueDesc, plan_save
 from reshard.format.manifest import CHECKSUM_FIELD, IDENTITY, CodecSpec, Manifest, TensorEntry
 from reshard.save import manifest_json
-from reshard.transfer.write import WrittenFile
+from reshard.transfer.write import WrittenColumns, WrittenFile
 
 
 def _records(plan, per_rank, frame_raw):  # type: ignore[no-untyped-def]
     written = []
     for rank, tasks in enumerate(plan.tasks):
-        offset = 1000 * rank
-        cols: dict[str, list[int]] = {k: [] for k in (
-            "item_index", "box_index", "offset", "nbytes", "raw_nbytes", "frame_count",
-            "frame_nbytes", "frame_crc32c")}
+        cols = WrittenColumns(end=1000 * rank)
         for t in tasks:
             raw = per_rank[rank][t.item_index].boxes[t.box_index].numel * 4
-            starts = range(0, raw, frame_raw)
-            cols["item_index"].append(t.item_index)
-            cols["box_index"].append(t.box_index)
-            cols["offset"].append(offset)
-            cols["nbytes"].append(raw)
-            cols["raw_nbytes"].append(raw)
-            cols["frame_count"].append(len(starts))
-            cols["frame_nbytes"] += [min(frame_raw, raw - s) for s in starts]
-            cols["frame_crc32c"] += [rank * 7 + s for s in starts]
-            offset += raw
-        written.append(WrittenFile(name=f"data/x.{rank}.bin", frame_raw_nbytes=frame_raw,
-                                   **{k: tuple(v) for k, v in cols.items()}))
+            cols.add(t.item_index, t.box_index, raw,
+                     [(min(frame_raw, raw - s), rank * 7 + s) for s in range(0, raw, frame_raw)])
+        written.append(cols.done(f"data/x.{rank}.bin", frame_raw))
     return written
 
 

@@ -81,7 +81,9 @@ class WrittenFile:
 
 
 @dataclass(slots=True)
-class _Columns:
+class WrittenColumns:
+    """Builds a ``WrittenFile``: chunks added in file order, each placed at ``end``."""
+
     item_index: list[int] = field(default_factory=list)
     box_index: list[int] = field(default_factory=list)
     offset: list[int] = field(default_factory=list)
@@ -137,7 +139,7 @@ def write_data_file(
     hand-offs and syscalls dominated many-small-tensor saves); large chunks checksum or
     encode on the pool while the writer thread writes, so the CPU work overlaps the I/O.
     """
-    cols = _Columns()
+    cols = WrittenColumns()
     with new_file(store, name) as writer, ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
         small = _SmallChunks(writer, cols, codec, frame_raw_nbytes)
         for item_index, box_index, tensor, raw in _host_bytes(shards, pool, small.takes):
@@ -181,7 +183,7 @@ class _SmallChunks:
     than identity, encoded) from that buffer, in file order.
     """
 
-    def __init__(self, writer: object, cols: _Columns, codec: Codec, frame_raw_nbytes: int) -> None:
+    def __init__(self, writer: object, cols: WrittenColumns, codec: Codec, frame_raw_nbytes: int) -> None:
         self._write = writer.write  # type: ignore[attr-defined]
         self._cols = cols
         self._codec = codec
