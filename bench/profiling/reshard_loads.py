@@ -30,13 +30,29 @@ def _rchar() -> int:
         return int(next(line for line in f if line.startswith("rchar")).split()[1])
 
 
-def _save(rank: int, world: int, d: str, size_gib: float) -> None:
-    import reshard
-    from bench import state
+def _model_specs(size_gib: float) -> list:  # type: ignore[type-arg]
     from bench.worlds import WorldConfig, specs_for
 
     cfg = WorldConfig(workdir="", size_gib=size_gib, zstd_gib=size_gib, tiny_n=1, drop_caches=False)
-    specs = specs_for(cfg, "model")
+    return specs_for(cfg, "model")
+
+
+def _cases(specs: list, world: int, rank: int, d: str, only: str):  # type: ignore[no-untyped-def,type-arg]
+    """Each (saved layout, load layout, Layout, zeroed targets, checkpoint path) to load."""
+    from bench import state
+
+    for src, dst in CASES:
+        if only and only != src:
+            continue
+        lay = state.layout(dst, world)
+        yield src, dst, lay, state.targets(specs, lay, rank), os.path.join(d, src)
+
+
+def _save(rank: int, world: int, d: str, size_gib: float) -> None:
+    import reshard
+    from bench import state
+
+    specs = _model_specs(size_gib)
     for lay in ("S0", "2D"):
         sd = state.build(specs, state.layout(lay, world), rank)
         reshard.save(sd, os.path.join(d, lay))
@@ -48,18 +64,11 @@ def _load(rank: int, world: int, d: str, size_gib: float, reps: int, prof: bool,
 
     import reshard
     from bench import probes, state
-    from bench.worlds import WorldConfig, specs_for
 
     torch.set_num_threads(1)
-    cfg = WorldConfig(workdir="", size_gib=size_gib, zstd_gib=size_gib, tiny_n=1, drop_caches=False)
-    specs = specs_for(cfg, "model")
+    specs = _model_specs(size_gib)
     out = io.StringIO()
-    for src, dst in CASES:
-        if only and only != src:
-            continue
-        lay = state.layout(dst, world)
-        sd = state.targets(specs, lay, rank)
-        path = os.path.join(d, src)
+    for src, dst, lay, sd, path in _cases(specs, world, rank, d, only):
         for rep in range(reps):
             if rank == 0:
                 probes.make_warm([path])
@@ -93,20 +102,13 @@ def _ab(rank: int, world: int, d: str, size_gib: float, reps: int, modes: list[s
 
     import reshard
     from bench import probes, state
-    from bench.worlds import WorldConfig, specs_for
 
     torch.set_num_threads(1)
-    cfg = WorldConfig(workdir="", size_gib=size_gib, zstd_gib=size_gib, tiny_n=1, drop_caches=False)
-    specs = specs_for(cfg, "model")
+    specs = _model_specs(size_gib)
     out = io.StringIO()
-    for src, dst in CASES:
-        if only and only != src:
-            continue
-        lay = state.layout(dst, world)
-        sd = state.targets(specs, lay, rank)
-        path = os.path.join(d, src)
+    for src, dst, lay, sd, path in _cases(specs, world, rank, d, only):
         got: dict[str, list[tuple[float, float, int]]] = {m: [] for m in modes}
-        for rep in range(reps):
+        for _rep in range(reps):
             for mode in modes:
                 env = dict(kv.split("=", 1) for kv in mode.split(",") if kv)
                 saved = {k: os.environ.get(k) for k in env}
@@ -122,8 +124,7 @@ def _ab(rank: int, world: int, d: str, size_gib: float, reps: int, modes: list[s
                 reshard.load(sd, path)
                 c1, r1 = _cpu(), _rchar()
                 dist.barrier()
-                t = [0.0]
-                t[0] = time.perf_counter() - t0
+                wall = time.perf_counter() - t0
                 for k, v in saved.items():
                     if v is None:
                         os.environ.pop(k, None)
@@ -131,7 +132,7 @@ def _ab(rank: int, world: int, d: str, size_gib: float, reps: int, modes: list[s
                         os.environ[k] = v
                 bad = state.verify(specs, lay, rank, sd)
                 assert not bad, (mode, bad)
-                got[mode].append((t[0], c1 - c0, r1 - r0))
+                got[mode].append((wall, c1 - c0, r1 - r0))
         for mode in modes:
             walls = [w for w, _, _ in got[mode]]
             cpus = [c for _, c, _ in got[mode]]
