@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -152,16 +152,16 @@ def write_data_file(
             if raw is _STREAMED:
                 # Pieces are whole frames, so each frame lies inside one piece.
                 piece = max(1, device_copy.PIECE_NBYTES // frame_raw_nbytes) * frame_raw_nbytes
-                frames, nbytes = [], 0
-                for part in device_copy.pieces(tensor, piece):
-                    frames += _write_large(writer, part, _spans(len(part), frame_raw_nbytes),
-                                           chunk_codec, pool, threads)
-                    nbytes += len(part)
-                cols.add(item_index, box_index, nbytes, frames)
-                continue
-            spans = _spans(len(raw), frame_raw_nbytes)
-            frames = _write_large(writer, raw, spans, chunk_codec, pool, threads)
-            cols.add(item_index, box_index, len(raw), frames)
+                parts: Iterable[memoryview] = device_copy.pieces(tensor, piece)
+            else:
+                parts = (raw,)
+            frames: list[tuple[int, int]] = []
+            nbytes = 0
+            for part in parts:
+                frames += _write_large(writer, part, _spans(len(part), frame_raw_nbytes),
+                                       chunk_codec, pool, threads)
+                nbytes += len(part)
+            cols.add(item_index, box_index, nbytes, frames)
         small.flush()
     return cols.done(name, frame_raw_nbytes)
 
