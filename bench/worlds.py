@@ -103,17 +103,19 @@ def _measure(dist: Any, op: Any) -> dict[str, Any]:
     dist.barrier()
     cpu0 = _cpu_s()
     t0 = time.perf_counter()
-    op()
+    result = op()
     t_op = time.perf_counter() - t0
     cpu = _cpu_s() - cpu0
     dist.barrier()
     t = time.perf_counter() - t0
     io1 = probes.io_counters()
     peak = probes.peak_rss_bytes()
+    io = {k: io1[k] - io0[k] for k in io0}
+    # Bytes touched through a memory map are not in rchar: reshard.load reports them.
+    io["rchar"] += int(getattr(result, "bytes_mapped", 0))
     return {
         "t": t, "t_op": t_op, "cpu_s": cpu, "rss_before": rss0, "peak_rss": peak,
-        "peak_rss_delta": max(0, peak - rss0),
-        **{k: io1[k] - io0[k] for k in io0},
+        "peak_rss_delta": max(0, peak - rss0), **io,
     }
 
 

@@ -77,10 +77,10 @@ def _load(rank: int, world: int, d: str, size_gib: float, reps: int, prof: bool,
             c0, r0, t0 = _cpu(), _rchar(), time.perf_counter()
             if pr:
                 pr.enable()
-            reshard.load(sd, path)
+            stats = reshard.load(sd, path)
             if pr:
                 pr.disable()
-            t1, c1, r1 = time.perf_counter(), _cpu(), _rchar()
+            t1, c1, r1 = time.perf_counter(), _cpu(), _rchar() + stats.bytes_mapped
             dist.barrier()
             t2 = time.perf_counter()
             out.write(f"{src}->{dst} rep {rep} rank {rank}: wall {t1 - t0:.3f} (all {t2 - t0:.3f}) "
@@ -121,8 +121,8 @@ def _ab(rank: int, world: int, d: str, size_gib: float, reps: int, modes: list[s
                         probes.make_warm([path])
                 dist.barrier()
                 c0, r0, t0 = _cpu(), _rchar(), time.perf_counter()
-                reshard.load(sd, path)
-                c1, r1 = _cpu(), _rchar()
+                stats = reshard.load(sd, path)
+                c1, r1 = _cpu(), _rchar() + stats.bytes_mapped
                 dist.barrier()
                 wall = time.perf_counter() - t0
                 for k, v in saved.items():

@@ -23,7 +23,7 @@ from .errors import (
     UnsupportedFormatError,
     UnsupportedValueError,
 )
-from .load import load
+from .load import LoadStats, load
 from .save import save
 from .verify import VerifyReport, verify
 
@@ -38,6 +38,7 @@ __all__ = [
     "EntryInfo",
     "IdentityCodec",
     "LayoutMismatchError",
+    "LoadStats",
     "MissingKeysError",
     "StorageError",
     "UnknownCodecError",

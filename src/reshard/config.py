@@ -38,6 +38,16 @@ def io_threads() -> int:
     return _int_env("RESHARD_IO_THREADS", min(8, (os.cpu_count() or 2) * 2))
 
 
+def map_reads() -> bool:
+    """Local data files are memory-mapped for pieces that are checksummed in place and
+    then cut or decoded (storage/local.py ``view``). 1 on (the default), 0 off: every
+    byte is then read with ``pread`` into a buffer first."""
+    raw = os.environ.get("RESHARD_MAP_READS", "1")
+    if raw not in ("0", "1"):
+        raise ValueError(f"RESHARD_MAP_READS={raw!r} must be 0 or 1")
+    return raw == "1"
+
+
 def exchange_reads() -> bool:
     """Cooperative reads in multi-rank loads (transfer/exchange.py): when several ranks
     need parts of the same checksummed frames (a column cut of row-major chunks), one

@@ -41,6 +41,17 @@ class LoadPlan:
     values: list[tuple[tuple[Any, ...], Any]]
 
 
+@dataclass(frozen=True, slots=True)
+class LoadStats:
+    """What one rank's ``load`` read from the checkpoint."""
+
+    bytes_read: int
+    """Manifest and data bytes, read or memory-mapped (frames are read whole)."""
+    bytes_mapped: int
+    """Of ``bytes_read``, those touched through a memory map of a local file, which the
+    operating system's read counters (``rchar`` in /proc/<pid>/io) do not count."""
+
+
 @without_gc
 def load(
     state_dict: dict[str, Any],
@@ -50,7 +61,7 @@ def load(
     strict: bool = True,
     allow_pickle: bool = False,
     storage_options: Mapping[str, Any] | None = None,
-) -> None:
+) -> LoadStats:
     """Fill ``state_dict`` in place from the checkpoint at ``path``; collective.
 
     Each rank reads only the bytes its own shards need, whatever mesh, placements or
@@ -63,6 +74,8 @@ def load(
     ``path`` may also be a torch.distributed.checkpoint directory (docs/INTEROP.md).
     ``allow_pickle=True`` lets its non-tensor values that need arbitrary pickle load;
     only pass it for checkpoints you trust. Without it such keys raise CheckpointError.
+
+    Returns this rank's ``LoadStats`` (bytes read).
     """
     # The cyclic GC is paused throughout (see save): planning and filling build a few
     # acyclic objects per tensor, and collections walked the caller's whole heap.
@@ -86,6 +99,8 @@ def load(
             apply(store, state_dict, plan["plan"], coll=coll, gathered=gathered)
 
         coll.agree_all(execute)
+        return LoadStats(bytes_read=int(getattr(store, "bytes_read", 0)),
+                         bytes_mapped=int(getattr(store, "bytes_mapped", 0)))
     finally:
         store.close()
 

@@ -39,6 +39,8 @@ LOAD_FAULTS = [
     ("size on rank 1", "size", 1),
     ("read_into on rank 1", "read_into", 1),
     ("read_into on rank 0", "read_into", 0),
+    ("view (mapped read) on rank 1", "view", 1),
+    ("view (mapped read) on rank 0", "view", 0),
 ]
 
 
@@ -70,6 +72,8 @@ class FaultyStore:
 
     def __init__(self, path: str, op: str, armed: bool) -> None:
         self._inner = LocalStore(path)
+        if op == "read_into":
+            self._inner._map_reads = False  # every read then goes through read_into
         self._op, self._armed = op, armed
         self.location = self._inner.location
 

@@ -125,13 +125,16 @@ def _load_targets(
         if s.load.world == world:
             by_source[s.save.world].append(s)
     for save_world_size, scenarios in sorted(by_source.items()):
-        for codec in CODECS:
+        for i, codec in enumerate(CODECS):
             os.environ["RESHARD_MAX_PIECE_NBYTES"] = MAX_PIECE_NBYTES[codec]
+            # Mapped reads and reads into buffers, each codec both ways across sources.
+            os.environ["RESHARD_MAP_READS"] = str((save_world_size + i) % 2)
             t0 = time.perf_counter()
             problems += _load_and_check(scenarios, _path(root, save_world_size, codec), codec, rank,
                                         world, meshes)
             times[f"load{save_world_size}to{world}-{codec}"] = time.perf_counter() - t0
     os.environ.pop("RESHARD_MAX_PIECE_NBYTES", None)
+    os.environ.pop("RESHARD_MAP_READS", None)
     return problems, times
 
 

@@ -61,6 +61,20 @@ class Store(Protocol):
         ...
 
 
+def view_of(store: Store, name: str, offset: int, nbytes: int) -> memoryview | None:
+    """Bytes of ``name`` without a copy where ``store`` can map them (an optional
+    ``view`` method, local files), else None: the caller reads them instead."""
+    view = getattr(store, "view", None)
+    return None if view is None else view(name, offset, nbytes)  # type: ignore[no-any-return]
+
+
+def let_go(store: Store, name: str, offset: int, nbytes: int) -> None:
+    """Tell a mapping store that a ``view_of`` these bytes is no longer needed."""
+    release = getattr(store, "let_go", None)
+    if release is not None:
+        release(name, offset, nbytes)
+
+
 # "s3://...", "gs://...", "memory://...", and fsspec chains such as "simplecache::s3://...".
 _URL = re.compile(r"^(?:[A-Za-z][A-Za-z0-9+.\-]*::)*([A-Za-z][A-Za-z0-9+.\-]*)://")
 _LOCAL_PROTOCOLS = ("file", "local")

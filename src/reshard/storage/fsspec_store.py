@@ -23,6 +23,7 @@ from __future__ import annotations
 import errno
 import posixpath
 import random
+import threading
 import time
 from collections.abc import Callable
 from typing import Any, BinaryIO, TypeVar
@@ -131,6 +132,12 @@ class FsspecStore:
         # Every request costs a round trip: transfer/read.py fetches pieces this close together
         # in one ranged request.
         self.coalesce_gap_nbytes = config.remote_coalesce_gap_nbytes()
+        self.bytes_read = 0  # by this store: manifest and data
+        self._count_lock = threading.Lock()
+
+    def _count(self, nbytes: int) -> None:
+        with self._count_lock:
+            self.bytes_read += nbytes
 
     @classmethod
     def from_url(cls, url: str, storage_options: dict[str, Any]) -> FsspecStore:
@@ -229,6 +236,7 @@ class FsspecStore:
                 f"the store returned {len(data)}"
             )
         view[:] = data
+        self._count(n)
 
     def read_bytes(self, name: str) -> bytes:
         path = self._path(name)
@@ -236,7 +244,9 @@ class FsspecStore:
         def missing() -> bytes:
             raise CheckpointNotFoundError(f"{self._url(name)} does not exist")
 
-        return self.call("read", name, lambda: bytes(self.fs.cat_file(path)), on_missing=missing)
+        data: bytes = self.call("read", name, lambda: bytes(self.fs.cat_file(path)), on_missing=missing)
+        self._count(len(data))
+        return data
 
     def size(self, name: str) -> int:
         path = self._path(name)

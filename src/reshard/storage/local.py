@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import mmap
 import os
 import stat
 import threading
 import uuid
 from typing import BinaryIO
 
+from .. import config
 from ..errors import CheckpointNotFoundError, CorruptCheckpointError, StorageError
 
 
@@ -51,7 +53,8 @@ class _DurableFile:
 
 
 class LocalStore:
-    """Files under one directory. Reads use ``pread`` on cached descriptors (thread-safe).
+    """Files under one directory. Reads use ``pread`` on cached descriptors (thread-safe);
+    ``view`` maps a data file once and hands out slices of the mapping.
 
     Names never leave the directory: ``..``, absolute names, and symlinks (of a file or of
     a folder such as ``data/``) that resolve outside the checkpoint's real path are refused,
@@ -61,8 +64,18 @@ class LocalStore:
 
     def __init__(self, root: str) -> None:
         self.location = os.path.abspath(root)
+        self.bytes_read = 0  # by this store: manifest and data, read or mapped
+        self.bytes_mapped = 0  # of which through ``view``
         self._fds: dict[str, int] = {}
+        self._maps: dict[str, tuple[mmap.mmap, memoryview]] = {}
+        self._map_reads = config.map_reads()
         self._lock = threading.Lock()
+
+    def _count(self, nbytes: int, *, mapped: bool = False) -> None:
+        with self._lock:
+            self.bytes_read += nbytes
+            if mapped:
+                self.bytes_mapped += nbytes
 
     def _path(self, name: str) -> str:
         parts = name.split("/")
@@ -139,15 +152,76 @@ class LocalStore:
                     f"[{offset}, {offset + len(view)}), the file ends at {offset + done}"
                 )
             done += n
+        self._count(done)
+
+    def view(self, name: str, offset: int, nbytes: int) -> memoryview | None:
+        """Bytes ``[offset, offset + nbytes)`` of ``name`` without a copy, or None when
+        mapped reads are off (``RESHARD_MAP_READS=0``) or there is nothing to map.
+
+        A piece that is checksummed and then cut (a column of row-major frames) or
+        decoded used to be read into a buffer first: a copy of every byte at memory
+        speed, which was half the time of a resharded load from the page cache. The
+        mapping is private (copy-on-write): the view is writable for torch, and no
+        write ever reaches the file. A file truncated by another process while it is
+        mapped makes its pages unreadable (SIGBUS); checkpoint files are never
+        rewritten in place, and ``RESHARD_MAP_READS=0`` avoids mappings altogether.
+        """
+        if not self._map_reads or nbytes <= 0:
+            return None
+        whole = self._mapped(name)
+        if offset < 0 or offset + nbytes > len(whole):
+            raise CorruptCheckpointError(
+                f"data file {self._path(name)} is truncated: needed bytes "
+                f"[{offset}, {offset + nbytes}), the file ends at {len(whole)}"
+            )
+        self._count(nbytes, mapped=True)
+        return whole[offset:offset + nbytes]
+
+    def let_go(self, name: str, offset: int, nbytes: int) -> None:
+        """Unmap the whole pages of a view that is done with (they stay in the page cache).
+
+        Without this every mapped page a load touched stayed in the process's resident
+        set until the end of the load: up to the size of the files read.
+        """
+        with self._lock:
+            hit = self._maps.get(name)
+        if hit is None:
+            return
+        lo = -(-offset // mmap.PAGESIZE) * mmap.PAGESIZE
+        hi = (offset + nbytes) // mmap.PAGESIZE * mmap.PAGESIZE
+        if hi > lo:
+            # A private mapping that was never written: the pages drop back to the file's.
+            hit[0].madvise(mmap.MADV_DONTNEED, lo, hi - lo)
+
+    def _mapped(self, name: str) -> memoryview:
+        with self._lock:
+            hit = self._maps.get(name)
+        if hit is not None:
+            return hit[1]
+        fd = self._fd(name)
+        try:
+            size = os.fstat(fd).st_size
+            mapping = mmap.mmap(fd, size, access=mmap.ACCESS_COPY) if size else None
+        except OSError as e:
+            raise StorageError(f"cannot map {self._path(name)}: {e}") from e
+        if mapping is None:
+            return memoryview(b"")
+        with self._lock:
+            hit = self._maps.setdefault(name, (mapping, memoryview(mapping)))
+        if hit[0] is not mapping:
+            mapping.close()  # another thread mapped it first
+        return hit[1]
 
     def read_bytes(self, name: str) -> bytes:
         path = self._path(name)
         fd = _open_regular(path, missing=CheckpointNotFoundError)
         try:
             with os.fdopen(fd, "rb") as f:
-                return f.read()
+                data = f.read()
         except OSError as e:
             raise StorageError(f"cannot read {path}: {e}") from e
+        self._count(len(data))
+        return data
 
     def size(self, name: str) -> int:
         path = self._path(name)
@@ -192,6 +266,13 @@ class LocalStore:
 
     def close(self) -> None:
         with self._lock:
+            for mapping, whole in self._maps.values():
+                try:
+                    whole.release()
+                    mapping.close()
+                except BufferError:
+                    pass  # a view is still referenced: unmapped when the last one goes
+            self._maps.clear()
             for fd in self._fds.values():
                 os.close(fd)
             self._fds.clear()

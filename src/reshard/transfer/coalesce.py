@@ -21,7 +21,7 @@ import torch
 from ..adapters.tensors import torch_dtype
 from ..codecs import crc32c
 from ..errors import CheckpointError, CheckpointNotFoundError, CorruptCheckpointError
-from ..storage.base import Store
+from ..storage.base import Store, let_go, view_of
 
 # (target, piece, frame offsets) as transfer/read.py builds them.
 Job = tuple[Any, Any, list[int]]
@@ -163,13 +163,20 @@ def fill_whole_chunks(store: Store, whole: list[tuple[Any, Any]], *, threads: in
 def _read_run(store: Store, file: str, run: list[tuple[int, Any, Any]]) -> None:
     lo = run[0][0]
     hi = max(c.offset + c.nbytes for _, _, c in run)
-    buffer = np.empty(hi - lo, dtype=np.uint8)
-    view = buffer.data
     try:
-        store.read_into(file, lo, view)
+        mapped = view_of(store, file, lo, hi - lo)
+        if mapped is None:
+            buffer = np.empty(hi - lo, dtype=np.uint8)
+            store.read_into(file, lo, buffer.data)
+        else:
+            buffer = np.frombuffer(mapped, dtype=np.uint8)
     except CheckpointError as e:
         raise type(e)(f"key {run[0][1].name!r}: {e}") from None
-    _copy_verified(view, buffer.ctypes.data, lo, run)
+    try:
+        _copy_verified(buffer.data, buffer.ctypes.data, lo, run)
+    finally:
+        if mapped is not None:
+            let_go(store, file, lo, hi - lo)
 
 
 def _whole_chunk(t: Any) -> Any:

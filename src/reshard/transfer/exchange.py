@@ -36,7 +36,7 @@ from ..core.layout import Box, c_strides, element_span, intersect
 from ..dist.collective import Collective, Outcome, raise_if_failed, run_local
 from ..errors import CorruptCheckpointError
 from ..storage.base import Store
-from .read import _check_extent, _drop_scratch, _elements, _scratch, _verify, named_errors
+from .read import _check_extent, _drop_scratch, _elements, _verify, named_errors, stored_bytes
 
 if TYPE_CHECKING:
     from .read import Target
@@ -257,10 +257,8 @@ def _read_transfer(
 ) -> None:
     target = targets[tr.reader_slot]
     chunk = target.entry.chunks[tr.chunk[1]]
-    with named_errors(target, chunk):
-        lo, hi = offs[tr.frame_lo], offs[tr.frame_hi]
-        stored = _scratch(0, hi - lo)
-        store.read_into(chunk.file, lo, memoryview(stored))
+    lo, hi = offs[tr.frame_lo], offs[tr.frame_hi]
+    with named_errors(target, chunk), stored_bytes(store, chunk.file, lo, hi) as stored:
         _verify(chunk, tr.frame_lo, tr.frame_hi, memoryview(stored), offs, lo)
         size = tr.itemsize
         elems = _elements(stored, size)

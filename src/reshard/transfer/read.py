@@ -21,7 +21,7 @@ from ..core.planner import ReadPiece, plan_reads
 from ..dist.collective import Collective
 from ..errors import CheckpointError, CheckpointNotFoundError, CorruptCheckpointError
 from ..format.manifest import Chunk, TensorEntry, dotted
-from ..storage.base import Store
+from ..storage.base import Store, let_go, view_of
 from .coalesce import group_reads, run_group
 
 if TYPE_CHECKING:
@@ -177,6 +177,23 @@ def _scratch(slot: int, nbytes: int) -> np.ndarray:
     return buf[:nbytes]
 
 
+@contextmanager
+def stored_bytes(store: Store, file: str, lo: int, hi: int) -> Iterator[np.ndarray]:
+    """Bytes ``[lo, hi)`` of ``file``, valid inside the block: a view of the mapped file
+    where the store maps (its pages let go after the block), else this thread's
+    scratch buffer, read into."""
+    view = view_of(store, file, lo, hi - lo)
+    if view is None:
+        stored = _scratch(0, hi - lo)
+        store.read_into(file, lo, memoryview(stored))
+        yield stored
+        return
+    try:
+        yield np.frombuffer(view, dtype=np.uint8)
+    finally:
+        let_go(store, file, lo, hi - lo)
+
+
 def _drop_scratch() -> None:
     _local.__dict__.pop("scratch", None)
 
@@ -251,9 +268,20 @@ def _read_piece(
         store.read_into(chunk.file, stored_lo, mv)
         _verify(chunk, piece.frame_lo, piece.frame_hi, mv, offs, stored_lo)
         return
-    stored = _scratch(0, stored_hi - stored_lo)
-    store.read_into(chunk.file, stored_lo, memoryview(stored))
-    _verify(chunk, piece.frame_lo, piece.frame_hi, memoryview(stored), offs, stored_lo)
+    with stored_bytes(store, chunk.file, stored_lo, stored_hi) as stored:
+        _verify(chunk, piece.frame_lo, piece.frame_hi, memoryview(stored), offs, stored_lo)
+        _from_stored(target, dest, chunk, piece, offs, stored)
+
+
+def _from_stored(
+    target: Target, dest: torch.Tensor, chunk: Chunk, piece: ReadPiece, offs: list[int],
+    stored: np.ndarray,
+) -> None:
+    """Decode or cut the piece out of its verified stored frames, into ``dest``."""
+    itemsize = target.entry.itemsize
+    src_dtype = torch_dtype(target.entry.dtype)
+    raw_base = piece.frame_lo * chunk.frame_raw_nbytes
+    raw_end = min(piece.frame_hi * chunk.frame_raw_nbytes, chunk.raw_nbytes)
     if (
         piece.flat and chunk.codec.name != "identity" and dest.dtype == src_dtype
         and piece.raw_lo == raw_base and piece.raw_hi == raw_end
