@@ -4,7 +4,9 @@
     PYTHONPATH=$PWD/src:$PWD python -m bench.profiling.reshard_loads --dir /var/tmp/rr --reps 5
 
 Saves (with --save) the w4 Shard(0) and w4 (2,2) checkpoints, then loads them on 2 ranks
-(Shard(1) and Shard(0)) warm, printing per-rank wall and CPU seconds and bytes read.
+(Shard(1) and Shard(0); the Shard(0) one also as Shard(0), whole chunks read straight into
+the destination) warm, printing per-rank wall and CPU seconds and bytes read.
+``--only S0->S1`` (or a saved layout, ``--only 2D``) picks cases.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import pstats
 import resource
 import time
 
-CASES = (("S0", "S1"), ("2D", "S0"))
+CASES = (("S0", "S1"), ("2D", "S0"), ("S0", "S0"))
 
 
 def _cpu() -> float:
@@ -42,7 +44,7 @@ def _cases(specs: list, world: int, rank: int, d: str, only: str):  # type: igno
     from bench import state
 
     for src, dst in CASES:
-        if only and only != src:
+        if only and only not in (src, f"{src}->{dst}"):
             continue
         lay = state.layout(dst, world)
         yield src, dst, lay, state.targets(specs, lay, rank), os.path.join(d, src)
