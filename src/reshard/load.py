@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -214,7 +215,7 @@ def _match_tensor(
         # torch cannot view negative strides (np.flip, a[::-1]): fill a copy, then write
         # it back into the caller's array in place.
         dest, leaf = leaf, np.empty(leaf.shape, dtype=leaf.dtype)
-        values.append((key, _Later(lambda d=dest, s=leaf: _copied_into(d, s))))
+        values.append((key, _Later(partial(_copied_into, dest, leaf))))
     shards = shards_of(leaf, key, for_load=True)
     if shards.shape != entry.shape:
         problems.append(f"key {dotted(key)!r}: the checkpoint holds shape {list(entry.shape)}, "
@@ -223,7 +224,11 @@ def _match_tensor(
     for box, tensor in zip(shards.boxes, shards.tensors):
         targets.append(Target(entry=entry, box=box, tensor=tensor))
     if scalar:
-        values.append((key, _Later(lambda a=leaf: a[()])))
+        values.append((key, _Later(partial(_item, leaf))))
+
+
+def _item(array: np.ndarray[Any, Any]) -> Any:
+    return array[()]
 
 
 def _copied_into(dest: np.ndarray[Any, Any], src: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:

@@ -65,7 +65,7 @@ def view_of(store: Store, name: str, offset: int, nbytes: int) -> memoryview | N
     """Bytes of ``name`` without a copy where ``store`` can map them (an optional
     ``view`` method, local files), else None: the caller reads them instead."""
     view = getattr(store, "view", None)
-    return None if view is None else view(name, offset, nbytes)  # type: ignore[no-any-return]
+    return None if view is None else view(name, offset, nbytes)
 
 
 def let_go(store: Store, name: str, offset: int, nbytes: int) -> None:

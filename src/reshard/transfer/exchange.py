@@ -259,7 +259,7 @@ def _read_transfer(
     chunk = target.entry.chunks[tr.chunk[1]]
     lo, hi = offs[tr.frame_lo], offs[tr.frame_hi]
     with named_errors(target, chunk), stored_bytes(store, chunk.file, lo, hi) as stored:
-        _verify(chunk, tr.frame_lo, tr.frame_hi, memoryview(stored), offs, lo)
+        _verify(chunk, tr.frame_lo, tr.frame_hi, stored.data, offs, lo)
         size = tr.itemsize
         elems = _elements(stored, size)
         first = tr.frame_lo * chunk.frame_raw_nbytes // size

@@ -170,7 +170,7 @@ def _scratch(slot: int, nbytes: int) -> np.ndarray:
     cost ~3x a copy); one buffer per thread and slot, grown as needed and bounded by the
     largest piece, is faulted once.
     """
-    bufs = _local.__dict__.setdefault("scratch", [None, None])
+    bufs: list[np.ndarray | None] = _local.__dict__.setdefault("scratch", [None, None])
     buf = bufs[slot]
     if buf is None or buf.size < nbytes:
         buf = bufs[slot] = np.empty(nbytes, dtype=np.uint8)
@@ -185,7 +185,7 @@ def stored_bytes(store: Store, file: str, lo: int, hi: int) -> Iterator[np.ndarr
     view = view_of(store, file, lo, hi - lo)
     if view is None:
         stored = _scratch(0, hi - lo)
-        store.read_into(file, lo, memoryview(stored))
+        store.read_into(file, lo, stored.data)
         yield stored
         return
     try:
@@ -269,7 +269,7 @@ def _read_piece(
         _verify(chunk, piece.frame_lo, piece.frame_hi, mv, offs, stored_lo)
         return
     with stored_bytes(store, chunk.file, stored_lo, stored_hi) as stored:
-        _verify(chunk, piece.frame_lo, piece.frame_hi, memoryview(stored), offs, stored_lo)
+        _verify(chunk, piece.frame_lo, piece.frame_hi, stored.data, offs, stored_lo)
         _from_stored(target, dest, chunk, piece, offs, stored)
 
 
@@ -336,7 +336,7 @@ def _bytes_array(t: torch.Tensor) -> np.ndarray:
 def _bytes_of(t: torch.Tensor) -> memoryview:
     if t.dtype == torch.bool:
         t = t.view(torch.uint8)
-    return memoryview(t.view(torch.uint8).numpy()).cast("B")
+    return t.view(torch.uint8).numpy().data.cast("B")
 
 
 def _verify(
@@ -363,7 +363,7 @@ def _decode(
     out = _scratch(1, raw_len) if out is None else out
     base, pos = offs[piece.frame_lo], 0
     for i in range(piece.frame_lo, piece.frame_hi):
-        frame = memoryview(stored)[offs[i] - base:offs[i + 1] - base]
+        frame = stored.data[offs[i] - base:offs[i + 1] - base]
         expect = min(chunk.frame_raw_nbytes, chunk.raw_nbytes - i * chunk.frame_raw_nbytes)
         try:
             # Straight into the scratch buffer; a frame of any other size raises.
