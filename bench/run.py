@@ -290,7 +290,8 @@ def markdown(meta: dict[str, Any], raw: dict[str, Any], raw_nbytes: int,
             f"{'yes' if r['verified'] else 'NO'} | {checks} |"
         )
     lines += ["", "Per rank (median over repetitions): op seconds | CPU seconds | peak RSS growth "
-              "MiB | MiB read (rchar, plus bytes reshard read through a memory map) | MiB from disk (read_bytes).", "",
+              "MiB | MiB read (rchar, plus bytes reshard read through a memory map) | "
+              "MiB from disk (read_bytes).", "",
               "| scenario | lib | s | cpu s | RSS Δ MiB | read MiB | disk MiB |",
               "|---|---|---|---|---|---|---|"]
     for key, s in summary.items():
