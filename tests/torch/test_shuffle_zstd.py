@@ -43,13 +43,13 @@ def test_every_dtype_round_trips_and_reads_partially(tmp_path: Path, monkeypatch
     with reshard.open(tmp_path) as ck:
         for k, v in sd.items():
             (chunk,) = ck.info(k).chunks
-            assert chunk.codec == ("shuffle-zstd" if v.element_size() > 1 else "zstd"), k
+            assert chunk.codec == ("planes-zstd" if v.element_size() > 1 else "zstd"), k
             if v.dim() == 2:
                 assert torch.equal(ck.read(k, (slice(7, 9), slice(3, 30))), v[7:9, 3:30]), k
                 assert torch.equal(ck.read(k, (slice(None), slice(5, 6))), v[:, 5:6]), k
             elif v.dim() == 1:
                 assert torch.equal(ck.read(k, (slice(101, 333),)), v[101:333]), k
-    shuffled = [c for c in doc["codecs"] if c["name"] == "shuffle-zstd"]
+    shuffled = [c for c in doc["codecs"] if c["name"] == "planes-zstd"]
     assert sorted(c["configuration"]["elementsize"] for c in shuffled) == [2, 4, 8, 16]
 
 
@@ -96,10 +96,11 @@ def _rewrite_frame(path: Path, frame: bytes) -> None:
     (path / "manifest.json").write_text(json.dumps(doc))
 
 
+@pytest.mark.parametrize("planes", [True, False])
 @pytest.mark.parametrize("case", ["short", "long", "huge", "no size", "garbage"])
-def test_hostile_checksummed_shuffled_frames_are_refused(tmp_path: Path, case: str) -> None:
+def test_hostile_checksummed_shuffled_frames_are_refused(tmp_path: Path, case: str, planes: bool) -> None:
     w = torch.arange(256, dtype=torch.float32)  # 1 KiB: one frame
-    reshard.save({"w": w}, tmp_path, codec="zstd")
+    reshard.save({"w": w}, tmp_path, codec=reshard.ZstdCodec(planes=planes))
     raw = w.numpy().tobytes()
     frame = {
         "short": zstandard.ZstdCompressor().compress(raw[:-4]),
@@ -117,9 +118,9 @@ def test_hostile_checksummed_shuffled_frames_are_refused(tmp_path: Path, case: s
 
 
 def test_a_frame_from_another_zstd_writer_loads(tmp_path: Path) -> None:
-    """The format is zstd of the shuffled bytes, whatever encoder wrote the frame."""
+    """shuffle-zstd is zstd of the shuffled bytes, whatever encoder wrote the frame."""
     w = torch.randn(256)
-    reshard.save({"w": w}, tmp_path, codec="zstd")
+    reshard.save({"w": w}, tmp_path, codec=reshard.ZstdCodec(planes=False))
     planes = w.numpy().view(np.uint8).reshape(256, 4).T.tobytes()
     _rewrite_frame(tmp_path, zstandard.ZstdCompressor(level=19).compress(planes))
     out = {"w": torch.zeros(256)}

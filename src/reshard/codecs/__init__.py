@@ -11,11 +11,13 @@ from .registry import (
     register_codec,
     resolve_codec,
 )
+from .planes import PlanesZstdCodec
 from .zstd import ShuffleZstdCodec, ZstdCodec, chunk_spec
 
 __all__ = [
     "Codec",
     "IdentityCodec",
+    "PlanesZstdCodec",
     "ShuffleZstdCodec",
     "ZstdCodec",
     "bind_codec",
