@@ -89,9 +89,11 @@ def compressor(kind: str, level: int) -> Any:
     ctx = cache.get((kind, level))
     if ctx is None:
         if kind == PLANE_PARAMS and level <= 3:
+            # target_length 0: a negative level's acceleration would also turn off the
+            # Huffman coding of literals, which is all that compresses a byte plane.
             params = zstandard.ZstdCompressionParameters.from_level(
                 level, strategy=zstandard.STRATEGY_FAST, hash_log=6, min_match=7,
-                write_content_size=1,
+                target_length=0, write_content_size=1,
             )
             ctx = zstandard.ZstdCompressor(compression_params=params)
         else:
