@@ -61,12 +61,11 @@ class PlanesZstdCodec:
     def encode(self, data: memoryview) -> memoryview:
         raw = np.frombuffer(data, dtype=np.uint8)
         e = self.elementsize
+        if all_zero(raw):
+            return memoryview(_zero_frame(e, len(raw)))
         n = len(raw) // e
         tail = raw[n * e:]
-        if all_zero(raw):
-            modes = [(FILL, 0)] * e
-        else:
-            modes, segments = self._planes(raw, n)
+        modes, segments = self._planes(raw, n)
         header = _header(e)
         nbytes = header.size + sum(a for m, a in modes if m != FILL) + len(tail)
         out = np.empty(nbytes, dtype=np.uint8)
@@ -148,6 +147,14 @@ class PlanesZstdCodec:
 def _header(elementsize: int) -> struct.Struct:
     """Raw size (u32), then (mode u8, argument u32) per plane; little-endian, unpadded."""
     return struct.Struct("<I" + "BI" * elementsize)
+
+
+@lru_cache(maxsize=64)
+def _zero_frame(elementsize: int, nbytes: int) -> bytes:
+    """The stored frame of ``nbytes`` zeros: every plane a fill of 0, then the zero tail
+    (the same bytes for every such frame of a chunk, so built once)."""
+    tail = nbytes % elementsize
+    return _header(elementsize).pack(nbytes, *(FILL, 0) * elementsize) + bytes(tail)
 
 
 def _plane_source(buf: np.ndarray, pos: int, mode: int, arg: int, n: int, k: int) -> np.ndarray | int:
