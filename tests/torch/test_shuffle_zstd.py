@@ -164,7 +164,8 @@ def test_planes_frames_flipped_or_hostile_are_refused_naming_the_file(
     c["nbytes"] = chunk["nbytes"]
     (tmp_path / "manifest.json").write_text(json.dumps(doc))
     with pytest.raises(reshard.CorruptCheckpointError,
-                       match=f"'w'.*{name}.*frame 0 does not decode with codec 'planes-zstd'.*unknown mode 9"):
+                       match=f"'w'.*{name}.*frame 0 does not decode with codec 'planes-zstd'"
+                             ".*unknown mode 9"):
         reshard.load({"w": torch.zeros(64, 64)}, tmp_path)
     with reshard.open(tmp_path) as ck:
         assert torch.equal(ck.read("w", (slice(20, 30),)), w[20:30])  # frames 1.. are fine

@@ -7,14 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from reshard.storage import LocalStore, new_file
-from reshard.storage import local
+from reshard.storage import LocalStore, local, new_file
 
 
 @pytest.mark.parametrize("setting, expected", [("1000", [(0, 1200), (1200, 1200), (2400, 1200)]),
                                                ("0", [])])
 def test_writeback_requests_follow_the_written_bytes(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, setting: str, expected: list[tuple[int, int]]) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, setting: str,
+        expected: list[tuple[int, int]]) -> None:
     calls: list[tuple[int, int]] = []
     monkeypatch.setenv("RESHARD_WRITEBACK_NBYTES", setting)
     monkeypatch.setattr(local, "_SYNC_FILE_RANGE", local._SYNC_FILE_RANGE or (lambda *a: 0))
@@ -26,7 +26,8 @@ def test_writeback_requests_follow_the_written_bytes(
             f.write(bytes([i]) * 1200)
         f.write(b"tail")
     assert calls == expected
-    assert (tmp_path / "data" / "f.bin").read_bytes() == b"\x00" * 1200 + b"\x01" * 1200 + b"\x02" * 1200 + b"tail"
+    written = (tmp_path / "data" / "f.bin").read_bytes()
+    assert written == b"\x00" * 1200 + b"\x01" * 1200 + b"\x02" * 1200 + b"tail"
 
 
 def test_the_real_call_accepts_a_file_range(tmp_path: Path) -> None:

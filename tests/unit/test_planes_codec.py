@@ -9,8 +9,15 @@ import numpy as np
 import pytest
 import zstandard
 
-from reshard.codecs import PlanesZstdCodec, bind_codec, chunk_spec, decode_frame, decode_frame_into, get_codec
-from reshard.codecs import ZstdCodec
+from reshard.codecs import (
+    PlanesZstdCodec,
+    ZstdCodec,
+    bind_codec,
+    chunk_spec,
+    decode_frame,
+    decode_frame_into,
+    get_codec,
+)
 from reshard.codecs.planes import FILL, RAW, ZSTD
 
 RNG = np.random.default_rng(99)
@@ -74,7 +81,8 @@ def test_float_planes_choose_raw_mantissas_zstd_exponents() -> None:
     shuffled = len(ZstdCodec(planes=False).for_itemsize(4).encode(memoryview(f32)))  # type: ignore[union-attr]
     assert len(frame) < 0.97 * plain and len(frame) < 1.01 * shuffled
     bf16 = ((RNG.standard_normal(1 << 16).astype(np.float32) * 0.02).view(np.uint32) >> 16).astype(np.uint16)
-    assert _modes(bytes(PlanesZstdCodec(elementsize=2).encode(memoryview(bf16.view(np.uint8)))), 2) == [RAW, ZSTD]
+    frame = bytes(PlanesZstdCodec(elementsize=2).encode(memoryview(bf16.view(np.uint8))))
+    assert _modes(frame, 2) == [RAW, ZSTD]
 
 
 def test_zero_frames_are_fills_and_constant_planes_too() -> None:
@@ -125,7 +133,8 @@ _OK = _frame((RAW, 4, b"abcd"), (RAW, 4, b"efgh"))  # E = 2, 8 raw bytes
     ("fill not a byte", _frame((FILL, 256, b""), (RAW, 4, b"efgh")), "fill value 256"),
     ("zstd of nothing", _frame((ZSTD, 0, b""), (RAW, 4, b"efgh")), "zstd plane of 0 bytes"),
     ("zstd past the end", _frame((ZSTD, 99, b"abcd"), (RAW, 4, b"efgh")), "zstd plane of 99 bytes"),
-    ("zstd of other size", _frame((ZSTD, 12, zstandard.compress(b"abc")[:12]), (RAW, 4, b"efgh")), "declares 3 bytes"),
+    ("zstd of other size", _frame((ZSTD, 12, zstandard.compress(b"abc")[:12]), (RAW, 4, b"efgh")),
+     "declares 3 bytes"),
     ("not zstd", _frame((ZSTD, 4, b"abcd"), (RAW, 4, b"efgh")), "zstd"),
 ])
 def test_hostile_frames_are_refused(case: str, frame: bytes, match: str) -> None:

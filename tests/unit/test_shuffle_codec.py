@@ -104,7 +104,8 @@ def test_shuffle_compresses_float_payloads_better_than_plain_zstd() -> None:
 
 @pytest.mark.parametrize("codec", [ZstdCodec(shuffle=False), ShuffleZstdCodec(elementsize=4),
                                    PlanesZstdCodec(elementsize=4)])
-def test_decode_refuses_frames_of_the_wrong_size(codec: ZstdCodec | ShuffleZstdCodec | PlanesZstdCodec) -> None:
+def test_decode_refuses_frames_of_the_wrong_size(
+        codec: ZstdCodec | ShuffleZstdCodec | PlanesZstdCodec) -> None:
     raw = np.arange(1000, dtype=np.float32).view(np.uint8)
     frame = memoryview(bytes(codec.encode(memoryview(raw))))
     for n in (len(raw) - 4, len(raw) + 4, 0):

@@ -1,6 +1,7 @@
 """Codecs (storage transforms applied to each frame) and checksums."""
 
 from .checksum import crc32c
+from .planes import PlanesZstdCodec
 from .registry import (
     Codec,
     IdentityCodec,
@@ -11,7 +12,6 @@ from .registry import (
     register_codec,
     resolve_codec,
 )
-from .planes import PlanesZstdCodec
 from .zstd import ShuffleZstdCodec, ZstdCodec, chunk_spec
 
 __all__ = [

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache, lru_cache
 
 import numpy as np
 
@@ -69,7 +69,7 @@ class PlanesZstdCodec:
         header = _header(e)
         nbytes = header.size + sum(a for m, a in modes if m != FILL) + len(tail)
         out = np.empty(nbytes, dtype=np.uint8)
-        header.pack_into(out, 0, len(raw), *(x for mode in modes for x in mode))
+        header.pack_into(out.data, 0, len(raw), *(x for mode in modes for x in mode))
         pos = header.size
         for k, (mode, arg) in enumerate(modes):
             if mode == RAW:
@@ -78,7 +78,7 @@ class PlanesZstdCodec:
                 out[pos:pos + arg] = np.frombuffer(segments[k], dtype=np.uint8)
             pos += 0 if mode == FILL else arg
         out[pos:] = tail
-        return memoryview(out)
+        return out.data
 
     def _planes(self, raw: np.ndarray, n: int) -> tuple[list[tuple[int, int]], dict[int, bytes]]:
         """Each plane's (mode, argument) and the zstd frames of the compressed ones."""
@@ -107,7 +107,7 @@ class PlanesZstdCodec:
         buf = np.frombuffer(data, dtype=np.uint8)
         if len(buf) < 4:
             raise ValueError(f"{PLANES_ZSTD} frame of {len(buf)} bytes is shorter than its header")
-        (size,) = struct.unpack_from("<I", buf, 0)
+        (size,) = struct.unpack_from("<I", buf.data, 0)
         if size > max_nbytes:
             raise ValueError(f"{PLANES_ZSTD} frame declares {size} bytes, at most {max_nbytes} allowed")
         out = np.empty(size, dtype=np.uint8)
@@ -123,7 +123,7 @@ class PlanesZstdCodec:
         if len(buf) < header.size:
             raise ValueError(f"{PLANES_ZSTD} frame of {len(buf)} bytes is shorter than its "
                              f"{header.size}-byte header")
-        size, *fields = header.unpack_from(buf, 0)
+        size, *fields = header.unpack_from(buf.data, 0)
         if size != len(out):
             raise ValueError(f"{PLANES_ZSTD} frame declares {size} bytes, expected {len(out)}")
         pos = header.size
@@ -143,7 +143,7 @@ class PlanesZstdCodec:
             ("elementsize", self.elementsize), ("level", self.level)))
 
 
-@lru_cache(maxsize=None)
+@cache
 def _header(elementsize: int) -> struct.Struct:
     """Raw size (u32), then (mode u8, argument u32) per plane; little-endian, unpadded."""
     return struct.Struct("<I" + "BI" * elementsize)
@@ -174,7 +174,7 @@ def _plane_source(buf: np.ndarray, pos: int, mode: int, arg: int, n: int, k: int
                              f"not fit a {len(buf)}-byte frame")
         # Plane k's own slot of the scratch buffer: several planes may be zstd.
         slot = scratch(n * (k + 1))[n * k:]
-        return decompress_into(memoryview(buf[pos:pos + arg]), slot)
+        return decompress_into(buf[pos:pos + arg].data, slot)
     raise ValueError(f"{PLANES_ZSTD} plane {k}: unknown mode {mode}")
 
 
