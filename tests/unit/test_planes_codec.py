@@ -166,3 +166,23 @@ def test_manifest_records_and_decoders() -> None:
     assert spec.name == "planes-zstd" and dict(spec.configuration) == {"elementsize": 16, "level": -2}
     assert bind_codec(ZstdCodec(level=-2), 16).spec() == spec  # type: ignore[attr-defined]
     assert get_codec(spec) == PlanesZstdCodec(elementsize=16)
+
+
+def test_a_large_frame_decodes_its_zstd_planes_into_one_buffer() -> None:
+    """Frames above the 16 MiB scratch size get a buffer of their own: one of the frame's
+    size for all zstd planes, not one per plane."""
+    import tracemalloc
+
+    raw = RNG.standard_normal(9 << 18).view(np.uint8)  # 18 MiB of float64: planes 6 and 7 zstd
+    codec = PlanesZstdCodec(elementsize=8)
+    frame = bytes(codec.encode(memoryview(raw)))
+    assert _modes(frame, 8)[6:] == [ZSTD, ZSTD]
+    out = np.empty(len(raw), np.uint8)
+    tracemalloc.start()
+    try:
+        codec.decode_into(memoryview(frame), out)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert np.array_equal(out, raw)
+    assert peak < len(raw) + (1 << 20)

@@ -128,9 +128,11 @@ class PlanesZstdCodec:
             raise ValueError(f"{PLANES_ZSTD} frame declares {size} bytes, expected {len(out)}")
         pos = header.size
         planes: list[np.ndarray | int] = []
+        # zstd planes decode into this thread's scratch buffer, plane k at [k * n, (k + 1) * n).
+        slots = scratch(n * e) if ZSTD in fields[0::2] else _NO_SLOTS
         for k in range(e):
             mode, arg = fields[2 * k], fields[2 * k + 1]
-            planes.append(_plane_source(buf, pos, mode, arg, n, k))
+            planes.append(_plane_source(buf, pos, mode, arg, n, k, slots[n * k:n * (k + 1)]))
             pos += 0 if mode == FILL else arg
         if len(buf) - pos != len(out) - n * e:
             raise ValueError(f"{PLANES_ZSTD} frame holds {len(buf) - pos} bytes after its planes, "
@@ -157,8 +159,13 @@ def _zero_frame(elementsize: int, nbytes: int) -> bytes:
     return _header(elementsize).pack(nbytes, *(FILL, 0) * elementsize) + bytes(tail)
 
 
-def _plane_source(buf: np.ndarray, pos: int, mode: int, arg: int, n: int, k: int) -> np.ndarray | int:
-    """Plane ``k``'s bytes (a view of ``buf`` or decoded into this thread's scratch) or fill value."""
+_NO_SLOTS = np.empty(0, dtype=np.uint8)
+
+
+def _plane_source(buf: np.ndarray, pos: int, mode: int, arg: int, n: int, k: int,
+                  slot: np.ndarray) -> np.ndarray | int:
+    """Plane ``k``'s ``n`` bytes (a view of ``buf``, or decoded into ``slot``, which is
+    ``n`` bytes long whenever the frame has zstd planes) or its fill value."""
     if mode == FILL:
         if arg > 255:
             raise ValueError(f"{PLANES_ZSTD} plane {k}: fill value {arg} is not a byte")
@@ -172,8 +179,6 @@ def _plane_source(buf: np.ndarray, pos: int, mode: int, arg: int, n: int, k: int
         if not 0 < arg <= len(buf) - pos:
             raise ValueError(f"{PLANES_ZSTD} plane {k}: zstd plane of {arg} bytes at {pos} does "
                              f"not fit a {len(buf)}-byte frame")
-        # Plane k's own slot of the scratch buffer: several planes may be zstd.
-        slot = scratch(n * (k + 1))[n * k:]
         return decompress_into(buf[pos:pos + arg].data, slot)
     raise ValueError(f"{PLANES_ZSTD} plane {k}: unknown mode {mode}")
 
