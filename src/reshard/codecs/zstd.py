@@ -49,7 +49,8 @@ class ZstdCodec:
       ``k`` of every element); each plane is stored raw, as one zstd frame, or as a single
       byte when constant, judged per frame from a sample. Floats compress as well as with
       ``shuffle-zstd`` while the encoder skips the near-random mantissa planes, and zero
-      frames cost almost nothing: saves use about half the CPU of ``shuffle-zstd``.
+      frames cost almost nothing: 13-37% less encoder CPU than ``shuffle-zstd`` on the
+      benchmark's float datasets (docs/PERFORMANCE.md).
     * ``planes=False``: codec ``shuffle-zstd``, the byte-shuffled frame as one zstd frame
       (what reshard wrote before ``planes-zstd``; readable by those versions).
     * ``shuffle=False``: plain ``zstd`` frames, readable by every reshard version.
