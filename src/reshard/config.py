@@ -33,6 +33,16 @@ def max_piece_nbytes() -> int:
     return _int_env("RESHARD_MAX_PIECE_NBYTES", 16 * 1024 * 1024)
 
 
+def writeback_nbytes() -> int:
+    """Bytes written to a local data file between requests that the OS start writing them
+    to disk (Linux ``sync_file_range``, without waiting), so the fsync that ends a save
+    waits only for the last ones; 0 turns this off, and the fsync then writes the whole
+    file while the save waits."""
+    if os.environ.get("RESHARD_WRITEBACK_NBYTES") == "0":
+        return 0
+    return _int_env("RESHARD_WRITEBACK_NBYTES", 8 * 1024 * 1024)
+
+
 def io_threads() -> int:
     """Threads for file reads, decoding and checksums in one process."""
     return _int_env("RESHARD_IO_THREADS", min(8, (os.cpu_count() or 2) * 2))

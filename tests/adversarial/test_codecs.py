@@ -21,9 +21,9 @@ from reshard.codecs import registry as codec_registry
 from ._state import RotCodec, blank_state, data_files, leftovers, load_version, make_state, rewrite_manifest
 
 
-def _one_frame_zstd_checkpoint(path: Path) -> tuple[str, torch.Tensor]:
+def _one_frame_zstd_checkpoint(path: Path, codec: object = "zstd") -> tuple[str, torch.Tensor]:
     t = torch.arange(64, dtype=torch.float32)  # 256 raw bytes: one frame
-    reshard.save({"t": t}, path, codec="zstd")
+    reshard.save({"t": t}, path, codec=codec)
     (file,) = data_files(path)
     return file, t
 
@@ -38,13 +38,18 @@ def _replace_frame(path: Path, file: str, frame: bytes) -> None:
     rewrite_manifest(path, edit)
 
 
-def test_zstd_frame_declaring_a_huge_size_is_not_allocated(tmp_path: Path) -> None:
+@pytest.mark.parametrize("planes", [False, True])
+def test_zstd_frame_declaring_a_huge_size_is_not_allocated(tmp_path: Path, planes: bool) -> None:
     """A crafted frame (valid CRC) whose header claims 1 TiB must fail before allocating."""
-    file, _ = _one_frame_zstd_checkpoint(tmp_path)
+    file, _ = _one_frame_zstd_checkpoint(tmp_path, reshard.ZstdCodec(planes=planes))
     # Magic, descriptor (8-byte content size, single segment), content size 2**40, then one
     # last RLE block of one byte.
     frame = struct.pack("<IB", 0xFD2FB528, 0xE0) + struct.pack("<Q", 2**40) + bytes([0x09, 0, 0, 0x41])
     assert zstandard.frame_content_size(frame) == 2**40
+    if planes:  # planes-zstd: 256 raw bytes, three raw planes, then that frame as plane 3
+        planes_raw = bytes(range(64)) * 3
+        frame = (struct.pack("<I" + "BI" * 4, 256, 0, 64, 0, 64, 0, 64, 1, len(frame))
+                 + planes_raw + frame)
     _replace_frame(tmp_path, file, frame)
     tracemalloc.start()
     try:
@@ -95,7 +100,7 @@ def test_zstd_levels(tmp_path: Path) -> None:
             config = dict(spec.configuration)
             assert config.pop("level") == level
             if shuffled and size > 1:
-                assert spec.name == "shuffle-zstd" and config == {"elementsize": size}
+                assert spec.name == "planes-zstd" and config == {"elementsize": size}
             else:
                 assert spec.name == "zstd" and config == {}
         assert {size for size, _ in specs} == ({1, 2, 4, 8} if shuffled else {1})
@@ -214,7 +219,7 @@ def test_partial_read_decodes_only_needed_frames(tmp_path: Path, codec: Any) -> 
 
 def test_compression_ratio_of_zstd_frames(tmp_path: Path) -> None:
     """zstd frames are independent: each decodes alone to its raw size."""
-    reshard.save({"z": np.zeros(4096, dtype=np.float64)}, tmp_path, codec="zstd")
+    reshard.save({"z": np.zeros(4096, dtype=np.float64)}, tmp_path, codec=reshard.ZstdCodec(planes=False))
     with reshard.open(tmp_path) as ck:
         (chunk,) = ck.manifest.entries[0].chunks
         data = Path(data_files(tmp_path)[0]).read_bytes()

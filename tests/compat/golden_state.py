@@ -13,13 +13,15 @@ import numpy as np
 
 import torch
 
-GOLDENS = {"golden_v1": None, "golden_v1_zstd": "zstd", "golden_v1_shuffle_zstd": "zstd"}
+GOLDENS = {"golden_v1": None, "golden_v1_zstd": "zstd", "golden_v1_shuffle_zstd": "zstd",
+           "golden_v1_planes_zstd": "zstd"}
 """Golden folder name -> the ``codec=`` it was saved with. golden_v1_zstd was saved when
-``"zstd"`` meant plain zstd frames; it now means shuffle-zstd for elements
-wider than a byte (committed goldens are never regenerated)."""
+``"zstd"`` meant plain zstd frames, golden_v1_shuffle_zstd when it meant shuffle-zstd; it
+now means planes-zstd for elements wider than a byte (committed goldens are never
+regenerated)."""
 
 GOLDEN_CODEC_OF_W = {"golden_v1": "identity", "golden_v1_zstd": "zstd",
-                     "golden_v1_shuffle_zstd": "shuffle-zstd"}
+                     "golden_v1_shuffle_zstd": "shuffle-zstd", "golden_v1_planes_zstd": "planes-zstd"}
 """The codec recorded for the chunks of ``model.w`` (float32) in each golden."""
 
 FRAME_RAW_NBYTES = 64

@@ -21,6 +21,7 @@ MANIFEST_SHA256 = {
     "golden_v1": "53a9cba51a36f45a50bd24d57b78264b4e0d346092d310346048770f10de0acc",
     "golden_v1_zstd": "9d5f5dacec0c061391270e553ab0bd0d29ea5aaa60087191565d77a2d92a7262",
     "golden_v1_shuffle_zstd": "aa1b1eb903f9faebb6ec6e2a1b0e41291de7c016d29d03f6c6acc206718787c7",
+    "golden_v1_planes_zstd": "4cf22f5d382c37b87f93339cfcd4dfc837f3f8fef70ae8946edd9a60cf52c2d7",
 }
 """Regenerating a golden would hide a format break: its manifest must never change."""
 

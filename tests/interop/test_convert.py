@@ -115,7 +115,7 @@ def test_safetensors_from_hf_writer_to_reshard(tmp_path: Path, small_pieces: Non
         for k in ck.keys():
             info = ck.info(k)
             wide = info.dtype.itemsize > 1
-            assert {c.codec for c in info.chunks} <= {"shuffle-zstd" if wide else "zstd"}, k
+            assert {c.codec for c in info.chunks} <= {"planes-zstd" if wide else "zstd"}, k
     _assert_same(got, tensors)
 
 

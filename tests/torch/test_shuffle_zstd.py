@@ -43,13 +43,13 @@ def test_every_dtype_round_trips_and_reads_partially(tmp_path: Path, monkeypatch
     with reshard.open(tmp_path) as ck:
         for k, v in sd.items():
             (chunk,) = ck.info(k).chunks
-            assert chunk.codec == ("shuffle-zstd" if v.element_size() > 1 else "zstd"), k
+            assert chunk.codec == ("planes-zstd" if v.element_size() > 1 else "zstd"), k
             if v.dim() == 2:
                 assert torch.equal(ck.read(k, (slice(7, 9), slice(3, 30))), v[7:9, 3:30]), k
                 assert torch.equal(ck.read(k, (slice(None), slice(5, 6))), v[:, 5:6]), k
             elif v.dim() == 1:
                 assert torch.equal(ck.read(k, (slice(101, 333),)), v[101:333]), k
-    shuffled = [c for c in doc["codecs"] if c["name"] == "shuffle-zstd"]
+    shuffled = [c for c in doc["codecs"] if c["name"] == "planes-zstd"]
     assert sorted(c["configuration"]["elementsize"] for c in shuffled) == [2, 4, 8, 16]
 
 
@@ -96,10 +96,11 @@ def _rewrite_frame(path: Path, frame: bytes) -> None:
     (path / "manifest.json").write_text(json.dumps(doc))
 
 
+@pytest.mark.parametrize("planes", [True, False])
 @pytest.mark.parametrize("case", ["short", "long", "huge", "no size", "garbage"])
-def test_hostile_checksummed_shuffled_frames_are_refused(tmp_path: Path, case: str) -> None:
+def test_hostile_checksummed_shuffled_frames_are_refused(tmp_path: Path, case: str, planes: bool) -> None:
     w = torch.arange(256, dtype=torch.float32)  # 1 KiB: one frame
-    reshard.save({"w": w}, tmp_path, codec="zstd")
+    reshard.save({"w": w}, tmp_path, codec=reshard.ZstdCodec(planes=planes))
     raw = w.numpy().tobytes()
     frame = {
         "short": zstandard.ZstdCompressor().compress(raw[:-4]),
@@ -117,9 +118,9 @@ def test_hostile_checksummed_shuffled_frames_are_refused(tmp_path: Path, case: s
 
 
 def test_a_frame_from_another_zstd_writer_loads(tmp_path: Path) -> None:
-    """The format is zstd of the shuffled bytes, whatever encoder wrote the frame."""
+    """shuffle-zstd is zstd of the shuffled bytes, whatever encoder wrote the frame."""
     w = torch.randn(256)
-    reshard.save({"w": w}, tmp_path, codec="zstd")
+    reshard.save({"w": w}, tmp_path, codec=reshard.ZstdCodec(planes=False))
     planes = w.numpy().view(np.uint8).reshape(256, 4).T.tobytes()
     _rewrite_frame(tmp_path, zstandard.ZstdCompressor(level=19).compress(planes))
     out = {"w": torch.zeros(256)}
@@ -135,3 +136,56 @@ def test_plain_zstd_stays_available_and_readable_by_name(tmp_path: Path) -> None
     out = {k: torch.full_like(v, 0) for k, v in sd.items()}
     reshard.load(out, tmp_path)
     assert all(torch.equal(out[k], v) for k, v in sd.items())
+
+
+def test_planes_frames_flipped_or_hostile_are_refused_naming_the_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A flipped byte fails the CRC; a frame with a valid CRC whose planes header lies fails
+    to decode. Both name the key, the data file and the frame."""
+    monkeypatch.setenv("RESHARD_FRAME_RAW_NBYTES", "4096")
+    w = torch.randn(64, 64)
+    reshard.save({"w": w}, tmp_path, codec="zstd")
+    file, chunk, size = _frame_of(tmp_path, "w")
+    assert size == 4
+    name = f"data/{file.name}"
+    pristine = file.read_bytes()
+    data = bytearray(pristine)
+    data[chunk["offset"] + chunk["frames"][0][0] + 30] ^= 0x01  # a plane byte of frame 1
+    file.write_bytes(bytes(data))
+    with pytest.raises(reshard.CorruptCheckpointError, match=f"'w'.*{name}.*frame 1.*CRC-32C"):
+        reshard.load({"w": torch.zeros(64, 64)}, tmp_path)
+    file.write_bytes(pristine)
+    frame = bytearray(pristine[chunk["offset"]:chunk["offset"] + chunk["frames"][0][0]])
+    frame[4] = 9  # plane 0's mode
+    _rewrite_frame(tmp_path, bytes(frame) + pristine[chunk["offset"] + len(frame):])
+    doc = json.loads((tmp_path / "manifest.json").read_text())
+    c = doc["entries"][0]["chunks"][0]
+    c["frames"] = [[len(frame), crc32c(bytes(frame))]] + chunk["frames"][1:]
+    c["nbytes"] = chunk["nbytes"]
+    (tmp_path / "manifest.json").write_text(json.dumps(doc))
+    with pytest.raises(reshard.CorruptCheckpointError,
+                       match=f"'w'.*{name}.*frame 0 does not decode with codec 'planes-zstd'"
+                             ".*unknown mode 9"):
+        reshard.load({"w": torch.zeros(64, 64)}, tmp_path)
+    with reshard.open(tmp_path) as ck:
+        assert torch.equal(ck.read("w", (slice(20, 30),)), w[20:30])  # frames 1.. are fine
+    assert not reshard.verify(tmp_path).ok
+
+
+def test_planes_zstd_size_against_shuffle_zstd_and_zero_state(tmp_path: Path) -> None:
+    """Floats: as small as shuffle-zstd within 1%; zeros: a header per frame."""
+    sd = {"f32": torch.randn(512, 512), "bf16": (torch.randn(512, 512) * 0.02).to(torch.bfloat16),
+          "zeros": torch.zeros(512, 512)}
+    sizes = {}
+    for planes in (True, False):
+        path = tmp_path / str(planes)
+        reshard.save(sd, path, codec=reshard.ZstdCodec(planes=planes))
+        out = {k: torch.full_like(v, 7) for k, v in sd.items()}
+        reshard.load(out, path)
+        assert all(torch.equal(out[k], v) for k, v in sd.items())
+        with reshard.open(path) as ck:
+            sizes[planes] = {k: ck.info(k).chunks[0].nbytes for k in sd}
+            assert {ck.info(k).chunks[0].codec for k in sd} == {"planes-zstd" if planes else "shuffle-zstd"}
+    for k in ("f32", "bf16"):
+        assert sizes[True][k] < 1.01 * sizes[False][k], k
+    assert sizes[True]["zeros"] == 4 * (4 + 5 * 4)  # 1 MiB: four 256 KiB frames of fills

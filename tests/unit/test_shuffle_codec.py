@@ -8,6 +8,7 @@ import zstandard
 
 import reshard
 from reshard.codecs import (
+    PlanesZstdCodec,
     ShuffleZstdCodec,
     ZstdCodec,
     bind_codec,
@@ -101,8 +102,10 @@ def test_shuffle_compresses_float_payloads_better_than_plain_zstd() -> None:
     assert shuffled < 0.97 * plain
 
 
-@pytest.mark.parametrize("codec", [ZstdCodec(shuffle=False), ShuffleZstdCodec(elementsize=4)])
-def test_decode_refuses_frames_of_the_wrong_size(codec: ZstdCodec | ShuffleZstdCodec) -> None:
+@pytest.mark.parametrize("codec", [ZstdCodec(shuffle=False), ShuffleZstdCodec(elementsize=4),
+                                   PlanesZstdCodec(elementsize=4)])
+def test_decode_refuses_frames_of_the_wrong_size(
+        codec: ZstdCodec | ShuffleZstdCodec | PlanesZstdCodec) -> None:
     raw = np.arange(1000, dtype=np.float32).view(np.uint8)
     frame = memoryview(bytes(codec.encode(memoryview(raw))))
     for n in (len(raw) - 4, len(raw) + 4, 0):
@@ -125,35 +128,48 @@ def test_zstd_frame_without_content_size_is_refused() -> None:
 
 def test_what_codec_arguments_mean() -> None:
     codec, spec = resolve_codec("zstd")
-    assert codec == ZstdCodec(level=3, shuffle=True)
-    assert spec == CodecSpec(name="shuffle-zstd", configuration=(("level", 3),))
+    assert codec == ZstdCodec(level=3, shuffle=True, planes=True)
+    assert spec == CodecSpec(name="planes-zstd", configuration=(("level", 3),))
     assert resolve_codec("zstd:7")[0] == ZstdCodec(level=7)
     assert resolve_codec(ZstdCodec(level=5, shuffle=False))[1] == CodecSpec(
         name="zstd", configuration=(("level", 5),))
+    assert resolve_codec(ZstdCodec(level=5, planes=False))[1] == CodecSpec(
+        name="shuffle-zstd", configuration=(("level", 5),))
     # Per chunk: the element size is recorded; 1-byte elements are plain zstd.
     assert chunk_spec(spec, 2) == CodecSpec(
-        name="shuffle-zstd", configuration=(("elementsize", 2), ("level", 3)))
+        name="planes-zstd", configuration=(("elementsize", 2), ("level", 3)))
     assert chunk_spec(spec, 1) == CodecSpec(name="zstd", configuration=(("level", 3),))
+    shuffled = ZstdCodec(planes=False).spec()
+    assert chunk_spec(shuffled, 2) == CodecSpec(
+        name="shuffle-zstd", configuration=(("elementsize", 2), ("level", 3)))
+    assert chunk_spec(shuffled, 1) == CodecSpec(name="zstd", configuration=(("level", 3),))
     assert chunk_spec(ZstdCodec(shuffle=False).spec(), 4).name == "zstd"
-    assert bind_codec(ZstdCodec(level=2), 8) == ShuffleZstdCodec(level=2, elementsize=8)
+    assert chunk_spec(ZstdCodec(shuffle=False, planes=True).spec(), 4).name == "zstd"
+    assert bind_codec(ZstdCodec(level=2), 8) == PlanesZstdCodec(level=2, elementsize=8)
+    assert bind_codec(ZstdCodec(level=2, planes=False), 8) == ShuffleZstdCodec(level=2, elementsize=8)
     assert bind_codec(ZstdCodec(level=2), 1) == ZstdCodec(level=2, shuffle=False)
-    for bad in ("yes", 1, None):
-        with pytest.raises(CheckpointError, match="shuffle"):
-            ZstdCodec(shuffle=bad)  # type: ignore[arg-type]
+    for option in ("shuffle", "planes"):
+        for bad in ("yes", 1, None):
+            with pytest.raises(CheckpointError, match=option):
+                ZstdCodec(**{option: bad})  # type: ignore[arg-type]
     for bad_size in (0, 17, True, 2.0):
         with pytest.raises(CheckpointError, match="elementsize"):
             ShuffleZstdCodec(elementsize=bad_size)  # type: ignore[arg-type]
+        with pytest.raises(CheckpointError, match="elementsize"):
+            PlanesZstdCodec(elementsize=bad_size)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("config", [(), (("elementsize", 0),), (("elementsize", 17),),
                                     (("elementsize", "4"),), (("elementsize", True),)])
 def test_manifest_with_a_bad_element_size_is_corrupt(config: tuple[tuple[str, object], ...]) -> None:
-    spec = CodecSpec(name="shuffle-zstd", configuration=(("level", 3), *config))  # type: ignore[arg-type]
-    with pytest.raises(CorruptCheckpointError, match="elementsize"):
-        get_codec(spec)
+    for name in ("shuffle-zstd", "planes-zstd"):
+        spec = CodecSpec(name=name, configuration=(("level", 3), *config))  # type: ignore[arg-type]
+        with pytest.raises(CorruptCheckpointError, match=f"{name}.*elementsize"):
+            get_codec(spec)
 
 
-def test_shuffle_zstd_is_a_reserved_name() -> None:
-    codec = type("C", (), {"name": "shuffle-zstd", "encode": lambda s, d: d, "decode": lambda s, d: d})()
+@pytest.mark.parametrize("name", ["shuffle-zstd", "planes-zstd"])
+def test_shuffled_codec_names_are_reserved(name: str) -> None:
+    codec = type("C", (), {"name": name, "encode": lambda s, d: d, "decode": lambda s, d: d})()
     with pytest.raises(CheckpointError, match="built-in"):
         reshard.register_codec(codec)

@@ -1,6 +1,7 @@
 """Codecs (storage transforms applied to each frame) and checksums."""
 
 from .checksum import crc32c
+from .planes import PlanesZstdCodec
 from .registry import (
     Codec,
     IdentityCodec,
@@ -16,6 +17,7 @@ from .zstd import ShuffleZstdCodec, ZstdCodec, chunk_spec
 __all__ = [
     "Codec",
     "IdentityCodec",
+    "PlanesZstdCodec",
     "ShuffleZstdCodec",
     "ZstdCodec",
     "bind_codec",

@@ -9,6 +9,7 @@ import numpy as np
 
 from ..errors import CheckpointError, UnknownCodecError
 from ..format.manifest import IDENTITY, CodecSpec
+from .planes import PLANES_ZSTD, PlanesZstdCodec
 from .zstd import SHUFFLE_ZSTD, ShuffleZstdCodec, ZstdCodec, codec_from_spec
 
 
@@ -37,9 +38,10 @@ class IdentityCodec:
         return data
 
 
+_ZSTD_CODECS = (ZstdCodec, ShuffleZstdCodec, PlanesZstdCodec)
 _user_codecs: dict[str, Codec] = {}
 _DCP_CODEC = "dcp-torch-save"
-_BUILTIN = ("identity", "zstd", SHUFFLE_ZSTD, _DCP_CODEC)
+_BUILTIN = ("identity", "zstd", SHUFFLE_ZSTD, PLANES_ZSTD, _DCP_CODEC)
 
 
 def register_codec(codec: Codec) -> None:
@@ -69,7 +71,7 @@ def resolve_codec(codec: None | str | Codec) -> tuple[Codec, CodecSpec]:
         return zstd, zstd.spec()
     if isinstance(codec, ZstdCodec):
         return codec, codec.spec()
-    if isinstance(codec, ShuffleZstdCodec):
+    if isinstance(codec, (ShuffleZstdCodec, PlanesZstdCodec)):
         return codec, codec.spec()
     if isinstance(codec, str):
         if codec not in _user_codecs:
@@ -94,7 +96,7 @@ def get_codec(spec: CodecSpec) -> Codec:
     """The codec that decodes chunks recorded with ``spec``."""
     if spec.name == "identity":
         return IdentityCodec()
-    if spec.name in ("zstd", SHUFFLE_ZSTD):
+    if spec.name in ("zstd", SHUFFLE_ZSTD, PLANES_ZSTD):
         return codec_from_spec(spec)
     if spec.name in _user_codecs:
         return _user_codecs[spec.name]
@@ -116,7 +118,7 @@ def _unknown(name: str) -> str:
 
 def decode_frame(codec: Codec, data: memoryview, raw_nbytes: int) -> bytes | bytearray | memoryview:
     """Decode one frame expected to hold ``raw_nbytes``; built-ins never allocate more."""
-    if isinstance(codec, (ZstdCodec, ShuffleZstdCodec)):
+    if isinstance(codec, _ZSTD_CODECS):
         return codec.decode(data, max_nbytes=raw_nbytes)
     return codec.decode(data)
 
@@ -127,7 +129,7 @@ def decode_frame_into(codec: Codec, data: memoryview, out: np.ndarray) -> None:
     Built-in codecs decode straight into ``out`` and never allocate more than its size;
     a frame that decodes to another size raises ``ValueError``.
     """
-    if isinstance(codec, (ZstdCodec, ShuffleZstdCodec)):
+    if isinstance(codec, _ZSTD_CODECS):
         codec.decode_into(data, out)
         return
     decoded = memoryview(codec.decode(data)).cast("B")

@@ -28,18 +28,50 @@ def shuffle(data: np.ndarray, elementsize: int, out: np.ndarray) -> np.ndarray:
     """Write the shuffled bytes of ``data`` (uint8, 1-D) into ``out`` (same length)."""
     n = len(data) // elementsize
     whole = n * elementsize
+    for k in range(elementsize):
+        plane(data, elementsize, k, out[k * n:(k + 1) * n])
+    out[whole:] = data[whole:]
+    return out
+
+
+def plane(data: np.ndarray, elementsize: int, k: int, out: np.ndarray) -> np.ndarray:
+    """Write plane ``k`` of ``data`` (byte ``k`` of each whole element) into ``out``, whose
+    length is the number of whole elements."""
+    n = len(out)
     wide = _WIDE.get(elementsize)
     if wide is not None and n:
-        # Plane k is each little-endian element shifted right by 8k bits, cast to a byte:
-        # one contiguous pass per plane (~3x faster than gathering strided bytes).
-        elements = data[:whole].view(wide)
-        for k in range(elementsize):
-            np.right_shift(elements, 8 * k, out=out[k * n:(k + 1) * n], casting="unsafe")
+        # Each little-endian element shifted right by 8k bits, cast to a byte: one
+        # contiguous pass (~1.5x faster than gathering strided bytes; plane 0 is the cast
+        # alone, 2x faster again).
+        elements = data[:n * elementsize].view(wide)
+        if k:
+            np.right_shift(elements, 8 * k, out=out, casting="unsafe")
+        else:
+            np.copyto(out, elements, casting="unsafe")
     else:
-        columns = data[:whole].reshape(n, elementsize)
-        for k in range(elementsize):
-            out[k * n:(k + 1) * n] = columns[:, k]
-    out[whole:] = data[whole:]
+        out[:] = data[k:n * elementsize:elementsize]
+    return out
+
+
+def unshuffle_planes(planes: list[np.ndarray | int], elementsize: int, out: np.ndarray) -> np.ndarray:
+    """Interleave ``elementsize`` planes (byte arrays of ``len(out) // elementsize``, or one
+    byte value repeated) into the whole elements of ``out``; its tail bytes are untouched."""
+    n = len(out) // elementsize
+    whole = n * elementsize
+    first = planes[0]
+    if all(isinstance(p, int) for p in planes) and all(p == first for p in planes):
+        out[:whole] = first  # zero frames: one fill
+        return out
+    lo, hi = planes[0], planes[-1]
+    if elementsize == 2 and n and not isinstance(lo, int) and not isinstance(hi, int):
+        # (high << 8) | low on 16-bit elements: ~2x faster than two strided byte stores.
+        elements = out[:whole].view(_WIDE[2])
+        np.left_shift(hi, 8, out=elements, dtype=_WIDE[2])
+        np.bitwise_or(elements, lo, out=elements)
+        return out
+    columns = out[:whole].reshape(n, elementsize)
+    for k, p in enumerate(planes):
+        columns[:, k] = p
     return out
 
 

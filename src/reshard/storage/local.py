@@ -2,29 +2,45 @@
 
 from __future__ import annotations
 
+import ctypes
 import mmap
 import os
 import stat
+import sys
 import threading
 import uuid
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from .. import config
 from ..errors import CheckpointNotFoundError, CorruptCheckpointError, StorageError
 
 
 class _DurableFile:
-    """A write-only file whose ``close()`` flushes and fsyncs."""
+    """A write-only file whose ``close()`` flushes and fsyncs.
+
+    Every ``config.writeback_nbytes()`` written, the new dirty pages are queued for
+    writing (Linux ``sync_file_range(SYNC_FILE_RANGE_WRITE)``, which does not wait): the
+    disk then writes while the caller encodes and writes the rest, and the final fsync
+    only waits for the tail. Without it nothing reaches the disk until the fsync, which
+    then takes as long as writing the whole file. Durability rests on that fsync alone.
+    """
 
     def __init__(self, path: str) -> None:
         self.path = path
         self._f = open(path, "wb", buffering=0)  # noqa: SIM115
+        self._written = 0
+        self._queued = 0
+        self._writeback = config.writeback_nbytes() if _SYNC_FILE_RANGE is not None else 0
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
         view = memoryview(data).cast("B")
         done = 0
         while done < len(view):
             done += self._f.write(view[done:])
+        self._written += done
+        if self._writeback and self._written - self._queued >= self._writeback:
+            _writeback(self._f.fileno(), self._queued, self._written - self._queued)
+            self._queued = self._written
         return done
 
     def tell(self) -> int:
@@ -299,6 +315,28 @@ def _open_regular(path: str, *, missing: type[Exception]) -> int:
         os.close(fd)
         raise CorruptCheckpointError(f"{path} is not a regular file")
     return fd
+
+
+def _load_sync_file_range() -> Any:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_SYNC_FILE_RANGE = _load_sync_file_range()
+_SYNC_FILE_RANGE_WRITE = 2  # start writeback of the range's dirty pages; do not wait
+
+
+def _writeback(fd: int, offset: int, nbytes: int) -> None:
+    """Start writing ``nbytes`` at ``offset`` of ``fd`` to disk, without waiting. A hint
+    only: its errors are left to the fsync that ends the file."""
+    _SYNC_FILE_RANGE(fd, offset, nbytes, _SYNC_FILE_RANGE_WRITE)
 
 
 def _fsync_dir(path: str) -> None:

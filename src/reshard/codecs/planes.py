@@ -1,0 +1,208 @@
+"""``planes-zstd``: each byte plane of a frame stored raw, as one zstd frame, or as a fill.
+
+The layout is in docs/FORMAT.md ("Byte planes"). Why: on float data only the planes that
+hold the sign and exponent compress; the mantissa planes are near-random, and passing them
+through zstd (as ``shuffle-zstd`` does) costs encoder time for nothing. A 256-element
+sample of each frame decides, per plane, whether zstd is tried at all, so saves spend
+their CPU on the planes that pay. Frames of zeros (optimizer state at init) cost only the
+zero check, and raw planes decode as a copy.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from functools import cache, lru_cache
+
+import numpy as np
+
+from ..errors import CheckpointError
+from ..format.manifest import CodecSpec
+from .shuffle import MAX_ELEMENTSIZE, plane, unshuffle_planes
+from .zstd_frames import PLANE_PARAMS, all_zero, check_level, compressor, decompress_into, scratch
+
+PLANES_ZSTD = "planes-zstd"
+
+RAW, ZSTD, FILL = 0, 1, 2
+"""Plane modes of the frame header (docs/FORMAT.md)."""
+
+SAMPLE_ELEMENTS = 256
+"""Elements sampled (evenly spaced) per frame to judge each plane."""
+
+FAST_LEVEL_MAX = 3
+"""Levels up to this one skip zstd on planes the sample finds near-random."""
+
+
+@dataclass(frozen=True, slots=True)
+class PlanesZstdCodec:
+    """One chunk's frames in the ``planes-zstd`` layout (docs/FORMAT.md). Built by
+    ``ZstdCodec(...).for_itemsize(n)`` on save and from the manifest on load.
+
+    Per frame and plane: a plane constant over the frame is stored as its byte value; a
+    plane whose sample looks compressible (collision entropy under 7 bits per byte) is
+    compressed with zstd and kept if that saves at least 1/16 of it; any other plane is
+    stored raw. At levels up to 3 zstd runs with the fast strategy and a small match table
+    (entropy coding does the work on byte planes); from level 4 every plane that is not
+    constant is tried with zstd's own parameters for the level.
+    """
+
+    level: int = 3
+    elementsize: int = 4
+    name: str = PLANES_ZSTD
+
+    def __post_init__(self) -> None:
+        check_level("PlanesZstdCodec", self.level)
+        e = self.elementsize
+        if isinstance(e, bool) or not isinstance(e, int) or not 1 <= e <= MAX_ELEMENTSIZE:
+            raise CheckpointError(
+                f"PlanesZstdCodec: elementsize must be an int in [1, {MAX_ELEMENTSIZE}], got {e!r}"
+            )
+
+    def encode(self, data: memoryview) -> memoryview:
+        raw = np.frombuffer(data, dtype=np.uint8)
+        e = self.elementsize
+        if all_zero(raw):
+            return memoryview(_zero_frame(e, len(raw)))
+        n = len(raw) // e
+        tail = raw[n * e:]
+        modes, segments = self._planes(raw, n)
+        header = _header(e)
+        nbytes = header.size + sum(a for m, a in modes if m != FILL) + len(tail)
+        out = np.empty(nbytes, dtype=np.uint8)
+        header.pack_into(out.data, 0, len(raw), *(x for mode in modes for x in mode))
+        pos = header.size
+        for k, (mode, arg) in enumerate(modes):
+            if mode == RAW:
+                plane(raw, e, k, out[pos:pos + n])
+            elif mode == ZSTD:
+                out[pos:pos + arg] = np.frombuffer(segments[k], dtype=np.uint8)
+            pos += 0 if mode == FILL else arg
+        out[pos:] = tail
+        return out.data
+
+    def _planes(self, raw: np.ndarray, n: int) -> tuple[list[tuple[int, int]], dict[int, bytes]]:
+        """Each plane's (mode, argument) and the zstd frames of the compressed ones."""
+        e = self.elementsize
+        modes = [(RAW, n)] * e
+        segments: dict[int, bytes] = {}
+        if not n:
+            return modes, segments
+        fast = self.level <= FAST_LEVEL_MAX
+        buf = scratch(n)
+        for k, verdict in enumerate(_sample_planes(raw, e, n)):
+            if verdict == RAW and fast:
+                continue
+            p = plane(raw, e, k, buf)
+            if verdict == FILL and _all_equal(p):
+                modes[k] = (FILL, int(p[0]))
+                continue
+            stored = compressor(PLANE_PARAMS, self.level).compress(p)
+            if len(stored) <= n - n // 16:
+                modes[k] = (ZSTD, len(stored))
+                segments[k] = stored
+        return modes, segments
+
+    def decode(self, data: memoryview, max_nbytes: int = 1 << 30) -> bytes:
+        """The raw bytes of one frame, refused if its header declares more than ``max_nbytes``."""
+        buf = np.frombuffer(data, dtype=np.uint8)
+        if len(buf) < 4:
+            raise ValueError(f"{PLANES_ZSTD} frame of {len(buf)} bytes is shorter than its header")
+        (size,) = struct.unpack_from("<I", buf.data, 0)
+        if size > max_nbytes:
+            raise ValueError(f"{PLANES_ZSTD} frame declares {size} bytes, at most {max_nbytes} allowed")
+        out = np.empty(size, dtype=np.uint8)
+        self.decode_into(data, out)
+        return out.tobytes()
+
+    def decode_into(self, data: memoryview, out: np.ndarray) -> None:
+        """Decode one frame into ``out`` (element order), which it must fill exactly."""
+        buf = np.frombuffer(data, dtype=np.uint8)
+        e = self.elementsize
+        n = len(out) // e
+        header = _header(e)
+        if len(buf) < header.size:
+            raise ValueError(f"{PLANES_ZSTD} frame of {len(buf)} bytes is shorter than its "
+                             f"{header.size}-byte header")
+        size, *fields = header.unpack_from(buf.data, 0)
+        if size != len(out):
+            raise ValueError(f"{PLANES_ZSTD} frame declares {size} bytes, expected {len(out)}")
+        pos = header.size
+        planes: list[np.ndarray | int] = []
+        # zstd planes decode into this thread's scratch buffer, plane k at [k * n, (k + 1) * n).
+        slots = scratch(n * e) if ZSTD in fields[0::2] else _NO_SLOTS
+        for k in range(e):
+            mode, arg = fields[2 * k], fields[2 * k + 1]
+            planes.append(_plane_source(buf, pos, mode, arg, n, k, slots[n * k:n * (k + 1)]))
+            pos += 0 if mode == FILL else arg
+        if len(buf) - pos != len(out) - n * e:
+            raise ValueError(f"{PLANES_ZSTD} frame holds {len(buf) - pos} bytes after its planes, "
+                             f"expected {len(out) - n * e}")
+        out[n * e:] = buf[pos:]
+        unshuffle_planes(planes, e, out)
+
+    def spec(self) -> CodecSpec:
+        return CodecSpec(name=PLANES_ZSTD, configuration=(
+            ("elementsize", self.elementsize), ("level", self.level)))
+
+
+@cache
+def _header(elementsize: int) -> struct.Struct:
+    """Raw size (u32), then (mode u8, argument u32) per plane; little-endian, unpadded."""
+    return struct.Struct("<I" + "BI" * elementsize)
+
+
+@lru_cache(maxsize=64)
+def _zero_frame(elementsize: int, nbytes: int) -> bytes:
+    """The stored frame of ``nbytes`` zeros: every plane a fill of 0, then the zero tail
+    (the same bytes for every such frame of a chunk, so built once)."""
+    tail = nbytes % elementsize
+    return _header(elementsize).pack(nbytes, *(FILL, 0) * elementsize) + bytes(tail)
+
+
+_NO_SLOTS = np.empty(0, dtype=np.uint8)
+
+
+def _plane_source(buf: np.ndarray, pos: int, mode: int, arg: int, n: int, k: int,
+                  slot: np.ndarray) -> np.ndarray | int:
+    """Plane ``k``'s ``n`` bytes (a view of ``buf``, or decoded into ``slot``, which is
+    ``n`` bytes long whenever the frame has zstd planes) or its fill value."""
+    if mode == FILL:
+        if arg > 255:
+            raise ValueError(f"{PLANES_ZSTD} plane {k}: fill value {arg} is not a byte")
+        return arg
+    if mode == RAW:
+        if arg != n or pos + n > len(buf):
+            raise ValueError(f"{PLANES_ZSTD} plane {k}: raw plane of {arg} bytes at {pos} in a "
+                             f"{len(buf)}-byte frame, expected {n} bytes")
+        return buf[pos:pos + n]
+    if mode == ZSTD:
+        if not 0 < arg <= len(buf) - pos:
+            raise ValueError(f"{PLANES_ZSTD} plane {k}: zstd plane of {arg} bytes at {pos} does "
+                             f"not fit a {len(buf)}-byte frame")
+        return decompress_into(buf[pos:pos + arg].data, slot)
+    raise ValueError(f"{PLANES_ZSTD} plane {k}: unknown mode {mode}")
+
+
+def _sample_planes(raw: np.ndarray, elementsize: int, n: int) -> list[int]:
+    """Per plane, from ``SAMPLE_ELEMENTS`` evenly spaced elements: FILL if the sample is one
+    value, ZSTD if its collision entropy is under 7 bits per byte, else RAW.
+
+    The collision count sum c(c-1) over byte values estimates m(m-1) * sum p^2 without
+    bias; near-random planes (mantissa bytes) give about m(m-1)/256.
+    """
+    columns = raw[:n * elementsize].reshape(n, elementsize)[::max(1, n // SAMPLE_ELEMENTS)]
+    m = len(columns)
+    pairs = m * (m - 1)
+    out = []
+    for k in range(elementsize):
+        counts = np.bincount(columns[:, k], minlength=256)
+        collisions = int(counts @ counts) - m
+        out.append(FILL if collisions == pairs else ZSTD if collisions * 128 > pairs else RAW)
+    return out
+
+
+def _all_equal(p: np.ndarray) -> bool:
+    """Whether every byte of ``p`` (non-empty) equals its first."""
+    if p[0] == 0:
+        return all_zero(p)
+    return not np.any(p != p[0])
