@@ -12,6 +12,7 @@ from operator import attrgetter, itemgetter, mul
 from typing import Union
 
 from ..errors import LayoutMismatchError
+from ..format.chunk_table import touching
 from ..format.dtypes import ITEMSIZE
 from ..format.manifest import Chunk, Key, dotted
 from ..format.values import JsonValue
@@ -301,7 +302,7 @@ class ReadPiece:
 
 
 def plan_reads(
-    chunks: tuple[Chunk, ...], dest: Box, itemsize: int, *, max_piece_nbytes: int,
+    chunks: Sequence[Chunk], dest: Box, itemsize: int, *, max_piece_nbytes: int,
     max_strided_nbytes: int | None = None,
 ) -> list[ReadPiece]:
     """Pieces that fill ``dest`` from ``chunks``; each reads only the frames it needs.
@@ -313,7 +314,8 @@ def plan_reads(
     pieces: list[ReadPiece] = []
     if dest.is_empty:
         return pieces
-    for ci, chunk in enumerate(chunks):
+    for ci in touching(chunks, dest):
+        chunk = chunks[ci]
         inter = intersect(chunk.box, dest)
         if inter is None:
             continue
