@@ -9,8 +9,9 @@ for. Nothing is validated later: a table exists only for an entry whose every ch
 passed the checks of docs/FORMAT.md.
 
 ``touching(box)`` finds the chunks a box intersects from the grid the chunks form (the
-fast path accepts only grid tilings), by bisection per dimension: a rank's read plan
-no longer scans every chunk of every entry it loads.
+fast path accepts only grid tilings, and keeps the grid's cell starts and the chunk of
+each cell from its checks), by bisection per dimension: a rank's read plan no longer
+scans every chunk of every entry it loads.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from __future__ import annotations
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterator, Sequence
 from itertools import product
-from operator import itemgetter
 from typing import Any, overload
 
 from ..core.layout import Box
@@ -36,8 +36,7 @@ class ChunkTable(Sequence[Any]):
     classes' constructors; this module does not import manifest, which imports it).
     """
 
-    __slots__ = ("_columns", "_files", "_codecs", "_make_chunk", "_make_frame", "_built",
-                 "_grid")
+    __slots__ = ("_columns", "_files", "_codecs", "_make_chunk", "_make_frame", "_built")
 
     def __init__(self, columns: Columns, files: Sequence[str], codecs: Sequence[Any], *,
                  make_chunk: Any, make_frame: Any) -> None:
@@ -47,7 +46,6 @@ class ChunkTable(Sequence[Any]):
         self._make_chunk = make_chunk
         self._make_frame = make_frame
         self._built: list[Any] = [None] * len(columns.file)
-        self._grid: tuple[list[list[int]], dict[tuple[int, ...], int]] | None = None
 
     def __len__(self) -> int:
         return len(self._built)
@@ -99,7 +97,7 @@ class ChunkTable(Sequence[Any]):
         """Indices of the chunks that share an element with ``box``, in order."""
         if any(s == 0 for s in box.sizes) or len(box.sizes) != len(self._columns.offsets[0]):
             return []
-        starts, cells = self._grid_index()
+        starts, cells = self._columns.grid_starts, self._columns.by_offsets
         ranges = []
         for d, (lo, size) in enumerate(zip(box.offsets, box.sizes)):
             cuts = starts[d]
@@ -109,16 +107,6 @@ class ChunkTable(Sequence[Any]):
         found = [cells[cell] for cell in product(*ranges) if cell in cells]
         found.sort()
         return found
-
-    def _grid_index(self) -> tuple[list[list[int]], dict[tuple[int, ...], int]]:
-        """Per dim the sorted start offsets of the grid's cells, and each chunk's index
-        by its offsets (built on first use: entries a rank never reads never pay)."""
-        if self._grid is None:
-            offsets = self._columns.offsets
-            ndim = len(offsets[0])
-            starts = [sorted(set(map(itemgetter(d), offsets))) for d in range(ndim)]
-            self._grid = (starts, dict(zip(offsets, range(len(offsets)))))
-        return self._grid
 
     def _build(self, i: int) -> Any:
         c = self._columns
