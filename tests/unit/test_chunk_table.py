@@ -10,6 +10,7 @@ chunks a box intersects.
 from __future__ import annotations
 
 import json
+import pickle
 import random
 
 import pytest
@@ -68,6 +69,9 @@ def test_parsed_chunks_are_built_on_first_use_and_equal_the_tuple() -> None:
     assert table[-1] == table[11] and table[2:4] == tuple(m.entries[0].chunks[2:4])  # type: ignore[union-attr]
     assert parsed.files() == ["data/s.0.bin"] and codec_names(table) == {"identity"}
     assert Manifest.from_json(parsed.to_json()) == m
+    # Pickled (object collectives) as the plain tuple of chunks it stands for.
+    copy = pickle.loads(pickle.dumps(parsed))
+    assert copy == m and type(copy.entries[0].chunks) is tuple  # type: ignore[union-attr]
 
 
 def test_touching_is_exactly_the_intersecting_chunks() -> None:
