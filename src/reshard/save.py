@@ -7,7 +7,8 @@ import os
 import time
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from operator import attrgetter, getitem, lt
 from typing import Any
 
 import torch
@@ -20,7 +21,7 @@ from .core.nogc import without_gc
 from .core.planner import Desc, SavePlan, TensorDesc, ValueDesc, plan_save
 from .dist.collective import Collective, Outcome, raise_if_failed
 from .errors import CheckpointError, CheckpointNotFoundError, StorageError
-from .format.canonical import chunk_json, tensor_entry_json, value_entry_json
+from .format.canonical import chunk_texts, tensor_entry_json, value_entry_json
 from .format.canonical import manifest_json as encode_manifest
 from .format.dtypes import ITEMSIZE
 from .format.manifest import (
@@ -29,11 +30,10 @@ from .format.manifest import (
     FORMAT_VERSION,
     MANIFEST_NAME,
     CodecSpec,
-    Key,
     is_saved_data_file,
 )
 from .storage import Store, open_store
-from .transfer.write import WrittenFile, WrittenFrame, write_data_file
+from .transfer.write import WrittenFile, write_data_file
 
 
 @without_gc
@@ -244,7 +244,6 @@ def manifest_json(
     tensor across all ranks do not.
     """
     files: list[str] = []
-    pending: dict[Key, _Chunks] = {}
     # Each chunk's codec is bound to its element size (shuffle-zstd records it): one
     # codec record per distinct binding, indexed in order of first use.
     codecs: list[dict[str, Any]] = []
@@ -259,40 +258,47 @@ def manifest_json(
             index = codec_by_dtype[dtype] = codecs.index(record)
         return index
 
+    # Every chunk's text, the index of its entry in plan.entries and its box's offsets.
+    texts: list[str] = []
+    owners: list[int] = []
+    starts: list[tuple[int, ...]] = []
+    position = {d.key: i for i, d in enumerate(plan.entries)}
     for rank, wf in enumerate(written):
         if not len(wf):
             continue
         file_index = len(files)
         files.append(wf.name)
         descs = per_rank[rank]
-        frame_raw_nbytes = wf.frame_raw_nbytes
-        # The rank's columns are read directly: a record object per chunk cost ~1 s at
-        # 845k chunks. Frames are named tuples, sliced per chunk.
-        frames = list(map(WrittenFrame, wf.frame_nbytes, wf.frame_crc32c))
-        first = 0
-        for item_index, box_index, offset, nbytes, raw_nbytes, count in zip(
-            wf.item_index, wf.box_index, wf.offset, wf.nbytes, wf.raw_nbytes, wf.frame_count
-        ):
-            desc = descs[item_index]
-            box = desc.boxes[box_index]
-            chunks = pending.get(desc.key)
-            if chunks is None:
-                chunks = pending[desc.key] = _Chunks()
-            elif chunks.in_order and box.offsets <= chunks.offsets[-1]:
-                chunks.in_order = False
-            chunks.offsets.append(box.offsets)
-            chunks.texts.append(chunk_json(box.offsets, box.sizes, file_index, offset, nbytes,
-                                           raw_nbytes, codec_of(desc.dtype), frame_raw_nbytes,
-                                           frames[first:first + count]))
-            first += count
+        # Column by column, through map: a Python step per chunk cost ~8 us at 845k.
+        items = list(map(descs.__getitem__, wf.item_index))
+        boxes = list(map(getitem, map(_BOXES, items), wf.box_index))
+        offsets = list(map(_OFFSETS, boxes))
+        dtypes = list(map(_DTYPE, items))
+        codec = {dtype: codec_of(dtype) for dtype in set(dtypes)}
+        texts.extend(chunk_texts(
+            codec=map(codec.__getitem__, dtypes), file=file_index,
+            frame_raw_nbytes=wf.frame_raw_nbytes, frame_count=wf.frame_count,
+            frame_nbytes=wf.frame_nbytes, frame_crc32c=wf.frame_crc32c, nbytes=wf.nbytes,
+            offset=wf.offset, offsets=offsets, raw_nbytes=wf.raw_nbytes, sizes=map(_SIZES, boxes),
+        ))
+        owners.extend(map(position.__getitem__, map(_KEY, items)))
+        starts.extend(offsets)
+    groups: list[list[int]] = [[] for _ in plan.entries]
+    for owner, i in zip(owners, range(len(owners))):
+        groups[owner].append(i)
     entries: list[str] = []
-    for desc in plan.entries:
+    for desc, group in zip(plan.entries, groups):
         if isinstance(desc, ValueDesc):
             entries.append(value_entry_json(key=desc.key, value=desc.value))
             continue
-        chunks = pending.get(desc.key, _Chunks())
+        # Chunks in order of offsets (boxes of one tensor never share offsets); ranks read
+        # in order usually give that order already.
+        at = list(map(starts.__getitem__, group))
+        if not all(map(lt, at, at[1:])):
+            group.sort(key=starts.__getitem__)
         entries.append(tensor_entry_json(key=desc.key, dtype=desc.dtype, shape=desc.shape,
-                                         container=desc.container, chunks=chunks.sorted_texts()))
+                                         container=desc.container,
+                                         chunks=map(texts.__getitem__, group)))
     data = encode_manifest(
         format_name=FORMAT_NAME, format_version=FORMAT_VERSION, save_id=save_id,
         world_size=world_size, created_unix_s=created_unix_s, library_version=__version__,
@@ -301,20 +307,11 @@ def manifest_json(
     return data, files
 
 
-@dataclass(slots=True)
-class _Chunks:
-    """One tensor's chunk texts as the ranks' records are read, and their offsets."""
-
-    offsets: list[tuple[int, ...]] = field(default_factory=list)
-    texts: list[str] = field(default_factory=list)
-    in_order: bool = True
-
-    def sorted_texts(self) -> list[str]:
-        """The texts in order of offsets (boxes of one tensor never share offsets);
-        ranks read in order usually give that order already."""
-        if self.in_order:
-            return self.texts
-        return [self.texts[i] for i in sorted(range(len(self.texts)), key=self.offsets.__getitem__)]
+_BOXES = attrgetter("boxes")
+_DTYPE = attrgetter("dtype")
+_KEY = attrgetter("key")
+_OFFSETS = attrgetter("offsets")
+_SIZES = attrgetter("sizes")
 
 
 # Descriptions travel to the coordinator as plain tuples: pickling and rebuilding a

@@ -7,11 +7,11 @@ import math
 from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from itertools import chain
-from operator import attrgetter, itemgetter, mul
+from operator import itemgetter, mul
 from typing import Union
 
 from ..errors import LayoutMismatchError
+from ..format.chunk_table import touching
 from ..format.dtypes import ITEMSIZE
 from ..format.manifest import Chunk, Key, dotted
 from ..format.values import JsonValue
@@ -74,11 +74,15 @@ class PlannedEntry:
 
     key: Key
     desc: Desc
-    boxes: list[Box] = field(default_factory=list)
     ranks: list[int] = field(default_factory=list)
     items: list[int] = field(default_factory=list)
     box_indices: list[int] = field(default_factory=list)
-    """Box ``i`` is box ``box_indices[i]`` of item ``items[i]`` of rank ``ranks[i]``."""
+    """Box ``i`` is box ``box_indices[i]`` of item ``items[i]`` of rank ``ranks[i]``
+    (the Box objects are looked up again only to describe a problem)."""
+    numbers: array[int] = field(default_factory=lambda: array("q"))
+    """Every box's offsets then sizes, copied as the ranks are read (see _add_boxes)."""
+    odd_dims: bool = False
+    """Some box has not as many offsets and sizes as the tensor has dims."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -102,8 +106,6 @@ class _Jobs:
 
 
 _write_task = fast_constructor(WriteTask)
-_OFFSETS = attrgetter("offsets")
-_SIZES = attrgetter("sizes")
 
 
 @without_gc
@@ -118,7 +120,7 @@ def plan_save(per_rank: list[list[Desc]]) -> SavePlan:
     # Entries whose description holds data: a later description of the key that agrees
     # on dtype and shape only adds its boxes, skipping _merge's name, type and dtype
     # checks (at 2,048 ranks x 500 tensors this loop runs a million times).
-    settled: dict[Key, tuple[tuple[int, ...], str, PlannedEntry]] = {}
+    settled: dict[Key, tuple[tuple[int, ...], str, PlannedEntry, int]] = {}
     problems: list[str] = []
     # Shared index objects: fresh ints from enumerate would be one object per rank and
     # item, apart in memory, for later passes to touch.
@@ -130,21 +132,27 @@ def plan_save(per_rank: list[list[Desc]]) -> SavePlan:
                     or desc.dtype != hit[1]):
                 p = _merge(planned, rank, item_index, desc, problems)
                 if p is not None and isinstance(p.desc, TensorDesc) and _holds_data(p.desc):
-                    settled.setdefault(desc.key, (p.desc.shape, p.desc.dtype, p))
+                    settled.setdefault(desc.key, (p.desc.shape, p.desc.dtype, p, len(p.desc.shape)))
                 continue
             p = hit[2]
             boxes = desc.boxes
             if len(boxes) == 1:
-                p.boxes.append(boxes[0])
+                box = boxes[0]
                 p.ranks.append(rank)
                 p.items.append(item_index)
                 p.box_indices.append(0)
+                # Copied now, while this rank's objects are in cache (see _add_boxes).
+                offsets, sizes = box.offsets, box.sizes
+                p.numbers.extend(offsets)
+                p.numbers.extend(sizes)
+                if len(offsets) != hit[3] or len(sizes) != hit[3]:
+                    p.odd_dims = True
             else:
                 _add_boxes(p, rank, item_index, boxes)
     jobs = _Jobs()
     for name, p in planned.items():
         if isinstance(p.desc, TensorDesc):
-            _add_jobs(name, p, jobs, problems)
+            _add_jobs(name, p, jobs, problems, per_rank)
     if problems:
         raise LayoutMismatchError(_summarize(problems))
     return SavePlan(entries=tuple(p.desc for p in planned.values()),
@@ -152,30 +160,41 @@ def plan_save(per_rank: list[list[Desc]]) -> SavePlan:
 
 
 def _add_boxes(p: PlannedEntry, rank: int, item_index: int, boxes: tuple[Box, ...]) -> None:
+    """Append ``boxes`` and copy their numbers into ``p.numbers``.
+
+    The numbers are copied here, rank by rank, because the boxes of one rank lie
+    together in memory and those of one tensor across ranks do not: reading them later
+    tensor by tensor (three passes over the Box objects) cost ~2 us per box at 2,048
+    ranks, most of plan_save.
+    """
+    ndim = len(p.desc.shape) if isinstance(p.desc, TensorDesc) else -1
     for box_index, box in enumerate(boxes):
-        p.boxes.append(box)
         p.ranks.append(rank)
         p.items.append(item_index)
         p.box_indices.append(box_index)
+        p.numbers.extend(box.offsets)
+        p.numbers.extend(box.sizes)
+        if len(box.offsets) != ndim or len(box.sizes) != ndim:
+            p.odd_dims = True
 
 
-def _add_jobs(name: str, p: PlannedEntry, jobs: _Jobs, problems: list[str]) -> None:
+def _add_jobs(
+    name: str, p: PlannedEntry, jobs: _Jobs, problems: list[str], per_rank: list[list[Desc]]
+) -> None:
     """Deduplicate the boxes of one tensor, check they tile it, and add one job per
     distinct non-empty box (or a problem)."""
     desc = p.desc
     assert isinstance(desc, TensorDesc)
     ndim = len(desc.shape)
-    # One pass over the boxes (objects every rank allocated apart) copies their numbers
-    # into arrays; every later step reads those, in cache.
-    offsets = array("q", chain.from_iterable(map(_OFFSETS, p.boxes)))
-    sizes = array("q", chain.from_iterable(map(_SIZES, p.boxes)))
-    if len(offsets) != ndim * len(p.boxes) or {len(b.offsets) for b in p.boxes} - {ndim}:
-        _add_problem(name, desc, p.boxes, problems)  # boxes with other dims
+    # Every step reads the numbers _add_boxes copied, not the Box objects.
+    if p.odd_dims:
+        _add_problem(name, desc, _boxes(p, per_rank, range(len(p.ranks))), problems)  # other dims
         return
-    columns = [offsets[d::ndim] for d in range(ndim)] + [sizes[d::ndim] for d in range(ndim)]
-    wheres = list(zip(*columns)) if ndim else [()] * len(p.boxes)
+    numbers = p.numbers
+    columns = [numbers[k::2 * ndim] for k in range(2 * ndim)]
+    wheres = list(zip(*columns)) if ndim else [()] * len(p.ranks)
     keep: Sequence[int] = range(len(wheres))
-    if 0 in sizes:
+    if any(0 in c for c in columns[ndim:]):
         keep = [i for i, w in enumerate(wheres) if 0 not in w[ndim:]]
         wheres = [wheres[i] for i in keep]
     first = list(keep)
@@ -188,7 +207,7 @@ def _add_jobs(name: str, p: PlannedEntry, jobs: _Jobs, problems: list[str]) -> N
         first = [members[0] for members in groups.values()]
     found = [set(zip(map(itemgetter(d), wheres), map(itemgetter(ndim + d), wheres))) for d in range(ndim)]
     if not is_grid(desc.shape, found, len(wheres)):
-        if _add_problem(name, desc, [p.boxes[i] for i in first], problems):
+        if _add_problem(name, desc, _boxes(p, per_rank, first), problems):
             return
     base = len(jobs.nbytes)
     nbytes = [ITEMSIZE[desc.dtype]] * len(wheres)
@@ -203,6 +222,12 @@ def _add_jobs(name: str, p: PlannedEntry, jobs: _Jobs, problems: list[str]) -> N
             if len(members) > 1:
                 jobs.rank[base + j] = -1
                 jobs.holders[base + j] = [(p.ranks[i], p.items[i], p.box_indices[i]) for i in members]
+
+
+def _boxes(p: PlannedEntry, per_rank: list[list[Desc]], which: Sequence[int]) -> list[Box]:
+    """The boxes ``which`` of ``p``, from the descriptions that hold them."""
+    return [per_rank[p.ranks[i]][p.items[i]].boxes[p.box_indices[i]]  # type: ignore[union-attr]
+            for i in which]
 
 
 def _add_problem(name: str, desc: TensorDesc, boxes: list[Box], problems: list[str]) -> bool:
@@ -301,7 +326,7 @@ class ReadPiece:
 
 
 def plan_reads(
-    chunks: tuple[Chunk, ...], dest: Box, itemsize: int, *, max_piece_nbytes: int,
+    chunks: Sequence[Chunk], dest: Box, itemsize: int, *, max_piece_nbytes: int,
     max_strided_nbytes: int | None = None,
 ) -> list[ReadPiece]:
     """Pieces that fill ``dest`` from ``chunks``; each reads only the frames it needs.
@@ -313,7 +338,8 @@ def plan_reads(
     pieces: list[ReadPiece] = []
     if dest.is_empty:
         return pieces
-    for ci, chunk in enumerate(chunks):
+    for ci in touching(chunks, dest):
+        chunk = chunks[ci]
         inter = intersect(chunk.box, dest)
         if inter is None:
             continue

@@ -45,6 +45,10 @@ class Columns:
     frame_crc32c: list[int]
     frame_bounds: list[int] | None
     """Chunk ``i`` has frames ``[bounds[i], bounds[i + 1])``; None when each has one."""
+    grid_starts: list[list[int]]
+    """Per dim, the sorted start offsets of the grid's cells."""
+    by_offsets: dict[tuple[int, ...], int]
+    """Each chunk's index by its box's offsets (one cell of the grid each)."""
 
 
 def checked_columns(
@@ -72,6 +76,7 @@ def checked_columns(
     if boxes is None:
         return None
     numel = boxes[2]
+    starts, by_offsets = boxes[3], boxes[4]
     if list(raw) != list(map(mul, numel, repeat(itemsize))):
         return None
     counts = list(map(len, frames)) if set(map(type, frames)) == {list} else None
@@ -90,7 +95,7 @@ def checked_columns(
     return Columns(
         offsets=boxes[0], sizes=boxes[1], file=file, offset=offset, nbytes=nbytes, raw_nbytes=raw,
         codec=codec, frame_raw_nbytes=frame_raw, frame_nbytes=frame_nbytes, frame_crc32c=frame_crc,
-        frame_bounds=bounds,
+        frame_bounds=bounds, grid_starts=starts, by_offsets=by_offsets,
     )
 
 
@@ -104,9 +109,11 @@ def _sums(values: list[int], bounds: list[int] | None) -> list[int]:
 
 def _boxes(
     offs: tuple[Any, ...], sizes: tuple[Any, ...], shape: tuple[int, ...]
-) -> tuple[list[tuple[int, ...]], list[tuple[int, ...]], list[int]] | None:
-    """(offsets, sizes, element counts) when every box is a list of ``len(shape)`` ints,
-    non-empty, inside ``shape``, the boxes distinct and a grid over ``shape``."""
+) -> tuple[list[tuple[int, ...]], list[tuple[int, ...]], list[int], list[list[int]],
+           dict[tuple[int, ...], int]] | None:
+    """(offsets, sizes, element counts, per dim the grid's cell starts, chunk index by
+    offsets) when every box is a list of ``len(shape)`` ints, non-empty, inside
+    ``shape``, the boxes distinct and a grid over ``shape``."""
     ndim = len(shape)
     if set(map(type, offs)) != {list} or set(map(type, sizes)) != {list}:
         return None
@@ -130,10 +137,15 @@ def _boxes(
             intervals.append(set(zip(o, s)))
     offsets: list[tuple[int, ...]] = list(map(tuple, offs))
     sizes_t: list[tuple[int, ...]] = list(map(tuple, sizes))
-    # Distinct boxes whose intervals form a grid of as many cells tile the shape.
-    if len(set(zip(offsets, sizes_t))) != n or not is_grid(shape, intervals, n):
+    # Distinct boxes whose intervals form a grid of as many cells tile the shape. Where
+    # the intervals of each dim partition it (is_grid), a box's offsets name its cell:
+    # boxes with distinct offsets are distinct, and boxes that differ only in sizes
+    # leave two intervals starting at one offset, which is_grid refuses.
+    by_offsets = dict(zip(offsets, range(n)))
+    if len(by_offsets) != n or not is_grid(shape, intervals, n):
         return None
-    return offsets, sizes_t, numel
+    starts = [sorted({o for o, _ in found}) for found in intervals]
+    return offsets, sizes_t, numel, starts, by_offsets
 
 
 def _frames(frames: tuple[Any, ...]) -> tuple[list[int], list[int]] | None:

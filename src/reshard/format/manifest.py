@@ -11,6 +11,7 @@ import json
 import math
 import re
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Union
 
@@ -28,7 +29,8 @@ from .canonical import (
     tensor_entry_json,
     value_entry_json,
 )
-from .chunks import Columns, checked_columns
+from .chunk_table import ChunkTable
+from .chunks import checked_columns
 from .dtypes import ITEMSIZE
 from .limits import MAX_DIM_SIZE as MAX_DIM_SIZE
 from .limits import MAX_FILE_OFFSET as MAX_FILE_OFFSET
@@ -117,7 +119,9 @@ class TensorEntry:
     dtype: str
     shape: tuple[int, ...]
     container: str
-    chunks: tuple[Chunk, ...]
+    chunks: Sequence[Chunk]
+    """A tuple, or for parsed manifests a ChunkTable (equal to that tuple) that builds
+    each Chunk when it is first used."""
 
     @property
     def itemsize(self) -> int:
@@ -157,8 +161,9 @@ class Manifest:
         seen: dict[str, None] = {}
         for e in self.entries:
             if isinstance(e, TensorEntry):
-                for c in e.chunks:
-                    seen.setdefault(c.file, None)
+                chunks = e.chunks
+                names = chunks.files if isinstance(chunks, ChunkTable) else [c.file for c in chunks]
+                seen.update(dict.fromkeys(names))
         return list(seen)
 
     def by_dotted(self) -> dict[str, Entry]:
@@ -395,8 +400,9 @@ def _parse_entry(
     container = _str(doc.get("container", "torch"), f"{path}.container")
     items = _list(_field(doc, "chunks", path), f"{path}.chunks")
     columns = checked_columns(items, shape, ITEMSIZE[dtype], len(files), identity)
+    chunks: Sequence[Chunk]
     if columns is not None:
-        chunks = _chunks_of(columns, files, codecs)
+        chunks = ChunkTable(columns, files, codecs, make_chunk=_new_chunk, make_frame=_new_frame)
     else:
         # Something is not plainly valid (or the tiling is not a grid): check chunk by
         # chunk, naming the JSON path of the fault.
@@ -412,22 +418,8 @@ def _parse_entry(
     return TensorEntry(key=key, dtype=dtype, shape=shape, container=container, chunks=chunks)
 
 
-_new_box = fast_constructor(Box)
 _new_frame = fast_constructor(Frame)
 _new_chunk = fast_constructor(Chunk)
-
-
-def _chunks_of(columns: Columns, files: list[str], codecs: list[CodecSpec]) -> tuple[Chunk, ...]:
-    """The chunks of checked columns (the objects the per-chunk path would build)."""
-    frames = list(map(_new_frame, columns.frame_nbytes, columns.frame_crc32c))
-    bounds = columns.frame_bounds
-    per_chunk = (list(zip(frames)) if bounds is None
-                 else [tuple(frames[a:b]) for a, b in zip(bounds, bounds[1:])])
-    return tuple(map(
-        _new_chunk, map(_new_box, columns.offsets, columns.sizes), map(files.__getitem__, columns.file),
-        columns.offset, columns.nbytes, columns.raw_nbytes, map(codecs.__getitem__, columns.codec),
-        columns.frame_raw_nbytes, per_chunk,
-    ))
 
 
 def _parse_chunk(

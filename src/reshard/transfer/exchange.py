@@ -35,6 +35,7 @@ from ..core.exchange_plan import (
 from ..core.layout import Box, c_strides, element_span, intersect
 from ..dist.collective import Collective, Outcome, raise_if_failed, run_local
 from ..errors import CorruptCheckpointError
+from ..format.chunk_table import touching
 from ..storage.base import Store
 from .read import _check_extent, _drop_scratch, _elements, _verify, named_errors, stored_bytes
 
@@ -74,7 +75,8 @@ def local_needs(
         entry = t.entry
         if t.tensor.dtype != torch_dtype(entry.dtype) or t.box.is_empty:
             continue
-        for ci, chunk in enumerate(entry.chunks):
+        for ci in touching(entry.chunks, t.box):
+            chunk = entry.chunks[ci]
             if (
                 chunk.raw_nbytes <= 2 * chunk.frame_raw_nbytes  # cannot waste more (many small tensors)
                 or chunk.codec.name != "identity"

@@ -20,6 +20,7 @@ from ..core.layout import Box, c_strides, element_span
 from ..core.planner import ReadPiece, plan_reads
 from ..dist.collective import Collective
 from ..errors import CheckpointError, CheckpointNotFoundError, CorruptCheckpointError
+from ..format.chunk_table import codec_names
 from ..format.manifest import Chunk, TensorEntry, dotted
 from ..storage.base import Store, let_go, view_of
 from .coalesce import group_reads, run_group
@@ -95,7 +96,7 @@ def _fill_own(
         ):
             t.staging = torch.empty(t.box.sizes, dtype=t.tensor.dtype)
         itemsize = t.entry.itemsize
-        direct = all(c.codec.name == "identity" for c in t.entry.chunks)
+        direct = codec_names(t.entry.chunks) <= {"identity"}
         staged = min(max_piece_nbytes, STAGED_PIECE_NBYTES if direct else ENCODED_PIECE_NBYTES)
         for piece in plan_reads(
             t.entry.chunks, t.box, itemsize,
