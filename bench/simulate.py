@@ -16,7 +16,8 @@ reshard.core.layout.shard_box. Phases timed, each with its peak memory growth:
   like describe it is reported but not part of the coordinator's save planning;
 * manifest: the coordinator's commit step turning plan + records into manifest.json
   (reshard.save.manifest_json, the function save() calls; its size is reported);
-* parse: Manifest.from_json with full validation (what load() does before it plans);
+* parse: Manifest.from_json with full validation and load()'s JSON parser (fast_json),
+  what load() does before it plans;
 * plan_reads: one rank's read plan for a resharded target layout, mesh (8, N/8) with
   [Shard(1), Shard(0)] for matrices (every target box cuts across saved boxes).
 
@@ -35,7 +36,7 @@ import time
 from functools import partial
 from typing import Any
 
-from reshard import __version__
+from reshard import __version__, fast_json
 from reshard.core.layout import Box, shard_box
 from reshard.core.planner import SavePlan, TensorDesc, plan_reads, plan_save
 from reshard.format.manifest import IDENTITY, Chunk, Frame, Manifest, TensorEntry
@@ -153,9 +154,10 @@ def simulate(world: int, n_tensors: int) -> dict[str, Any]:
     (blob, _files), res["manifest_s"], res["manifest_mem"] = _phase(manifest)
     res["manifest_bytes"] = len(blob)
     del per_rank, plan, written, manifest
-    parsed, res["parse_s"], res["parse_mem"] = _phase(partial(Manifest.from_json, blob))
+    parse = partial(Manifest.from_json, blob, loads=fast_json.loads)
+    parsed, res["parse_s"], res["parse_mem"] = _phase(parse)
     res["chunks"] = sum(len(e.chunks) for e in parsed.entries)  # type: ignore[union-attr]
-    del blob
+    del blob, parse
     rank = world // 2 + 3
 
     def reads() -> int:

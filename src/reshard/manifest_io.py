@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+from . import fast_json
 from .errors import CheckpointNotFoundError
 from .format.manifest import MANIFEST_NAME, Manifest
 from .storage import Store
@@ -36,7 +37,8 @@ def find_manifest(store: Store, *, allow_pickle: bool = False) -> bytes | Manife
 
 def parse_manifest(store: Store, data: bytes) -> Manifest:
     """The validated manifest of ``store`` from its bytes (errors name its path)."""
-    return Manifest.from_json(data, source=os.path.join(store.location, MANIFEST_NAME))
+    return Manifest.from_json(data, source=os.path.join(store.location, MANIFEST_NAME),
+                              loads=fast_json.loads)
 
 
 def load_manifest(store: Store, *, allow_pickle: bool = False) -> Manifest:
