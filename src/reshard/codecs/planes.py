@@ -16,10 +16,17 @@ from functools import cache, lru_cache
 
 import numpy as np
 
-from ..errors import CheckpointError
 from ..format.manifest import CodecSpec
-from .shuffle import MAX_ELEMENTSIZE, plane, unshuffle_planes
-from .zstd_frames import PLANE_PARAMS, all_zero, check_level, compressor, decompress_into, scratch
+from .shuffle import plane, unshuffle_planes
+from .zstd_frames import (
+    PLANE_PARAMS,
+    all_zero,
+    check_elementsize,
+    check_level,
+    compressor,
+    decompress_into,
+    scratch,
+)
 
 PLANES_ZSTD = "planes-zstd"
 
@@ -52,11 +59,7 @@ class PlanesZstdCodec:
 
     def __post_init__(self) -> None:
         check_level("PlanesZstdCodec", self.level)
-        e = self.elementsize
-        if isinstance(e, bool) or not isinstance(e, int) or not 1 <= e <= MAX_ELEMENTSIZE:
-            raise CheckpointError(
-                f"PlanesZstdCodec: elementsize must be an int in [1, {MAX_ELEMENTSIZE}], got {e!r}"
-            )
+        check_elementsize("PlanesZstdCodec", self.elementsize)
 
     def encode(self, data: memoryview) -> memoryview:
         raw = np.frombuffer(data, dtype=np.uint8)

@@ -20,6 +20,7 @@ from .zstd_frames import (
     ZSTD_MAX_LEVEL,
     ZSTD_MIN_LEVEL,
     all_zero,
+    check_elementsize,
     check_level,
     compressor,
     content_size,
@@ -125,11 +126,7 @@ class ShuffleZstdCodec:
 
     def __post_init__(self) -> None:
         check_level("ShuffleZstdCodec", self.level)
-        e = self.elementsize
-        if isinstance(e, bool) or not isinstance(e, int) or not 1 <= e <= MAX_ELEMENTSIZE:
-            raise CheckpointError(
-                f"ShuffleZstdCodec: elementsize must be an int in [1, {MAX_ELEMENTSIZE}], got {e!r}"
-            )
+        check_elementsize("ShuffleZstdCodec", self.elementsize)
 
     def encode(self, data: memoryview) -> bytes:
         import zstandard

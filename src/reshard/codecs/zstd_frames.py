@@ -1,5 +1,6 @@
 """Zstandard helpers shared by the zstd codecs: per-thread contexts and scratch buffers,
-content-size checks, decoding straight into a buffer, level checks, zero detection.
+content-size checks, decoding straight into a buffer, level and element-size checks,
+zero detection.
 
 Compressor and decompressor contexts are cached per thread (a context is not
 thread-safe, and creating one per frame costs more than compressing a small frame).
@@ -13,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import CheckpointError
+from .shuffle import MAX_ELEMENTSIZE
 
 ZSTD_MIN_LEVEL = -(1 << 17)
 ZSTD_MAX_LEVEL = 22
@@ -36,6 +38,14 @@ def check_level(owner: str, level: object) -> None:
     if not ZSTD_MIN_LEVEL <= level <= ZSTD_MAX_LEVEL:
         raise CheckpointError(
             f"{owner}: level {level} is out of range [{ZSTD_MIN_LEVEL}, {ZSTD_MAX_LEVEL}]"
+        )
+
+
+def check_elementsize(owner: str, elementsize: object) -> None:
+    e = elementsize
+    if isinstance(e, bool) or not isinstance(e, int) or not 1 <= e <= MAX_ELEMENTSIZE:
+        raise CheckpointError(
+            f"{owner}: elementsize must be an int in [1, {MAX_ELEMENTSIZE}], got {e!r}"
         )
 
 
