@@ -271,50 +271,38 @@ def _read_piece(
         return
     with stored_bytes(store, chunk.file, stored_lo, stored_hi) as stored:
         _verify(chunk, piece.frame_lo, piece.frame_hi, stored.data, offs, stored_lo)
-        _from_stored(target, dest, chunk, piece, offs, stored)
-
-
-def _from_stored(
-    target: Target, dest: torch.Tensor, chunk: Chunk, piece: ReadPiece, offs: list[int],
-    stored: np.ndarray,
-) -> None:
-    """Decode or cut the piece out of its verified stored frames, into ``dest``."""
-    itemsize = target.entry.itemsize
-    src_dtype = torch_dtype(target.entry.dtype)
-    raw_base = piece.frame_lo * chunk.frame_raw_nbytes
-    raw_end = min(piece.frame_hi * chunk.frame_raw_nbytes, chunk.raw_nbytes)
-    if (
-        piece.flat and chunk.codec.name != "identity" and dest.dtype == src_dtype
-        and piece.raw_lo == raw_base and piece.raw_hi == raw_end
-    ):
-        # Whole frames of a contiguous run: decode straight into the destination.
-        n = (piece.raw_hi - piece.raw_lo) // itemsize
-        region = _flat(dest)[piece.dest_elem:piece.dest_elem + n]
-        _decode(chunk, piece, stored, offs, raw_end - raw_base, out=_bytes_array(region))
-        return
-    raw = (stored if chunk.codec.name == "identity"
-           else _decode(chunk, piece, stored, offs, raw_end - raw_base))
-    # A frame need not hold whole elements (frame_raw_nbytes is any positive int), so
-    # cut the bytes at the piece's own element-aligned raw offsets before viewing them.
-    if piece.flat:
-        part = _elements(raw[piece.raw_lo - raw_base:piece.raw_hi - raw_base], itemsize)
-        src = torch.from_numpy(part).view(src_dtype)
-        _flat(dest)[piece.dest_elem:piece.dest_elem + len(src)].copy_(src)
-        return
-    local = piece.box.relative_to(chunk.box)
-    start, stop = element_span(chunk.box.sizes, local)
-    lo, hi = start * itemsize - raw_base, stop * itemsize - raw_base
-    if lo < 0 or hi > len(raw):
-        # as_strided does no bounds check: never let a bad plan read past the buffer.
-        raise CorruptCheckpointError(
-            f"chunk at offsets {list(chunk.box.offsets)} in {chunk.file}: internal error, "
-            f"piece {piece.box} lies outside the frames read"
-        )
-    storage = _elements(raw[lo:hi], itemsize)
-    strides = tuple(s * itemsize for s in c_strides(chunk.box.sizes))
-    view = np.lib.stride_tricks.as_strided(storage, shape=piece.box.sizes, strides=strides)
-    src = torch.from_numpy(view).view(src_dtype)
-    dest[piece.box.relative_to(target.box).slices()].copy_(src)
+        if (
+            piece.flat and chunk.codec.name != "identity" and dest.dtype == src_dtype
+            and piece.raw_lo == raw_base and piece.raw_hi == raw_end
+        ):
+            # Whole frames of a contiguous run: decode straight into the destination.
+            n = (piece.raw_hi - piece.raw_lo) // itemsize
+            region = _flat(dest)[piece.dest_elem:piece.dest_elem + n]
+            _decode(chunk, piece, stored, offs, raw_end - raw_base, out=_bytes_array(region))
+            return
+        raw = (stored if chunk.codec.name == "identity"
+               else _decode(chunk, piece, stored, offs, raw_end - raw_base))
+        # A frame need not hold whole elements (frame_raw_nbytes is any positive int), so
+        # cut the bytes at the piece's own element-aligned raw offsets before viewing them.
+        if piece.flat:
+            part = _elements(raw[piece.raw_lo - raw_base:piece.raw_hi - raw_base], itemsize)
+            src = torch.from_numpy(part).view(src_dtype)
+            _flat(dest)[piece.dest_elem:piece.dest_elem + len(src)].copy_(src)
+            return
+        local = piece.box.relative_to(chunk.box)
+        start, stop = element_span(chunk.box.sizes, local)
+        lo, hi = start * itemsize - raw_base, stop * itemsize - raw_base
+        if lo < 0 or hi > len(raw):
+            # as_strided does no bounds check: never let a bad plan read past the buffer.
+            raise CorruptCheckpointError(
+                f"chunk at offsets {list(chunk.box.offsets)} in {chunk.file}: internal error, "
+                f"piece {piece.box} lies outside the frames read"
+            )
+        storage = _elements(raw[lo:hi], itemsize)
+        strides = tuple(s * itemsize for s in c_strides(chunk.box.sizes))
+        view = np.lib.stride_tricks.as_strided(storage, shape=piece.box.sizes, strides=strides)
+        src = torch.from_numpy(view).view(src_dtype)
+        dest[piece.box.relative_to(target.box).slices()].copy_(src)
 
 
 def _elements(data: np.ndarray, itemsize: int) -> np.ndarray:
