@@ -96,12 +96,19 @@ def make_cold(paths: list[str], *, drop_caches: bool) -> None:
 
 def make_warm(paths: list[str]) -> None:
     """Read every file once so the page cache holds it."""
+    read_all(paths)
+
+
+def read_all(paths: list[str]) -> int:
+    """Read every file under ``paths`` in ``CHUNK`` readinto calls; the bytes read."""
     buf = bytearray(CHUNK)
+    total = 0
     for top in paths:
         for p in files_under(top) if os.path.isdir(top) else [top]:
             with open(p, "rb", buffering=0) as f:
-                while f.readinto(buf):
-                    pass
+                while n := f.readinto(buf):
+                    total += n
+    return total
 
 
 def remove(path: str) -> None:

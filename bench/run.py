@@ -136,6 +136,10 @@ def summarize(records: list[dict[str, Any]], args: argparse.Namespace) -> dict[s
         key = rec["job"] + (f" [{rec['cache']}]" if rec["kind"] == "load" else "")
         s = out.setdefault(key, {"job": rec["job"], "kind": rec["kind"], "cache": rec["cache"],
                                  "logical_bytes": _logical_bytes(rec["job"], args)})
+        if rec["lib"] == "raw":  # the raw cold read timed beside this scenario's loads
+            raw = rec["ranks"][0]
+            s.setdefault("raw_cold_gbps", []).append(raw["nbytes"] / GB / raw["t"])
+            continue
         lib = s.setdefault(rec["lib"], {"t": [], "peak_rss_delta": [], "peak_rss": [],
                                         "rchar": [], "read_bytes": [], "mismatched": [],
                                         "disk_bytes": [], "per_rank_t": []})
@@ -209,7 +213,11 @@ def rows(summary: dict[str, Any], raw: dict[str, Any], raw_nbytes: int) -> list[
             if limit:
                 checks.append((">= 90% raw write", r["gbps"] >= 0.9 * limit))
         elif s["kind"] == "load" and not s["job"].startswith("zstd") and not tiny:
-            limit = lim_cold if s["cache"] == "cold" else lim_warm
+            limit = lim_warm
+            if s["cache"] == "cold":
+                # Judged against the raw cold read timed beside it when the run has one.
+                beside = s.get("raw_cold_gbps")
+                limit = statistics.median(beside) if beside else lim_cold
             if s["cache"] == "cold":
                 if limit:
                     checks.append((">= 90% raw cold read", r["gbps"] >= 0.9 * limit))
@@ -289,6 +297,13 @@ def markdown(meta: dict[str, Any], raw: dict[str, Any], raw_nbytes: int,
             f"{_f(r.get('of_limit'), '{:.0%}')} | {amp} | {rss} | "
             f"{'yes' if r['verified'] else 'NO'} | {checks} |"
         )
+    beside = [(k, v["raw_cold_gbps"]) for k, v in summary.items() if v.get("raw_cold_gbps")]
+    if beside:
+        lines += ["", "Cold rows' % of limit is against a raw cold read timed beside them: after "
+                  "each repetition's two loads, rank 0 alone evicts and reads the reshard "
+                  "checkpoint's files in 16 MiB readinto calls (GB/s, median and range):", ""]
+        lines += [f"- {k}: {statistics.median(v):.2f} ({min(v):.2f}-{max(v):.2f})"
+                  for k, v in beside]
     lines += ["", "Per rank (median over repetitions): op seconds | CPU seconds | peak RSS growth "
               "MiB | MiB read (rchar, plus bytes reshard read through a memory map) | "
               "MiB from disk (read_bytes).", "",

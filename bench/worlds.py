@@ -169,8 +169,31 @@ def world_main(rank: int, world: int, cfg: WorldConfig) -> list[dict[str, Any]] 
                     _collect(dist, rank, results, job, lib, rep, rec, extra={
                         "needed_bytes": needed, "mismatched": bad,
                     })
+                if job.cache == "cold":
+                    _raw_cold_read(dist, rank, results, job, rep,
+                                   ckpt_path(cfg, LIBS[0], job.ckpt), cfg.drop_caches)
             del sd
     return results if rank == 0 else None
+
+
+def _raw_cold_read(dist: Any, rank: int, results: list[dict[str, Any]], job: Job, rep: int,
+                   path: str, drop_caches: bool) -> None:
+    """The raw cold read limit at this moment: rank 0 alone reads the files of the
+    checkpoint the load just read (the same bytes), evicted first, in 16 MiB
+    ``readinto`` calls, as the run's opening raw limit does. The disk's speed drifts
+    by 1.5x over a run, so each cold load is judged against a read timed beside it."""
+    out: dict[str, Any] = {}
+
+    def read() -> None:
+        probes.make_cold([path], drop_caches=drop_caches)
+        t0 = time.perf_counter()
+        n = probes.read_all([path])
+        out.update(t=time.perf_counter() - t0, nbytes=n)
+
+    _on_rank0(dist, rank, read)
+    if rank == 0 and job.measured:
+        results.append({"job": job.name, "kind": job.kind, "cache": job.cache, "lib": "raw",
+                        "rep": rep, "ranks": [out]})
 
 
 def _collect(dist: Any, rank: int, results: list[dict[str, Any]], job: Job, lib: str, rep: int,
