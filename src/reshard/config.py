@@ -69,20 +69,21 @@ def map_reads() -> bool:
     return raw == "1"
 
 
-def exchange_reads() -> bool:
+def exchange_reads(*, remote: bool) -> bool:
     """Cooperative reads in multi-rank loads (transfer/exchange.py): when several ranks
     need parts of the same checksummed frames (a column cut of row-major chunks), one
     rank reads and verifies each frame and sends the others their bytes over the
-    process group, instead of every rank reading the whole frame. 1 on, 0 off (the
-    default: on local disks with the gloo loopback swap it was slower, warm and cold,
-    than reading the frames twice; it pays where bytes read cost more than bytes sent,
-    see docs/PERFORMANCE.md). A rank that sets 0 only keeps its own needs out of the
-    plan; rank 0's other exchange settings are used by all ranks, so the plan is the
-    same everywhere."""
-    raw = os.environ.get("RESHARD_EXCHANGE_READS", "0")
-    if raw not in ("0", "1"):
-        raise ValueError(f"RESHARD_EXCHANGE_READS={raw!r} must be 0 or 1")
-    return raw == "1"
+    process group, instead of every rank reading the whole frame. ``auto`` (the
+    default) uses them where the checkpoint is ``remote`` (an fsspec URL such as
+    s3://), where every byte read is a billed, slower request, and not for local files:
+    there, with the gloo loopback swap, they were slower, warm and cold, than reading
+    the frames twice (docs/PERFORMANCE.md). 1 always, 0 never. A rank that says no only
+    keeps its own needs out of the plan; rank 0's other exchange settings are used by
+    all ranks, so the plan is the same everywhere."""
+    raw = os.environ.get("RESHARD_EXCHANGE_READS", "auto")
+    if raw not in ("0", "1", "auto"):
+        raise ValueError(f"RESHARD_EXCHANGE_READS={raw!r} must be 0, 1 or auto")
+    return remote if raw == "auto" else raw == "1"
 
 
 def exchange_min_nbytes() -> int:

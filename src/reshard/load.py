@@ -19,7 +19,7 @@ from .dist.collective import Collective
 from .errors import LayoutMismatchError, MissingKeysError
 from .format.manifest import Chunk, Entry, Manifest, TensorEntry, dotted
 from .manifest_io import find_manifest, parse_manifest
-from .storage import Store, open_store
+from .storage import Store, is_remote, open_store
 from .transfer import exchange
 from .transfer.coalesce import fill_whole_chunks, split_whole_chunks
 from .transfer.read import Target, fill
@@ -92,7 +92,7 @@ def load(
             # What this rank would share reads of: gathered here at no extra collective.
             # Needs index plan.rest, the targets fill() gets.
             return exchange.local_needs(plan["plan"].rest, world_size=coll.world_size,
-                                        can_swap=coll.swaps_host_bytes)
+                                        can_swap=coll.swaps_host_bytes, remote=is_remote(store))
 
         gathered = exchange.gather(coll.agree_all(prepare))
 

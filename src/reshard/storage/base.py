@@ -68,6 +68,12 @@ def view_of(store: Store, name: str, offset: int, nbytes: int) -> memoryview | N
     return None if view is None else view(name, offset, nbytes)
 
 
+def is_remote(store: Store) -> bool:
+    """Whether ``store`` reaches its bytes over a network (an fsspec store), where each
+    byte read costs a request rather than a page-cache copy."""
+    return bool(getattr(store, "remote", False))
+
+
 def let_go(store: Store, name: str, offset: int, nbytes: int) -> None:
     """Tell a mapping store that a ``view_of`` these bytes is no longer needed."""
     release = getattr(store, "let_go", None)

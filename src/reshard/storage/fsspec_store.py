@@ -125,6 +125,8 @@ def _describe(e: BaseException) -> str:
 class FsspecStore:
     """Objects under one prefix of an fsspec filesystem; safe to use from many threads."""
 
+    remote = True  # bytes read are requests: loads share column-cut frames (exchange.py)
+
     def __init__(self, url: str, fs: Any, root: str) -> None:
         self.location = url.rstrip("/")
         self.fs = fs

@@ -62,13 +62,14 @@ class Gathered:
 
 
 def local_needs(
-    targets: list[Target], *, world_size: int, can_swap: bool = True
+    targets: list[Target], *, world_size: int, can_swap: bool = True, remote: bool = False
 ) -> tuple[tuple[int, int, int], list[Need]]:
     """This rank's settings and the needs worth sharing: chunks that it would read
     mostly for other bytes (a column cut), in whole-element identity frames.
-    ``can_swap`` is False where the group cannot move host buffers (NCCL-only)."""
+    ``can_swap`` is False where the group cannot move host buffers (NCCL-only);
+    ``remote`` says the checkpoint is not a local file (config.exchange_reads)."""
     settings = (config.exchange_min_nbytes(), config.exchange_round_nbytes(), TRANSFER_NBYTES)
-    if world_size <= 1 or not can_swap or not config.exchange_reads():
+    if world_size <= 1 or not can_swap or not config.exchange_reads(remote=remote):
         return settings, []
     out: list[Need] = []
     for slot, t in enumerate(targets):
