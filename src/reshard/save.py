@@ -8,9 +8,11 @@ import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
+from itertools import accumulate
 from operator import attrgetter, getitem, lt
 from typing import Any
 
+import numpy as np
 import torch
 
 from . import __version__, config
@@ -283,9 +285,12 @@ def manifest_json(
         ))
         owners.extend(map(position.__getitem__, map(_KEY, items)))
         starts.extend(offsets)
-    groups: list[list[int]] = [[] for _ in plan.entries]
-    for owner, i in zip(owners, range(len(owners))):
-        groups[owner].append(i)
+    # Each entry's chunks in the order read (a stable sort by entry, in numpy: a Python
+    # step per chunk cost ~0.3 s at 845k).
+    owner_col = np.array(owners, dtype=np.int64)
+    by_owner = np.argsort(owner_col, kind="stable").tolist()
+    counts = np.bincount(owner_col, minlength=len(plan.entries)).tolist()
+    groups = [by_owner[end - n:end] for n, end in zip(counts, accumulate(counts))]
     entries: list[str] = []
     for desc, group in zip(plan.entries, groups):
         if isinstance(desc, ValueDesc):
