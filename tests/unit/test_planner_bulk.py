@@ -99,9 +99,12 @@ def test_bulk_assignment_matches_one_by_one(per_rank: list[list[object]]) -> Non
 
 def test_ranks_of_one_layout_are_taken_whole() -> None:
     """The common case does take the bulk path: every rank after the first."""
-    per_rank = [[TensorDesc(key=(f"t{t}",), dtype="float32", shape=(4, 6), container="torch",
-                            boxes=(Box((r // 2 * 2, r % 2 * 3), (2, 3)),)) for t in range(3)]
-                for r in range(4)]
+    per_rank: list[list[object]] = [
+        [TensorDesc(key=(f"t{t}",), dtype="float32", shape=(4, 6), container="torch",
+                    boxes=(Box((r // 2 * 2, r % 2 * 3), (2, 3)),)) for t in range(3)]
+        for r in range(4)]
+    for descs in per_rank:  # a plain value among the tensors does not stop it
+        descs.insert(1, ValueDesc(key=("step",), value={"type": "int", "value": 3}))
     taken = []
     real = planner._SameKeys.numbers
 

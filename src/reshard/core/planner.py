@@ -139,6 +139,8 @@ def plan_save(per_rank: list[list[Desc]]) -> SavePlan:
             if numbers is not None:
                 run_ranks.append(rank)
                 run_numbers.extend(numbers)
+                for item_index in same.values:  # in rank order, as the loop: same problems
+                    _merge(planned, rank, item_index, descs[item_index], problems)
                 continue
             if run_ranks:
                 same.add_run(run_ranks, run_numbers)
@@ -181,45 +183,59 @@ def plan_save(per_rank: list[list[Desc]]) -> SavePlan:
 
 
 class _SameKeys:
-    """The keys of one rank's descriptions, all settled, for taking later ranks whole.
+    """The keys of one rank's descriptions, its tensors all settled, for taking later
+    ranks whole.
 
     At 2,048 ranks x 500 tensors plan_save's loop ran a million times, a few
     microseconds each. Usually every rank describes the same keys in the same order,
     each tensor with one box: ``numbers`` checks that for a rank's whole list with C-level
     passes (map, list comparison) and copies its boxes' numbers, and ``add_run`` appends
     a run of such ranks to every entry, as the loop would have one rank at a time.
+    Plain values (``values``) still go through ``_merge`` one by one, as in the loop.
     """
 
-    __slots__ = ("keys", "shapes", "dtypes", "ndims", "entries", "spans")
+    __slots__ = ("keys", "types", "tensors", "values", "shapes", "dtypes", "ndims", "entries",
+                 "spans")
 
-    def __init__(self, keys: list[Key], hits: list[tuple[tuple[int, ...], str, PlannedEntry, int]]):
+    def __init__(self, descs: list[Desc], keys: list[Key],
+                 settled: dict[Key, tuple[tuple[int, ...], str, PlannedEntry, int]]) -> None:
         self.keys = keys
+        self.types = list(map(type, descs))
+        self.tensors = [i for i, t in enumerate(self.types) if t is TensorDesc]
+        """The positions of the tensors (``item_index``), in order."""
+        self.values = [i for i, t in enumerate(self.types) if t is not TensorDesc]
+        hits = [settled[keys[i]] for i in self.tensors]
         self.shapes = [h[0] for h in hits]
         self.dtypes = [h[1] for h in hits]
         self.ndims = [h[3] for h in hits]
         self.entries = [h[2] for h in hits]
         ends = list(accumulate(2 * n for n in self.ndims))
         self.spans = list(zip([0, *ends[:-1]], ends))
-        """Where item ``j``'s offsets and sizes lie in a rank's ``numbers``."""
+        """Where tensor ``k``'s offsets and sizes lie in a rank's ``numbers``."""
 
     @staticmethod
     def of(descs: list[Desc], settled: dict[Key, tuple[tuple[int, ...], str, PlannedEntry, int]],
            ) -> _SameKeys | None:
         keys = list(map(_KEY, descs))
-        # A key twice in one rank, or one not settled, is left to the loop.
-        if not keys or len(set(keys)) != len(keys) or not all(map(settled.__contains__, keys)):
+        # A key twice in one rank, or a tensor not settled, is left to the loop.
+        if len(set(keys)) != len(keys):
             return None
-        return _SameKeys(keys, list(map(settled.__getitem__, keys)))
+        tensor_keys = [k for k, d in zip(keys, descs) if type(d) is TensorDesc]
+        if not tensor_keys or not all(map(settled.__contains__, tensor_keys)):
+            return None
+        return _SameKeys(descs, keys, settled)
 
     def numbers(self, descs: list[Desc]) -> array[int] | None:
-        """Every item's offsets then sizes, in order, when ``descs`` holds tensors of the
-        same keys, shapes and dtypes in the same order, one box each with as many dims
-        as the tensor; else None."""
-        if (len(descs) != len(self.keys) or set(map(type, descs)) != {TensorDesc}
-                or list(map(_KEY, descs)) != self.keys or list(map(_SHAPE, descs)) != self.shapes
-                or list(map(_DTYPE, descs)) != self.dtypes):
+        """Every tensor's offsets then sizes, in order, when ``descs`` holds the same
+        keys in the same order, the tensors of the same shapes and dtypes, one box each
+        with as many dims as the tensor; else None."""
+        if (len(descs) != len(self.keys) or list(map(type, descs)) != self.types
+                or list(map(_KEY, descs)) != self.keys):
             return None
-        box_lists = list(map(_BOXES, descs))
+        tensors = list(map(descs.__getitem__, self.tensors)) if self.values else descs
+        if list(map(_SHAPE, tensors)) != self.shapes or list(map(_DTYPE, tensors)) != self.dtypes:
+            return None
+        box_lists = list(map(_BOXES, tensors))
         if set(map(len, box_lists)) != {1}:
             return None
         boxes = list(map(_FIRST, box_lists))
@@ -237,9 +253,9 @@ class _SameKeys:
         # the loop would have appended.
         rows = np.frombuffer(numbers, dtype=np.int64).reshape(len(ranks), self.spans[-1][1])
         zeros = [0] * len(ranks)
-        for j, (p, (lo, hi)) in enumerate(zip(self.entries, self.spans)):
+        for item_index, p, (lo, hi) in zip(self.tensors, self.entries, self.spans):
             p.ranks.extend(ranks)
-            p.items.extend(repeat(j, len(ranks)))
+            p.items.extend(repeat(item_index, len(ranks)))
             p.box_indices.extend(zeros)
             p.numbers.frombytes(rows[:, lo:hi].tobytes())
 

@@ -63,11 +63,13 @@ _PIECE = re.compile(
 class ChunkArray:
     """One cut-out chunk array: its integers in text order and each chunk's form."""
 
-    __slots__ = ("_text", "_loads", "_values", "_frames", "_ndim")
+    __slots__ = ("_data", "_span", "_loads", "_values", "_frames", "_ndim")
 
-    def __init__(self, text: bytes, loads: Callable[[bytes], object], values: Any,
-                 frames: Any, ndim: int) -> None:
-        self._text = text
+    def __init__(self, data: bytes, span: tuple[int, int], loads: Callable[[bytes], object],
+                 values: Any, frames: Any, ndim: int) -> None:
+        self._data = data
+        self._span = span
+        """The array's text, ``[`` to ``]``, is ``data[span[0]:span[1]]`` (not copied)."""
         self._loads = loads
         self._values = values
         self._frames = frames
@@ -77,7 +79,7 @@ class ChunkArray:
 
     def items(self) -> object:
         """The array as the JSON parser reads it (a list of chunk dicts)."""
-        return self._loads(self._text)
+        return self._loads(self._data[self._span[0]:self._span[1]])
 
     def columns(
         self, shape: tuple[int, ...], itemsize: int, n_files: int, identity_codecs: Sequence[bool],
@@ -107,7 +109,7 @@ def split_chunk_arrays(
         end = data.find(b"}]", start) + 1  # the last chunk's "}" ends before it
         if end <= 0:
             break
-        array = _scan(data[start - 1:end + 1], loads)
+        array = _scan(data, (start - 1, end + 1), loads)
         if array is not None:
             marker = f"@reshard-columns:{nonce}:{len(arrays)}"
             arrays[marker] = array
@@ -121,10 +123,10 @@ def split_chunk_arrays(
     return b"".join(parts), arrays
 
 
-def _scan(text: bytes, loads: Callable[[bytes], object]) -> ChunkArray | None:
-    """``text`` (``[``, chunk objects joined by commas, ``]``) as a ChunkArray, when it
-    is laid out exactly as reshard writes it; else None."""
-    u = np.frombuffer(text, np.uint8)[1:-1]
+def _scan(data: bytes, span: tuple[int, int], loads: Callable[[bytes], object]) -> ChunkArray | None:
+    """``data[span[0]:span[1]]`` (``[``, chunk objects joined by commas, ``]``) as a
+    ChunkArray, when it is laid out exactly as reshard writes it; else None."""
+    u = np.frombuffer(data, np.uint8, count=span[1] - span[0] - 2, offset=span[0] + 1)
     digit = (u - 48) <= 9  # uint8 arithmetic: bytes below "0" wrap to large values
     bounds = np.flatnonzero(np.diff(digit, prepend=False, append=False))
     starts, ends = bounds[0::2], bounds[1::2]
@@ -146,7 +148,7 @@ def _scan(text: bytes, loads: Callable[[bytes], object]) -> ChunkArray | None:
     at = np.cumsum(lengths) - lengths
     exponent = np.repeat(lengths - 1 + at, lengths) - np.arange(int(at[-1] + lengths[-1]))
     values = np.add.reduceat(_POW10[exponent] * (u[digit] - 48), at)
-    return ChunkArray(text, loads, values, frames, ndims)
+    return ChunkArray(data, span, loads, values, frames, ndims)
 
 
 def _forms(skeleton: bytes) -> tuple[Any, int] | None:
