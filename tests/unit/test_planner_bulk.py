@@ -117,3 +117,12 @@ def test_ranks_of_one_layout_are_taken_whole() -> None:
         got = _plan(per_rank)
     assert taken == [True, True, True]
     assert got == _one_at_a_time(per_rank)
+
+
+@settings(max_examples=150, deadline=None, derandomize=True)
+@given(per_rank=worlds())
+def test_runs_cut_short_plan_the_same(per_rank: list[list[object]]) -> None:
+    """Runs of ranks are appended every _RUN_RANKS ranks: any cut gives the same plan."""
+    with mock.patch.object(planner, "_RUN_RANKS", 2):
+        short = _plan(per_rank)
+    assert short == _one_at_a_time(per_rank)

@@ -141,6 +141,9 @@ def plan_save(per_rank: list[list[Desc]]) -> SavePlan:
                 run_numbers.extend(numbers)
                 for item_index in same.values:  # in rank order, as the loop: same problems
                     _merge(planned, rank, item_index, descs[item_index], problems)
+                if len(run_ranks) == _RUN_RANKS:  # bounds the copy of the numbers held
+                    same.add_run(run_ranks, run_numbers)
+                    run_ranks, run_numbers = [], array("q")
                 continue
             if run_ranks:
                 same.add_run(run_ranks, run_numbers)
@@ -180,6 +183,9 @@ def plan_save(per_rank: list[list[Desc]]) -> SavePlan:
         raise LayoutMismatchError(_summarize(problems))
     return SavePlan(entries=tuple(p.desc for p in planned.values()),
                     tasks=_assign(jobs, len(per_rank)))
+
+
+_RUN_RANKS = 256
 
 
 class _SameKeys:
