@@ -106,7 +106,7 @@ def split_chunk_arrays(
     at = data.find(_OPEN)
     while at >= 0:
         start = at + _CONTENT_AT  # the first chunk's "{"
-        end = data.find(b"}]", start) + 1  # the last chunk's "}" ends before it
+        end = data.find(b"}]", start) + 1  # the "]" after the last chunk's "}"
         if end <= 0:
             break
         array = _scan(data, (start - 1, end + 1), loads)
