@@ -8,9 +8,12 @@ import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
+from array import array
+from itertools import accumulate, chain
 from operator import attrgetter, getitem, lt
 from typing import Any
 
+import numpy as np
 import torch
 
 from . import __version__, config
@@ -262,6 +265,9 @@ def manifest_json(
     texts: list[str] = []
     owners: list[int] = []
     starts: list[tuple[int, ...]] = []
+    # The same offsets as numbers, for checking the order in numpy (_in_order).
+    start_numbers, start_dims = array("q"), array("q")
+    numeric = True
     position = {d.key: i for i, d in enumerate(plan.entries)}
     for rank, wf in enumerate(written):
         if not len(wf):
@@ -283,18 +289,34 @@ def manifest_json(
         ))
         owners.extend(map(position.__getitem__, map(_KEY, items)))
         starts.extend(offsets)
-    groups: list[list[int]] = [[] for _ in plan.entries]
-    for owner, i in zip(owners, range(len(owners))):
-        groups[owner].append(i)
+        if numeric:
+            try:
+                start_numbers.extend(chain.from_iterable(offsets))
+                start_dims.extend(map(len, offsets))
+            except (TypeError, OverflowError):
+                numeric = False  # the tuples are compared instead
+    # Each entry's chunks in the order read (a stable sort by entry, in numpy: a Python
+    # step per chunk cost ~0.3 s at 845k).
+    owner_col = np.array(owners, dtype=np.int64)
+    by_owner_col = np.argsort(owner_col, kind="stable")
+    by_owner = by_owner_col.tolist()
+    counts = np.bincount(owner_col, minlength=len(plan.entries)).tolist()
+    ends = list(accumulate(counts))
+    order = _StartOrder(start_numbers, start_dims) if numeric else None
     entries: list[str] = []
-    for desc, group in zip(plan.entries, groups):
+    for desc, n, end in zip(plan.entries, counts, ends):
         if isinstance(desc, ValueDesc):
             entries.append(value_entry_json(key=desc.key, value=desc.value))
             continue
+        group = by_owner[end - n:end]
         # Chunks in order of offsets (boxes of one tensor never share offsets); ranks read
         # in order usually give that order already.
-        at = list(map(starts.__getitem__, group))
-        if not all(map(lt, at, at[1:])):
+        in_order = None if order is None else order.ascending(by_owner_col[end - n:end],
+                                                                len(desc.shape))
+        if in_order is None:
+            at = list(map(starts.__getitem__, group))
+            in_order = all(map(lt, at, at[1:]))
+        if not in_order:
             group.sort(key=starts.__getitem__)
         entries.append(tensor_entry_json(key=desc.key, dtype=desc.dtype, shape=desc.shape,
                                          container=desc.container,
@@ -305,6 +327,34 @@ def manifest_json(
         files=files, codecs=codecs, entries=entries,
     )
     return data, files
+
+
+class _StartOrder:
+    """Whether chunks' offsets ascend, from every chunk's offsets as int64 numbers.
+
+    The tuple comparisons it replaces cost ~0.5 s at 845k chunks: the tuples lie apart
+    in memory, one rank's boxes after another's.
+    """
+
+    def __init__(self, numbers: array[int], dims: array[int]) -> None:
+        self.numbers = np.frombuffer(numbers, dtype=np.int64) if len(numbers) else np.zeros(0, np.int64)
+        self.dims = np.frombuffer(dims, dtype=np.int64) if len(dims) else np.zeros(0, np.int64)
+        self.first = np.cumsum(self.dims) - self.dims
+        # Differences of non-negative int64 cannot overflow.
+        self.usable = not len(self.numbers) or int(self.numbers.min()) >= 0
+
+    def ascending(self, chunks: Any, ndim: int) -> bool | None:
+        """Whether the offsets of ``chunks`` (indices, in order) strictly ascend as
+        tuples do; None when the numbers cannot tell (then compare the tuples)."""
+        if not self.usable or ndim == 0 or bool((self.dims[chunks] != ndim).any()):
+            return None
+        if len(chunks) < 2:
+            return True
+        rows = self.numbers[self.first[chunks][:, None] + np.arange(ndim)]
+        step = rows[1:] - rows[:-1]
+        moved = step != 0
+        lead = moved.argmax(axis=1)  # the first dim that differs, as tuples compare
+        return bool((moved.any(axis=1) & (step[np.arange(len(step)), lead] > 0)).all())
 
 
 _BOXES = attrgetter("boxes")

@@ -71,3 +71,39 @@ def test_manifest_of_values_only() -> None:
                                 save_id="x", world_size=2, codec_spec=IDENTITY, created_unix_s=0.0)
     assert files == [] and json.loads(data)["codecs"] == []
     assert Manifest.from_json(data).entries[0].decoded() == "\u00e9\u4e2d"  # type: ignore[union-attr]
+
+
+def test_start_order_agrees_with_tuple_comparison() -> None:
+    """save._StartOrder.ascending says what comparing the offset tuples says, or None
+    where its numbers cannot tell (negative numbers, dims other than the entry's)."""
+    from array import array
+    from itertools import chain
+    from operator import lt
+
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from reshard.save import _StartOrder
+
+    @settings(max_examples=300, deadline=None, derandomize=True)
+    @given(data=st.data())
+    def check(data: st.DataObject) -> None:
+        ndim = data.draw(st.integers(0, 3))
+        tuples = data.draw(st.lists(
+            st.lists(st.integers(-2, 3) | st.sampled_from([2**62, 2**63 - 1]),
+                     min_size=ndim, max_size=ndim).map(tuple)
+            | st.lists(st.integers(0, 3), min_size=0, max_size=4).map(tuple), max_size=8))
+        order = _StartOrder(array("q", chain.from_iterable(tuples)), array("q", map(len, tuples)))
+        chunks = data.draw(st.lists(st.integers(0, max(0, len(tuples) - 1)), max_size=6)) \
+            if tuples else []
+        import numpy as np
+
+        got = order.ascending(np.array(chunks, dtype=np.int64), ndim)
+        at = [tuples[i] for i in chunks]
+        if got is None:
+            assert any(min(t, default=0) < 0 for t in tuples) or ndim == 0 or \
+                any(len(t) != ndim for t in at)
+        else:
+            assert got == all(map(lt, at, at[1:]))
+
+    check()

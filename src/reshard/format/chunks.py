@@ -90,7 +90,7 @@ def checked_columns(
     bounds = None if max(counts) == 1 else [0, *accumulate(counts)]
     if _sums(frame_nbytes, bounds) != list(nbytes) or max(map(add, offset, nbytes)) > MAX_FILE_OFFSET:
         return None
-    if not _identity_ok(codec, identity_codecs, raw, nbytes, frame_raw, frame_nbytes, counts, bounds):
+    if not identity_ok(codec, identity_codecs, raw, nbytes, frame_raw, frame_nbytes, counts, bounds):
         return None
     return Columns(
         offsets=boxes[0], sizes=boxes[1], file=file, offset=offset, nbytes=nbytes, raw_nbytes=raw,
@@ -162,7 +162,7 @@ def _frames(frames: tuple[Any, ...]) -> tuple[list[int], list[int]] | None:
     return nb, crc
 
 
-def _identity_ok(
+def identity_ok(
     codec: tuple[int, ...], identity_codecs: Sequence[bool], raw: tuple[int, ...],
     nbytes: tuple[int, ...], frame_raw: tuple[int, ...], frame_nbytes: list[int],
     counts: list[int], bounds: list[int] | None,
