@@ -6,9 +6,9 @@ import logging
 import os
 import time
 import uuid
+from array import array
 from collections.abc import Mapping
 from dataclasses import dataclass
-from array import array
 from itertools import accumulate, chain
 from operator import attrgetter, getitem, lt
 from typing import Any

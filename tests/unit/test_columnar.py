@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from reshard import fast_json
 from reshard.core.layout import Box
 from reshard.errors import CheckpointError
+from reshard.format import columnar
 from reshard.format import manifest as manifest_module
 from reshard.format.chunks import checked_columns
 from reshard.format.columnar import split_chunk_arrays
@@ -30,6 +31,12 @@ from reshard.format.manifest import (
 from reshard.format.values import encode_value
 
 from .test_manifest import mutated_tensor_manifests, tensor_entries
+
+
+@pytest.fixture(autouse=True)
+def _every_array_columnar(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The manifests here are small: cut out every chunk array, however short."""
+    monkeypatch.setattr(columnar, "MIN_CHUNKS", 1)
 
 
 def _canonical(doc: object) -> bytes:
@@ -241,3 +248,13 @@ def test_every_itemsize() -> None:
         m2 = Manifest(save_id="s", world_size=1, created_unix_s=0.0, library_version="x", entries=(
             TensorEntry(key=e.key, dtype=dtype, shape=e.shape, container="torch", chunks=chunks),))
         assert manifest_module._from_columnar_json(m2.to_json(), json_document) == m2
+
+
+def test_short_arrays_stay_with_the_json_parser(monkeypatch: pytest.MonkeyPatch) -> None:
+    data = _grid_manifest().to_json()  # two arrays of 6 chunks
+    monkeypatch.setattr(columnar, "MIN_CHUNKS", 7)
+    assert split_chunk_arrays(data, json_document) is None
+    monkeypatch.setattr(columnar, "MIN_CHUNKS", 6)
+    split = split_chunk_arrays(data, json_document)
+    assert split is not None and len(split[1]) == 2
+    assert _same_both_ways(data) == _grid_manifest()
