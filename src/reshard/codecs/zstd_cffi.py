@@ -69,9 +69,13 @@ class PlaneContexts:
 
     def __init__(self, ffi: Any, lib: Any) -> None:
         self._ffi, self._lib = ffi, lib
+        # The smallest match tables (this context never searches for matches: larger ones
+        # were allocated and cleared for nothing), and a window that allows 128 KiB blocks.
         self._literals = self._context(
             (lib.ZSTD_c_blockDelimiters, lib.ZSTD_sf_explicitBlockDelimiters),
             (lib.ZSTD_c_literalCompressionMode, lib.ZSTD_ps_enable),
+            (lib.ZSTD_c_strategy, lib.ZSTD_fast), (lib.ZSTD_c_windowLog, 17),
+            (lib.ZSTD_c_hashLog, 6), (lib.ZSTD_c_chainLog, 6), (lib.ZSTD_c_minMatch, 7),
         )
         self._probe = self._context(
             (lib.ZSTD_c_strategy, lib.ZSTD_fast), (lib.ZSTD_c_hashLog, 6),
