@@ -186,3 +186,37 @@ def test_a_large_frame_decodes_its_zstd_planes_into_one_buffer() -> None:
         tracemalloc.stop()
     assert np.array_equal(out, raw)
     assert peak < len(raw) + (1 << 20)
+
+
+def test_repeats_keep_the_match_search_and_floats_skip_it() -> None:
+    """Exponent planes are entropy coded alone; runs and periodic data, which only
+    matches compress, still get them (the probe of codecs/zstd_cffi.py)."""
+    from reshard.codecs import zstd_cffi
+
+    periodic = np.tile(np.arange(1000, dtype=np.int32) % 37, 1 << 6).view(np.uint8)
+    steps = (np.arange(1 << 16) // 1000).astype(np.float32).view(np.uint8)
+    for raw in (periodic, steps):
+        frame = bytes(PlanesZstdCodec(elementsize=4).encode(memoryview(raw)))
+        assert len(raw) / len(frame) > 100
+        assert PlanesZstdCodec(elementsize=4).decode(memoryview(frame)) == raw.tobytes()
+    if zstd_cffi.plane_contexts() is not None:
+        f32 = RNG.standard_normal(1 << 16).astype(np.float32).view(np.uint8)
+        frame = bytes(PlanesZstdCodec(elementsize=4).encode(memoryview(f32)))
+        assert _modes(frame, 4) == [RAW, RAW, RAW, ZSTD]
+        assert PlanesZstdCodec(elementsize=4).decode(memoryview(frame)) == f32.tobytes()
+
+
+@pytest.mark.parametrize("kind", ["random", "normal", "int64", "mixed"])
+def test_without_the_cffi_binding_frames_round_trip(kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """zstandard without cffi: planes go through the C backend's compressor."""
+    from reshard.codecs import zstd_cffi
+
+    monkeypatch.setattr(zstd_cffi, "plane_contexts", lambda: None)
+    for e in (2, 4, 8):
+        for level in (3, 9):
+            codec = PlanesZstdCodec(level=level, elementsize=e)
+            for length in LENGTHS:
+                raw = _payload(kind, length)
+                out = np.full(length, 0xAB, np.uint8)
+                codec.decode_into(memoryview(bytes(codec.encode(memoryview(raw)))), out)
+                assert np.array_equal(out, raw), (e, level, length)

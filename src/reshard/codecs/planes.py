@@ -19,11 +19,12 @@ import numpy as np
 from ..format.manifest import CodecSpec
 from .shuffle import plane, unshuffle_planes
 from .zstd_frames import (
-    PLANE_PARAMS,
+    FAST_LEVEL_MAX,
+    LITERALS_SLACK,
     all_zero,
     check_elementsize,
     check_level,
-    compressor,
+    compress_plane_into,
     decompress_into,
     scratch,
 )
@@ -35,9 +36,6 @@ RAW, ZSTD, FILL = 0, 1, 2
 
 SAMPLE_ELEMENTS = 256
 """Elements sampled (evenly spaced) per frame to judge each plane."""
-
-FAST_LEVEL_MAX = 3
-"""Levels up to this one skip zstd on planes the sample finds near-random."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,43 +65,38 @@ class PlanesZstdCodec:
         if all_zero(raw):
             return memoryview(_zero_frame(e, len(raw)))
         n = len(raw) // e
-        tail = raw[n * e:]
-        modes, segments = self._planes(raw, n)
         header = _header(e)
-        nbytes = header.size + sum(a for m, a in modes if m != FILL) + len(tail)
-        out = np.empty(nbytes, dtype=np.uint8)
-        header.pack_into(out.data, 0, len(raw), *(x for mode in modes for x in mode))
+        # Every stored plane is at most n bytes: the segments go straight into ``out``
+        # in plane order, each where the previous one ended.
+        out = np.empty(header.size + len(raw), dtype=np.uint8)
+        fields: list[int] = []
         pos = header.size
-        for k, (mode, arg) in enumerate(modes):
-            if mode == RAW:
-                plane(raw, e, k, out[pos:pos + n])
-            elif mode == ZSTD:
-                out[pos:pos + arg] = np.frombuffer(segments[k], dtype=np.uint8)
-            pos += 0 if mode == FILL else arg
-        out[pos:] = tail
-        return out.data
-
-    def _planes(self, raw: np.ndarray, n: int) -> tuple[list[tuple[int, int]], dict[int, bytes]]:
-        """Each plane's (mode, argument) and the zstd frames of the compressed ones."""
-        e = self.elementsize
-        modes = [(RAW, n)] * e
-        segments: dict[int, bytes] = {}
-        if not n:
-            return modes, segments
         fast = self.level <= FAST_LEVEL_MAX
-        buf = scratch(n)
-        for k, verdict in enumerate(_sample_planes(raw, e, n)):
-            if verdict == RAW and fast:
+        verdicts = _sample_planes(raw, e, n) if n else [RAW] * e
+        for k, verdict in enumerate(verdicts):
+            if not n or (verdict == RAW and fast):
+                plane(raw, e, k, out[pos:pos + n])
+                fields += (RAW, n)
+                pos += n
                 continue
-            p = plane(raw, e, k, buf)
+            buf = scratch(n + LITERALS_SLACK)
+            p = plane(raw, e, k, buf[:n])
             if verdict == FILL and _all_equal(p):
-                modes[k] = (FILL, int(p[0]))
+                fields += (FILL, int(p[0]))
                 continue
-            stored = compressor(PLANE_PARAMS, self.level).compress(p)
-            if len(stored) <= n - n // 16:
-                modes[k] = (ZSTD, len(stored))
-                segments[k] = stored
-        return modes, segments
+            # Kept only if it saves at least 1/16 of the plane: it must fit in that much.
+            size = compress_plane_into(buf, n, out[pos:pos + n - n // 16], self.level)
+            if size:
+                fields += (ZSTD, size)
+            else:
+                out[pos:pos + n] = p
+                fields += (RAW, n)
+                size = n
+            pos += size
+        tail = raw[n * e:]
+        out[pos:pos + len(tail)] = tail
+        header.pack_into(out.data, 0, len(raw), *fields)
+        return out[:pos + len(tail)].data
 
     def decode(self, data: memoryview, max_nbytes: int = 1 << 30) -> bytes:
         """The raw bytes of one frame, refused if its header declares more than ``max_nbytes``."""
