@@ -48,6 +48,18 @@ def io_threads() -> int:
     return _int_env("RESHARD_IO_THREADS", min(8, (os.cpu_count() or 2) * 2))
 
 
+def zstd_literals() -> bool:
+    """planes-zstd entropy-codes float exponent planes without a match search through
+    libzstd's ``ZSTD_compressSequencesAndLiterals`` (codecs/zstd_cffi.py; libzstd 1.5.7+
+    through zstandard's cffi binding): 1 on (the default), 0 for ``ZSTD_compress2`` on
+    every plane. The frames are standard zstd either way and decode alike; 0 only gives
+    up ~20% of a float save's encoding CPU."""
+    raw = os.environ.get("RESHARD_ZSTD_LITERALS", "1")
+    if raw not in ("0", "1"):
+        raise ValueError(f"RESHARD_ZSTD_LITERALS={raw!r} must be 0 or 1")
+    return raw == "1"
+
+
 def fast_json() -> bool:
     """Manifests are parsed with orjson where it gives the same document (fast_json.py):
     1 on (the default), 0 for the standard parser. orjson took about 2 CPU s less on a

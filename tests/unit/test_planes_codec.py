@@ -220,3 +220,23 @@ def test_without_the_cffi_binding_frames_round_trip(kind: str, monkeypatch: pyte
                 out = np.full(length, 0xAB, np.uint8)
                 codec.decode_into(memoryview(bytes(codec.encode(memoryview(raw)))), out)
                 assert np.array_equal(out, raw), (e, level, length)
+
+
+def test_literals_switch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """RESHARD_ZSTD_LITERALS=0 takes every plane through ZSTD_compress2; either way the
+    frames decode to the same bytes."""
+    from reshard.codecs import zstd_cffi
+
+    f32 = RNG.standard_normal(1 << 16).astype(np.float32).view(np.uint8)
+    codec = PlanesZstdCodec(elementsize=4)
+    frames = {}
+    for setting in ("1", "0"):
+        monkeypatch.setenv("RESHARD_ZSTD_LITERALS", setting)
+        if setting == "0":
+            assert zstd_cffi.plane_contexts() is None
+        frames[setting] = bytes(codec.encode(memoryview(f32)))
+        assert codec.decode(memoryview(frames[setting])) == f32.tobytes()
+    assert _modes(frames["0"], 4) == [RAW, RAW, RAW, ZSTD]
+    monkeypatch.setenv("RESHARD_ZSTD_LITERALS", "maybe")
+    with pytest.raises(ValueError, match="RESHARD_ZSTD_LITERALS='maybe' must be 0 or 1"):
+        zstd_cffi.plane_contexts()

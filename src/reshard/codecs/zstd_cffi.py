@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from .. import config
+
 PROBE_NBYTES = 4096
 """Bytes at the start of a plane that the repeat probe compresses."""
 
@@ -43,10 +45,10 @@ def _binding() -> tuple[Any, Any] | None:
         from zstandard import backend_cffi
     except ImportError:  # no cffi package, or a zstandard build without the binding
         return None
-    lib = backend_cffi.lib
+    lib: Any = getattr(backend_cffi, "lib", None)
     if not hasattr(lib, "ZSTD_compressSequencesAndLiterals"):  # libzstd before 1.5.7
         return None
-    return backend_cffi.ffi, lib
+    return backend_cffi.ffi, lib  # type: ignore[attr-defined]
 
 
 _local = threading.local()
@@ -54,7 +56,9 @@ _local = threading.local()
 
 def plane_contexts() -> PlaneContexts | None:
     """This thread's contexts (libzstd contexts are not thread-safe), or None without the
-    cffi binding."""
+    cffi binding or with ``RESHARD_ZSTD_LITERALS=0``."""
+    if not config.zstd_literals():
+        return None
     ctx = getattr(_local, "contexts", None)
     if ctx is None:
         binding = _binding()
