@@ -311,8 +311,9 @@ def manifest_json(
         group = by_owner[end - n:end]
         # Chunks in order of offsets (boxes of one tensor never share offsets); ranks read
         # in order usually give that order already.
-        in_order = None if order is None else order.ascending(by_owner_col[end - n:end],
-                                                                len(desc.shape))
+        # numpy costs tens of microseconds a call: short groups compare their tuples.
+        in_order = (None if order is None or n < _NUMPY_ORDER_MIN
+                    else order.ascending(by_owner_col[end - n:end], len(desc.shape)))
         if in_order is None:
             at = list(map(starts.__getitem__, group))
             in_order = all(map(lt, at, at[1:]))
@@ -327,6 +328,9 @@ def manifest_json(
         files=files, codecs=codecs, entries=entries,
     )
     return data, files
+
+
+_NUMPY_ORDER_MIN = 64
 
 
 class _StartOrder:

@@ -5,7 +5,10 @@ rank that wrote, values inline, canonical JSON with the checksum last."""
 from __future__ import annotations
 
 import json
+import sys
 import zlib
+
+import pytest
 
 from reshard.core.layout import Box
 from reshard.core.planner import TensorDesc, ValueDesc, plan_save
@@ -26,7 +29,11 @@ def _records(plan, per_rank, frame_raw):  # type: ignore[no-untyped-def]
     return written
 
 
-def test_manifest_from_records_with_ranks_out_of_offset_order() -> None:
+@pytest.mark.parametrize("numpy_order_min", [1, 64])  # offsets compared in numpy, or as tuples
+def test_manifest_from_records_with_ranks_out_of_offset_order(
+    numpy_order_min: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sys.modules["reshard.save"], "_NUMPY_ORDER_MIN", numpy_order_min)
     # Rank r holds row 3 - r of a (4, 6) matrix (ranks in reverse offset order) and half
     # of a vector, each half held by two ranks (written once).
     world = 4
