@@ -240,3 +240,19 @@ def test_literals_switch(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RESHARD_ZSTD_LITERALS", "maybe")
     with pytest.raises(ValueError, match="RESHARD_ZSTD_LITERALS='maybe' must be 0 or 1"):
         zstd_cffi.plane_contexts()
+
+
+def test_a_plane_with_one_random_block_still_compresses() -> None:
+    """A plane of several zstd blocks, one of them random: the literals-only call fails
+    as a whole, and the plane then goes through ZSTD_compress2 (not stored raw)."""
+    rng = np.random.default_rng(0)
+    n = 4 << 17  # a 512 KiB plane: four 128 KiB blocks
+    hi = rng.integers(0, 4, n).astype(np.uint8)
+    hi[:1 << 17] = rng.integers(0, 256, 1 << 17)
+    raw = np.empty(2 * n, np.uint8)
+    raw[0::2], raw[1::2] = rng.integers(0, 256, n), hi
+    codec = PlanesZstdCodec(elementsize=2, level=3)
+    frame = bytes(codec.encode(memoryview(raw)))
+    assert codec.decode(memoryview(frame)) == raw.tobytes()
+    assert len(frame) < 0.8 * len(raw)
+    assert _modes(frame, 2) == [RAW, ZSTD]

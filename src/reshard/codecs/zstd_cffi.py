@@ -115,6 +115,12 @@ class PlaneContexts:
                 and not self._repeats(src, min(n, PROBE_NBYTES))):
             cctx = self._literals
             r = self._literals_only(src, n, len(buf), dst, len(out))
+            if lib.ZSTD_isError(r) and n > _BLOCK_NBYTES:
+                # It fails as a whole when any one block does not compress (it cannot
+                # store a block raw); ZSTD_compress2 stores that block raw, codes the rest.
+                lib.ZSTD_CCtx_reset(cctx, lib.ZSTD_reset_session_only)
+                cctx = self._matches_context(level, fast)
+                r = lib.ZSTD_compress2(cctx, dst, len(out), src, n)
         else:
             cctx = self._matches_context(level, fast)
             r = lib.ZSTD_compress2(cctx, dst, len(out), src, n)

@@ -144,7 +144,8 @@ def scratch(nbytes: int) -> np.ndarray:
 
 def compress_plane_into(buf: np.ndarray, n: int, out: np.ndarray, level: int) -> int:
     """Compress the byte plane ``buf[:n]`` into ``out`` as one zstd frame that declares its
-    content size; its size, or 0 when it does not fit in ``out`` (the plane is then best
+    content size; its size, or 0 when it does not fit in ``out`` or does not compress (a
+    plane of a few bytes may get 0 even where a frame would fit; the plane is then best
     stored raw). ``buf`` holds ``LITERALS_SLACK`` more readable bytes after the plane.
 
     At fast levels a plane is entropy coded only, without searching for matches, unless
