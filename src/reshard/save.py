@@ -265,7 +265,7 @@ def manifest_json(
     texts: list[str] = []
     owners: list[int] = []
     starts: list[tuple[int, ...]] = []
-    # The same offsets as numbers, for checking the order in numpy (_in_order).
+    # The same offsets as numbers, for checking the order in numpy (_StartOrder).
     start_numbers, start_dims = array("q"), array("q")
     numeric = True
     position = {d.key: i for i, d in enumerate(plan.entries)}

@@ -29,6 +29,11 @@ _PROBE_TARGET_LENGTH = 4
 literals raw (the probe only counts what matches save) and skips positions
 ``targetLength + 1`` at a time, which still finds runs and periodic data."""
 
+FAST_PLANE_HASH_LOG = 6
+FAST_PLANE_MIN_MATCH = 7
+"""zstd's match settings for byte planes at fast levels, with the fast strategy and
+target length 0, in this module's contexts and in zstd_frames.compressor alike."""
+
 _BLOCK_NBYTES = 128 << 10
 """zstd's largest block: each run of literals handed over is at most this long."""
 
@@ -162,8 +167,8 @@ class PlaneContexts:
             if fast:
                 cctx = self._context(
                     (lib.ZSTD_c_compressionLevel, 3), (lib.ZSTD_c_strategy, lib.ZSTD_fast),
-                    (lib.ZSTD_c_hashLog, 6), (lib.ZSTD_c_minMatch, 7),
-                    (lib.ZSTD_c_targetLength, 0),
+                    (lib.ZSTD_c_hashLog, FAST_PLANE_HASH_LOG),
+                    (lib.ZSTD_c_minMatch, FAST_PLANE_MIN_MATCH), (lib.ZSTD_c_targetLength, 0),
                 )
             else:
                 cctx = self._context((lib.ZSTD_c_compressionLevel, level))

@@ -110,8 +110,8 @@ def compressor(kind: str, level: int) -> Any:
             # target_length 0: a negative level's acceleration would also turn off the
             # Huffman coding of literals, which is all that compresses a byte plane.
             params = zstandard.ZstdCompressionParameters.from_level(
-                level, strategy=zstandard.STRATEGY_FAST, hash_log=6, min_match=7,
-                target_length=0, write_content_size=1,
+                level, strategy=zstandard.STRATEGY_FAST, hash_log=zstd_cffi.FAST_PLANE_HASH_LOG,
+                min_match=zstd_cffi.FAST_PLANE_MIN_MATCH, target_length=0, write_content_size=1,
             )
             ctx = zstandard.ZstdCompressor(compression_params=params)
         else:
