@@ -158,8 +158,10 @@ class PlaneContexts:
             self._literals, dst, dst_nbytes, seqs, blocks, src, n, capacity, n)
 
     def _matches_context(self, level: int, fast: bool) -> Any:
-        """The context of a full zstd compression: at fast levels the settings of
-        ``zstd_frames.compressor(PLANE_PARAMS, level)``, else the level's own."""
+        """The context of a full zstd compression: at fast levels the match settings of
+        ``zstd_frames.compressor(PLANE_PARAMS, level)`` on top of level 3 (one context for
+        every fast level; the C backend derives its other parameters from the level
+        itself), else the level's own."""
         key = 0 if fast else level  # the fast settings do not depend on the level
         cctx = self._matches.get(key)
         if cctx is None:
