@@ -22,10 +22,21 @@ def _int_env(name: str, default: int, *, hi: int | None = None) -> int:
     return value
 
 
-def frame_raw_nbytes() -> int:
-    """Raw bytes per checksummed, independently decodable frame."""
+FRAME_RAW_NBYTES = 256 * 1024
+"""Default frame of uncoded chunks: the unit a partial read checks, so it stays small."""
+ENCODED_FRAME_RAW_NBYTES = 1024 * 1024
+"""Default frame of compressed chunks. Each encoded frame pays a fixed cost (the plane
+sample, the match probe, entropy tables, the calls around them): 1 MiB frames cut zstd
+save CPU by about a fifth and load CPU by about a sixth against 256 KiB, while a partial
+read decodes at most one frame more at each end of its cut."""
+
+
+def frame_raw_nbytes(*, encoded: bool = False) -> int:
+    """Raw bytes per checksummed, independently decodable frame of a save whose chunks
+    are ``encoded`` (any codec but identity) or not."""
     # Readers refuse larger frames (docs/FORMAT.md): a save must never write them.
-    return _int_env("RESHARD_FRAME_RAW_NBYTES", 256 * 1024, hi=MAX_FRAME_RAW_NBYTES)
+    default = ENCODED_FRAME_RAW_NBYTES if encoded else FRAME_RAW_NBYTES
+    return _int_env("RESHARD_FRAME_RAW_NBYTES", default, hi=MAX_FRAME_RAW_NBYTES)
 
 
 def max_piece_nbytes() -> int:

@@ -31,6 +31,7 @@ from .format.manifest import (
     DATA_DIR,
     FORMAT_NAME,
     FORMAT_VERSION,
+    IDENTITY,
     MANIFEST_NAME,
     CodecSpec,
     is_saved_data_file,
@@ -135,7 +136,7 @@ def write_and_commit(
     file_name = f"{DATA_DIR}/{save_id}.{coll.rank}.bin"
 
     def write_local() -> WrittenFile:
-        frame_raw_nbytes = config.frame_raw_nbytes()
+        frame_raw_nbytes = config.frame_raw_nbytes(encoded=prepared.codec_spec != IDENTITY)
         if not shards:
             return WrittenFile(name=file_name, frame_raw_nbytes=frame_raw_nbytes)
         with torch.no_grad():

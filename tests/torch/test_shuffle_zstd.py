@@ -188,4 +188,25 @@ def test_planes_zstd_size_against_shuffle_zstd_and_zero_state(tmp_path: Path) ->
             assert {ck.info(k).chunks[0].codec for k in sd} == {"planes-zstd" if planes else "shuffle-zstd"}
     for k in ("f32", "bf16"):
         assert sizes[True][k] < 1.01 * sizes[False][k], k
-    assert sizes[True]["zeros"] == 4 * (4 + 5 * 4)  # 1 MiB: four 256 KiB frames of fills
+    assert sizes[True]["zeros"] == 4 + 5 * 4  # 1 MiB: one frame of fills (1 MiB encoded frames)
+
+
+def test_frame_size_defaults_by_codec(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Compressed saves cut 1 MiB frames, uncoded ones 256 KiB; the variable sets both."""
+    sd = {"w": torch.arange(3 << 20, dtype=torch.float32).reshape(3072, 1024)}
+
+    def frames(codec: object, name: str) -> tuple[int, int]:
+        reshard.save(sd, tmp_path / name, codec=codec)
+        out = {"w": torch.empty_like(sd["w"])}
+        reshard.load(out, tmp_path / name)
+        assert torch.equal(out["w"], sd["w"])
+        (chunk,) = json.loads((tmp_path / name / "manifest.json").read_text())["entries"][0]["chunks"]
+        return chunk["frame_raw_nbytes"], len(chunk["frames"])
+
+    monkeypatch.delenv("RESHARD_FRAME_RAW_NBYTES", raising=False)
+    assert frames(None, "identity") == (256 << 10, 48)
+    assert frames("zstd", "zstd") == (1 << 20, 12)
+    assert frames(reshard.ZstdCodec(planes=False), "shuffle") == (1 << 20, 12)
+    monkeypatch.setenv("RESHARD_FRAME_RAW_NBYTES", str(100_000))
+    assert frames("zstd", "zstd-env") == (100_000, 126)
+    assert frames(None, "identity-env") == (100_000, 126)

@@ -26,6 +26,7 @@ from ..core.layout import Box
 from ..errors import CheckpointError, StorageError, UnsupportedValueError
 from ..format.manifest import (
     DATA_DIR,
+    IDENTITY,
     MANIFEST_NAME,
     Chunk,
     CodecSpec,
@@ -193,7 +194,7 @@ def to_reshard(
     store = open_store(dst)
     try:
         with new_file(store, file_name) as writer:
-            framer = _Framer(writer, codec_obj, config.frame_raw_nbytes())
+            framer = _Framer(writer, codec_obj, config.frame_raw_nbytes(encoded=spec != IDENTITY))
             entries: list[Entry] = [
                 _write_tensor(source, e, framer, file_name, spec, report) for e in source.tensors()
             ]
