@@ -17,7 +17,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from .. import __version__, config
@@ -51,7 +51,6 @@ class Source:
     store: Store
     manifest: Manifest
     kind: str
-    values: list[ValueEntry] = field(default_factory=list)
 
     def tensors(self) -> list[TensorEntry]:
         return [e for e in self.manifest.entries if isinstance(e, TensorEntry)]
@@ -60,7 +59,7 @@ class Source:
         """Value entries with a JSON form; raises naming every key that has none."""
         from .dcp import PickledValueEntry, RefusedValueEntry
 
-        values = [e for e in self.manifest.entries if isinstance(e, ValueEntry)] + self.values
+        values = [e for e in self.manifest.entries if isinstance(e, ValueEntry)]
         bad = [dotted(e.key) for e in values if isinstance(e, (PickledValueEntry, RefusedValueEntry))]
         if bad:
             raise UnsupportedValueError(
@@ -103,7 +102,7 @@ def open_source(path: str, *, allow_pickle: bool = False) -> Source:
         folder, name = os.path.split(path)
         store = open_store(folder)
         if name.endswith(st.INDEX_SUFFIX):
-            return _safetensors_source(store, *st.index_files(store, name))
+            return _safetensors_source(store, *st.index_files(store, name), index=name)
         return _safetensors_source(store, [name], [])
     if not os.path.isdir(path):
         raise CheckpointError(f"{path} does not exist")
@@ -118,7 +117,7 @@ def open_source(path: str, *, allow_pickle: bool = False) -> Source:
     names = sorted(os.listdir(path))
     index = [n for n in names if n.endswith(st.INDEX_SUFFIX)]
     if len(index) == 1:
-        return _safetensors_source(store, *st.index_files(store, index[0]))
+        return _safetensors_source(store, *st.index_files(store, index[0]), index=index[0])
     files = [n for n in names if n.endswith(".safetensors")]
     if files:
         return _safetensors_source(store, files, [])
@@ -128,9 +127,18 @@ def open_source(path: str, *, allow_pickle: bool = False) -> Source:
     )
 
 
-def _safetensors_source(store: Store, names: list[str], values: list[ValueEntry]) -> Source:
-    manifest = st.safetensors_manifest(store, names, frame_raw_nbytes=config.frame_raw_nbytes())
-    return Source(store, manifest, "safetensors", values)
+def _safetensors_source(
+    store: Store, names: list[str], values: list[ValueEntry], *, index: str = ""
+) -> Source:
+    try:
+        manifest = st.safetensors_manifest(
+            store, names, frame_raw_nbytes=config.frame_raw_nbytes(), values=values,
+            values_from=os.path.join(store.location, index),
+        )
+    except BaseException:
+        store.close()
+        raise
+    return Source(store, manifest, "safetensors")
 
 
 # Writers

@@ -20,7 +20,7 @@ import os
 import struct
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 from ..core.layout import Box, full_box
@@ -68,23 +68,40 @@ def read_header(store: Store, name: str) -> tuple[dict[str, object], int]:
     return header, 8 + n
 
 
-def safetensors_manifest(store: Store, names: list[str], *, frame_raw_nbytes: int) -> Manifest:
-    """An in-memory manifest over the safetensors files ``names`` of ``store``."""
+def safetensors_manifest(
+    store: Store, names: list[str], *, frame_raw_nbytes: int,
+    values: Sequence[ValueEntry] = (), values_from: str = "",
+) -> Manifest:
+    """An in-memory manifest over the safetensors files ``names`` of ``store``, plus
+    ``values`` (those of an index file, ``values_from``)."""
     entries: list[Entry] = []
-    seen: set[str] = set()
+    # Every name once, tensors and values alike: a value named like a tensor made convert
+    # write a manifest with a duplicate key, which no reader accepts.
+    seen: dict[str, str] = {}
+
+    def claim(key: str, where: str, what: str) -> None:
+        if key in seen:
+            raise CorruptCheckpointError(
+                f"{where}: {what} {key!r} is named twice (also a {seen[key]})"
+            )
+        seen[key] = f"{what} in {where}"
+
     for name in names:
         header, data_start = read_header(store, name)
         where = os.path.join(store.location, name)
         data_nbytes = store.size(name) - data_start
         for key, spec in header.items():
             if key == "__metadata__":
-                entries.extend(_values_from_metadata(spec, where))
+                for v in _values_from_metadata(spec, where):
+                    claim(str(v.key[0]), where, "value")
+                    entries.append(v)
                 continue
-            if key in seen:
-                raise CorruptCheckpointError(f"{where}: tensor {key!r} appears twice")
-            seen.add(key)
+            claim(key, where, "tensor")
             entries.append(_tensor_entry(key, spec, name, data_start, data_nbytes, where,
                                          frame_raw_nbytes))
+    for v in values:
+        claim(str(v.key[0]), values_from, "value")
+        entries.append(v)
     return Manifest(save_id=f"safetensors-{uuid.uuid4().hex[:12]}", world_size=1,
                     created_unix_s=time.time(), library_version="safetensors",
                     entries=tuple(entries))
