@@ -6,16 +6,18 @@ cannot be read or that silently mixes in an earlier conversion."""
 from __future__ import annotations
 
 import json
+import os
 import struct
 from pathlib import Path
 from typing import Any
 
 import pytest
+from safetensors.torch import load_file
 
 import reshard
 import torch
 from reshard.cli import main
-from reshard.errors import CorruptCheckpointError
+from reshard.errors import CorruptCheckpointError, StorageError
 from reshard.interop.convert import convert, open_source
 
 
@@ -56,3 +58,52 @@ def test_index_value_named_like_a_tensor_or_a_shard_value_is_refused(tmp_path: P
             open_source(str(folder))
         assert main(["convert", str(folder), str(tmp_path / f"out-{clash}"), "--quiet"]) == 1
         assert not (tmp_path / f"out-{clash}" / "manifest.json").exists()
+
+
+def _saved(path: Path, version: int) -> Path:
+    reshard.save({"a": torch.arange(100.0) * version, "b": torch.arange(100.0) + version,
+                  "c": torch.arange(100.0) - version, "step": version}, path)
+    return path
+
+
+def _read_back(folder: Path, tmp_path: Path, name: str) -> dict[str, Any]:
+    convert(str(folder), str(tmp_path / name))
+    with reshard.open(tmp_path / name) as ck:
+        return {k: ck.read(k) for k in ck.keys()}
+
+
+def test_second_conversion_into_the_same_folder(tmp_path: Path) -> None:
+    """Converting into a folder that holds an earlier conversion used to leave the earlier
+    index (or shards) beside the new files: reading the folder back then returned the
+    earlier checkpoint's values without a word. Now the stale files are refused by name;
+    only a single file is replaced by a single file of the same name (a rename)."""
+    v1, v2 = _saved(tmp_path / "v1", 1), _saved(tmp_path / "v2", 2)
+    out = tmp_path / "out"
+    convert(str(v1), str(out), max_shard_nbytes=500)  # 3 shards and an index
+    with pytest.raises(StorageError, match="model.safetensors.index.json"):
+        convert(str(v2), str(out), to="safetensors")  # one file: the old index would win
+    assert main(["convert", str(v2), str(out), "--to", "safetensors", "--quiet"]) == 1
+    assert _read_back(out, tmp_path, "back1")["step"] == 1  # the earlier output is untouched
+    # Not even the same shards again: a failure half-way would leave old and new shards.
+    with pytest.raises(StorageError, match="model-00001-of-00003.safetensors"):
+        convert(str(v2), str(out), max_shard_nbytes=500)
+    for name in os.listdir(out):
+        os.unlink(out / name)
+    convert(str(v2), str(out), max_shard_nbytes=500)  # an emptied folder is fine
+    got = _read_back(out, tmp_path, "back2")
+    assert got["step"] == 2 and torch.equal(got["a"], torch.arange(100.0) * 2)
+    # A single file, then shards next to it: refused too (the single file is stale).
+    single = tmp_path / "single"
+    convert(str(v1), str(single), to="safetensors")
+    with pytest.raises(StorageError, match="model.safetensors"):
+        convert(str(v2), str(single), max_shard_nbytes=500)
+    assert sorted(os.listdir(single)) == ["model.safetensors"]
+    # Overwriting one named file with another conversion stays allowed (an atomic rename),
+    # and files of other names in the folder are left alone.
+    named = tmp_path / "named"
+    named.mkdir()
+    (named / "notes.txt").write_text("mine")
+    convert(str(v1), str(named / "w.safetensors"))
+    convert(str(v2), str(named / "w.safetensors"))
+    assert torch.equal(load_file(str(named / "w.safetensors"))["a"], torch.arange(100.0) * 2)
+    assert sorted(os.listdir(named)) == ["notes.txt", "w.safetensors"]

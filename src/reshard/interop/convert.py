@@ -154,6 +154,8 @@ def to_safetensors(
     folder, stem = _safetensors_target(dst)
     values = {dotted(v.key): v.value for v in source.plain_values()}
     plans = st.plan_shards(source.tensors(), stem=stem, max_shard_nbytes=max_shard_nbytes)
+    names = [p.name for p in plans] + ([f"{stem}{st.INDEX_SUFFIX}"] if len(plans) > 1 else [])
+    _refuse_stale_outputs(folder, stem, names)
     os.makedirs(folder, exist_ok=True)
     report = progress or (lambda n: None)
     meta: dict[str, str] = {"format": "pt"}
@@ -168,10 +170,36 @@ def to_safetensors(
         written.append(path)
     if len(plans) > 1:
         index = os.path.join(folder, f"{stem}{st.INDEX_SUFFIX}")
-        with open(index, "wb") as f:
-            f.write(st.index_document(plans, values))
+        st.write_bytes_atomic(index, st.index_document(plans, values))
         written.append(index)
     return written
+
+
+def _refuse_stale_outputs(folder: str, stem: str, names: list[str]) -> None:
+    """Refuse a folder holding safetensors files of an earlier conversion (``stem``'s
+    single file, shards or index) that this one would not replace whole: a reader of
+    the folder would take the earlier index (or shards) for part of this output and get
+    the earlier checkpoint's values without a word.
+
+    Only one file replaced by one file of the same name is allowed: a rename replaces
+    it at once. Shards are not replaced in place: a conversion failing half-way would
+    leave old and new shards that read as one checkpoint. Files of other names are
+    left alone.
+    """
+    try:
+        present = os.listdir(folder)
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    # <stem>.safetensors, <stem>-00001-of-00003.safetensors, <stem>.safetensors.index.json
+    family = re.compile(re.escape(stem) + r"(?:-\d+-of-\d+)?\.safetensors(?:\.index\.json)?")
+    stale = sorted(n for n in present if family.fullmatch(n) and (len(names) > 1 or n not in names))
+    if stale:
+        raise StorageError(
+            f"{folder} holds {', '.join(stale[:5])}{', ...' if len(stale) > 5 else ''} from an "
+            f"earlier conversion, which this one (writing {', '.join(names[:3])}"
+            f"{', ...' if len(names) > 3 else ''}) would not replace whole: a reader would mix "
+            "the two; remove them or convert into an empty folder"
+        )
 
 
 def _safetensors_target(dst: str) -> tuple[str, str]:

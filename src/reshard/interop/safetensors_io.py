@@ -284,6 +284,21 @@ def write_file(
         raise
 
 
+def write_bytes_atomic(path: str, data: bytes) -> None:
+    """Write ``path`` whole or not at all (a crash never leaves half an index)."""
+    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
 def index_document(plans: list[ShardPlan], values: dict[str, dict[str, JsonValue]]) -> bytes:
     """The Hugging Face ``model.safetensors.index.json`` for ``plans``."""
     meta: dict[str, JsonValue] = {"total_size": sum(e.nbytes for p in plans for e in p.entries)}
