@@ -107,3 +107,26 @@ def test_second_conversion_into_the_same_folder(tmp_path: Path) -> None:
     convert(str(v2), str(named / "w.safetensors"))
     assert torch.equal(load_file(str(named / "w.safetensors"))["a"], torch.arange(100.0) * 2)
     assert sorted(os.listdir(named)) == ["notes.txt", "w.safetensors"]
+
+
+def test_failed_conversion_can_be_run_again(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A conversion that fails on a damaged source frame leaves DST as it found it (it
+    used to leave DST/data/ behind, and the rerun then failed with 'exists and is not an
+    empty directory'); once the source is repaired the same command succeeds."""
+    src = _saved(tmp_path / "src", 3)
+    (file,) = (src / "data").iterdir()
+    good = file.read_bytes()
+    damaged = bytearray(good)
+    damaged[-10] ^= 1
+    file.write_bytes(bytes(damaged))
+    for dst, pre_made in ((tmp_path / "new", False), (tmp_path / "empty", True)):
+        if pre_made:
+            dst.mkdir()
+        assert main(["convert", str(src), str(dst), "--quiet"]) == 1
+        err = capsys.readouterr().err
+        assert "CRC-32C" in err and "key 'c'" in err and err.count("\n") == 1
+        assert (os.listdir(dst) == []) if pre_made else not dst.exists()
+    file.write_bytes(good)
+    assert main(["convert", str(src), str(tmp_path / "new"), "--quiet"]) == 0
+    with reshard.open(tmp_path / "new") as ck:
+        assert ck.read("step") == 3 and torch.equal(ck.read("c"), torch.arange(100.0) - 3)

@@ -221,6 +221,7 @@ def to_reshard(
     dst = os.path.abspath(dst)
     if os.path.exists(dst) and (not os.path.isdir(dst) or os.listdir(dst)):
         raise StorageError(f"{dst} exists and is not an empty directory")
+    created = not os.path.exists(dst)
     codec_obj, spec = resolve_codec(codec)
     values = source.plain_values()
     save_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:12]}"
@@ -238,8 +239,27 @@ def to_reshard(
                             library_version=__version__, entries=tuple(entries))
         store.write_atomic(MANIFEST_NAME, manifest.to_json())
         return manifest
+    except BaseException:
+        _remove_uncommitted(dst, file_name, created)
+        raise
     finally:
         store.close()
+
+
+def _remove_uncommitted(dst: str, file_name: str, created: bool) -> None:
+    """After a failed conversion, leave ``dst`` as it was (absent or empty), so that the
+    same command can be run again once the source is fixed; a committed manifest (its
+    write failed only after the rename) keeps everything."""
+    if os.path.exists(os.path.join(dst, MANIFEST_NAME)):
+        return
+    for path, remove in ((os.path.join(dst, file_name), os.unlink),
+                         (os.path.join(dst, DATA_DIR), os.rmdir), (dst, os.rmdir)):
+        if path == dst and not created:
+            break
+        try:
+            remove(path)
+        except OSError:
+            pass  # absent, or not empty: someone else's files stay
 
 
 def _write_tensor(
