@@ -130,3 +130,38 @@ def test_failed_conversion_can_be_run_again(tmp_path: Path, capsys: pytest.Captu
     assert main(["convert", str(src), str(tmp_path / "new"), "--quiet"]) == 0
     with reshard.open(tmp_path / "new") as ck:
         assert ck.read("step") == 3 and torch.equal(ck.read("c"), torch.arange(100.0) - 3)
+
+
+_F32 = {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}
+_DEEP = "[" * 100000 + "]" * 100000
+
+
+@pytest.mark.parametrize(("name", "header"), [
+    ("deeply nested header", _DEEP.encode()),
+    ("deeply nested object", b'{"a":' * 50000 + b"1" + b"}" * 50000),
+    ("dtype a list", json.dumps({"a": dict(_F32, dtype=["F32"])}).encode()),
+    ("dtype an object", json.dumps({"a": dict(_F32, dtype={})}).encode()),
+    ("NaN offset", b'{"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, NaN]}}'),
+    ("deeply nested values", json.dumps({"__metadata__": {"reshard.values": _DEEP}}).encode()),
+    ("NaN value", json.dumps({"__metadata__": {
+        "reshard.values": '{"lr": {"type": "float", "value": NaN}}'}}).encode()),
+])
+def test_hostile_headers_are_checkpoint_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                               name: str, header: bytes) -> None:
+    """Headers that made the parser raise RecursionError or TypeError (a traceback from
+    ``reshard convert``): CheckpointErrors naming the file, and exit 1 with one line."""
+    src = tmp_path / "x.safetensors"
+    src.write_bytes(struct.pack("<Q", len(header)) + header + bytes(4))
+    with pytest.raises(reshard.CheckpointError, match="x.safetensors"):
+        open_source(str(src))
+    assert main(["convert", str(src), str(tmp_path / "out"), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "x.safetensors" in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_hostile_index_is_a_checkpoint_error(tmp_path: Path) -> None:
+    (tmp_path / "model.safetensors.index.json").write_text(_DEEP)
+    with pytest.raises(CorruptCheckpointError, match="index.json is not JSON"):
+        open_source(str(tmp_path))
+    with pytest.raises(CorruptCheckpointError, match="index.json is not JSON"):
+        open_source(str(tmp_path / "model.safetensors.index.json"))

@@ -59,13 +59,24 @@ def read_header(store: Store, name: str) -> tuple[dict[str, object], int]:
         raise CorruptCheckpointError(f"{where}: header length {n} does not fit the {size}-byte file")
     raw = bytearray(n)
     store.read_into(name, 8, memoryview(raw))
-    try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as e:
-        raise CorruptCheckpointError(f"{where}: header is not JSON ({e})") from None
+    header = _json(raw, f"{where}: header")
     if not isinstance(header, dict):
         raise CorruptCheckpointError(f"{where}: header is not a JSON object")
     return header, 8 + n
+
+
+def _json(data: bytes | bytearray | str, what: str) -> object:
+    """The JSON document in ``data``; CorruptCheckpointError naming ``what`` when it is not
+    JSON, nests too deeply for the parser, or holds NaN or Infinity (not JSON)."""
+    try:
+        text = data if isinstance(data, str) else bytes(data).decode("utf-8")
+        return json.loads(text, parse_constant=_refuse_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise CorruptCheckpointError(f"{what} is not JSON ({type(e).__name__}: {str(e)[:200]})") from None
+
+
+def _refuse_constant(word: str) -> None:
+    raise ValueError(f"{word} is not allowed")
 
 
 def safetensors_manifest(
@@ -114,7 +125,8 @@ def _tensor_entry(
     what = f"{where}: tensor {key!r}"
     if not isinstance(spec, dict):
         raise CorruptCheckpointError(f"{what}: expected an object")
-    dtype = FROM_SAFETENSORS.get(spec.get("dtype"))  # type: ignore[arg-type]
+    name = spec.get("dtype")
+    dtype = FROM_SAFETENSORS.get(name) if isinstance(name, str) else None
     if dtype is None:
         raise UnsupportedFormatError(f"{what}: dtype {spec.get('dtype')!r} is not supported")
     shape, offsets = spec.get("shape"), spec.get("data_offsets")
@@ -152,10 +164,7 @@ def _values_from_metadata(meta: object, where: str) -> list[ValueEntry]:
         return []
     if not isinstance(text, str):
         raise CorruptCheckpointError(f"{where}: __metadata__[{VALUES_KEY!r}] is not a string")
-    try:
-        doc = json.loads(text)
-    except ValueError as e:
-        raise CorruptCheckpointError(f"{where}: __metadata__[{VALUES_KEY!r}] is not JSON ({e})") from None
+    doc = _json(text, f"{where}: __metadata__[{VALUES_KEY!r}]")
     return values_from_json(doc, f"{where}: __metadata__[{VALUES_KEY!r}]")
 
 
@@ -173,10 +182,7 @@ def values_from_json(doc: object, where: str) -> list[ValueEntry]:
 def index_files(store: Store, index_name: str) -> tuple[list[str], list[ValueEntry]]:
     """The shard files an HF ``*.safetensors.index.json`` names, and its reshard values."""
     where = os.path.join(store.location, index_name)
-    try:
-        doc = json.loads(store.read_bytes(index_name).decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as e:
-        raise CorruptCheckpointError(f"{where}: not JSON ({e})") from None
+    doc = _json(store.read_bytes(index_name), where)
     weight_map = doc.get("weight_map") if isinstance(doc, dict) else None
     if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
         raise CorruptCheckpointError(f"{where}: no weight_map of tensor name -> file")
