@@ -152,7 +152,10 @@ def _index_box(shape: tuple[int, ...], index: Index, name: str) -> tuple[Box, tu
             sizes.append(1)
             squeeze.append(d)
         elif isinstance(part, slice):
-            start, stop, step = part.indices(n)
+            try:
+                start, stop, step = part.indices(n)
+            except (TypeError, ValueError) as e:  # a zero step, bounds that are not ints
+                raise CheckpointError(f"key {name!r}: slice {part!r} for dim {d}: {e}") from None
             if step != 1:
                 raise CheckpointError(f"key {name!r}: slices with a step are not supported")
             offsets.append(start)
