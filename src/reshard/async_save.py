@@ -180,12 +180,22 @@ def wait_for_inflight(location: str) -> None:
     """Block until this process's in-flight async save to ``location``, if any, is done.
 
     Two saves committing to one folder each delete the other's data files: the
-    checkpoint left would name files that are gone.
+    checkpoint left would name files that are gone. A load or read of that folder
+    would read the previous checkpoint while the commit deletes its files.
     """
     with _START_LOCK:
         handle = _inflight
-    if handle is not None and handle.location == location:
+    if handle is not None and _same_place(handle.location, location):
         handle._finished.wait()
+
+
+def _same_place(a: str, b: str) -> bool:
+    """Whether two store locations are one folder (``latest -> step-2`` and ``step-2`` are)."""
+    if a == b:
+        return True
+    if "://" in a or "://" in b:
+        return False
+    return os.path.realpath(a) == os.path.realpath(b)
 
 
 def release_staging_buffers() -> None:

@@ -51,9 +51,12 @@ class Checkpoint:
         self, path: str | os.PathLike[str], *, allow_pickle: bool = False,
         storage_options: Mapping[str, Any] | None = None,
     ) -> None:
+        from .async_save import wait_for_inflight
+
         self._store = open_store(path, storage_options)
         self.path = self._store.location
         try:
+            wait_for_inflight(self.path)  # as in load: its commit deletes the files read here
             self.manifest = load_manifest(self._store, allow_pickle=allow_pickle)
         except BaseException:
             self._store.close()
