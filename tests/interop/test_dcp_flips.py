@@ -17,6 +17,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
 
 import reshard
@@ -87,3 +88,40 @@ def test_records_flagged_as_directories(tmp_path: Path) -> None:
             assert "zip attributes" in str(e), e
             continue
         raise AssertionError(f"the record at byte {at} flagged as a directory loaded: {got}")
+
+
+def test_memo_index_does_not_size_an_allocation(tmp_path: Path) -> None:
+    """A .metadata whose pickle puts a value at memo index 2**26 (one flipped bit of a
+    real one can do as much, or 2**31): the C unpickler sized and zero-filled a memo table
+    of 2 x index pointers (1 GiB here; a one-bit sweep of a .metadata got a process
+    killed for memory at 24 GiB). It loads with a small, bounded allocation."""
+    import pickle
+    import struct
+    import tracemalloc
+
+    import torch.distributed.checkpoint as dcp
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dcp.save(STATE, checkpoint_id=str(tmp_path))
+    meta = tmp_path / ".metadata"
+    good = meta.read_bytes()
+    # The same metadata as protocol 2 (unframed), and before its STOP: push None, put it
+    # at memo index 2**26, pop it.
+    plain = pickle.dumps(pickle.loads(good), protocol=2)
+    assert plain[-1:] == pickle.STOP
+    meta.write_bytes(plain[:-1] + pickle.NONE + pickle.LONG_BINPUT + struct.pack("<I", 2**26)
+                     + pickle.POP + pickle.STOP)
+    tracemalloc.start()
+    try:
+        got = _blank()
+        reshard.load(got, tmp_path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert _same(got)
+    assert peak < 64 * 2**20, f"peak traced allocation {peak} bytes"
+    # Buffers of pickle protocol 5 never occur in DCP metadata: refused, not allocated.
+    meta.write_bytes(good[:2] + pickle.BYTEARRAY8 + struct.pack("<Q", 2**40) + good[2:])
+    with pytest.raises(reshard.CorruptCheckpointError, match="buffers"):
+        reshard.load(_blank(), tmp_path)
