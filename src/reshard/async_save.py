@@ -24,6 +24,7 @@ allocates them once; buffers the next save does not need are freed.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -39,6 +40,7 @@ from .save import prepare_save, write_and_commit
 from .storage import open_store
 
 Shard = tuple[int, int, torch.Tensor]
+_log = logging.getLogger("reshard")
 
 
 class AsyncSaveHandle:
@@ -77,6 +79,11 @@ class AsyncSaveHandle:
             error.__cause__ = e
             self._error = error
         finally:
+            if self._error is not None:
+                # Logged too: a program that never calls result() (or exits first) would
+                # otherwise lose the save without a word.
+                _log.warning("reshard.async_save to %s failed (handle.result() raises it): %s",
+                             self.location, self._error)
             try:
                 cleanup()
             finally:

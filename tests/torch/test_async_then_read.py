@@ -75,3 +75,30 @@ def test_readers_wait_for_the_async_save_to_their_path(
         reshard.load(sd, real)
         assert sd["step"] == 3 and len(os.listdir(real / "data")) == 1
     handle.result()
+
+
+class FailingCodec:
+    name = "test-failing-in-background"
+
+    def encode(self, data: memoryview) -> bytes:
+        raise RuntimeError("injected: disk went away")
+
+    def decode(self, data: memoryview) -> bytes:
+        return bytes(data)
+
+
+def test_background_failure_is_logged(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A program that never calls result() (or exits first) used to lose a failed
+    background save without a word; the failure is now also logged as a warning."""
+    reshard.save(_state(1), tmp_path)
+    codec = FailingCodec()
+    reshard.register_codec(codec)
+    with caplog.at_level("WARNING", logger="reshard"):
+        handle = reshard.async_save(_state(2), tmp_path, codec=codec.name)
+        with pytest.raises(reshard.CheckpointError, match="injected: disk went away"):
+            handle.result(timeout=60)
+    logged = [r.getMessage() for r in caplog.records if r.name == "reshard"]
+    assert any("async_save" in m and str(tmp_path) in m and "injected: disk went away" in m for m in logged), logged
+    sd = _blank()
+    reshard.load(sd, tmp_path)
+    assert sd["step"] == 1  # the previous checkpoint stays
