@@ -78,3 +78,16 @@ def test_demo_rank_failure_is_one_line(monkeypatch: pytest.MonkeyPatch, capsys: 
     assert main(["demo"]) == 1
     err = capsys.readouterr().err
     assert err == "reshard demo: rank 2 failed: reshard.errors.StorageError: injected: no space left\n"
+
+
+def test_a_file_is_not_a_checkpoint(places: dict[str, Path], tmp_path: Path,
+                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """Used to say 'cannot open <file>/manifest.json: Not a directory'."""
+    st = tmp_path / "model.safetensors"
+    st.write_bytes(b"\0" * 16)
+    for path, hint in ((places["file"], False), (st, True), (places["manifest"], False)):
+        with pytest.raises(reshard.CheckpointNotFoundError, match="is a file") as err:
+            reshard.open(path)
+        assert ("reshard convert" in str(err.value)) == hint
+        assert main(["inspect", str(path)]) == 1
+        assert "is a file" in capsys.readouterr().err

@@ -245,6 +245,8 @@ class LocalStore:
             return os.stat(path).st_size
         except FileNotFoundError as e:
             raise CheckpointNotFoundError(f"{path} does not exist") from e
+        except OSError as e:  # a file where a folder should be, a folder it may not enter
+            raise StorageError(f"cannot stat {path}: {e}") from e
 
     def write_atomic(self, name: str, data: bytes) -> None:
         path = self._path(name)
