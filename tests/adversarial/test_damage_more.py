@@ -122,3 +122,19 @@ def test_later_major_version_is_refused_by_name(tmp_path: Path) -> None:
         reshard.open(tmp_path)
     report = reshard.verify(tmp_path)
     assert not report.ok and "2.0" in report.damaged[0].message
+
+
+def test_data_folder_replaced_by_a_file(tmp_path: Path) -> None:
+    """load raised NotADirectoryError from a stat and verify from listing data/ (a
+    traceback from ``reshard verify``): both are CheckpointErrors naming the path."""
+    reshard.save(make_state(1), tmp_path)
+    shutil.rmtree(tmp_path / "data")
+    (tmp_path / "data").write_bytes(b"not a folder")
+    with pytest.raises(reshard.CheckpointError, match="data"):
+        reshard.load(blank_state(), tmp_path)
+    with reshard.open(tmp_path) as ck, pytest.raises(reshard.CheckpointError, match="'w'"):
+        ck.read("w")
+    report = reshard.verify(tmp_path)
+    assert not report.ok and {d.key for d in report.damaged} >= {"w", "ids"}
+    with pytest.raises(reshard.StorageError):
+        reshard.save(make_state(2), tmp_path)

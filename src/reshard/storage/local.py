@@ -272,6 +272,8 @@ class LocalStore:
             names = os.listdir(folder)
         except FileNotFoundError:
             return []
+        except OSError as e:  # data/ replaced by a file, a folder it may not read
+            raise StorageError(f"cannot list {folder}: {e}") from e
         return [f"{prefix}/{n}" if prefix else n for n in sorted(names)]
 
     def delete(self, name: str) -> None:
