@@ -51,7 +51,8 @@ def test_refused_indexes_name_the_key(ckpt: Path, index: Any) -> None:
 
 def test_zero_dim_empty_and_values(ckpt: Path) -> None:
     with reshard.open(ckpt) as ck:
-        assert torch.equal(ck.read("s"), torch.tensor(3.0)) and torch.equal(ck.read("s", ()), torch.tensor(3.0))
+        assert torch.equal(ck.read("s"), torch.tensor(3.0))
+        assert torch.equal(ck.read("s", ()), torch.tensor(3.0))
         assert ck.read("e").shape == (0, 4) and ck.read("e", (slice(None), 1)).shape == (0,)
         assert ck.read("v") == 5
         for key, index in (("s", 0), ("e", 0), ("v", 0)):

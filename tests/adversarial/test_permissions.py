@@ -22,7 +22,7 @@ def scenario(root: str) -> None:
     os.environ["RESHARD_FRAME_RAW_NBYTES"] = "512"
     import reshard
     from reshard.cli import main
-    from tests.adversarial._state import blank_state, data_files, load_version, make_state
+    from tests.adversarial._state import data_files, load_version, make_state
 
     path = os.path.join(root, "ckpt")
     reshard.save(make_state(1), path)

@@ -62,14 +62,18 @@ def test_inspect_and_verify_exit_0_in_a_real_process(places: dict[str, Path]) ->
     assert run.returncode == 1 and run.stderr.count("\n") == 1 and "plain.txt" in run.stderr
 
 
-def test_demo_with_a_workdir_that_is_a_file(places: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+def test_demo_with_a_workdir_that_is_a_file(
+    places: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
     """Used to print the traceback of the 4 spawned ranks' StorageError."""
     assert main(["demo", "--workdir", str(places["file"])]) == 1
     err = capsys.readouterr().err
     assert err.startswith("reshard demo: StorageError") and "plain.txt" in err and err.count("\n") == 1
 
 
-def test_demo_rank_failure_is_one_line(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_demo_rank_failure_is_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     def fail(**_: object) -> int:
         raise WorldError("rank 2 failed:\nTraceback (most recent call last):\n  File \"x\", line 1\n"
                          "reshard.errors.StorageError: injected: no space left\n")

@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
 import reshard
-import torch
 from reshard.cli import main
 from reshard.errors import CorruptCheckpointError, StorageError
 from reshard.interop.convert import convert, open_source

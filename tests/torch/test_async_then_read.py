@@ -98,7 +98,8 @@ def test_background_failure_is_logged(tmp_path: Path, caplog: pytest.LogCaptureF
         with pytest.raises(reshard.CheckpointError, match="injected: disk went away"):
             handle.result(timeout=60)
     logged = [r.getMessage() for r in caplog.records if r.name == "reshard"]
-    assert any("async_save" in m and str(tmp_path) in m and "injected: disk went away" in m for m in logged), logged
+    assert any("async_save" in m and str(tmp_path) in m and "injected: disk went away" in m
+               for m in logged), logged
     sd = _blank()
     reshard.load(sd, tmp_path)
     assert sd["step"] == 1  # the previous checkpoint stays

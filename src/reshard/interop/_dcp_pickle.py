@@ -62,7 +62,7 @@ class DcpBytes:
     storage: StorageInfo
 
 
-class _RestrictedUnpickler(pickle._Unpickler):  # type: ignore[name-defined]
+class _RestrictedUnpickler(pickle._Unpickler):
     """An unpickler that resolves only the allowlisted names.
 
     The pure-Python unpickler, not the C one: the C one sizes its memo table by the
@@ -95,7 +95,7 @@ def _refuse_opcode(self: Any) -> None:
 
 # BYTEARRAY8 makes a bytearray of the length the stream declares before reading it;
 # DCP metadata holds no bytearrays or out-of-band buffers.
-_RestrictedUnpickler.dispatch = dict(pickle._Unpickler.dispatch)  # type: ignore[attr-defined]
+_RestrictedUnpickler.dispatch = dict(pickle._Unpickler.dispatch)
 for _op in (pickle.BYTEARRAY8, pickle.NEXT_BUFFER, pickle.READONLY_BUFFER):
     _RestrictedUnpickler.dispatch[_op[0]] = _refuse_opcode
 

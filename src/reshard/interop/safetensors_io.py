@@ -183,7 +183,9 @@ def index_files(store: Store, index_name: str) -> tuple[list[str], list[ValueEnt
     """The shard files an HF ``*.safetensors.index.json`` names, and its reshard values."""
     where = os.path.join(store.location, index_name)
     doc = _json(store.read_bytes(index_name), where)
-    weight_map = doc.get("weight_map") if isinstance(doc, dict) else None
+    if not isinstance(doc, dict):
+        raise CorruptCheckpointError(f"{where}: no weight_map of tensor name -> file")
+    weight_map = doc.get("weight_map")
     if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
         raise CorruptCheckpointError(f"{where}: no weight_map of tensor name -> file")
     files = list(dict.fromkeys(weight_map.values()))
