@@ -15,6 +15,7 @@ from .codecs import Codec, IdentityCodec, ZstdCodec, register_codec
 from .errors import (
     CheckpointError,
     CheckpointNotFoundError,
+    ConfigError,
     CorruptCheckpointError,
     LayoutMismatchError,
     MissingKeysError,
@@ -34,6 +35,7 @@ __all__ = [
     "CheckpointNotFoundError",
     "ChunkInfo",
     "Codec",
+    "ConfigError",
     "CorruptCheckpointError",
     "EntryInfo",
     "IdentityCodec",

@@ -24,6 +24,7 @@ allocates them once; buffers the next save does not need are freed.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -39,6 +40,7 @@ from .save import prepare_save, write_and_commit
 from .storage import open_store
 
 Shard = tuple[int, int, torch.Tensor]
+_log = logging.getLogger("reshard")
 
 
 class AsyncSaveHandle:
@@ -77,6 +79,11 @@ class AsyncSaveHandle:
             error.__cause__ = e
             self._error = error
         finally:
+            if self._error is not None:
+                # Logged too: a program that never calls result() (or exits first) would
+                # otherwise lose the save without a word.
+                _log.warning("reshard.async_save to %s failed (handle.result() raises it): %s",
+                             self.location, self._error)
             try:
                 cleanup()
             finally:
@@ -180,12 +187,22 @@ def wait_for_inflight(location: str) -> None:
     """Block until this process's in-flight async save to ``location``, if any, is done.
 
     Two saves committing to one folder each delete the other's data files: the
-    checkpoint left would name files that are gone.
+    checkpoint left would name files that are gone. A load or read of that folder
+    would read the previous checkpoint while the commit deletes its files.
     """
     with _START_LOCK:
         handle = _inflight
-    if handle is not None and handle.location == location:
+    if handle is not None and _same_place(handle.location, location):
         handle._finished.wait()
+
+
+def _same_place(a: str, b: str) -> bool:
+    """Whether two store locations are one folder (``latest -> step-2`` and ``step-2`` are)."""
+    if a == b:
+        return True
+    if "://" in a or "://" in b:
+        return False
+    return os.path.realpath(a) == os.path.realpath(b)
 
 
 def release_staging_buffers() -> None:

@@ -51,9 +51,12 @@ class Checkpoint:
         self, path: str | os.PathLike[str], *, allow_pickle: bool = False,
         storage_options: Mapping[str, Any] | None = None,
     ) -> None:
+        from .async_save import wait_for_inflight
+
         self._store = open_store(path, storage_options)
         self.path = self._store.location
         try:
+            wait_for_inflight(self.path)  # as in load: its commit deletes the files read here
             self.manifest = load_manifest(self._store, allow_pickle=allow_pickle)
         except BaseException:
             self._store.close()
@@ -152,7 +155,10 @@ def _index_box(shape: tuple[int, ...], index: Index, name: str) -> tuple[Box, tu
             sizes.append(1)
             squeeze.append(d)
         elif isinstance(part, slice):
-            start, stop, step = part.indices(n)
+            try:
+                start, stop, step = part.indices(n)
+            except (TypeError, ValueError) as e:  # a zero step, bounds that are not ints
+                raise CheckpointError(f"key {name!r}: slice {part!r} for dim {d}: {e}") from None
             if step != 1:
                 raise CheckpointError(f"key {name!r}: slices with a step are not supported")
             offsets.append(start)

@@ -110,8 +110,15 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
+    from .dist.local_world import WorldError
 
-    return run_demo(workdir=args.workdir, keep=args.keep)
+    try:
+        return run_demo(workdir=args.workdir, keep=args.keep)
+    except WorldError as e:
+        # A rank's traceback ends with its error: show that line, not the whole traceback.
+        lines = [ln for ln in str(e).strip().splitlines() if ln.strip()]
+        print(f"reshard demo: {lines[0]} {lines[-1] if len(lines) > 1 else ''}".rstrip(), file=sys.stderr)
+        return 1
 
 
 def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:

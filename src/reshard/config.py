@@ -1,9 +1,14 @@
-"""Tunables, each overridable by a RESHARD_* environment variable."""
+"""Tunables, each overridable by a RESHARD_* environment variable.
+
+A value that cannot be used raises ConfigError (a CheckpointError and a ValueError)
+naming the variable, wherever it is read: ``reshard verify`` prints it as one line.
+"""
 
 from __future__ import annotations
 
 import os
 
+from .errors import ConfigError
 from .format.manifest import MAX_FRAME_RAW_NBYTES
 
 
@@ -14,11 +19,11 @@ def _int_env(name: str, default: int, *, hi: int | None = None) -> int:
     try:
         value = int(raw)
     except ValueError:
-        raise ValueError(f"{name}={raw!r} is not an integer") from None
+        raise ConfigError(f"{name}={raw!r} is not an integer") from None
     if value <= 0:
-        raise ValueError(f"{name}={raw!r} must be positive")
+        raise ConfigError(f"{name}={raw!r} must be positive")
     if hi is not None and value > hi:
-        raise ValueError(f"{name}={raw!r} must be at most {hi}")
+        raise ConfigError(f"{name}={raw!r} must be at most {hi}")
     return value
 
 
@@ -67,7 +72,7 @@ def zstd_literals() -> bool:
     up ~20% of a float save's encoding CPU."""
     raw = os.environ.get("RESHARD_ZSTD_LITERALS", "1")
     if raw not in ("0", "1"):
-        raise ValueError(f"RESHARD_ZSTD_LITERALS={raw!r} must be 0 or 1")
+        raise ConfigError(f"RESHARD_ZSTD_LITERALS={raw!r} must be 0 or 1")
     return raw == "1"
 
 
@@ -78,7 +83,7 @@ def fast_json() -> bool:
     (1.2 GiB against 0.9 GiB) while the manifest is checked."""
     raw = os.environ.get("RESHARD_FAST_JSON", "1")
     if raw not in ("0", "1"):
-        raise ValueError(f"RESHARD_FAST_JSON={raw!r} must be 0 or 1")
+        raise ConfigError(f"RESHARD_FAST_JSON={raw!r} must be 0 or 1")
     return raw == "1"
 
 
@@ -88,7 +93,7 @@ def map_reads() -> bool:
     byte is then read with ``pread`` into a buffer first."""
     raw = os.environ.get("RESHARD_MAP_READS", "1")
     if raw not in ("0", "1"):
-        raise ValueError(f"RESHARD_MAP_READS={raw!r} must be 0 or 1")
+        raise ConfigError(f"RESHARD_MAP_READS={raw!r} must be 0 or 1")
     return raw == "1"
 
 
@@ -105,7 +110,7 @@ def exchange_reads(*, remote: bool) -> bool:
     all ranks, so the plan is the same everywhere."""
     raw = os.environ.get("RESHARD_EXCHANGE_READS", "auto")
     if raw not in ("0", "1", "auto"):
-        raise ValueError(f"RESHARD_EXCHANGE_READS={raw!r} must be 0, 1 or auto")
+        raise ConfigError(f"RESHARD_EXCHANGE_READS={raw!r} must be 0, 1 or auto")
     return remote if raw == "auto" else raw == "1"
 
 
@@ -128,9 +133,9 @@ def _float_env(name: str, default: float) -> float:
     try:
         value = float(raw)
     except ValueError:
-        raise ValueError(f"{name}={raw!r} is not a number") from None
+        raise ConfigError(f"{name}={raw!r} is not a number") from None
     if not value >= 0:
-        raise ValueError(f"{name}={raw!r} must be zero or positive")
+        raise ConfigError(f"{name}={raw!r} must be zero or positive")
     return value
 
 

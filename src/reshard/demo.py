@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from .dist.local_world import run_world
+from .errors import StorageError
 
 SAVE_WORLD = 4
 HIDDEN = 96
@@ -85,6 +86,11 @@ def _load_rank(rank: int, world: int, path: str) -> dict[str, Any]:
 def run_demo(*, workdir: str | None = None, keep: bool = False) -> int:
     import reshard
 
+    if workdir is not None:
+        try:
+            os.makedirs(workdir, exist_ok=True)
+        except OSError as e:  # checked here, not as a traceback from 4 spawned ranks
+            raise StorageError(f"cannot use --workdir {workdir}: {e}") from None
     root = workdir or tempfile.mkdtemp(prefix="reshard-demo-")
     path = os.path.join(root, "checkpoint")
     try:

@@ -8,7 +8,8 @@
     ├── LayoutMismatchError(CheckpointError, ValueError)
     ├── MissingKeysError(CheckpointError, KeyError)
     ├── UnsupportedValueError(CheckpointError, TypeError)
-    └── StorageError(CheckpointError, OSError)
+    ├── StorageError(CheckpointError, OSError)
+    └── ConfigError(CheckpointError, ValueError)
 
 Collective calls raise the same error class and message on every rank.
 """
@@ -56,6 +57,10 @@ class StorageError(CheckpointError, OSError):
     """Reading or writing the underlying storage failed."""
 
 
+class ConfigError(CheckpointError, ValueError):
+    """A RESHARD_* environment variable holds a value reshard cannot use."""
+
+
 ERROR_CLASSES: dict[str, type[CheckpointError]] = {
     cls.__name__: cls
     for cls in (
@@ -68,5 +73,6 @@ ERROR_CLASSES: dict[str, type[CheckpointError]] = {
         MissingKeysError,
         UnsupportedValueError,
         StorageError,
+        ConfigError,
     )
 }

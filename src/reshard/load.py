@@ -80,9 +80,14 @@ def load(
     """
     # The cyclic GC is paused throughout (see save): planning and filling build a few
     # acyclic objects per tensor, and collections walked the caller's whole heap.
+    from .async_save import wait_for_inflight  # async_save builds on save, not on load
+
     coll = Collective(process_group)
     store = open_store(path, storage_options)
     try:
+        # An async save to this path in this process would delete, as it commits, the
+        # files of the checkpoint this load is reading: it is waited for first.
+        wait_for_inflight(store.location)
         found = coll.agree_broadcast(lambda: find_manifest(store, allow_pickle=allow_pickle))
         plan: dict[str, LoadPlan] = {}
 

@@ -12,6 +12,13 @@ from .storage import Store
 
 def read_manifest_bytes(store: Store) -> bytes:
     """The committed manifest's bytes; CheckpointNotFoundError naming the path if none."""
+    if not getattr(store, "remote", False) and os.path.isfile(store.location):
+        # Otherwise: "cannot open <file>/manifest.json: Not a directory".
+        hint = " (reshard convert reads safetensors files)" if store.location.endswith(".safetensors") else ""
+        raise CheckpointNotFoundError(
+            f"{store.location} is a file; a checkpoint is a directory holding {MANIFEST_NAME} "
+            f"(or a torch.distributed.checkpoint's .metadata){hint}"
+        )
     try:
         return store.read_bytes(MANIFEST_NAME)
     except CheckpointNotFoundError:

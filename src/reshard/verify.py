@@ -103,8 +103,11 @@ class _Tally:
 
 def verify(path: str | os.PathLike[str], *, progress: Progress | None = None) -> VerifyReport:
     """Read and check every frame of the checkpoint at ``path``; see the module docstring."""
+    from .async_save import wait_for_inflight
+
     store = open_store(path)
     try:
+        wait_for_inflight(store.location)  # as in load: its commit deletes the files read here
         try:
             manifest = load_manifest(store)
         except CheckpointError as e:  # missing, unreadable or invalid: nothing else to check

@@ -17,7 +17,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from .. import __version__, config
@@ -52,7 +52,6 @@ class Source:
     store: Store
     manifest: Manifest
     kind: str
-    values: list[ValueEntry] = field(default_factory=list)
 
     def tensors(self) -> list[TensorEntry]:
         return [e for e in self.manifest.entries if isinstance(e, TensorEntry)]
@@ -61,7 +60,7 @@ class Source:
         """Value entries with a JSON form; raises naming every key that has none."""
         from .dcp import PickledValueEntry, RefusedValueEntry
 
-        values = [e for e in self.manifest.entries if isinstance(e, ValueEntry)] + self.values
+        values = [e for e in self.manifest.entries if isinstance(e, ValueEntry)]
         bad = [dotted(e.key) for e in values if isinstance(e, (PickledValueEntry, RefusedValueEntry))]
         if bad:
             raise UnsupportedValueError(
@@ -104,7 +103,7 @@ def open_source(path: str, *, allow_pickle: bool = False) -> Source:
         folder, name = os.path.split(path)
         store = open_store(folder)
         if name.endswith(st.INDEX_SUFFIX):
-            return _safetensors_source(store, *st.index_files(store, name))
+            return _safetensors_source(store, *st.index_files(store, name), index=name)
         return _safetensors_source(store, [name], [])
     if not os.path.isdir(path):
         raise CheckpointError(f"{path} does not exist")
@@ -119,7 +118,7 @@ def open_source(path: str, *, allow_pickle: bool = False) -> Source:
     names = sorted(os.listdir(path))
     index = [n for n in names if n.endswith(st.INDEX_SUFFIX)]
     if len(index) == 1:
-        return _safetensors_source(store, *st.index_files(store, index[0]))
+        return _safetensors_source(store, *st.index_files(store, index[0]), index=index[0])
     files = [n for n in names if n.endswith(".safetensors")]
     if files:
         return _safetensors_source(store, files, [])
@@ -129,9 +128,18 @@ def open_source(path: str, *, allow_pickle: bool = False) -> Source:
     )
 
 
-def _safetensors_source(store: Store, names: list[str], values: list[ValueEntry]) -> Source:
-    manifest = st.safetensors_manifest(store, names, frame_raw_nbytes=config.frame_raw_nbytes())
-    return Source(store, manifest, "safetensors", values)
+def _safetensors_source(
+    store: Store, names: list[str], values: list[ValueEntry], *, index: str = ""
+) -> Source:
+    try:
+        manifest = st.safetensors_manifest(
+            store, names, frame_raw_nbytes=config.frame_raw_nbytes(), values=values,
+            values_from=os.path.join(store.location, index),
+        )
+    except BaseException:
+        store.close()
+        raise
+    return Source(store, manifest, "safetensors")
 
 
 # Writers
@@ -147,6 +155,8 @@ def to_safetensors(
     folder, stem = _safetensors_target(dst)
     values = {dotted(v.key): v.value for v in source.plain_values()}
     plans = st.plan_shards(source.tensors(), stem=stem, max_shard_nbytes=max_shard_nbytes)
+    names = [p.name for p in plans] + ([f"{stem}{st.INDEX_SUFFIX}"] if len(plans) > 1 else [])
+    _refuse_stale_outputs(folder, stem, names)
     os.makedirs(folder, exist_ok=True)
     report = progress or (lambda n: None)
     meta: dict[str, str] = {"format": "pt"}
@@ -161,10 +171,36 @@ def to_safetensors(
         written.append(path)
     if len(plans) > 1:
         index = os.path.join(folder, f"{stem}{st.INDEX_SUFFIX}")
-        with open(index, "wb") as f:
-            f.write(st.index_document(plans, values))
+        st.write_bytes_atomic(index, st.index_document(plans, values))
         written.append(index)
     return written
+
+
+def _refuse_stale_outputs(folder: str, stem: str, names: list[str]) -> None:
+    """Refuse a folder holding safetensors files of an earlier conversion (``stem``'s
+    single file, shards or index) that this one would not replace whole: a reader of
+    the folder would take the earlier index (or shards) for part of this output and get
+    the earlier checkpoint's values without a word.
+
+    Only one file replaced by one file of the same name is allowed: a rename replaces
+    it at once. Shards are not replaced in place: a conversion failing half-way would
+    leave old and new shards that read as one checkpoint. Files of other names are
+    left alone.
+    """
+    try:
+        present = os.listdir(folder)
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    # <stem>.safetensors, <stem>-00001-of-00003.safetensors, <stem>.safetensors.index.json
+    family = re.compile(re.escape(stem) + r"(?:-\d+-of-\d+)?\.safetensors(?:\.index\.json)?")
+    stale = sorted(n for n in present if family.fullmatch(n) and (len(names) > 1 or n not in names))
+    if stale:
+        raise StorageError(
+            f"{folder} holds {', '.join(stale[:5])}{', ...' if len(stale) > 5 else ''} from an "
+            f"earlier conversion, which this one (writing {', '.join(names[:3])}"
+            f"{', ...' if len(names) > 3 else ''}) would not replace whole: a reader would mix "
+            "the two; remove them or convert into an empty folder"
+        )
 
 
 def _safetensors_target(dst: str) -> tuple[str, str]:
@@ -186,6 +222,7 @@ def to_reshard(
     dst = os.path.abspath(dst)
     if os.path.exists(dst) and (not os.path.isdir(dst) or os.listdir(dst)):
         raise StorageError(f"{dst} exists and is not an empty directory")
+    created = not os.path.exists(dst)
     codec_obj, spec = resolve_codec(codec)
     values = source.plain_values()
     save_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:12]}"
@@ -203,8 +240,27 @@ def to_reshard(
                             library_version=__version__, entries=tuple(entries))
         store.write_atomic(MANIFEST_NAME, manifest.to_json())
         return manifest
+    except BaseException:
+        _remove_uncommitted(dst, file_name, created)
+        raise
     finally:
         store.close()
+
+
+def _remove_uncommitted(dst: str, file_name: str, created: bool) -> None:
+    """After a failed conversion, leave ``dst`` as it was (absent or empty), so that the
+    same command can be run again once the source is fixed; a committed manifest (its
+    write failed only after the rename) keeps everything."""
+    if os.path.exists(os.path.join(dst, MANIFEST_NAME)):
+        return
+    for path, remove in ((os.path.join(dst, file_name), os.unlink),
+                         (os.path.join(dst, DATA_DIR), os.rmdir), (dst, os.rmdir)):
+        if path == dst and not created:
+            break
+        try:
+            remove(path)
+        except OSError:
+            pass  # absent, or not empty: someone else's files stay
 
 
 def _write_tensor(

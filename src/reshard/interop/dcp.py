@@ -186,7 +186,8 @@ class DcpTorchSaveCodec:
 
 def _check_zip_crcs(blob: bytes) -> None:
     # DCP records no checksums and torch.load does not verify the zip's CRC-32s, so a
-    # flipped bit in tensor data would load silently. torch.save stores records
+    # flipped bit in tensor data (or in a value's pickle: an lr of 0.5 read as 0.5625)
+    # would load silently. torch.save stores records
     # uncompressed: check each in place (zipfile.testzip would copy it in 1 MiB steps).
     import struct
     import zipfile
@@ -196,18 +197,23 @@ def _check_zip_crcs(blob: bytes) -> None:
         with zipfile.ZipFile(io.BytesIO(blob)) as zf:
             infos = zf.infolist()
     except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
-        raise ValueError(f"DCP tensor item is not a torch.save archive ({e})") from None
+        raise ValueError(f"DCP item is not a torch.save archive ({e})") from None
     view = memoryview(blob)
     for info in infos:
         h = info.header_offset
         if info.compress_type != zipfile.ZIP_STORED or bytes(view[h:h + 4]) != b"PK\x03\x04":
-            raise ValueError(f"DCP tensor item: record {info.filename!r} is not a stored zip record")
+            raise ValueError(f"DCP item: record {info.filename!r} is not a stored zip record")
+        # torch's zip reader (miniz) takes a record flagged as a directory (the DOS
+        # attribute bit, or a name ending in "/") for one and extracts no bytes: torch.load
+        # then returns the tensor's storage uninitialized, without an error.
+        if info.external_attr & 0x10 or info.filename.endswith("/") or info.file_size != info.compress_size:
+            raise ValueError(f"DCP item: record {info.filename!r} has damaged zip attributes")
         name_len, extra_len = struct.unpack("<HH", view[h + 26:h + 30])
         lo = h + 30 + name_len + extra_len
         if lo + info.compress_size > len(view):
-            raise ValueError(f"DCP tensor item: record {info.filename!r} is truncated")
+            raise ValueError(f"DCP item: record {info.filename!r} is truncated")
         if zlib.crc32(view[lo:lo + info.compress_size]) != info.CRC:
-            raise ValueError(f"DCP tensor item: record {info.filename!r} fails its CRC-32 check")
+            raise ValueError(f"DCP item: record {info.filename!r} fails its CRC-32 check")
 
 
 def untransform(
@@ -263,6 +269,10 @@ def _value_entries(store: Store, item: DcpBytes, *, allow_pickle: bool) -> list[
     import torch
 
     blob = _read_item(store, item.storage, item.fqn)
+    try:
+        _check_zip_crcs(blob)  # DCP writes every value with torch.save
+    except ValueError as e:
+        raise CorruptCheckpointError(f"DCP key {item.fqn!r} in {item.storage.file}: {e}") from None
     try:
         obj = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:

@@ -20,7 +20,7 @@ import os
 import struct
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 from ..core.layout import Box, full_box
@@ -59,32 +59,60 @@ def read_header(store: Store, name: str) -> tuple[dict[str, object], int]:
         raise CorruptCheckpointError(f"{where}: header length {n} does not fit the {size}-byte file")
     raw = bytearray(n)
     store.read_into(name, 8, memoryview(raw))
-    try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as e:
-        raise CorruptCheckpointError(f"{where}: header is not JSON ({e})") from None
+    header = _json(raw, f"{where}: header")
     if not isinstance(header, dict):
         raise CorruptCheckpointError(f"{where}: header is not a JSON object")
     return header, 8 + n
 
 
-def safetensors_manifest(store: Store, names: list[str], *, frame_raw_nbytes: int) -> Manifest:
-    """An in-memory manifest over the safetensors files ``names`` of ``store``."""
+def _json(data: bytes | bytearray | str, what: str) -> object:
+    """The JSON document in ``data``; CorruptCheckpointError naming ``what`` when it is not
+    JSON, nests too deeply for the parser, or holds NaN or Infinity (not JSON)."""
+    try:
+        text = data if isinstance(data, str) else bytes(data).decode("utf-8")
+        return json.loads(text, parse_constant=_refuse_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise CorruptCheckpointError(f"{what} is not JSON ({type(e).__name__}: {str(e)[:200]})") from None
+
+
+def _refuse_constant(word: str) -> None:
+    raise ValueError(f"{word} is not allowed")
+
+
+def safetensors_manifest(
+    store: Store, names: list[str], *, frame_raw_nbytes: int,
+    values: Sequence[ValueEntry] = (), values_from: str = "",
+) -> Manifest:
+    """An in-memory manifest over the safetensors files ``names`` of ``store``, plus
+    ``values`` (those of an index file, ``values_from``)."""
     entries: list[Entry] = []
-    seen: set[str] = set()
+    # Every name once, tensors and values alike: a value named like a tensor made convert
+    # write a manifest with a duplicate key, which no reader accepts.
+    seen: dict[str, str] = {}
+
+    def claim(key: str, where: str, what: str) -> None:
+        if key in seen:
+            raise CorruptCheckpointError(
+                f"{where}: {what} {key!r} is named twice (also a {seen[key]})"
+            )
+        seen[key] = f"{what} in {where}"
+
     for name in names:
         header, data_start = read_header(store, name)
         where = os.path.join(store.location, name)
         data_nbytes = store.size(name) - data_start
         for key, spec in header.items():
             if key == "__metadata__":
-                entries.extend(_values_from_metadata(spec, where))
+                for v in _values_from_metadata(spec, where):
+                    claim(str(v.key[0]), where, "value")
+                    entries.append(v)
                 continue
-            if key in seen:
-                raise CorruptCheckpointError(f"{where}: tensor {key!r} appears twice")
-            seen.add(key)
+            claim(key, where, "tensor")
             entries.append(_tensor_entry(key, spec, name, data_start, data_nbytes, where,
                                          frame_raw_nbytes))
+    for v in values:
+        claim(str(v.key[0]), values_from, "value")
+        entries.append(v)
     return Manifest(save_id=f"safetensors-{uuid.uuid4().hex[:12]}", world_size=1,
                     created_unix_s=time.time(), library_version="safetensors",
                     entries=tuple(entries))
@@ -97,7 +125,8 @@ def _tensor_entry(
     what = f"{where}: tensor {key!r}"
     if not isinstance(spec, dict):
         raise CorruptCheckpointError(f"{what}: expected an object")
-    dtype = FROM_SAFETENSORS.get(spec.get("dtype"))  # type: ignore[arg-type]
+    name = spec.get("dtype")
+    dtype = FROM_SAFETENSORS.get(name) if isinstance(name, str) else None
     if dtype is None:
         raise UnsupportedFormatError(f"{what}: dtype {spec.get('dtype')!r} is not supported")
     shape, offsets = spec.get("shape"), spec.get("data_offsets")
@@ -135,10 +164,7 @@ def _values_from_metadata(meta: object, where: str) -> list[ValueEntry]:
         return []
     if not isinstance(text, str):
         raise CorruptCheckpointError(f"{where}: __metadata__[{VALUES_KEY!r}] is not a string")
-    try:
-        doc = json.loads(text)
-    except ValueError as e:
-        raise CorruptCheckpointError(f"{where}: __metadata__[{VALUES_KEY!r}] is not JSON ({e})") from None
+    doc = _json(text, f"{where}: __metadata__[{VALUES_KEY!r}]")
     return values_from_json(doc, f"{where}: __metadata__[{VALUES_KEY!r}]")
 
 
@@ -156,11 +182,10 @@ def values_from_json(doc: object, where: str) -> list[ValueEntry]:
 def index_files(store: Store, index_name: str) -> tuple[list[str], list[ValueEntry]]:
     """The shard files an HF ``*.safetensors.index.json`` names, and its reshard values."""
     where = os.path.join(store.location, index_name)
-    try:
-        doc = json.loads(store.read_bytes(index_name).decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as e:
-        raise CorruptCheckpointError(f"{where}: not JSON ({e})") from None
-    weight_map = doc.get("weight_map") if isinstance(doc, dict) else None
+    doc = _json(store.read_bytes(index_name), where)
+    if not isinstance(doc, dict):
+        raise CorruptCheckpointError(f"{where}: no weight_map of tensor name -> file")
+    weight_map = doc.get("weight_map")
     if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
         raise CorruptCheckpointError(f"{where}: no weight_map of tensor name -> file")
     files = list(dict.fromkeys(weight_map.values()))
@@ -258,6 +283,21 @@ def write_file(
                     data = read(e, box)
                     f.write(data)
                     progress(len(data))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_bytes_atomic(path: str, data: bytes) -> None:
+    """Write ``path`` whole or not at all (a crash never leaves half an index)."""
+    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -162,6 +162,8 @@ class FsspecStore:
             raise CheckpointError(f"cannot open {url}: {e}") from None
         except TypeError as e:
             raise CheckpointError(f"cannot open {url}: bad storage_options: {e}") from None
+        except Exception as e:  # noqa: BLE001 - a backend's constructor may connect (ftp, sftp) or open files
+            raise StorageError(f"cannot open {url}: {_describe(e)}") from e
         return cls(url, fs, root)
 
     # Names

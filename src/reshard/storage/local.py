@@ -245,6 +245,8 @@ class LocalStore:
             return os.stat(path).st_size
         except FileNotFoundError as e:
             raise CheckpointNotFoundError(f"{path} does not exist") from e
+        except OSError as e:  # a file where a folder should be, a folder it may not enter
+            raise StorageError(f"cannot stat {path}: {e}") from e
 
     def write_atomic(self, name: str, data: bytes) -> None:
         path = self._path(name)
@@ -270,6 +272,8 @@ class LocalStore:
             names = os.listdir(folder)
         except FileNotFoundError:
             return []
+        except OSError as e:  # data/ replaced by a file, a folder it may not read
+            raise StorageError(f"cannot list {folder}: {e}") from e
         return [f"{prefix}/{n}" if prefix else n for n in sorted(names)]
 
     def delete(self, name: str) -> None:

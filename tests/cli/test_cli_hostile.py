@@ -1,0 +1,97 @@
+"""The command line outside the happy path: every subcommand's --help, odd paths, and a
+failing demo. Exit 0 on success, 2 on usage errors, 1 with a one-line message (no
+traceback) on failure."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import reshard
+from reshard import demo
+from reshard.cli import main
+from reshard.dist.local_world import WorldError
+
+
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    return subprocess.run([sys.executable, "-m", "reshard.cli", *args], capture_output=True,
+                          text=True, env=env, timeout=120)
+
+
+def test_help_of_every_subcommand(capsys: pytest.CaptureFixture[str]) -> None:
+    for command in ([], ["inspect"], ["verify"], ["convert"], ["demo"]):
+        assert main([*command, "--help"]) == 0
+        out = capsys.readouterr().out
+        assert out.startswith("usage: reshard" + (f" {command[0]}" if command else ""))
+    assert main(["inspect"]) == 2 and main(["inspect", "--nope", "x"]) == 2
+    assert main(["verify", "--progress", "--no-progress"]) == 2
+
+
+@pytest.fixture(scope="module")
+def places(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("cli")
+    ckpt = root / "ckpt"
+    reshard.save({"w": torch.arange(6.0).reshape(2, 3), "step": 1}, ckpt)
+    (root / "empty").mkdir()
+    (root / "plain.txt").write_text("not a checkpoint")
+    return {"ckpt": ckpt, "root": root, "empty": root / "empty", "file": root / "plain.txt",
+            "manifest": ckpt / "manifest.json", "data": ckpt / "data", "missing": root / "missing"}
+
+
+@pytest.mark.parametrize("what", ["empty", "file", "manifest", "data", "missing"])
+@pytest.mark.parametrize("command", ["inspect", "verify"])
+def test_paths_that_are_not_checkpoints(places: dict[str, Path], capsys: pytest.CaptureFixture[str],
+                                        command: str, what: str) -> None:
+    assert main([command, str(places[what])]) == 1
+    captured = capsys.readouterr()
+    text = captured.out + captured.err
+    assert str(places[what]) in text and "Traceback" not in text
+
+
+def test_inspect_and_verify_exit_0_in_a_real_process(places: dict[str, Path]) -> None:
+    for command in ("inspect", "verify"):
+        run = _run(command, str(places["ckpt"]))
+        assert run.returncode == 0 and "Traceback" not in run.stderr, run.stderr
+    run = _run("inspect", str(places["file"]))
+    assert run.returncode == 1 and run.stderr.count("\n") == 1 and "plain.txt" in run.stderr
+
+
+def test_demo_with_a_workdir_that_is_a_file(
+    places: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Used to print the traceback of the 4 spawned ranks' StorageError."""
+    assert main(["demo", "--workdir", str(places["file"])]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("reshard demo: StorageError") and "plain.txt" in err and err.count("\n") == 1
+
+
+def test_demo_rank_failure_is_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def fail(**_: object) -> int:
+        raise WorldError("rank 2 failed:\nTraceback (most recent call last):\n  File \"x\", line 1\n"
+                         "reshard.errors.StorageError: injected: no space left\n")
+
+    monkeypatch.setattr(demo, "run_demo", fail)
+    assert main(["demo"]) == 1
+    err = capsys.readouterr().err
+    assert err == "reshard demo: rank 2 failed: reshard.errors.StorageError: injected: no space left\n"
+
+
+def test_a_file_is_not_a_checkpoint(places: dict[str, Path], tmp_path: Path,
+                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """Used to say 'cannot open <file>/manifest.json: Not a directory'."""
+    st = tmp_path / "model.safetensors"
+    st.write_bytes(b"\0" * 16)
+    for path, hint in ((places["file"], False), (st, True), (places["manifest"], False)):
+        with pytest.raises(reshard.CheckpointNotFoundError, match="is a file") as err:
+            reshard.open(path)
+        assert ("reshard convert" in str(err.value)) == hint
+        assert main(["inspect", str(path)]) == 1
+        assert "is a file" in capsys.readouterr().err
