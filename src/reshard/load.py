@@ -112,9 +112,11 @@ def apply(
 ) -> None:
     with torch.no_grad():
         threads = config.io_threads()
-        fill_whole_chunks(store, plan.whole, threads=threads)
+        # The whole chunks are read inside fill: a failure there on one rank must still
+        # reach the cooperative reads' agreement that the other ranks wait in.
         fill(store, plan.rest, threads=threads, max_piece_nbytes=config.max_piece_nbytes(),
-             coll=coll, gathered=gathered)
+             coll=coll, gathered=gathered,
+             before=partial(fill_whole_chunks, store, plan.whole, threads=threads))
     for key, value in plan.values:
         set_path(state_dict, key, value.make() if isinstance(value, _Later) else value)
 

@@ -4,7 +4,7 @@ verify their checksums, decode, and copy straight into destination memory."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -54,25 +54,34 @@ class ReadStats:
 def fill(
     store: Store, targets: list[Target], *, threads: int, max_piece_nbytes: int,
     coll: Collective | None = None, gathered: Gathered | None = None,
+    before: Callable[[], None] | None = None,
 ) -> ReadStats:
     """Copy the saved values of every target box into its tensor.
 
     With ``coll`` and the needs every rank gathered (``exchange.local_needs``), frames
     that several ranks need are read by one of them and shared (transfer/exchange.py);
     then this call is collective and every rank raises the same error on failure.
+    ``before`` is more of this rank's own reads (load's whole small chunks), run first:
+    inside the exchange's agreement, so that its failure on one rank cannot leave that
+    rank outside the swaps the others wait in.
     """
     stats = ReadStats()
     sizes: dict[str, int] = {}
     xplan = exchange.plan(gathered) if coll is not None and coll.world_size > 1 else EMPTY_PLAN
-    if not xplan.rounds:
+
+    def own() -> None:
+        if before is not None:
+            before()
         _fill_own(store, targets, stats, threads=threads, max_piece_nbytes=max_piece_nbytes,
-                  sizes=sizes, skip=set())
+                  sizes=sizes, skip=skip)
+
+    skip: set[tuple[int, int]] = set()
+    if not xplan.rounds:
+        own()
     else:
         assert coll is not None
         skip = xplan.handled(coll.rank)
-        exchange.run(store, targets, xplan, coll, threads=threads, sizes=sizes, prior=lambda: _fill_own(
-            store, targets, stats, threads=threads, max_piece_nbytes=max_piece_nbytes,
-            sizes=sizes, skip=skip))
+        exchange.run(store, targets, xplan, coll, threads=threads, sizes=sizes, prior=own)
     for t in targets:
         if t.staging is not None:
             t.tensor.copy_(t.staging)

@@ -1,0 +1,74 @@
+"""Rank functions for tests/regress/test_agreement.py (spawned: must be importable).
+
+Loads that fail on one rank only must raise the same error on every rank, never hang.
+Each scenario returns per-rank strings; the test compares them across ranks.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.tensor import Shard, distribute_tensor
+
+import reshard
+from reshard.manifest_io import load_manifest
+from reshard.storage import open_store
+
+
+def _flip_byte(path: str, at: int) -> None:
+    with open(path, "r+b") as f:
+        f.seek(at)
+        b = f.read(1)
+        f.seek(at)
+        f.write(bytes([b[0] ^ 0x40]))
+
+
+def _outcome(fn: Any) -> str:
+    try:
+        fn()
+    except reshard.CheckpointError as e:
+        return f"{type(e).__name__}: {e}"
+    except Exception as e:  # noqa: BLE001 - reported, the test fails on it
+        return f"unexpected {type(e).__name__}: {e}"
+    return "no error"
+
+
+def whole_chunk_corrupt_with_exchange(rank: int, world: int, root: str) -> dict[str, str]:
+    """Bug: a load's whole small chunks were read before the cooperative reads, outside
+    their agreement: a bad CRC in a chunk only rank 2 loads made rank 2 leave while the
+    other ranks waited in the exchange's all_to_all, and the load hung."""
+    os.environ.update({"RESHARD_EXCHANGE_READS": "1", "RESHARD_EXCHANGE_MIN_NBYTES": "1",
+                       "RESHARD_FRAME_RAW_NBYTES": "64"})
+    mesh = init_device_mesh("cpu", (world,))
+    path = os.path.join(root, "whole")
+    w = torch.arange(64 * 40, dtype=torch.float32).reshape(64, 40)
+    v = torch.arange(40, dtype=torch.float32)
+    reshard.save({"w": distribute_tensor(w, mesh, [Shard(0)]),
+                  "v": distribute_tensor(v, mesh, [Shard(0)])}, path)
+    dist.barrier()
+    out = {}
+
+    def load() -> None:
+        # w: a column cut, shared through the exchange; v: each rank's own whole chunk.
+        sd = {"w": distribute_tensor(torch.zeros(64, 40), mesh, [Shard(1)]),
+              "v": distribute_tensor(torch.zeros(40), mesh, [Shard(0)])}
+        reshard.load(sd, path)
+        assert torch.equal(sd["w"].to_local(), distribute_tensor(w, mesh, [Shard(1)]).to_local())
+
+    out["clean"] = _outcome(load)
+    if rank == 0:
+        store = open_store(path, None)
+        entry = next(e for e in load_manifest(store).entries if e.key == ("v",))
+        store.close()
+        chunk = next(c for c in entry.chunks if c.box.offsets == (20,))
+        _flip_byte(os.path.join(path, chunk.file), chunk.offset + 1)
+    dist.barrier()
+    out["corrupt"] = _outcome(load)
+    for k in list(os.environ):
+        if k.startswith("RESHARD_"):
+            del os.environ[k]
+    return out
