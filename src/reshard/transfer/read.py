@@ -323,7 +323,13 @@ def _elements(data: np.ndarray, itemsize: int) -> np.ndarray:
 
 
 def _flat(t: torch.Tensor) -> torch.Tensor:
-    return t.reshape(-1)
+    """A contiguous tensor as one dim of stride 1 (a view)."""
+    flat = t.reshape(-1)
+    if flat.numel() <= 1 and flat.stride(0) != 1:
+        # torch calls a one-element tensor contiguous whatever its stride (x[::2][:1]), and
+        # reshape keeps that stride, which .view(torch.uint8) refuses.
+        flat = flat.as_strided((flat.numel(),), (1,))
+    return flat
 
 
 def _bytes_array(t: torch.Tensor) -> np.ndarray:
