@@ -13,10 +13,29 @@ import torch
 import reshard
 
 from .codec_util import register_test_codecs
-from .layouts import Full, Mesh, Meshes, RowShardObject, RowShardTensor, Rows, contiguous_stride, \
-    mesh_local_index
-from .odd_scenarios import CODECS, SCENARIOS, AnyLayout, Codec, MeshView, Scenario, View, bits, \
-    codec_arg, pattern, sentinel
+from .layouts import (
+    Full,
+    Mesh,
+    Meshes,
+    Rows,
+    RowShardObject,
+    RowShardTensor,
+    contiguous_stride,
+    mesh_local_index,
+)
+from .odd_scenarios import (
+    CODECS,
+    SCENARIOS,
+    AnyLayout,
+    Codec,
+    MeshView,
+    Scenario,
+    View,
+    bits,
+    codec_arg,
+    pattern,
+    sentinel,
+)
 
 Problem = tuple[str, int, int, str]  # (scenario, load world, rank, message)
 

@@ -72,3 +72,47 @@ def whole_chunk_corrupt_with_exchange(rank: int, world: int, root: str) -> dict[
         if k.startswith("RESHARD_"):
             del os.environ[k]
     return out
+
+
+def _agreed(fn: Any) -> list[str]:
+    """This rank's outcome of ``fn``, then every rank's (all_gather)."""
+    mine = _outcome(fn)
+    every: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(every, mine)
+    return every
+
+
+def one_rank_fails_to_start(rank: int, world: int, root: str) -> dict[str, list[str]]:
+    """Bug: a rank whose store could not be opened (bad storage_options, an empty path, a
+    bad RESHARD_* value read before the first agreement) raised alone while the others
+    waited in the first collective (load: the manifest broadcast; save: the gather of
+    descriptions; a load's cooperative reads: the exchange), until the process-group
+    timeout."""
+    mesh = init_device_mesh("cpu", (world,))
+    path = os.path.join(root, "start")
+    w = torch.arange(48 * 30, dtype=torch.float32).reshape(48, 30)
+    reshard.save({"w": distribute_tensor(w, mesh, [Shard(0)]), "step": 5}, path)
+    out: dict[str, list[str]] = {}
+
+    def dest() -> dict[str, Any]:
+        return {"w": distribute_tensor(torch.zeros(48, 30), mesh, [Shard(1)]), "step": 0}
+
+    out["load_storage_options"] = _agreed(lambda: reshard.load(
+        dest(), path, storage_options={"anon": True} if rank == 1 else None))
+    os.environ.update({"RESHARD_EXCHANGE_READS": "1", "RESHARD_EXCHANGE_MIN_NBYTES": "1"})
+    if rank == 2:
+        os.environ["RESHARD_IO_THREADS"] = "zero"
+    out["load_bad_threads_exchange"] = _agreed(lambda: reshard.load(dest(), path))
+    os.environ.pop("RESHARD_IO_THREADS", None)
+    if rank == 0:
+        os.environ["RESHARD_MAP_READS"] = "maybe"
+    out["load_bad_map_reads"] = _agreed(lambda: reshard.load(dest(), path))
+    for k in ("RESHARD_MAP_READS", "RESHARD_EXCHANGE_READS", "RESHARD_EXCHANGE_MIN_NBYTES"):
+        os.environ.pop(k, None)
+    out["save_empty_path"] = _agreed(lambda: reshard.save(
+        {"w": distribute_tensor(w + 1, mesh, [Shard(0)]), "step": 6}, "" if rank == 2 else path))
+    # Nothing was committed: the first checkpoint loads whole.
+    sd = dest()
+    out["after"] = _agreed(lambda: reshard.load(sd, path))
+    assert sd["step"] == 5 and torch.equal(sd["w"].full_tensor(), w)
+    return out

@@ -18,3 +18,21 @@ def test_corrupt_whole_chunk_on_one_rank_with_cooperative_reads(tmp_path):
     assert len(msgs) == 1, msgs
     (msg,) = msgs
     assert msg.startswith("CorruptCheckpointError") and "key 'v'" in msg and "CRC" in msg, msg
+
+
+@pytest.mark.dist
+def test_one_rank_failing_before_the_first_agreement(tmp_path):
+    results = run_world(agree_worlds.one_rank_fails_to_start, 3, str(tmp_path), timeout_s=150)
+    out = results[0]
+    assert out["after"] == ["no error"] * 3
+    expect = {
+        "load_storage_options": ("CheckpointError", "storage_options", "failed on rank 1"),
+        "load_bad_threads_exchange": ("RESHARD_IO_THREADS", "failed on rank 2"),
+        "load_bad_map_reads": ("RESHARD_MAP_READS",),
+        "save_empty_path": ("checkpoint path is empty", "failed on rank 2"),
+    }
+    for case, words in expect.items():
+        msgs = set(out[case])
+        assert len(msgs) == 1, (case, out[case])
+        (msg,) = msgs
+        assert all(w in msg for w in words), (case, msg)
