@@ -116,3 +116,57 @@ def one_rank_fails_to_start(rank: int, world: int, root: str) -> dict[str, list[
     out["after"] = _agreed(lambda: reshard.load(sd, path))
     assert sd["step"] == 5 and torch.equal(sd["w"].full_tensor(), w)
     return out
+
+
+def load_mismatches(rank: int, world: int, root: str) -> dict[str, list[str]]:
+    """Loads into state dicts that disagree with the checkpoint, on some ranks or all:
+    every rank raises the same error naming the key (and both shapes), or loads what it
+    can (strict=False). Saved on a (1, world) mesh, loaded on (world,)."""
+    mesh2 = init_device_mesh("cpu", (1, world))
+    mesh = init_device_mesh("cpu", (world,))
+    path = os.path.join(root, "mismatch")
+    w = torch.arange(7 * 5, dtype=torch.float32).reshape(7, 5)
+    b = torch.arange(4, dtype=torch.int64)
+    reshard.save({"w": distribute_tensor(w, mesh2, [Shard(1), Shard(0)]), "b": b, "step": 3,
+                  "only_saved": torch.ones(2)}, path)
+    from torch.distributed.tensor import DTensor
+
+    out: dict[str, list[str]] = {}
+
+    def sd(**over: Any) -> dict[str, Any]:
+        base = {"w": distribute_tensor(torch.zeros(7, 5), mesh, [Shard(0)]),
+                "b": torch.zeros(4, dtype=torch.int64), "step": 0}
+        base.update(over)
+        return base
+
+    out["dtensor_shape_all"] = _agreed(lambda: reshard.load(
+        sd(w=distribute_tensor(torch.zeros(7, 6), mesh, [Shard(1)])), path))
+    out["plain_shape_rank1"] = _agreed(lambda: reshard.load(
+        sd(b=torch.zeros(5 if rank == 1 else 4, dtype=torch.int64)), path))
+    out["ndim_all"] = _agreed(lambda: reshard.load(sd(w=torch.zeros(35)), path))
+    out["missing_rank2"] = _agreed(lambda: reshard.load(
+        sd(**({"not_saved": torch.zeros(3)} if rank == 2 else {})), path))
+    out["tensor_for_value"] = _agreed(lambda: reshard.load(sd(step=torch.zeros(1)), path))
+    # A local shard that is not what the placements give, on rank 0 only (world of 3:
+    # torch.chunk gives 3, 3, 1 rows).
+    local = torch.zeros({0: 4, 1: 3, 2: 1}[rank], 5)
+    bad = DTensor.from_local(local, mesh, [Shard(0)], run_check=False, shape=torch.Size((7, 5)),
+                             stride=(5, 1))
+    out["local_shape_rank0"] = _agreed(lambda: reshard.load(sd(w=bad), path))
+
+    # strict=False: the missing key is left alone, the others load (resharded, converted).
+    lenient = sd(not_saved=torch.full((3,), 9.0), w=distribute_tensor(
+        torch.zeros(7, 5, dtype=torch.int64), mesh, [Shard(1)]))
+
+    def check_lenient() -> None:
+        reshard.load(lenient, path, strict=False)
+        assert torch.equal(lenient["not_saved"], torch.full((3,), 9.0))
+        assert torch.equal(lenient["w"].full_tensor(), w.to(torch.int64))
+        assert torch.equal(lenient["b"], b) and lenient["step"] == 3
+
+    out["lenient"] = _agreed(check_lenient)
+    return out
+
+
+def world_of_3(rank: int, world: int, root: str) -> dict[str, list[str]]:
+    return {**one_rank_fails_to_start(rank, world, root), **load_mismatches(rank, world, root)}

@@ -20,19 +20,41 @@ def test_corrupt_whole_chunk_on_one_rank_with_cooperative_reads(tmp_path):
     assert msg.startswith("CorruptCheckpointError") and "key 'v'" in msg and "CRC" in msg, msg
 
 
-@pytest.mark.dist
-def test_one_rank_failing_before_the_first_agreement(tmp_path):
-    results = run_world(agree_worlds.one_rank_fails_to_start, 3, str(tmp_path), timeout_s=150)
-    out = results[0]
-    assert out["after"] == ["no error"] * 3
-    expect = {
-        "load_storage_options": ("CheckpointError", "storage_options", "failed on rank 1"),
-        "load_bad_threads_exchange": ("RESHARD_IO_THREADS", "failed on rank 2"),
-        "load_bad_map_reads": ("RESHARD_MAP_READS",),
-        "save_empty_path": ("checkpoint path is empty", "failed on rank 2"),
-    }
+@pytest.fixture(scope="module")
+def world_of_3(tmp_path_factory):
+    return run_world(agree_worlds.world_of_3, 3, str(tmp_path_factory.mktemp("agree3")),
+                     timeout_s=150)[0]
+
+
+def _check(out, expect):
     for case, words in expect.items():
         msgs = set(out[case])
         assert len(msgs) == 1, (case, out[case])
         (msg,) = msgs
-        assert all(w in msg for w in words), (case, msg)
+        missing = [w for w in words if w not in msg]
+        assert not missing, (case, missing, msg)
+
+
+@pytest.mark.dist
+def test_one_rank_failing_before_the_first_agreement(world_of_3):
+    assert world_of_3["after"] == ["no error"] * 3
+    _check(world_of_3, {
+        "load_storage_options": ("CheckpointError", "storage_options", "failed on rank 1"),
+        "load_bad_threads_exchange": ("RESHARD_IO_THREADS", "failed on rank 2"),
+        "load_bad_map_reads": ("RESHARD_MAP_READS",),
+        "save_empty_path": ("checkpoint path is empty", "failed on rank 2"),
+    })
+
+
+@pytest.mark.dist
+def test_state_dicts_that_disagree_with_the_checkpoint(world_of_3):
+    _check(world_of_3, {
+        "dtensor_shape_all": ("LayoutMismatchError", "key 'w'", "[7, 5]", "[7, 6]"),
+        "plain_shape_rank1": ("LayoutMismatchError", "key 'b'", "[4]", "[5]", "failed on rank 1"),
+        "ndim_all": ("LayoutMismatchError", "key 'w'", "[7, 5]", "[35]"),
+        "missing_rank2": ("MissingKeysError", "'not_saved'", "strict=False", "failed on rank 2"),
+        "tensor_for_value": ("LayoutMismatchError", "key 'step'", "plain value"),
+        "local_shape_rank0": ("LayoutMismatchError", "key 'w'", "[4, 5]", "[3, 5]",
+                              "failed on rank 0"),
+        "lenient": ("no error",),
+    })
