@@ -32,3 +32,22 @@ def test_one_element_destination_with_a_stride(tmp_path, monkeypatch, codec, fra
     reshard.load(dests, tmp_path)
     for k, v in dests.items():
         assert torch.equal(v, want[k]), k
+
+
+def test_protocol_shard_of_another_dtype_is_refused_at_save(tmp_path):
+    # Bug: a checkpointable-protocol tensor whose shard tensors differ in dtype from the
+    # dtype its write items declare was saved as the declared dtype: with another element
+    # size the committed manifest was refused by every reader ("raw_nbytes: 12 != 6
+    # elements x 4 bytes"), with the same size the bytes loaded as other values.
+    from tests.dist.layouts import RowShardTensor
+
+    reshard.save({"t": torch.ones(2)}, tmp_path)  # the checkpoint the failed save must keep
+    for shard_dtype in (torch.bfloat16, torch.int32):
+        pieces = [(0, torch.arange(6).reshape(2, 3).to(shard_dtype)),
+                  (2, torch.arange(6, 12).reshape(2, 3).to(torch.float32))]
+        with pytest.raises(reshard.LayoutMismatchError,
+                           match=rf"key 't': shard 0 has dtype {shard_dtype} but .* float32"):
+            reshard.save({"t": RowShardTensor((4, 3), torch.float32, pieces)}, tmp_path)
+    out = {"t": torch.zeros(2)}
+    reshard.load(out, tmp_path)
+    assert torch.equal(out["t"], torch.ones(2))

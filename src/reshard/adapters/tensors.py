@@ -318,6 +318,13 @@ def _protocol_shards(obj: Any, name: str, *, for_load: bool) -> Shards:
                 f"key {name!r}: shard {index} has shape {list(tensor.shape)} but its chunk "
                 f"says {list(box.sizes)}"
             )
+        if not for_load and _TORCH_DTYPES.get(tensor.dtype) != dtype:
+            # Its bytes would be saved under the declared dtype: a manifest no reader accepts
+            # (or, at the same element size, other values).
+            raise LayoutMismatchError(
+                f"key {name!r}: shard {index} has dtype {tensor.dtype} but the write items "
+                f"declare {dtype}"
+            )
         boxes.append(box)
         tensors.append(tensor.detach() if tensor.requires_grad else tensor)
     return Shards(shape=shape, dtype=dtype, container="torch", boxes=tuple(boxes),
