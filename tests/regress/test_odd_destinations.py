@@ -51,3 +51,22 @@ def test_protocol_shard_of_another_dtype_is_refused_at_save(tmp_path):
     out = {"t": torch.zeros(2)}
     reshard.load(out, tmp_path)
     assert torch.equal(out["t"], torch.ones(2))
+
+
+def test_empty_destinations_with_zero_strides_load(tmp_path):
+    # Bug: numpy gives empty arrays zero strides (np.zeros((0, 3)).strides == (0, 0)), and a
+    # load refused them as "an expanded view whose elements share memory".
+    import numpy as np
+
+    saved = {"np": np.zeros((0, 3), dtype=np.float16), "t": torch.empty(0, 4),
+             "full": np.arange(6, dtype=np.int32).reshape(2, 3)}
+    reshard.save(saved, tmp_path)
+    out = {"np": np.ones((0, 3), dtype=np.float16), "t": torch.empty(0, 1).expand(0, 4),
+           "full": np.zeros((2, 3), dtype=np.int32)}
+    reshard.load(out, tmp_path)
+    assert out["np"].shape == (0, 3) and tuple(out["t"].shape) == (0, 4)
+    assert np.array_equal(out["full"], saved["full"])
+    # An expanded view holding elements is still refused.
+    with pytest.raises(reshard.UnsupportedValueError, match="key 'full'.*expanded view"):
+        reshard.load({"full": torch.zeros(1, 3, dtype=torch.int32).expand(2, 3)}, tmp_path)
+

@@ -178,7 +178,9 @@ def check_dense(tensor: torch.Tensor, name: str, *, for_load: bool) -> None:
     elif tensor.device.type == "meta":
         problem = ("it is on the meta device and holds no data"
                    + (" (materialize it first, e.g. module.to_empty(device=...))" if for_load else ""))
-    elif for_load and any(st == 0 and n > 1 for st, n in zip(tensor.stride(), tensor.shape)):
+    elif for_load and tensor.numel() and any(
+        st == 0 and n > 1 for st, n in zip(tensor.stride(), tensor.shape)
+    ):  # an empty array has no elements to share (numpy gives empty arrays zero strides)
         problem = "it is an expanded view whose elements share memory; load into a copy"
     if problem is not None:
         raise UnsupportedValueError(f"key {name!r}: {problem}")
