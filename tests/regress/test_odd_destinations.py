@@ -70,3 +70,10 @@ def test_empty_destinations_with_zero_strides_load(tmp_path):
     with pytest.raises(reshard.UnsupportedValueError, match="key 'full'.*expanded view"):
         reshard.load({"full": torch.zeros(1, 3, dtype=torch.int32).expand(2, 3)}, tmp_path)
 
+
+def test_empty_tensor_with_a_dim_beyond_the_format_is_refused_at_save(tmp_path):
+    # Bug: an empty tensor may have any dim size; a dim over the reader's bound (2**48) was
+    # saved and committed, and every load then refused the manifest.
+    with pytest.raises(reshard.UnsupportedValueError, match=r"key 'a': shape \[.*\] has a dim"):
+        reshard.save({"a": torch.empty(2**50, 0)}, tmp_path)
+    assert not (tmp_path / "manifest.json").exists()

@@ -14,7 +14,7 @@ import torch
 from ..core.layout import Box, full_box
 from ..core.planner import Desc, TensorDesc, ValueDesc
 from ..errors import LayoutMismatchError, UnsupportedValueError
-from ..format.manifest import MAX_NDIM, Key, dotted
+from ..format.manifest import MAX_DIM_SIZE, MAX_NDIM, Key, dotted
 from ..format.values import encode_value
 
 _TORCH_DTYPES: dict[torch.dtype, str] = {
@@ -341,6 +341,11 @@ def describe(key: Key, leaf: Any) -> tuple[Desc, tuple[torch.Tensor, ...]]:
             # The reader refuses such manifests: never commit a checkpoint it cannot open.
             raise UnsupportedValueError(
                 f"key {dotted(key)!r}: {len(s.shape)} dims, the format allows at most {MAX_NDIM}"
+            )
+        if any(n > MAX_DIM_SIZE for n in s.shape):  # only an empty tensor can be this large
+            raise UnsupportedValueError(
+                f"key {dotted(key)!r}: shape {list(s.shape)} has a dim larger than the format's "
+                f"{MAX_DIM_SIZE}"
             )
         desc = TensorDesc(key=key, dtype=s.dtype, shape=s.shape, container=s.container,
                           boxes=s.boxes)
