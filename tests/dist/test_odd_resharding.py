@@ -13,6 +13,7 @@ process loads the world-of-1 targets.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
@@ -27,17 +28,23 @@ pytestmark = pytest.mark.dist
 
 
 def odd_world(rank: int, world: int, root: str) -> tuple[list[Any], list[str]]:
+    t0 = time.perf_counter()
     meshes = Meshes()
     try:
         odd_worlds.save_sources(rank, world, root, meshes)
     except BaseException:
         mark_stage(root, world, "failed")
         raise
+    t1 = time.perf_counter()
     if rank == 0:
         mark_stage(root, world, "saved")
     for source in sorted({s.save.world for s in SCENARIOS if s.load.world == world} - {1, world}):
         wait_for_stage(root, source, "saved")
-    return odd_worlds.load_targets(rank, world, root, meshes)
+    t2 = time.perf_counter()
+    problems, runs = odd_worlds.load_targets(rank, world, root, meshes)
+    t3 = time.perf_counter()
+    return problems, runs + [f"time{world}.{rank}:save {t1 - t0:.1f} wait {t2 - t1:.1f} "
+                             f"load {t3 - t2:.1f}"]
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +60,10 @@ def outcome(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         for rank_problems, rank_runs in results[world]:
             problems += rank_problems
             runs += rank_runs
+    t0 = time.perf_counter()
     p1, r1 = odd_worlds.load_targets(0, 1, root, None)
+    print("world of 1 load", round(time.perf_counter() - t0, 1), "s;",
+          sorted(r for r in runs if r.startswith("time")))
     return {"problems": problems + p1, "runs": set(runs + r1)}
 
 
