@@ -200,9 +200,27 @@ def save_sources(rank: int, world: int, root: str, meshes: Meshes | None) -> Non
         sd = {s.name: build(s, s.save, rank, meshes, built, want(s)) for s in mine}
         os.environ["RESHARD_FRAME_RAW_NBYTES"] = str(codec.frame)
         try:
-            reshard.save(sd, path(root, world, codec), codec=codec_arg(codec))
+            if codec.tag == ASYNC_CODEC:
+                # In the background: the sources are overwritten as soon as it returns.
+                handle = reshard.async_save(sd, path(root, world, codec), codec=codec_arg(codec))
+                for s in mine:
+                    for _, t, _ in _parts(s.save, sd[s.name], s.shape, meshes):
+                        _scribble(t)
+                handle.result()
+            else:
+                reshard.save(sd, path(root, world, codec), codec=codec_arg(codec))
         finally:
             del os.environ["RESHARD_FRAME_RAW_NBYTES"]
+
+
+ASYNC_CODEC = "rot1000"  # the checkpoints saved with async_save
+
+
+def _scribble(t: torch.Tensor) -> None:
+    if t.dtype == torch.bool:
+        t.logical_not_()
+    elif t.numel():
+        bits(t).fill_(0x5A)
 
 
 # Load settings, rotated over the loads: (name, environment)
