@@ -189,6 +189,48 @@ def check(s: Scenario, leaf: Any, meshes: Meshes | None, built: Built) -> list[s
     return out
 
 
+# Plain values, numpy arrays and odd keys, saved by every world next to CODECS[0]'s tensors
+
+VALUES_KEY = "values.with.dots"
+
+
+def values_tree(fill: bool) -> dict[Any, Any]:
+    """The saved tree (``fill``) or a destination of the same keys: numpy destinations in
+    Fortran order, reversed, empty; replaced values hold other types beforehand."""
+    import numpy as np
+
+    a = np.arange(12, dtype=np.int32).reshape(3, 4) * 7 - 5
+    if fill:
+        return {"": 2**80, "ü/..": [1.5, (None, "x\u2028y", b"\x00\xff")], 7: {"a.b": -0.0},
+                "f_order": a.copy(order="F"), "reversed": a[::-1, ::-1].copy(),
+                "empty": np.zeros((0, 3), dtype=np.float16), "scalar": np.uint16(65535),
+                "tensor_in_tuple": (torch.arange(5, dtype=torch.int16), "t")}
+    return {"": None, "ü/..": [0.0, (1, "", b"")], 7: {"a.b": 1},
+            "f_order": np.zeros((4, 3), dtype=np.int32, order="C").T,
+            "reversed": np.zeros((3, 4), dtype=np.int32)[::-1], "empty": np.ones((0, 3), dtype=np.float16),
+            "scalar": np.uint16(0), "tensor_in_tuple": (torch.zeros(5, dtype=torch.int16), "")}
+
+
+def _values_problems(got: dict[Any, Any]) -> list[str]:
+    import numpy as np
+
+    want = values_tree(True)
+    out = []
+    for k, w in want.items():
+        g = got[k]
+        if isinstance(w, np.ndarray | np.generic):
+            same = type(g) is type(w) and g.dtype == w.dtype and np.array_equal(g, w)
+        elif k == "tensor_in_tuple":
+            same = torch.equal(g[0], w[0]) and g[1] == w[1]
+        elif k == 7:
+            same = g == w and str(g["a.b"]) == "-0.0"
+        else:
+            same = g == w and type(g) is type(w)
+        if not same:
+            out.append(f"{VALUES_KEY}[{k!r}]: got {g!r}, want {w!r}")
+    return out
+
+
 # Saving and loading
 
 
@@ -197,7 +239,9 @@ def save_sources(rank: int, world: int, root: str, meshes: Meshes | None) -> Non
     built = Built()
     for codec in CODECS:
         mine = [s for s in SCENARIOS if s.save.world == world and s.codec == codec]
-        sd = {s.name: build(s, s.save, rank, meshes, built, want(s)) for s in mine}
+        sd: dict[str, Any] = {s.name: build(s, s.save, rank, meshes, built, want(s)) for s in mine}
+        if codec == CODECS[0]:
+            sd[VALUES_KEY] = values_tree(True)
         os.environ["RESHARD_FRAME_RAW_NBYTES"] = str(codec.frame)
         try:
             if codec.tag == ASYNC_CODEC:
@@ -238,14 +282,18 @@ LOAD_ENVS: list[tuple[str, dict[str, str]]] = [
 def _load_group(scenarios: list[Scenario], ckpt: str, env: dict[str, str], rank: int, world: int,
                 meshes: Meshes | None) -> list[Problem]:
     built = Built()
-    sd = {s.name: build(s, s.load, rank, meshes, built, None) for s in scenarios}
+    sd: dict[str, Any] = {s.name: build(s, s.load, rank, meshes, built, None) for s in scenarios}
+    with_values = ckpt.endswith(CODECS[0].tag) and len(scenarios) > 1
+    if with_values:
+        sd[VALUES_KEY] = values_tree(False)
     os.environ.update(env)
     try:
         reshard.load(sd, ckpt)
     except Exception as e:  # noqa: BLE001 - narrowed down scenario by scenario
         if len(scenarios) == 1:
             return [(scenarios[0].name, world, rank, f"load raised {type(e).__name__}: {e}")]
-        out: list[Problem] = []
+        out: list[Problem] = [(f"all of {os.path.basename(ckpt)}", world, rank,
+                               f"load raised {type(e).__name__}: {e}")]
         for s in scenarios:  # the same path on every rank: collectives stay matched
             out += _load_group([s], ckpt, env, rank, world, meshes)
         return out
@@ -256,6 +304,8 @@ def _load_group(scenarios: list[Scenario], ckpt: str, env: dict[str, str], rank:
     for s in scenarios:
         for msg in check(s, sd[s.name], meshes, built):
             problems.append((s.name, world, rank, msg))
+    if with_values:
+        problems += [(VALUES_KEY, world, rank, msg) for msg in _values_problems(sd[VALUES_KEY])]
     return problems
 
 
