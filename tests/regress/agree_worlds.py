@@ -111,6 +111,9 @@ def one_rank_fails_to_start(rank: int, world: int, root: str) -> dict[str, list[
         os.environ.pop(k, None)
     out["save_empty_path"] = _agreed(lambda: reshard.save(
         {"w": distribute_tensor(w + 1, mesh, [Shard(0)]), "step": 6}, "" if rank == 2 else path))
+    out["async_save_empty_path"] = _agreed(lambda: reshard.async_save(
+        {"w": distribute_tensor(w + 2, mesh, [Shard(0)]), "step": 7},
+        "" if rank == 1 else path).result())
     # Nothing was committed: the first checkpoint loads whole.
     sd = dest()
     out["after"] = _agreed(lambda: reshard.load(sd, path))

@@ -43,6 +43,7 @@ def test_one_rank_failing_before_the_first_agreement(world_of_3):
         "load_bad_threads_exchange": ("RESHARD_IO_THREADS", "failed on rank 2"),
         "load_bad_map_reads": ("RESHARD_MAP_READS",),
         "save_empty_path": ("checkpoint path is empty", "failed on rank 2"),
+        "async_save_empty_path": ("checkpoint path is empty", "failed on rank 1"),
     })
 
 
