@@ -22,7 +22,7 @@ from tests.helpers.world import mark_stage, run_worlds_at_once, wait_for_stage
 
 from . import odd_worlds
 from .layouts import Meshes
-from .odd_scenarios import SCENARIOS
+from .odd_scenarios import CODECS, SCENARIOS
 
 pytestmark = pytest.mark.dist
 
@@ -64,7 +64,7 @@ def outcome(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     p1, r1 = odd_worlds.load_targets(0, 1, root, None)
     print("world of 1 load", round(time.perf_counter() - t0, 1), "s;",
           sorted(r for r in runs if r.startswith("time")))
-    return {"problems": problems + p1, "runs": set(runs + r1)}
+    return {"problems": problems + p1, "runs": set(runs + r1), "root": root}
 
 
 @pytest.mark.parametrize("load_world", [4, 3, 2, 1])
@@ -86,3 +86,20 @@ def test_every_transition_and_load_setting_ran(outcome: dict[str, Any]) -> None:
     used = {int(r.split(":")[1]) for r in outcome["runs"] if r.startswith("exchanged")
             and not r.startswith("exchanged1")}
     assert used and min(used) > 0, sorted(r for r in outcome["runs"] if r.startswith("exchanged"))
+
+
+def test_every_checkpoint_verifies_whole(outcome: dict[str, Any]) -> None:
+    """Every checkpoint of the table (each world, codec and frame size, async saves too)
+    passes reshard.verify: every frame read and checksummed, no stray data files."""
+    import os
+
+    import reshard
+
+    paths = sorted(p for p in os.listdir(outcome["root"]) if p.startswith("from"))
+    assert len(paths) == 4 * len(CODECS), paths
+    bad = {}
+    for p in paths:
+        report = reshard.verify(os.path.join(outcome["root"], p))
+        if not report.ok:
+            bad[p] = report
+    assert not bad, bad
