@@ -149,7 +149,10 @@ def async_save(
         if _inflight is not None:
             _inflight._finished.wait()
         coll = Collective(_background_group(process_group))
-        store = open_store(path, storage_options)
+        store, opening = coll.deferred(lambda: open_store(path, storage_options))
+        if store is None:  # raised inside the first agreed step, on every rank
+            prepare_save(coll, None, state_dict, codec, opening=opening)
+            raise AssertionError("unreachable: prepare_save raises the opening error")
         try:
             prepared = prepare_save(coll, store, state_dict, codec)
             staged: dict[str, Any] = {}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
@@ -40,6 +40,10 @@ class LoadPlan:
     whole: list[tuple[Target, Chunk]]
     rest: list[Target]
     values: list[tuple[tuple[Any, ...], Any]]
+    # Tunables are read with the plan, inside load's agreed planning step: a bad value on
+    # one rank must not stop that rank alone, before the cooperative reads' collectives.
+    threads: int = field(default_factory=config.io_threads)
+    max_piece_nbytes: int = field(default_factory=config.max_piece_nbytes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,15 +87,24 @@ def load(
     from .async_save import wait_for_inflight  # async_save builds on save, not on load
 
     coll = Collective(process_group)
-    store = open_store(path, storage_options)
+    opened, opening = coll.deferred(lambda: open_store(path, storage_options))
+
+    def store_of() -> Store:
+        # A rank that could not open the store raises here, inside an agreed step.
+        if opened is None:
+            raise opening  # type: ignore[misc]
+        return opened
+
     try:
         # An async save to this path in this process would delete, as it commits, the
         # files of the checkpoint this load is reading: it is waited for first.
-        wait_for_inflight(store.location)
-        found = coll.agree_broadcast(lambda: find_manifest(store, allow_pickle=allow_pickle))
+        if opened is not None:
+            wait_for_inflight(opened.location)
+        found = coll.agree_broadcast(lambda: find_manifest(store_of(), allow_pickle=allow_pickle))
         plan: dict[str, LoadPlan] = {}
 
         def prepare() -> Any:
+            store = store_of()
             manifest = found if isinstance(found, Manifest) else parse_manifest(store, found)
             plan["plan"] = plan_load(state_dict, manifest, strict=strict, location=store.location)
             # What this rank would share reads of: gathered here at no extra collective.
@@ -102,13 +115,14 @@ def load(
         gathered = exchange.gather(coll.agree_all(prepare))
 
         def execute() -> None:
-            apply(store, state_dict, plan["plan"], coll=coll, gathered=gathered)
+            apply(store_of(), state_dict, plan["plan"], coll=coll, gathered=gathered)
 
         coll.agree_all(execute)
-        return LoadStats(bytes_read=int(getattr(store, "bytes_read", 0)),
-                         bytes_mapped=int(getattr(store, "bytes_mapped", 0)))
+        return LoadStats(bytes_read=int(getattr(opened, "bytes_read", 0)),
+                         bytes_mapped=int(getattr(opened, "bytes_mapped", 0)))
     finally:
-        store.close()
+        if opened is not None:
+            opened.close()
 
 
 def apply(
@@ -116,10 +130,12 @@ def apply(
     coll: Collective | None = None, gathered: exchange.Gathered | None = None,
 ) -> None:
     with torch.no_grad():
-        threads = config.io_threads()
-        fill_whole_chunks(store, plan.whole, threads=threads)
-        fill(store, plan.rest, threads=threads, max_piece_nbytes=config.max_piece_nbytes(),
-             coll=coll, gathered=gathered)
+        threads = plan.threads
+        # The whole chunks are read inside fill: a failure there on one rank must still
+        # reach the cooperative reads' agreement that the other ranks wait in.
+        fill(store, plan.rest, threads=threads, max_piece_nbytes=plan.max_piece_nbytes,
+             coll=coll, gathered=gathered,
+             before=partial(fill_whole_chunks, store, plan.whole, threads=threads))
     for key, value in plan.values:
         set_path(state_dict, key, value.make() if isinstance(value, _Later) else value)
 

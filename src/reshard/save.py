@@ -63,7 +63,10 @@ def save(
     from .async_save import wait_for_inflight  # async_save builds on this module
 
     coll = Collective(process_group)
-    store = open_store(path, storage_options)
+    store, opening = coll.deferred(lambda: open_store(path, storage_options))
+    if store is None:  # raised inside the first agreed step, on every rank
+        prepare_save(coll, None, state_dict, codec, opening=opening)
+        raise AssertionError("unreachable: prepare_save raises the opening error")
     try:
         wait_for_inflight(store.location)
         prepared = prepare_save(coll, store, state_dict, codec)
@@ -92,12 +95,18 @@ class PreparedSave:
 
 @without_gc
 def prepare_save(
-    coll: Collective, store: Store, state_dict: Mapping[str, Any], codec_arg: Any
+    coll: Collective, store: Store | None, state_dict: Mapping[str, Any], codec_arg: Any, *,
+    opening: Exception | None = None,
 ) -> PreparedSave:
-    """Describe every rank's state, plan on the coordinator, hand each rank its tasks."""
+    """Describe every rank's state, plan on the coordinator, hand each rank its tasks.
+
+    ``opening`` is this rank's error opening the store (``store`` is then None): it is
+    raised here, in the first agreed step, so that every rank raises it."""
     local: dict[str, Any] = {}
 
     def describe_local() -> tuple[CodecSpec, Any]:
+        if opening is not None:
+            raise opening
         local["codec"], local["codec_spec"] = resolve_codec(codec_arg)
         described = [describe(key, leaf) for key, leaf in flatten(state_dict)]
         local["tensors"] = [tensors for _, tensors in described]
@@ -116,6 +125,7 @@ def prepare_save(
             _unpack_descs(o.value[1]) for o in described[1:]  # type: ignore[index]
         ]
         shared["plan"], shared["per_rank"] = plan_save(per_rank), per_rank
+        assert store is not None  # the coordinator's own opening error was raised above
         store.prepare(DATA_DIR)
         save_id = _save_id()
         return [(save_id, tuple([(t.item_index, t.box_index) for t in shared["plan"].tasks[r]]))

@@ -14,7 +14,7 @@ import torch
 from ..core.layout import Box, full_box
 from ..core.planner import Desc, TensorDesc, ValueDesc
 from ..errors import LayoutMismatchError, UnsupportedValueError
-from ..format.manifest import MAX_NDIM, Key, dotted
+from ..format.manifest import MAX_DIM_SIZE, MAX_NDIM, Key, dotted
 from ..format.values import encode_value
 
 _TORCH_DTYPES: dict[torch.dtype, str] = {
@@ -178,7 +178,9 @@ def check_dense(tensor: torch.Tensor, name: str, *, for_load: bool) -> None:
     elif tensor.device.type == "meta":
         problem = ("it is on the meta device and holds no data"
                    + (" (materialize it first, e.g. module.to_empty(device=...))" if for_load else ""))
-    elif for_load and any(st == 0 and n > 1 for st, n in zip(tensor.stride(), tensor.shape)):
+    elif for_load and tensor.numel() and any(
+        st == 0 and n > 1 for st, n in zip(tensor.stride(), tensor.shape)
+    ):  # an empty array has no elements to share (numpy gives empty arrays zero strides)
         problem = "it is an expanded view whose elements share memory; load into a copy"
     if problem is not None:
         raise UnsupportedValueError(f"key {name!r}: {problem}")
@@ -318,6 +320,13 @@ def _protocol_shards(obj: Any, name: str, *, for_load: bool) -> Shards:
                 f"key {name!r}: shard {index} has shape {list(tensor.shape)} but its chunk "
                 f"says {list(box.sizes)}"
             )
+        if not for_load and _TORCH_DTYPES.get(tensor.dtype) != dtype:
+            # Its bytes would be saved under the declared dtype: a manifest no reader accepts
+            # (or, at the same element size, other values).
+            raise LayoutMismatchError(
+                f"key {name!r}: shard {index} has dtype {tensor.dtype} but the write items "
+                f"declare {dtype}"
+            )
         boxes.append(box)
         tensors.append(tensor.detach() if tensor.requires_grad else tensor)
     return Shards(shape=shape, dtype=dtype, container="torch", boxes=tuple(boxes),
@@ -332,6 +341,11 @@ def describe(key: Key, leaf: Any) -> tuple[Desc, tuple[torch.Tensor, ...]]:
             # The reader refuses such manifests: never commit a checkpoint it cannot open.
             raise UnsupportedValueError(
                 f"key {dotted(key)!r}: {len(s.shape)} dims, the format allows at most {MAX_NDIM}"
+            )
+        if any(n > MAX_DIM_SIZE for n in s.shape):  # only an empty tensor can be this large
+            raise UnsupportedValueError(
+                f"key {dotted(key)!r}: shape {list(s.shape)} has a dim larger than the format's "
+                f"{MAX_DIM_SIZE}"
             )
         desc = TensorDesc(key=key, dtype=s.dtype, shape=s.shape, container=s.container,
                           boxes=s.boxes)

@@ -148,6 +148,18 @@ class Collective:
                                             group=self._group, async_op=True)
         return lambda: work.wait()
 
+    def deferred(self, fn: Callable[[], T]) -> tuple[T | None, Exception | None]:
+        """Run ``fn`` before the first agreed step: with several ranks, its error is
+        returned (value None) for the caller to raise inside that step, so that every rank
+        raises it instead of the others waiting there for a rank that left. One rank
+        raises it at once."""
+        try:
+            return fn(), None
+        except Exception as e:
+            if self._dist is None or self.world_size <= 1:
+                raise
+            return None, e
+
     # Agreed steps: every rank returns, or every rank raises the same error.
 
     def agree_all(self, fn: Callable[[], T]) -> list[T]:

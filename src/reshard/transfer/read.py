@@ -4,7 +4,7 @@ verify their checksums, decode, and copy straight into destination memory."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -54,25 +54,34 @@ class ReadStats:
 def fill(
     store: Store, targets: list[Target], *, threads: int, max_piece_nbytes: int,
     coll: Collective | None = None, gathered: Gathered | None = None,
+    before: Callable[[], None] | None = None,
 ) -> ReadStats:
     """Copy the saved values of every target box into its tensor.
 
     With ``coll`` and the needs every rank gathered (``exchange.local_needs``), frames
     that several ranks need are read by one of them and shared (transfer/exchange.py);
     then this call is collective and every rank raises the same error on failure.
+    ``before`` is more of this rank's own reads (load's whole small chunks), run first:
+    inside the exchange's agreement, so that its failure on one rank cannot leave that
+    rank outside the swaps the others wait in.
     """
     stats = ReadStats()
     sizes: dict[str, int] = {}
     xplan = exchange.plan(gathered) if coll is not None and coll.world_size > 1 else EMPTY_PLAN
-    if not xplan.rounds:
+
+    def own() -> None:
+        if before is not None:
+            before()
         _fill_own(store, targets, stats, threads=threads, max_piece_nbytes=max_piece_nbytes,
-                  sizes=sizes, skip=set())
+                  sizes=sizes, skip=skip)
+
+    skip: set[tuple[int, int]] = set()
+    if not xplan.rounds:
+        own()
     else:
         assert coll is not None
         skip = xplan.handled(coll.rank)
-        exchange.run(store, targets, xplan, coll, threads=threads, sizes=sizes, prior=lambda: _fill_own(
-            store, targets, stats, threads=threads, max_piece_nbytes=max_piece_nbytes,
-            sizes=sizes, skip=skip))
+        exchange.run(store, targets, xplan, coll, threads=threads, sizes=sizes, prior=own)
     for t in targets:
         if t.staging is not None:
             t.tensor.copy_(t.staging)
@@ -314,7 +323,13 @@ def _elements(data: np.ndarray, itemsize: int) -> np.ndarray:
 
 
 def _flat(t: torch.Tensor) -> torch.Tensor:
-    return t.reshape(-1)
+    """A contiguous tensor as one dim of stride 1 (a view)."""
+    flat = t.reshape(-1)
+    if flat.numel() <= 1 and flat.stride(0) != 1:
+        # torch calls a one-element tensor contiguous whatever its stride (x[::2][:1]), and
+        # reshape keeps that stride, which .view(torch.uint8) refuses.
+        flat = flat.as_strided((flat.numel(),), (1,))
+    return flat
 
 
 def _bytes_array(t: torch.Tensor) -> np.ndarray:
