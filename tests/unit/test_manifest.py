@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from reshard.core.layout import Box
 from reshard.errors import CheckpointError, CorruptCheckpointError, UnsupportedFormatError
+from reshard.format import chunks as chunks_module
 from reshard.format import manifest as manifest_module
 from reshard.format.chunks import checked_columns
 from reshard.format.dtypes import ITEMSIZE
@@ -253,6 +254,27 @@ def test_whole_entry_chunk_checks_agree_with_the_per_chunk_checks(data: bytes) -
     with mock.patch.object(manifest_module, "checked_columns", lambda *a, **k: None):
         slow = _outcome(data)
     assert fast == slow
+
+
+@settings(max_examples=600, deadline=None, derandomize=True)
+@given(data=mutated_tensor_manifests(), small=st.integers(0, 9))
+def test_small_entry_checks_agree_with_the_column_checks(data: bytes, small: int) -> None:
+    """Entries of a few chunks are checked in plain loops (chunks._small_columns): on valid
+    and mutated chunk lists they accept exactly what the column checks accept and build
+    the same columns."""
+    doc = json.loads(data)
+    e = doc["entries"][0]
+    shape = e["shape"]
+    if type(shape) is not list or not all(type(d) is int for d in shape):
+        return
+    identity = [c["name"] == "identity" for c in doc["codecs"]]
+    args = (e["chunks"], tuple(shape), ITEMSIZE[e["dtype"]], len(doc["files"]), identity)
+    with mock.patch.object(chunks_module, "SMALL_ENTRY_CHUNKS", 0):
+        columns = checked_columns(*args)
+    with mock.patch.object(chunks_module, "SMALL_ENTRY_CHUNKS", small):
+        assert checked_columns(*args) == columns
+    if e["chunks"]:
+        assert chunks_module._small_columns(*args) == columns
 
 
 @settings(max_examples=100, deadline=None, derandomize=True)
