@@ -12,7 +12,7 @@ from .errors import ConfigError
 from .format.manifest import MAX_FRAME_RAW_NBYTES
 
 
-def _int_env(name: str, default: int, *, hi: int | None = None) -> int:
+def _int_env(name: str, default: int, *, lo: int = 1, hi: int | None = None) -> int:
     raw = os.environ.get(name)
     if raw is None:
         return default
@@ -20,8 +20,9 @@ def _int_env(name: str, default: int, *, hi: int | None = None) -> int:
         value = int(raw)
     except ValueError:
         raise ConfigError(f"{name}={raw!r} is not an integer") from None
-    if value <= 0:
-        raise ConfigError(f"{name}={raw!r} must be positive")
+    if value < lo:
+        bound = "positive" if lo == 1 else f"at least {lo}"
+        raise ConfigError(f"{name}={raw!r} must be {bound}")
     if hi is not None and value > hi:
         raise ConfigError(f"{name}={raw!r} must be at most {hi}")
     return value
@@ -57,6 +58,13 @@ def writeback_nbytes() -> int:
     if os.environ.get("RESHARD_WRITEBACK_NBYTES") == "0":
         return 0
     return _int_env("RESHARD_WRITEBACK_NBYTES", 8 * 1024 * 1024)
+
+
+def leftover_age_s() -> int:
+    """Seconds after its start before a data file that no manifest names (a killed or
+    failed save's) is removed by a save to the same path; younger ones may belong to a
+    save to that path that is still running, whose commit needs them."""
+    return _int_env("RESHARD_LEFTOVER_AGE_S", 3600, lo=0)
 
 
 def io_threads() -> int:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import calendar
 import logging
 import os
+import re
 import time
 import uuid
 from array import array
@@ -174,12 +176,15 @@ def write_and_commit(
             created_unix_s=time.time(),
         )
         keep = set(files)
+        age_s = config.leftover_age_s()
         store.sync(DATA_DIR)
+        replaced = _committed_save_id(store)  # as late as can be: another save may commit
         store.write_atomic(MANIFEST_NAME, manifest)
         # Committed: from here the save has succeeded. Removing the previous files is
-        # best effort; whatever is left is removed by the next save to this path.
+        # best effort; whatever is left is removed by a later save to this path.
         try:
-            _remove_files(store, lambda name: name not in keep and is_saved_data_file(name))
+            _remove_files(store, lambda name: name not in keep and is_saved_data_file(name)
+                          and _superseded(name, replaced=replaced, save_id=save_id, age_s=age_s))
         except Exception as e:  # noqa: BLE001 - must not report a committed save as failed
             _log.warning("reshard.save: committed %s but could not remove old files: %s",
                          store.location, e)
@@ -224,8 +229,46 @@ def _check_visible(store: Store, written: list[Outcome[WrittenFile]]) -> None:
             )
 
 def _save_id() -> str:
-    # is_saved_data_file recognizes files named from this id; keep the two in step.
-    return f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:12]}"
+    # is_saved_data_file recognizes files named from this id; keep the two in step. UTC,
+    # so that saves from hosts in other time zones compare (_superseded).
+    return f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:12]}"
+
+
+_SAVE_ID_RE = re.compile(rb'"save_id"\s*:\s*"(\d{8}T\d{6}-[0-9a-f]{12})"')
+
+
+def _committed_save_id(store: Store) -> str | None:
+    """The save id of the manifest this commit replaces, read from the start of its text
+    (the canonical layout writes it third); None if there is none or it is not found."""
+    try:
+        head = bytearray(min(store.size(MANIFEST_NAME), 4096))
+        store.read_into(MANIFEST_NAME, 0, memoryview(head))
+    except (CheckpointError, OSError):
+        return None
+    found = _SAVE_ID_RE.search(head)
+    return found.group(1).decode() if found else None
+
+
+def _superseded(name: str, *, replaced: str | None, save_id: str, age_s: int) -> bool:
+    """Whether a data file the new manifest does not name may be removed: the replaced
+    checkpoint's files, and leftovers of saves that started ``age_s`` or more before this
+    one (``config.leftover_age_s``). Files of a save to this path that is still running
+    stay, so two jobs that save to one path leave the checkpoint of the one that commits
+    last whole (each used to remove the other's files: both reported success and no
+    loadable checkpoint was left)."""
+    file_id = os.path.basename(name).split(".", 1)[0]
+    if file_id == replaced:
+        return True
+    started = _started_s(file_id)
+    return started is None or started <= (_started_s(save_id) or 0) - age_s
+
+
+def _started_s(save_id: str) -> float | None:
+    """The UTC start time a save id records, in seconds since the epoch."""
+    try:
+        return calendar.timegm(time.strptime(save_id[:15], "%Y%m%dT%H%M%S"))
+    except ValueError:
+        return None
 
 
 def _remove_files(store: Store, should_remove: Any) -> None:

@@ -232,5 +232,6 @@ def _note_strays(store: Store, referenced: set[str], tally: _Tally) -> None:
     if strays:
         tally.warnings.append(
             f"{len(strays)} file(s) in {DATA_DIR}/ are not part of this checkpoint (left by an "
-            f"interrupted save; the next save to this path removes them): {', '.join(strays[:5])}"
+            f"interrupted save, or a save still running; a save to this path removes them once "
+            f"they are an hour old, RESHARD_LEFTOVER_AGE_S): {', '.join(strays[:5])}"
         )

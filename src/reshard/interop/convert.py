@@ -225,7 +225,7 @@ def to_reshard(
     created = not os.path.exists(dst)
     codec_obj, spec = resolve_codec(codec)
     values = source.plain_values()
-    save_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:12]}"
+    save_id = f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:12]}"
     file_name = f"{DATA_DIR}/{save_id}.0.bin"
     report = progress or (lambda n: None)
     store = open_store(dst)
