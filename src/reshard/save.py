@@ -238,14 +238,18 @@ _SAVE_ID_RE = re.compile(rb'"save_id"\s*:\s*"(\d{8}T\d{6}-[0-9a-f]{12})"')
 
 
 def _committed_save_id(store: Store) -> str | None:
-    """The save id of the manifest this commit replaces, read from the start of its text
-    (the canonical layout writes it third); None if there is none or it is not found."""
+    """The save id of the manifest this commit replaces, or None if there is none or it
+    is not found. Only the first and last 4 KiB of its text are read: manifests name it
+    among the top-level fields before or after the entries, and in a JSON string the
+    pattern's quotes would be escaped, so any match is that field."""
     try:
-        head = bytearray(min(store.size(MANIFEST_NAME), 4096))
-        store.read_into(MANIFEST_NAME, 0, memoryview(head))
+        size = store.size(MANIFEST_NAME)
+        ends = [bytearray(min(size, 4096)), bytearray(min(max(size - 4096, 0), 4096))]
+        store.read_into(MANIFEST_NAME, 0, memoryview(ends[0]))
+        store.read_into(MANIFEST_NAME, size - len(ends[1]), memoryview(ends[1]))
     except (CheckpointError, OSError):
         return None
-    found = _SAVE_ID_RE.search(head)
+    found = _SAVE_ID_RE.search(ends[0]) or _SAVE_ID_RE.search(ends[1])
     return found.group(1).decode() if found else None
 
 

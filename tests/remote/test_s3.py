@@ -252,8 +252,12 @@ def test_uncommitted_save_never_looks_complete(
     with pytest.raises(reshard.CheckpointNotFoundError):
         reshard.open(f"s3://{s3_bucket}/fresh", storage_options=s3_options)
 
-    # The next committed save removes what the crash left behind.
+    # The next committed save removes the replaced checkpoint's object; the crashed save's
+    # stays while it is younger than RESHARD_LEFTOVER_AGE_S (a save that may still run).
     v3 = {"t": v1["t"] * 3}
+    reshard.save(v3, url, storage_options=s3_options)
+    assert len(store.list("data")) == 2
+    monkeypatch.setenv("RESHARD_LEFTOVER_AGE_S", "0")
     reshard.save(v3, url, storage_options=s3_options)
     assert len(store.list("data")) == 1
     out = {"t": torch.zeros(1000, dtype=torch.int32)}

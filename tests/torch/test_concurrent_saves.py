@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -99,3 +100,18 @@ def test_leftovers_are_removed_once_old_enough(tmp_path: Path, monkeypatch: pyte
     out = {"w": torch.empty(64)}
     reshard.load(out, path)
     assert torch.equal(out["w"], state["w"])
+
+
+def test_a_save_replacing_a_large_manifest_removes_its_files(tmp_path: Path) -> None:
+    """The replaced manifest's save id is found whether its text names it before the
+    entries (earlier writers) or after them, beyond the first 4 KiB."""
+    path = tmp_path / "ckpt"
+    reshard.save({f"k{i:04d}": torch.full((4,), i) for i in range(300)}, path)
+    assert (path / "manifest.json").stat().st_size > 3 * 4096
+    first = _data_files(path)
+    reshard.save({"w": torch.ones(3)}, path)
+    assert not (first & _data_files(path)) and len(_data_files(path)) == 1
+    golden = Path(__file__).parents[1] / "compat" / "golden_v1"
+    shutil.copytree(golden, tmp_path / "golden")
+    reshard.save({"w": torch.ones(3)}, tmp_path / "golden")
+    assert len(_data_files(tmp_path / "golden")) == 1
