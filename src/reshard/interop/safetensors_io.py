@@ -21,7 +21,9 @@ import struct
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import BinaryIO
 
 from ..core.layout import Box, full_box
 from ..errors import CorruptCheckpointError, UnsupportedFormatError, UnsupportedValueError
@@ -272,32 +274,31 @@ def write_file(
 ) -> None:
     """Write one safetensors file, streaming each tensor piece by piece; atomic rename."""
     head, order = encode_header(plan.entries, metadata)
-    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-    try:
-        with open(tmp, "wb") as f:
-            f.write(head)
-            for e in order:
-                if e.nbytes == 0:
-                    continue
-                for box in pieces(e.shape, full_box(e.shape), piece_nbytes(e) // e.itemsize):
-                    data = read(e, box)
-                    f.write(data)
-                    progress(len(data))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with _atomic_file(path) as f:
+        f.write(head)
+        for e in order:
+            if e.nbytes == 0:
+                continue
+            for box in pieces(e.shape, full_box(e.shape), piece_nbytes(e) // e.itemsize):
+                data = read(e, box)
+                f.write(data)
+                progress(len(data))
 
 
 def write_bytes_atomic(path: str, data: bytes) -> None:
     """Write ``path`` whole or not at all (a crash never leaves half an index)."""
+    with _atomic_file(path) as f:
+        f.write(data)
+
+
+@contextmanager
+def _atomic_file(path: str) -> Iterator[BinaryIO]:
+    """A file written to a temporary name, fsynced and renamed over ``path`` when the
+    block ends, or removed if it raises."""
     tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
     try:
         with open(tmp, "wb") as f:
-            f.write(data)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
