@@ -84,15 +84,16 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         total_raw = total_stored = total_chunks = 0
         for key in ckpt.keys():
             info = ckpt.info(key)
+            shown = _shown(key)
             if info.kind == "value":
-                rows.append((key, "value", "-", "-", "-", "-"))
+                rows.append((shown, "value", "-", "-", "-", "-"))
                 continue
             stored = sum(c.nbytes for c in info.chunks)
             total_raw += info.nbytes
             total_stored += stored
             total_chunks += len(info.chunks)
             dtype = str(info.dtype).removeprefix("torch.")
-            rows.append((key, dtype, str(list(info.shape or ())), str(len(info.chunks)),
+            rows.append((shown, dtype, str(list(info.shape or ())), str(len(info.chunks)),
                          _size(info.nbytes), _size(stored)))
         header = ("key", "dtype", "shape", "chunks", "bytes", "stored")
         _table(header, rows)
@@ -103,7 +104,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         if args.chunks:
             for key in ckpt.keys():
                 for c in ckpt.info(key).chunks:
-                    print(f"{key}: offsets={list(c.offsets)} sizes={list(c.sizes)} "
+                    print(f"{_shown(key)}: offsets={list(c.offsets)} sizes={list(c.sizes)} "
                           f"{c.file} {_size(c.nbytes)} {c.codec}")
     return 0
 
@@ -119,6 +120,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
         lines = [ln for ln in str(e).strip().splitlines() if ln.strip()]
         print(f"reshard demo: {lines[0]} {lines[-1] if len(lines) > 1 else ''}".rstrip(), file=sys.stderr)
         return 1
+
+
+def _shown(key: str) -> str:
+    """``key`` with its unprintable characters escaped: a checkpoint is not trusted, and
+    its key names must not move the cursor, recolour or clear the user's terminal."""
+    if key.isprintable():
+        return key
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in key)
 
 
 def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:

@@ -45,3 +45,11 @@ def test_demo_passes_end_to_end(tmp_path, capsys):
     with reshard.open(tmp_path / "checkpoint") as ckpt:
         assert ckpt.manifest.world_size == 4
         assert "tensors.model.embed.weight" in ckpt.keys()
+
+
+def test_inspect_escapes_unprintable_key_names(tmp_path, capsys):
+    reshard.save({"a\x1b[2Jb": torch.ones(2), "line\nbreak": 3, "café": torch.zeros(1)}, tmp_path)
+    assert main(["inspect", str(tmp_path), "--chunks"]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "line\nbreak" not in out
+    assert "a\\x1b[2Jb" in out and "line\\nbreak" in out and "café" in out
