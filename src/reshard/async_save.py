@@ -36,8 +36,7 @@ import torch
 from .codecs import Codec
 from .dist.collective import Collective
 from .errors import CheckpointError
-from .save import prepare_save, write_and_commit
-from .storage import open_store
+from .save import open_for_save, prepare_save, write_and_commit
 
 Shard = tuple[int, int, torch.Tensor]
 _log = logging.getLogger("reshard")
@@ -149,10 +148,7 @@ def async_save(
         if _inflight is not None:
             _inflight._finished.wait()
         coll = Collective(_background_group(process_group))
-        store, opening = coll.deferred(lambda: open_store(path, storage_options))
-        if store is None:  # raised inside the first agreed step, on every rank
-            prepare_save(coll, None, state_dict, codec, opening=opening)
-            raise AssertionError("unreachable: prepare_save raises the opening error")
+        store = open_for_save(coll, path, storage_options, state_dict, codec)
         try:
             prepared = prepare_save(coll, store, state_dict, codec)
             staged: dict[str, Any] = {}
@@ -189,9 +185,9 @@ def async_save(
 def wait_for_inflight(location: str) -> None:
     """Block until this process's in-flight async save to ``location``, if any, is done.
 
-    Two saves committing to one folder each delete the other's data files: the
-    checkpoint left would name files that are gone. A load or read of that folder
-    would read the previous checkpoint while the commit deletes its files.
+    Saves to one folder commit in the order they were called, and a load or read of
+    that folder does not read the previous checkpoint while the commit deletes its
+    files.
     """
     with _START_LOCK:
         handle = _inflight

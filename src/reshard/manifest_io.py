@@ -7,12 +7,12 @@ import os
 from . import fast_json
 from .errors import CheckpointNotFoundError
 from .format.manifest import MANIFEST_NAME, Manifest
-from .storage import Store
+from .storage import Store, is_remote
 
 
 def read_manifest_bytes(store: Store) -> bytes:
     """The committed manifest's bytes; CheckpointNotFoundError naming the path if none."""
-    if not getattr(store, "remote", False) and os.path.isfile(store.location):
+    if not is_remote(store) and os.path.isfile(store.location):
         # Otherwise: "cannot open <file>/manifest.json: Not a directory".
         hint = " (reshard convert reads safetensors files)" if store.location.endswith(".safetensors") else ""
         raise CheckpointNotFoundError(

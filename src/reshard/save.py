@@ -65,16 +65,27 @@ def save(
     from .async_save import wait_for_inflight  # async_save builds on this module
 
     coll = Collective(process_group)
-    store, opening = coll.deferred(lambda: open_store(path, storage_options))
-    if store is None:  # raised inside the first agreed step, on every rank
-        prepare_save(coll, None, state_dict, codec, opening=opening)
-        raise AssertionError("unreachable: prepare_save raises the opening error")
+    store = open_for_save(coll, path, storage_options, state_dict, codec)
     try:
         wait_for_inflight(store.location)
         prepared = prepare_save(coll, store, state_dict, codec)
         write_and_commit(coll, store, prepared, prepared.shards())
     finally:
         store.close()
+
+
+def open_for_save(
+    coll: Collective, path: str | os.PathLike[str], storage_options: Mapping[str, Any] | None,
+    state_dict: Mapping[str, Any], codec: Any,
+) -> Store:
+    """The store at ``path``. A rank that cannot open it raises inside the first agreed
+    step (prepare_save's), so every rank raises that error instead of the others waiting
+    there for a rank that left."""
+    store, opening = coll.deferred(lambda: open_store(path, storage_options))
+    if store is None:
+        prepare_save(coll, None, state_dict, codec, opening=opening)
+        raise AssertionError("unreachable: prepare_save raises the opening error")
+    return store
 
 
 @dataclass(slots=True, kw_only=True)
@@ -176,7 +187,8 @@ def write_and_commit(
             created_unix_s=time.time(),
         )
         keep = set(files)
-        age_s = config.leftover_age_s()
+        # Leftovers of saves that started this long before this one go (_superseded).
+        cutoff_s = _started_s(save_id) - config.leftover_age_s()
         store.sync(DATA_DIR)
         replaced = _committed_save_id(store)  # as late as can be: another save may commit
         store.write_atomic(MANIFEST_NAME, manifest)
@@ -184,7 +196,7 @@ def write_and_commit(
         # best effort; whatever is left is removed by a later save to this path.
         try:
             _remove_files(store, lambda name: name not in keep and is_saved_data_file(name)
-                          and _superseded(name, replaced=replaced, save_id=save_id, age_s=age_s))
+                          and _superseded(name, replaced=replaced, cutoff_s=cutoff_s))
         except Exception as e:  # noqa: BLE001 - must not report a committed save as failed
             _log.warning("reshard.save: committed %s but could not remove old files: %s",
                          store.location, e)
@@ -253,26 +265,26 @@ def _committed_save_id(store: Store) -> str | None:
     return found.group(1).decode() if found else None
 
 
-def _superseded(name: str, *, replaced: str | None, save_id: str, age_s: int) -> bool:
+def _superseded(name: str, *, replaced: str | None, cutoff_s: float) -> bool:
     """Whether a data file the new manifest does not name may be removed: the replaced
-    checkpoint's files, and leftovers of saves that started ``age_s`` or more before this
-    one (``config.leftover_age_s``). Files of a save to this path that is still running
+    checkpoint's files, and leftovers of saves that started at ``cutoff_s`` or before
+    (``config.leftover_age_s`` before this one). Files of a save to this path that is still running
     stay, so two jobs that save to one path leave the checkpoint of the one that commits
     last whole (each used to remove the other's files: both reported success and no
     loadable checkpoint was left)."""
     file_id = os.path.basename(name).split(".", 1)[0]
     if file_id == replaced:
         return True
-    started = _started_s(file_id)
-    return started is None or started <= (_started_s(save_id) or 0) - age_s
-
-
-def _started_s(save_id: str) -> float | None:
-    """The UTC start time a save id records, in seconds since the epoch."""
     try:
-        return calendar.timegm(time.strptime(save_id[:15], "%Y%m%dT%H%M%S"))
-    except ValueError:
-        return None
+        return _started_s(file_id) <= cutoff_s
+    except ValueError:  # named like a save's file, with no real date: not one of ours
+        return True
+
+
+def _started_s(save_id: str) -> float:
+    """The UTC start time a save id records, in seconds since the epoch; ValueError if
+    its first 15 characters are no date."""
+    return calendar.timegm(time.strptime(save_id[:15], "%Y%m%dT%H%M%S"))
 
 
 def _remove_files(store: Store, should_remove: Any) -> None:

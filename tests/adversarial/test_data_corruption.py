@@ -12,6 +12,7 @@ import pytest
 
 import reshard
 from reshard.format.manifest import Manifest
+from tests.helpers.files import xor_byte
 
 from ._state import (
     FRAME_RAW_NBYTES,
@@ -24,14 +25,6 @@ from ._state import (
 )
 
 CODECS = {"identity": None, "zstd": "zstd", "user": RotCodec()}
-
-
-def _flip(file: str, pos: int, bit: int) -> None:
-    with open(file, "r+b") as f:
-        f.seek(pos)
-        b = f.read(1)[0]
-        f.seek(pos)
-        f.write(bytes([b ^ (1 << bit)]))
 
 
 def _positions(size: int, chunks: list[tuple[str, int, int, str]], n: int, seed: int) -> list[int]:
@@ -56,7 +49,7 @@ def test_bit_flips_anywhere_in_data_are_caught(tmp_path: Path, codec: str) -> No
     missed: list[str] = []
     for pos in _positions(size, chunks, 200, seed=len(codec)):
         key = next(k for f, a, b, k in chunks if f == base and a <= pos < b)
-        _flip(file, pos, pos % 8)
+        xor_byte(file, pos, 1 << pos % 8)
         try:
             with pytest.raises(reshard.CorruptCheckpointError) as err:
                 reshard.load(blank_state(), tmp_path)
@@ -69,7 +62,7 @@ def test_bit_flips_anywhere_in_data_are_caught(tmp_path: Path, codec: str) -> No
             if report.ok or {(d.key, os.path.basename(d.file)) for d in report.damaged} != {(key, base)}:
                 missed.append(f"byte {pos}: verify reported {report.damaged}")
         finally:
-            _flip(file, pos, pos % 8)
+            xor_byte(file, pos, 1 << pos % 8)
     assert not missed, "\n".join(missed[:10])
     assert load_version(tmp_path) == 1 and reshard.verify(tmp_path).ok
 
@@ -79,7 +72,7 @@ def test_flip_in_one_key_leaves_other_keys_loadable(tmp_path: Path) -> None:
     reshard.save(make_state(1), tmp_path)
     (file,) = data_files(tmp_path)
     _, a, b, _ = next(c for c in chunk_map(tmp_path) if c[3] == "w")
-    _flip(file, a + (b - a) // 2, 3)
+    xor_byte(file, a + (b - a) // 2, 1 << 3)
     sd = {"ids": blank_state()["ids"]}
     reshard.load(sd, tmp_path)
     assert sd["ids"].equal(make_state(1)["ids"])
@@ -210,7 +203,7 @@ def test_every_byte_of_a_small_checkpoint(tmp_path: Path, codec: str) -> None:
     assert size > 200  # a real payload to flip (the shuffled zstd frames take ~250 bytes)
     silent = []
     for pos in range(size):
-        _flip(file, pos, (pos * 5) % 8)
+        xor_byte(file, pos, 1 << (pos * 5) % 8)
         try:
             reshard.load({"a": torch.zeros(100, dtype=torch.int32),
                           "b": {"c": torch.zeros(60, dtype=torch.float64)}}, tmp_path)
@@ -218,5 +211,5 @@ def test_every_byte_of_a_small_checkpoint(tmp_path: Path, codec: str) -> None:
         except reshard.CorruptCheckpointError:
             pass
         finally:
-            _flip(file, pos, (pos * 5) % 8)
+            xor_byte(file, pos, 1 << (pos * 5) % 8)
     assert not silent, f"flips at bytes {silent[:20]} loaded without an error"

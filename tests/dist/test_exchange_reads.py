@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from tests.helpers.files import xor_byte
 from tests.helpers.world import mark_stage, run_worlds_at_once, wait_for_stage
 
 from .layouts import Meshes, build, check, global_tensor
@@ -150,15 +151,6 @@ def _load_extra(rank: int, world: int, root: str, meshes: Meshes) -> list[Proble
     return problems
 
 
-def _flip_bit(path: str, at: int) -> None:
-    """Flip one bit of the byte at ``at`` (twice restores it)."""
-    with open(path, "r+b") as f:
-        f.seek(at)
-        b = f.read(1)
-        f.seek(at)
-        f.write(bytes([b[0] ^ 0x40]))
-
-
 def _corrupt_everywhere(rank: int, world: int, root: str, meshes: Meshes) -> list[Problem]:
     """Flip one byte of a frame (first, middle, last of each data file) of a column-cut
     tensor; every rank must raise the same CorruptCheckpointError naming key and file."""
@@ -184,7 +176,7 @@ def _corrupt_everywhere(rank: int, world: int, root: str, meshes: Meshes) -> lis
         name = f"corrupt {file} frame {frame}"
         target = os.path.join(path, file)
         if rank == 0:
-            _flip_bit(target, at)
+            xor_byte(target, at, 0x40)
         dist.barrier()
         sd = {key: _extra_dtensor(full, world, "S1", meshes, False)}
         try:
@@ -197,7 +189,7 @@ def _corrupt_everywhere(rank: int, world: int, root: str, meshes: Meshes) -> lis
         msgs: list[Any] = [None] * world
         dist.all_gather_object(msgs, msg)
         if rank == 0:
-            _flip_bit(target, at)
+            xor_byte(target, at, 0x40)
         dist.barrier()
         if len(set(msgs)) != 1:
             problems.append((name, world, rank, f"ranks raised different errors: {msgs}"))

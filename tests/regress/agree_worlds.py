@@ -17,14 +17,7 @@ from torch.distributed.tensor import Shard, distribute_tensor
 import reshard
 from reshard.manifest_io import load_manifest
 from reshard.storage import open_store
-
-
-def _flip_byte(path: str, at: int) -> None:
-    with open(path, "r+b") as f:
-        f.seek(at)
-        b = f.read(1)
-        f.seek(at)
-        f.write(bytes([b[0] ^ 0x40]))
+from tests.helpers.files import xor_byte
 
 
 def _outcome(fn: Any) -> str:
@@ -65,7 +58,7 @@ def whole_chunk_corrupt_with_exchange(rank: int, world: int, root: str) -> dict[
         entry = next(e for e in load_manifest(store).entries if e.key == ("v",))
         store.close()
         chunk = next(c for c in entry.chunks if c.box.offsets == (20,))
-        _flip_byte(os.path.join(path, chunk.file), chunk.offset + 1)
+        xor_byte(os.path.join(path, chunk.file), chunk.offset + 1, 0x40)
     dist.barrier()
     out["corrupt"] = _outcome(load)
     for k in list(os.environ):
