@@ -25,7 +25,7 @@ import numpy as np
 from . import probes, state
 from .worlds import Job, WorldConfig, world_main
 
-SCENARIOS = ("raw", "w4", "w2", "reshard", "full", "zstd", "tiny")
+SCENARIOS = ("raw", "w4", "w2", "reshard", "blocks", "full", "zstd", "tiny")
 ZSTD_SETS = ("fp32", "bf16", "optim")
 GB = 1e9
 RSS_SLACK = 8 << 20  # allocator and interpreter noise in a per-operation RSS delta
@@ -91,6 +91,12 @@ def plan_jobs(sel: set[str], reps: int, cold: bool) -> dict[int, list[Job]]:
                             reps, cache=c) for c in caches]
         jobs[4].append(Job("save w4 (2,2) [Shard(0),Shard(1)]", "save", "model", "2D", "w42D",
                            r, measured=w4))
+    if "blocks" in sel:
+        # Saved for tensor-parallel readers (save's column_blocks); DCP saves as always.
+        jobs[4].append(Job("save w4 Shard(0) column_blocks=2", "save", "model", "S0", "w4S0cb2",
+                           reps, column_blocks=2))
+        jobs[4] += [Job("load w4 Shard(0) column_blocks=2 -> w4 Shard(0)", "load", "model", "S0",
+                        "w4S0cb2", reps, cache=c) for c in caches]
     w2 = "w2" in sel
     if w2 or "full" in sel:
         jobs[2].append(Job("save w2 Shard(0)", "save", "model", "S0", "w2S0",
@@ -103,6 +109,9 @@ def plan_jobs(sel: set[str], reps: int, cold: bool) -> dict[int, list[Job]]:
                         reps, cache=c) for c in caches]
         jobs[2] += [Job("RESHARD w4 (2,2) [S0,S1] -> w2 Shard(0)", "load", "model", "S0",
                         "w42D", reps, cache=c) for c in caches]
+    if "blocks" in sel:
+        jobs[2] += [Job("RESHARD w4 Shard(0) column_blocks=2 -> w2 Shard(1)", "load", "model",
+                        "S1", "w4S0cb2", reps, cache=c) for c in caches]
     if "zstd" in sel:
         for ds in ZSTD_SETS:
             jobs[2].append(Job(f"zstd save w2 {ds}", "save", f"zstd:{ds}", "S0", f"z{ds}", reps,

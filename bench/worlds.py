@@ -33,6 +33,7 @@ class Job:
     codec: str = "identity"
     cache: str = "warm"
     measured: bool = True
+    column_blocks: int = 1  # reshard's save option; DCP saves as always
 
 
 @dataclass(slots=True)
@@ -61,13 +62,13 @@ def ckpt_path(cfg: WorldConfig, lib: str, ckpt: str) -> str:
 
 
 def _save_op(lib: str, sd: dict[str, Any], path: str, codec: str,  # type: ignore[no-untyped-def]
-             zstd_level: int = 3):
+             zstd_level: int = 3, column_blocks: int = 1):
     if lib == "reshard":
         import reshard
         from reshard.codecs import ZstdCodec
 
         arg = None if codec == "identity" else ZstdCodec(level=zstd_level)
-        return lambda: reshard.save(sd, path, codec=arg)
+        return lambda: reshard.save(sd, path, codec=arg, column_blocks=column_blocks)
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint import FileSystemWriter
 
@@ -147,7 +148,8 @@ def world_main(rank: int, world: int, cfg: WorldConfig) -> list[dict[str, Any]] 
                 for lib in LIBS:
                     path = ckpt_path(cfg, lib, job.ckpt)
                     _on_rank0(dist, rank, lambda: probes.remove(path))
-                    rec = _measure(dist, _save_op(lib, sd, path, job.codec, cfg.zstd_level))
+                    rec = _measure(dist, _save_op(lib, sd, path, job.codec, cfg.zstd_level,
+                                                    job.column_blocks))
                     _collect(dist, rank, results, job, lib, rep, rec, extra={
                         "disk_bytes": probes.disk_bytes(path) if rank == 0 else 0,
                     })

@@ -133,6 +133,7 @@ def async_save(
     process_group: Any = None,
     codec: str | Codec | None = None,
     storage_options: Mapping[str, Any] | None = None,
+    column_blocks: int | None = None,
 ) -> AsyncSaveHandle:
     """Start saving ``state_dict`` to ``path``; return once it is staged in host memory.
 
@@ -148,9 +149,9 @@ def async_save(
         if _inflight is not None:
             _inflight._finished.wait()
         coll = Collective(_background_group(process_group))
-        store = open_for_save(coll, path, storage_options, state_dict, codec)
+        store = open_for_save(coll, path, storage_options, state_dict, codec, column_blocks)
         try:
-            prepared = prepare_save(coll, store, state_dict, codec)
+            prepared = prepare_save(coll, store, state_dict, codec, column_blocks=column_blocks)
             staged: dict[str, Any] = {}
 
             def stage() -> None:

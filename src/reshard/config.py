@@ -45,6 +45,27 @@ def frame_raw_nbytes(*, encoded: bool = False) -> int:
     return _int_env("RESHARD_FRAME_RAW_NBYTES", default, hi=MAX_FRAME_RAW_NBYTES)
 
 
+MAX_COLUMN_BLOCKS = 1024
+COLUMN_TILE_NBYTES = 16 * 1024 * 1024
+"""About the size of one tile of a save with column blocks: each is copied to host memory
+whole before it is written, so this bounds the extra memory of such a save per thread."""
+COLUMN_TILE_MIN_NBYTES = 1024 * 1024
+"""Boxes under this stay whole in a save with column blocks: their reads cost little
+either way, while more chunks cost every load per-chunk work."""
+
+
+def column_blocks(value: object = None) -> int:
+    """Parts along dim 1 in which a save stores every tensor of two or more dims (1: as
+    held). ``value`` is save's ``column_blocks`` argument; None reads the variable."""
+    if value is None:
+        return _int_env("RESHARD_COLUMN_BLOCKS", 1, hi=MAX_COLUMN_BLOCKS)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_COLUMN_BLOCKS:
+        raise ConfigError(
+            f"column_blocks={value!r} must be an integer from 1 to {MAX_COLUMN_BLOCKS}"
+        )
+    return value
+
+
 def max_piece_nbytes() -> int:
     """Largest span one read piece stages in memory."""
     return _int_env("RESHARD_MAX_PIECE_NBYTES", 16 * 1024 * 1024)

@@ -58,7 +58,7 @@ class StorageError(CheckpointError, OSError):
 
 
 class ConfigError(CheckpointError, ValueError):
-    """A RESHARD_* environment variable holds a value reshard cannot use."""
+    """A RESHARD_* environment variable or a setting argument holds a value reshard cannot use."""
 
 
 ERROR_CLASSES: dict[str, type[CheckpointError]] = {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import calendar
+import dataclasses
 import logging
 import os
 import re
@@ -21,7 +22,7 @@ import torch
 from . import __version__, config
 from .adapters.tensors import describe, flatten
 from .codecs import Codec, chunk_spec, resolve_codec
-from .core.layout import Box
+from .core.layout import Box, column_tiles
 from .core.nogc import without_gc
 from .core.planner import Desc, SavePlan, TensorDesc, ValueDesc, plan_save
 from .dist.collective import Collective, Outcome, raise_if_failed
@@ -50,11 +51,16 @@ def save(
     process_group: Any = None,
     codec: str | Codec | None = None,
     storage_options: Mapping[str, Any] | None = None,
+    column_blocks: int | None = None,
 ) -> None:
     """Save ``state_dict`` to ``path``; collective over ``process_group``.
 
     Every rank passes its own shards and the same ``path``: a local directory or an
     fsspec URL such as ``s3://bucket/prefix`` (``storage_options`` go to fsspec).
+    ``column_blocks=k`` (default ``RESHARD_COLUMN_BLOCKS``, else 1) stores every tensor of
+    two or more dims in ``k`` parts along dim 1, cut into tiles of about 16 MiB, for
+    checkpoints that will be loaded sharded on dim 1 (tensor parallel): such a load then
+    reads only the bytes it needs, while a load sharded as saved copies tile by tile.
     Replicated data is written once. The manifest is committed last, atomically: a crash
     leaves the previous checkpoint at ``path`` loadable. Any rank's failure raises on every rank.
     An ``async_save`` still in flight in this process is waited for first.
@@ -65,10 +71,10 @@ def save(
     from .async_save import wait_for_inflight  # async_save builds on this module
 
     coll = Collective(process_group)
-    store = open_for_save(coll, path, storage_options, state_dict, codec)
+    store = open_for_save(coll, path, storage_options, state_dict, codec, column_blocks)
     try:
         wait_for_inflight(store.location)
-        prepared = prepare_save(coll, store, state_dict, codec)
+        prepared = prepare_save(coll, store, state_dict, codec, column_blocks=column_blocks)
         write_and_commit(coll, store, prepared, prepared.shards())
     finally:
         store.close()
@@ -76,14 +82,14 @@ def save(
 
 def open_for_save(
     coll: Collective, path: str | os.PathLike[str], storage_options: Mapping[str, Any] | None,
-    state_dict: Mapping[str, Any], codec: Any,
+    state_dict: Mapping[str, Any], codec: Any, column_blocks: Any = None,
 ) -> Store:
     """The store at ``path``. A rank that cannot open it raises inside the first agreed
     step (prepare_save's), so every rank raises that error instead of the others waiting
     there for a rank that left."""
     store, opening = coll.deferred(lambda: open_store(path, storage_options))
     if store is None:
-        prepare_save(coll, None, state_dict, codec, opening=opening)
+        prepare_save(coll, None, state_dict, codec, column_blocks=column_blocks, opening=opening)
         raise AssertionError("unreachable: prepare_save raises the opening error")
     return store
 
@@ -109,7 +115,7 @@ class PreparedSave:
 @without_gc
 def prepare_save(
     coll: Collective, store: Store | None, state_dict: Mapping[str, Any], codec_arg: Any, *,
-    opening: Exception | None = None,
+    column_blocks: Any = None, opening: Exception | None = None,
 ) -> PreparedSave:
     """Describe every rank's state, plan on the coordinator, hand each rank its tasks.
 
@@ -117,15 +123,18 @@ def prepare_save(
     raised here, in the first agreed step, so that every rank raises it."""
     local: dict[str, Any] = {}
 
-    def describe_local() -> tuple[CodecSpec, Any]:
+    def describe_local() -> tuple[tuple[CodecSpec, int], Any]:
         if opening is not None:
             raise opening
         local["codec"], local["codec_spec"] = resolve_codec(codec_arg)
+        blocks = config.column_blocks(column_blocks)
         described = [describe(key, leaf) for key, leaf in flatten(state_dict)]
+        if blocks > 1:
+            described = [in_column_blocks(d, t, blocks) for d, t in described]
         local["tensors"] = [tensors for _, tensors in described]
         local["descs"] = descs = [desc for desc, _ in described]
         # The coordinator keeps its own descriptions; the others travel packed.
-        return local["codec_spec"], None if coll.is_coordinator else _pack_descs(descs)
+        return (local["codec_spec"], blocks), None if coll.is_coordinator else _pack_descs(descs)
 
     described = coll.gather_outcomes(describe_local)
     shared: dict[str, Any] = {}
@@ -133,7 +142,8 @@ def prepare_save(
     def decide() -> list[tuple[str, tuple[tuple[int, int], ...]]]:
         assert described is not None
         raise_if_failed(described)
-        _check_same_codec([o.value[0] for o in described])  # type: ignore[index]
+        _check_same_codec([o.value[0][0] for o in described])  # type: ignore[index]
+        _check_same_blocks([o.value[0][1] for o in described])  # type: ignore[index]
         per_rank: list[list[Desc]] = [local["descs"]] + [
             _unpack_descs(o.value[1]) for o in described[1:]  # type: ignore[index]
         ]
@@ -215,6 +225,33 @@ def _check_same_codec(specs: list[CodecSpec]) -> None:
             f"ranks asked for different codecs: rank 0 {specs[0].to_json()}, rank {differ[0]} "
             f"{specs[differ[0]].to_json()}; pass the same codec on every rank"
         )
+
+
+def _check_same_blocks(blocks: list[int]) -> None:
+    """Replicas must cut a tensor alike, or their chunks would overlap."""
+    differ = [r for r, b in enumerate(blocks) if b != blocks[0]]
+    if differ:
+        raise CheckpointError(
+            f"ranks asked for different column_blocks: rank 0 {blocks[0]}, rank {differ[0]} "
+            f"{blocks[differ[0]]}; pass the same value (or RESHARD_COLUMN_BLOCKS) on every rank"
+        )
+
+
+def in_column_blocks(
+    desc: Desc, tensors: tuple[torch.Tensor, ...], blocks: int
+) -> tuple[Desc, tuple[torch.Tensor, ...]]:
+    """``desc`` with each box cut by ``layout.column_tiles``, and the views behind them."""
+    if not isinstance(desc, TensorDesc):
+        return desc, tensors
+    isz = ITEMSIZE[desc.dtype]
+    boxes: list[Box] = []
+    views: list[torch.Tensor] = []
+    for box, tensor in zip(desc.boxes, tensors):
+        small = box.numel * isz < config.COLUMN_TILE_MIN_NBYTES  # read whole anyway
+        tiles = [box] if small else column_tiles(box, isz, blocks, config.COLUMN_TILE_NBYTES)
+        boxes += tiles
+        views += [tensor] if len(tiles) == 1 else [tensor[t.relative_to(box).slices()] for t in tiles]
+    return dataclasses.replace(desc, boxes=tuple(boxes)), tuple(views)
 
 
 def _check_visible(store: Store, written: list[Outcome[WrittenFile]]) -> None:

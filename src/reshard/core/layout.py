@@ -120,6 +120,36 @@ def split_for_span(outer_sizes: Sequence[int], inner: Box, max_elements: int) ->
     return pieces
 
 
+def column_tiles(box: Box, itemsize: int, blocks: int, tile_nbytes: int) -> list[Box]:
+    """``box`` cut for readers that shard dim 1: into ``blocks`` parts along dim 1
+    (``torch.chunk`` sizes, at most one per index) and, within each, along dim 0 into
+    runs of about ``tile_nbytes``. ``[box]`` when there is nothing to cut: under two
+    dims, empty, ``blocks`` of 1, or a box of at most ``tile_nbytes`` and one part.
+
+    Tiles are whole rows of their block, so a reader whose own box spans a block's
+    columns reads each tile as one contiguous run.
+    """
+    if box.ndim < 2 or box.is_empty or blocks <= 1:
+        return [box]
+    n1 = box.sizes[1]
+    width = -(-n1 // min(blocks, n1))
+    col_cuts = [(c, min(width, n1 - c)) for c in range(0, n1, width)]
+    inner = math.prod(box.sizes[2:]) * itemsize
+    tiles: list[Box] = []
+    for c, w in col_cuts:
+        row_nbytes = w * inner
+        rows = max(1, tile_nbytes // max(1, row_nbytes))
+        n0 = box.sizes[0]
+        if len(col_cuts) == 1 and rows >= n0:
+            return [box]
+        per = -(-n0 // -(-n0 // rows))  # even runs: the last is at most one row shorter
+        for r in range(0, n0, per):
+            offsets = (box.offsets[0] + r, box.offsets[1] + c) + box.offsets[2:]
+            sizes = (min(per, n0 - r), w) + box.sizes[2:]
+            tiles.append(Box(offsets, sizes))
+    return tiles
+
+
 def shard_box(
     shape: Sequence[int],
     mesh_shape: Sequence[int],
