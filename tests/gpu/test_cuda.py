@@ -115,6 +115,35 @@ def test_single_process_cuda_round_trip(tmp_path: pathlib.Path, codec: str | Non
     assert torch.equal(ck.read("w", (slice(3, 9), 5)), sd["w"][3:9, 5].cpu())
 
 
+@pytest.mark.parametrize("codec", [None, "zstd"])
+def test_cuda_tensors_saved_in_column_blocks(
+    tmp_path: pathlib.Path, codec: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from reshard import config
+
+    monkeypatch.setattr(config, "COLUMN_TILE_NBYTES", 300_000)  # several row tiles per part
+    dev = torch.device("cuda", 0)
+    sd = {
+        "w": torch.arange(1000 * 333, dtype=torch.float32, device=dev).reshape(1000, 333),
+        "wide_t": torch.arange(700 * 900, dtype=torch.bfloat16, device=dev).reshape(700, 900).t(),
+        "cube": torch.arange(64 * 50 * 48, dtype=torch.int64, device=dev).reshape(64, 50, 48),
+        "v": torch.arange(300_000, dtype=torch.float32, device=dev),
+    }
+    reshard.save(sd, tmp_path / "ck", codec=codec, column_blocks=3)
+    ck = reshard.open(tmp_path / "ck")
+    assert sorted({(c.offsets[1], c.sizes[1]) for c in ck.info("w").chunks}) == [
+        (0, 111), (111, 111), (222, 111)]
+    assert len(ck.info("w").chunks) > 3 and len(ck.info("v").chunks) == 1
+    assert len(ck.info("cube").chunks) > 3 and len(ck.info("wide_t").chunks) > 3
+    assert torch.equal(ck.read("cube", (slice(5, 60), slice(17, 40), 3)), sd["cube"][5:60, 17:40, 3].cpu())
+    ck.close()
+    for device in (None, "cpu"):
+        back = _zeros_like(sd, device)
+        reshard.load(back, tmp_path / "ck")
+        _check_equal(back, sd, f"column blocks into {device or 'cuda'}")
+    assert reshard.verify(tmp_path / "ck").ok
+
+
 def _nccl_world(rank: int, world: int, root: str) -> None:
     import torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh

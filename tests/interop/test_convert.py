@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 from safetensors.torch import load_file, save_file
 
 import reshard
-import torch
 from reshard.cli import main
 from reshard.errors import CheckpointError, CorruptCheckpointError, UnsupportedFormatError
 from reshard.interop import convert as cv
