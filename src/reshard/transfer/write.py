@@ -247,12 +247,13 @@ def _host_bytes(
     """Each shard with its bytes, in order (None for those ``batched`` takes: they are
     copied together; ``_STREAMED`` for CUDA tensors, see device_copy); another device's
     tensor is copied to host one shard ahead on the pool, so the device-to-host copies
-    overlap the writes (they release the GIL)."""
+    overlap the writes (they release the GIL); so is a host tensor whose bytes need a copy
+    (a view such as a tile of save's column_blocks)."""
     window: deque[tuple[int, int, torch.Tensor, Future[memoryview] | memoryview | None]] = deque()
     for item_index, box_index, tensor in shards:
         if batched(tensor):
             raw: Future[memoryview] | memoryview | None = None
-        elif tensor.device.type == "cpu":
+        elif tensor.device.type == "cpu" and _is_plain_contiguous(tensor):
             raw = tensor_bytes(tensor)
         elif device_copy.streamable(tensor):
             raw = _STREAMED  # fetched piece by piece while it is written
@@ -266,6 +267,10 @@ def _host_bytes(
             yield _resolved(*window.popleft())
     while window:
         yield _resolved(*window.popleft())
+
+
+def _is_plain_contiguous(tensor: torch.Tensor) -> bool:
+    return tensor.is_contiguous() and not tensor.is_conj() and not tensor.is_neg()
 
 
 def _resolved(
