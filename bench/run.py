@@ -4,7 +4,7 @@
         [--only w4,w2,...] [--skip ...] [--no-cold] [--workdir DIR]
         [--out-json FILE] [--out-md FILE]
 
-Scenarios (names for --only/--skip): raw, w4, w2, reshard, full, zstd, tiny.
+Scenarios (names for --only/--skip): raw, w4, w2, reshard, blocks, full, zstd, tiny.
 See docs/PERFORMANCE.md for what each measures and how.
 """
 
