@@ -142,8 +142,10 @@ def prepare_save(
     def decide() -> list[tuple[str, tuple[tuple[int, int], ...]]]:
         assert described is not None
         raise_if_failed(described)
-        _check_same_codec([o.value[0][0] for o in described])  # type: ignore[index]
-        _check_same_blocks([o.value[0][1] for o in described])  # type: ignore[index]
+        options = [o.value[0] for o in described]  # type: ignore[index]
+        _check_same("codecs", [spec.to_json() for spec, _ in options], "codec")
+        _check_same("column_blocks", [blocks for _, blocks in options],
+                    "value (or RESHARD_COLUMN_BLOCKS)")
         per_rank: list[list[Desc]] = [local["descs"]] + [
             _unpack_descs(o.value[1]) for o in described[1:]  # type: ignore[index]
         ]
@@ -217,23 +219,14 @@ def write_and_commit(
 _log = logging.getLogger("reshard")
 
 
-def _check_same_codec(specs: list[CodecSpec]) -> None:
-    """The manifest records one codec per save: refuse ranks that asked for different ones."""
-    differ = [r for r, spec in enumerate(specs) if spec != specs[0]]
+def _check_same(what: str, values: list[Any], hint: str) -> None:
+    """Refuse ranks that asked for different save options: the manifest records one codec
+    per save, and replicas must cut a tensor alike or their chunks would overlap."""
+    differ = [r for r, v in enumerate(values) if v != values[0]]
     if differ:
         raise CheckpointError(
-            f"ranks asked for different codecs: rank 0 {specs[0].to_json()}, rank {differ[0]} "
-            f"{specs[differ[0]].to_json()}; pass the same codec on every rank"
-        )
-
-
-def _check_same_blocks(blocks: list[int]) -> None:
-    """Replicas must cut a tensor alike, or their chunks would overlap."""
-    differ = [r for r, b in enumerate(blocks) if b != blocks[0]]
-    if differ:
-        raise CheckpointError(
-            f"ranks asked for different column_blocks: rank 0 {blocks[0]}, rank {differ[0]} "
-            f"{blocks[differ[0]]}; pass the same value (or RESHARD_COLUMN_BLOCKS) on every rank"
+            f"ranks asked for different {what}: rank 0 {values[0]}, rank {differ[0]} "
+            f"{values[differ[0]]}; pass the same {hint} on every rank"
         )
 
 
