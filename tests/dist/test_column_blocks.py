@@ -213,6 +213,13 @@ def check_manifest(path: str, blocks: int, world: int) -> list[Problem]:
                 problems.append((f"{where} {key}", world, 0,
                                  f"{len(got)} chunks {got[:6]}..., want {len(want)} {want[:6]}..."))
             cut += len(got) > len(boxes)
+        # Replicated tiles were written once: the data files hold exactly the chunks.
+        listed = sum(c.nbytes for k in ck.keys() if ck.info(k).kind == "tensor"
+                     for c in ck.info(k).chunks)
+    data = os.path.join(path, "data")
+    on_disk = sum(os.path.getsize(os.path.join(data, f)) for f in os.listdir(data))
+    if on_disk != listed:
+        problems.append((where, world, 0, f"data files hold {on_disk} bytes, chunks {listed}"))
     if cut < 50:
         problems.append((where, world, 0, f"only {cut} tensors were cut"))
     return problems
