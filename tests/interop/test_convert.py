@@ -224,3 +224,39 @@ def test_header_length_beyond_file(tmp_path: Path) -> None:
     (tmp_path / "y.safetensors").write_bytes(b"abc")
     with pytest.raises(CheckpointError):
         open_source(str(tmp_path / "y.safetensors"))
+
+
+def test_convert_cuts_column_blocks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                    capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(cv.config, "COLUMN_TILE_MIN_NBYTES", 4096)
+    monkeypatch.setattr(cv.config, "COLUMN_TILE_NBYTES", 20_000)
+    sd = {"w": torch.arange(300 * 70, dtype=torch.float32).reshape(300, 70),
+          "c": _tensor(3, torch.complex64, (40, 9, 5)),
+          "small": torch.arange(6.0).reshape(2, 3), "v": torch.arange(5000.0), "step": 3}
+    reshard.save(sd, tmp_path / "ck")
+    assert main(["convert", str(tmp_path / "ck"), str(tmp_path / "cb"), "--column-blocks", "4",
+                 "--quiet"]) == 0
+    ck = reshard.open(tmp_path / "cb")
+    # w: 4 parts of 18/18/18/16 columns, each cut into row runs of at most 20,000 bytes.
+    w = ck.info("w").chunks
+    assert sorted({(c.offsets[1], c.sizes[1]) for c in w}) == [(0, 18), (18, 18), (36, 18), (54, 16)]
+    assert all(c.raw_nbytes <= 20_000 for c in w) and len(w) > 4
+    assert sorted({(c.offsets[1], c.sizes[1]) for c in ck.info("c").chunks}) == [(0, 3), (3, 3), (6, 3)]
+    assert len(ck.info("small").chunks) == len(ck.info("v").chunks) == 1
+    ck.close()
+    out = {"w": torch.zeros(300, 70), "c": torch.zeros(40, 9, 5, dtype=torch.complex64),
+           "small": torch.zeros(2, 3), "v": torch.zeros(5000), "step": None}
+    reshard.load(out, tmp_path / "cb")
+    for k in ("w", "c", "small", "v"):
+        assert torch.equal(out[k], sd[k]), k
+    assert out["step"] == 3
+    assert main(["verify", str(tmp_path / "cb")]) == 0
+    capsys.readouterr()
+    assert main(["convert", str(tmp_path / "ck"), str(tmp_path / "o.safetensors"),
+                 "--column-blocks", "2"]) == 1
+    assert "apply only to reshard output" in capsys.readouterr().err
+    assert main(["convert", str(tmp_path / "ck"), str(tmp_path / "x"), "--to", "safetensors",
+                 "--column-blocks", "2"]) == 2
+    assert main(["convert", str(tmp_path / "ck"), str(tmp_path / "y"), "--column-blocks", "0"]) == 1
+    assert "column_blocks=0" in capsys.readouterr().err
+    assert not (tmp_path / "y").exists()

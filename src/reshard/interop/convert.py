@@ -22,7 +22,7 @@ from typing import Any
 
 from .. import __version__, config
 from ..codecs import bind_codec, chunk_spec, resolve_codec
-from ..core.layout import Box
+from ..core.layout import Box, column_tiles
 from ..errors import CheckpointError, StorageError, UnsupportedValueError
 from ..format.manifest import (
     DATA_DIR,
@@ -212,13 +212,15 @@ def _safetensors_target(dst: str) -> tuple[str, str]:
 
 
 def to_reshard(
-    source: Source, dst: str, *, codec: str | None = None,
+    source: Source, dst: str, *, codec: str | None = None, column_blocks: int = 1,
     progress: Callable[[int], None] | None = None,
 ) -> Manifest:
     """Write ``source`` as a reshard checkpoint at ``dst`` (a new or empty directory).
 
-    One process writes one data file frame by frame, then commits the manifest.
+    One process writes one data file frame by frame, then commits the manifest. With
+    ``column_blocks`` > 1 the chunks are cut as ``save(..., column_blocks=...)`` cuts them.
     """
+    blocks = config.column_blocks(column_blocks)
     dst = os.path.abspath(dst)
     if os.path.exists(dst) and (not os.path.isdir(dst) or os.listdir(dst)):
         raise StorageError(f"{dst} exists and is not an empty directory")
@@ -233,7 +235,8 @@ def to_reshard(
         with new_file(store, file_name) as writer:
             framer = _Framer(writer, codec_obj, config.frame_raw_nbytes(encoded=spec != IDENTITY))
             entries: list[Entry] = [
-                _write_tensor(source, e, framer, file_name, spec, report) for e in source.tensors()
+                _write_tensor(source, e, framer, file_name, spec, report, blocks)
+                for e in source.tensors()
             ]
         entries.extend(ValueEntry(key=(dotted(v.key),), value=v.value) for v in values)
         manifest = Manifest(save_id=save_id, world_size=1, created_unix_s=time.time(),
@@ -265,22 +268,29 @@ def _remove_uncommitted(dst: str, file_name: str, created: bool) -> None:
 
 def _write_tensor(
     source: Source, e: TensorEntry, framer: _Framer, file_name: str, spec: CodecSpec,
-    report: Callable[[int], None],
+    report: Callable[[int], None], column_blocks: int = 1,
 ) -> TensorEntry:
-    """Copy every chunk of ``e`` (same boxes) piece by piece into the framer."""
+    """Copy every chunk of ``e`` piece by piece into the framer: same boxes, or those
+    boxes cut in ``column_blocks`` as save cuts them."""
     chunks = []
     # As in save: the codec and its record for elements of this entry's size.
     framer.codec, spec = bind_codec(framer.base_codec, e.itemsize), chunk_spec(spec, e.itemsize)
-    for c in e.chunks:
+    boxes = [c.box for c in e.chunks]
+    if column_blocks > 1:
+        boxes = [t for b in boxes for t in (
+            [b] if b.numel * e.itemsize < config.COLUMN_TILE_MIN_NBYTES
+            else column_tiles(b, e.itemsize, column_blocks, config.COLUMN_TILE_NBYTES))]
+    for chunk_box in boxes:
         start = framer.offset
-        for box in st.pieces(e.shape, c.box, source.piece_nbytes(e) // e.itemsize):
+        for box in st.pieces(e.shape, chunk_box, source.piece_nbytes(e) // e.itemsize):
             data = source.read(e, box)
             framer.write(data)
             report(len(data))
         frames = framer.end_chunk()
         chunks.append(Chunk(
-            box=c.box, file=file_name, offset=start, nbytes=framer.offset - start,
-            raw_nbytes=c.raw_nbytes, codec=spec, frame_raw_nbytes=framer.frame, frames=frames,
+            box=chunk_box, file=file_name, offset=start, nbytes=framer.offset - start,
+            raw_nbytes=chunk_box.numel * e.itemsize, codec=spec, frame_raw_nbytes=framer.frame,
+            frames=frames,
         ))
     return TensorEntry(key=(dotted(e.key),), dtype=e.dtype, shape=e.shape,
                        container=e.container, chunks=tuple(chunks))
@@ -324,12 +334,16 @@ class _Framer:
 def convert(
     src: str, dst: str, *, to: str | None = None, max_shard_nbytes: int | None = None,
     codec: str | None = None, allow_pickle: bool = False, show_progress: bool = False,
+    column_blocks: int = 1,
 ) -> list[str]:
     """Convert the checkpoint at ``src`` to ``to`` (inferred from ``dst``: a
     ``.safetensors`` suffix or ``max_shard_nbytes`` means safetensors, else reshard)."""
     fmt = to or ("safetensors" if dst.endswith(".safetensors") or max_shard_nbytes else "reshard")
     if fmt not in FORMATS:
         raise CheckpointError(f"unknown target format {fmt!r} (choose from {FORMATS})")
+    if fmt == "safetensors" and (codec is not None or column_blocks != 1):
+        raise CheckpointError("codec and column_blocks apply only to reshard output, "
+                              f"not to {dst} (safetensors)")
     source = open_source(src, allow_pickle=allow_pickle)
     try:
         total = sum(e.nbytes for e in source.tensors())
@@ -337,7 +351,8 @@ def convert(
         try:
             if fmt == "safetensors":
                 return to_safetensors(source, dst, max_shard_nbytes=max_shard_nbytes, progress=bar.advance)
-            to_reshard(source, dst, codec=codec, progress=bar.advance)
+            to_reshard(source, dst, codec=codec, column_blocks=column_blocks,
+                       progress=bar.advance)
             return [os.path.abspath(dst)]
         finally:
             bar.close()
@@ -384,6 +399,9 @@ def add_convert_parser(subparsers: Any) -> argparse.ArgumentParser:
                         "with a model.safetensors.index.json")
     p.add_argument("--codec", choices=("identity", "zstd"), default=None,
                    help="codec of reshard output (default identity)")
+    p.add_argument("--column-blocks", type=int, default=None, metavar="K",
+                   help="reshard output: store tensors of 2+ dims in K parts along dim 1, "
+                        "for loads sharded on dim 1 (see save's column_blocks)")
     p.add_argument("--allow-pickle", action="store_true",
                    help="let DCP values that need arbitrary pickle load (trusted input only)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -396,13 +414,15 @@ def cmd_convert(args: argparse.Namespace) -> int:
     if args.to == "reshard" and args.max_shard_size is not None:
         print("reshard convert: --max-shard-size applies only to safetensors output", file=sys.stderr)
         return 2
-    if args.to == "safetensors" and args.codec is not None:
-        print("reshard convert: --codec applies only to reshard output", file=sys.stderr)
-        return 2
+    for flag, given in (("--codec", args.codec), ("--column-blocks", args.column_blocks)):
+        if args.to == "safetensors" and given is not None:
+            print(f"reshard convert: {flag} applies only to reshard output", file=sys.stderr)
+            return 2
     try:
         written = convert(args.src, args.dst, to=args.to, max_shard_nbytes=args.max_shard_size,
                           codec=args.codec, allow_pickle=args.allow_pickle,
-                          show_progress=not args.quiet)
+                          show_progress=not args.quiet,
+                          column_blocks=1 if args.column_blocks is None else args.column_blocks)
     except (CheckpointError, OSError) as e:
         print(f"reshard convert: {e}", file=sys.stderr)
         return 1
