@@ -53,13 +53,18 @@ def small_tiles(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.usefixtures("small_tiles")
-def test_dcp_source_decoded_once_per_chunk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("zstd", [False, True])
+def test_dcp_source_decoded_once_per_chunk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                           zstd: bool) -> None:
     import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint import FileSystemWriter
+    from torch.distributed.checkpoint._extension import ZStandard
 
     sd = _state()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        dcp.save(sd, checkpoint_id=str(tmp_path / "dcp"))
+        dcp.save(sd, storage_writer=FileSystemWriter(str(tmp_path / "dcp"),
+                                                     _extensions=[ZStandard()] if zstd else None))
     decoded: list[int] = []
     real = rdcp.DcpTorchSaveCodec.decode
 
@@ -94,3 +99,17 @@ def test_column_blocked_source_recut(tmp_path: Path) -> None:
         assert _tiles(tmp_path / "k2", key) == _expected(
             _tiles(tmp_path / "k3", key), t.element_size(), 2), key
     assert reshard.verify(tmp_path / "k2").ok
+
+
+@pytest.mark.usefixtures("small_tiles")
+def test_safetensors_source(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    sd = _state()
+    save_file(sd, str(tmp_path / "m.safetensors"))
+    cv.convert(str(tmp_path / "m.safetensors"), str(tmp_path / "k3"), column_blocks=3)
+    got = _load(tmp_path / "k3", sd)
+    assert all(torch.equal(got[k], sd[k]) for k in sd)
+    for key, t in sd.items():
+        want = _expected([Box((0,) * t.dim(), tuple(t.shape))], t.element_size(), 3)
+        assert _tiles(tmp_path / "k3", key) == want, key
