@@ -242,7 +242,10 @@ def _stage(shards: list[Shard]) -> tuple[list[Shard], list[tuple[torch.Tensor, b
     try:
         with torch.no_grad():
             for item_index, box_index, tensor in shards:
-                src = tensor.detach()
+                # A non-blocking copy of a non-contiguous conjugate or negative CUDA
+                # view (a column_blocks tile of one) to pinned memory loses the view's
+                # lazy bit, so it is resolved on the device first (no-op for plain tensors).
+                src = tensor.detach().resolve_conj().resolve_neg()
                 pinned = src.device.type == "cuda"
                 buf = _POOL.take(src.numel() * src.element_size(), pinned)
                 buffers.append((buf, pinned))

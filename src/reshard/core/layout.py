@@ -124,7 +124,7 @@ def column_tiles(box: Box, itemsize: int, blocks: int, tile_nbytes: int) -> list
     """``box`` cut for readers that shard dim 1: into ``blocks`` parts along dim 1
     (``torch.chunk`` sizes, at most one per index) and, within each, along dim 0 into
     runs of about ``tile_nbytes``. ``[box]`` when there is nothing to cut: under two
-    dims, empty, ``blocks`` of 1, or a box of at most ``tile_nbytes`` and one part.
+    dims, empty, ``blocks`` of 1, or one part of at most ``tile_nbytes`` (or of one row).
 
     Tiles are whole rows of their block, so a reader whose own box spans a block's
     columns reads each tile as one contiguous run.
@@ -134,20 +134,24 @@ def column_tiles(box: Box, itemsize: int, blocks: int, tile_nbytes: int) -> list
     n1 = box.sizes[1]
     width = -(-n1 // min(blocks, n1))
     col_cuts = [(c, min(width, n1 - c)) for c in range(0, n1, width)]
-    inner = math.prod(box.sizes[2:]) * itemsize
-    tiles: list[Box] = []
-    for c, w in col_cuts:
-        row_nbytes = w * inner
-        rows = max(1, tile_nbytes // max(1, row_nbytes))
-        n0 = box.sizes[0]
-        if len(col_cuts) == 1 and rows >= n0:
-            return [box]
-        per = -(-n0 // -(-n0 // rows))  # even runs: the last is at most one row shorter
-        for r in range(0, n0, per):
-            offsets = (box.offsets[0] + r, box.offsets[1] + c) + box.offsets[2:]
-            sizes = (min(per, n0 - r), w) + box.sizes[2:]
-            tiles.append(Box(offsets, sizes))
-    return tiles
+    n0 = box.sizes[0]
+    # Row runs sized by the widest part and shared by all, so the tiles form a grid
+    # (readers find the chunks a box touches by bisection only on grid tilings).
+    rows = max(1, tile_nbytes // max(1, width * math.prod(box.sizes[2:]) * itemsize))
+    if len(col_cuts) == 1 and rows >= n0:
+        return [box]
+    # As few runs as ``rows`` allows, of even lengths (they differ by one row at most):
+    # cutting ``rows`` at a time could leave a last tile of a single row.
+    count = -(-n0 // rows)
+    base, longer = divmod(n0, count)
+    row_cuts = []
+    r = 0
+    for i in range(count):
+        n = base + (i < longer)
+        row_cuts.append((r, n))
+        r += n
+    return [Box((box.offsets[0] + r, box.offsets[1] + c) + box.offsets[2:], (n, w) + box.sizes[2:])
+            for c, w in col_cuts for r, n in row_cuts]
 
 
 def shard_box(

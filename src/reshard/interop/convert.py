@@ -275,25 +275,47 @@ def _write_tensor(
     chunks = []
     # As in save: the codec and its record for elements of this entry's size.
     framer.codec, spec = bind_codec(framer.base_codec, e.itemsize), chunk_spec(spec, e.itemsize)
-    boxes = [c.box for c in e.chunks]
-    if column_blocks > 1:
-        boxes = [t for b in boxes for t in (
-            [b] if b.numel * e.itemsize < config.COLUMN_TILE_MIN_NBYTES
-            else column_tiles(b, e.itemsize, column_blocks, config.COLUMN_TILE_NBYTES))]
-    for chunk_box in boxes:
-        start = framer.offset
-        for box in st.pieces(e.shape, chunk_box, source.piece_nbytes(e) // e.itemsize):
-            data = source.read(e, box)
-            framer.write(data)
-            report(len(data))
-        frames = framer.end_chunk()
-        chunks.append(Chunk(
-            box=chunk_box, file=file_name, offset=start, nbytes=framer.offset - start,
-            raw_nbytes=chunk_box.numel * e.itemsize, codec=spec, frame_raw_nbytes=framer.frame,
-            frames=frames,
-        ))
+    for c in e.chunks:
+        boxes = [c.box]
+        if column_blocks > 1 and c.box.numel * e.itemsize >= config.COLUMN_TILE_MIN_NBYTES:
+            boxes = column_tiles(c.box, e.itemsize, column_blocks, config.COLUMN_TILE_NBYTES)
+        read = _chunk_reader(source, e, c, len(boxes))
+        for chunk_box in boxes:
+            start = framer.offset
+            for box in st.pieces(e.shape, chunk_box, source.piece_nbytes(e) // e.itemsize):
+                data = read(box)
+                framer.write(data)
+                report(len(data))
+            frames = framer.end_chunk()
+            chunks.append(Chunk(
+                box=chunk_box, file=file_name, offset=start, nbytes=framer.offset - start,
+                raw_nbytes=chunk_box.numel * e.itemsize, codec=spec,
+                frame_raw_nbytes=framer.frame, frames=frames,
+            ))
     return TensorEntry(key=(dotted(e.key),), dtype=e.dtype, shape=e.shape,
                        container=e.container, chunks=tuple(chunks))
+
+
+def _chunk_reader(
+    source: Source, e: TensorEntry, c: Chunk, tiles: int
+) -> Callable[[Box], memoryview]:
+    """How boxes inside chunk ``c`` are read: from the source, or, for a DCP blob cut
+    into several tiles, from one read of it kept in memory. A blob decodes whole on every
+    read (the uncut copy reads it in one piece): tile by tile, a 1 GiB tensor cut into
+    64 tiles was decoded 64 times."""
+    from .dcp import CODEC_NAME
+
+    if tiles <= 1 or c.codec.name != CODEC_NAME:
+        return lambda box: source.read(e, box)
+    import numpy as np
+
+    held = np.frombuffer(source.read(e, c.box), dtype=np.uint8).reshape(*c.box.sizes, e.itemsize)
+
+    def read(box: Box) -> memoryview:
+        part = np.ascontiguousarray(held[box.relative_to(c.box).slices()])
+        return part.data.cast("B")
+
+    return read
 
 
 class _Framer:
