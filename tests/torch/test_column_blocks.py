@@ -247,3 +247,27 @@ def test_codecs(tmp_path: Path, codec: str) -> None:
             got = ck.read(key, (slice(1, None), slice(n1 // 4, n1 - n1 // 5)))
             assert bits_equal(got, want[1:, n1 // 4:n1 - n1 // 5]), key
     assert cli_main(["verify", str(tmp_path / "ck")]) == 0
+
+
+@pytest.mark.parametrize("threads", ["1", "4"])
+def test_many_strided_views_through_the_reused_copy_buffers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, threads: str
+) -> None:
+    # Strided views over 1 MiB are copied into a ring of reused buffers on the pool while
+    # the previous one is written: a buffer reused too early would show as wrong values.
+    from reshard.transfer import write
+
+    monkeypatch.setenv("RESHARD_IO_THREADS", threads)
+    monkeypatch.setattr(write._CopyRing, "MAX_NBYTES", 3 * MIB)
+    sd: dict[str, Any] = {}
+    for i in range(14):
+        rows = 600 + 37 * i  # sizes differ, so the buffers are grown and reused
+        base = pattern((rows, 520), torch.float32, seed=i)
+        sd[f"v{i}"] = base.t() if i % 3 else base[:, 1:513]
+    sd["big"] = pattern((1200, 700), torch.float32, seed=99).t()  # over MAX_NBYTES: copied whole
+    sd["conj"] = pattern((700, 300), torch.complex64, seed=7).conj()
+    reshard.save(sd, tmp_path / "ck")
+    out = {k: torch.zeros(v.shape, dtype=v.dtype) for k, v in sd.items()}
+    reshard.load(out, tmp_path / "ck")
+    for k, v in sd.items():
+        assert torch.equal(out[k], v.resolve_conj()), k

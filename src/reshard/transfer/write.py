@@ -250,11 +250,14 @@ def _host_bytes(
     overlap the writes (they release the GIL); so is a host tensor whose bytes need a copy
     (a view such as a tile of save's column_blocks)."""
     window: deque[tuple[int, int, torch.Tensor, Future[memoryview] | memoryview | None]] = deque()
+    ring = _CopyRing(ahead + 2)
     for item_index, box_index, tensor in shards:
         if batched(tensor):
             raw: Future[memoryview] | memoryview | None = None
         elif tensor.device.type == "cpu" and _is_plain_contiguous(tensor):
             raw = tensor_bytes(tensor)
+        elif tensor.device.type == "cpu" and ring.takes(tensor):
+            raw = pool.submit(ring.copy, tensor, ring.slot())
         elif device_copy.streamable(tensor):
             raw = _STREAMED  # fetched piece by piece while it is written
         else:
@@ -271,6 +274,43 @@ def _host_bytes(
 
 def _is_plain_contiguous(tensor: torch.Tensor) -> bool:
     return tensor.is_contiguous() and not tensor.is_conj() and not tensor.is_neg()
+
+
+class _CopyRing:
+    """Reused host buffers for the C-order bytes of strided views up to ``MAX_NBYTES``
+    (the tiles of save's column_blocks). A fresh buffer per tile page-faulted every byte
+    and left freed tiles in the allocator's arenas, one set per pool thread.
+
+    Slots are handed out in turn by the writer's thread; with ``slots`` = the shards in
+    flight + 1, a buffer is reused only after the writer has moved on from the shard it
+    held (writers copy or write out what they are given before they return).
+    """
+
+    MAX_NBYTES = 32 << 20
+
+    def __init__(self, slots: int) -> None:
+        self._bufs: list[torch.Tensor | None] = [None] * slots
+        self._next = 0
+
+    def takes(self, tensor: torch.Tensor) -> bool:
+        return tensor.numel() * tensor.element_size() <= self.MAX_NBYTES
+
+    def slot(self) -> int:
+        i, self._next = self._next, (self._next + 1) % len(self._bufs)
+        return i
+
+    def copy(self, tensor: torch.Tensor, i: int) -> memoryview:
+        n = tensor.numel() * tensor.element_size()
+        buf = self._bufs[i]
+        if buf is None or buf.numel() < n:
+            buf = self._bufs[i] = torch.empty(max(n, 1), dtype=torch.uint8)
+        src = tensor.detach().resolve_conj().resolve_neg()
+        if src.dtype == torch.bool:
+            src = src.view(torch.uint8)
+        out = buf[:n]
+        if n:
+            out.view(src.dtype).view(src.shape).copy_(src)
+        return out.numpy().data.cast("B")
 
 
 def _resolved(
