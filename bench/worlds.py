@@ -33,7 +33,7 @@ class Job:
     codec: str = "identity"
     cache: str = "warm"
     measured: bool = True
-    column_blocks: int = 1  # reshard's save option; DCP saves as always
+    column_blocks: int | None = None  # reshard's save option (None: RESHARD_COLUMN_BLOCKS)
 
 
 @dataclass(slots=True)
@@ -62,7 +62,7 @@ def ckpt_path(cfg: WorldConfig, lib: str, ckpt: str) -> str:
 
 
 def _save_op(lib: str, sd: dict[str, Any], path: str, codec: str,  # type: ignore[no-untyped-def]
-             zstd_level: int = 3, column_blocks: int = 1):
+             zstd_level: int = 3, column_blocks: int | None = None):
     if lib == "reshard":
         import reshard
         from reshard.codecs import ZstdCodec
