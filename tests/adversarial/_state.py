@@ -10,9 +10,9 @@ import os
 from typing import Any
 
 import numpy as np
+import torch
 
 import reshard
-import torch
 
 FRAME_RAW_NBYTES = 512
 """Tiny frames, so even small tensors span many frames (set via RESHARD_FRAME_RAW_NBYTES)."""

@@ -10,13 +10,13 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 import zstandard
 
 import reshard
-import torch
-from reshard.format.manifest import TensorEntry
 from reshard.codecs import crc32c
 from reshard.codecs import registry as codec_registry
+from reshard.format.manifest import TensorEntry
 
 from ._state import RotCodec, blank_state, data_files, leftovers, load_version, make_state, rewrite_manifest
 

@@ -10,7 +10,6 @@ import math
 from typing import Any
 
 import numpy as np
-
 import torch
 
 GOLDENS = {"golden_v1": None, "golden_v1_zstd": "zstd", "golden_v1_shuffle_zstd": "zstd",

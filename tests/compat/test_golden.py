@@ -10,9 +10,9 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 
 import reshard
-import torch
 
 from .golden_state import GOLDEN_CODEC_OF_W, GOLDENS, full_tensors, nested, numpy_values, plain_values
 

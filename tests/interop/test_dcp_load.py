@@ -9,9 +9,9 @@ import warnings
 from typing import Any
 
 import pytest
+import torch
 
 import reshard
-import torch
 from reshard.interop.convert import convert
 from tests.helpers.world import run_world
 from tests.interop import dcp_worlds as W

@@ -6,9 +6,9 @@ import warnings
 from pathlib import Path
 
 import pytest
+import torch
 
 import reshard
-import torch
 from reshard.interop import dcp as dcp_interop
 
 

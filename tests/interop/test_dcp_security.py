@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 import reshard
-import torch
 from reshard.errors import CheckpointError, CorruptCheckpointError, UnsupportedValueError
 
 

@@ -6,9 +6,9 @@ import random
 from pathlib import Path
 
 import pytest
+import torch
 
 import reshard
-import torch
 from reshard.adapters.tensors import shards_of
 from reshard.core.layout import Box
 from reshard.core.planner import TensorDesc, plan_save
