@@ -57,10 +57,11 @@ def save(
 
     Every rank passes its own shards and the same ``path``: a local directory or an
     fsspec URL such as ``s3://bucket/prefix`` (``storage_options`` go to fsspec).
-    ``column_blocks=k`` (default ``RESHARD_COLUMN_BLOCKS``, else 1) stores every tensor of
-    two or more dims in ``k`` parts along dim 1, cut into tiles of about 16 MiB, for
-    checkpoints that will be loaded sharded on dim 1 (tensor parallel): such a load then
-    reads only the bytes it needs, while a load sharded as saved copies tile by tile.
+    ``column_blocks=k`` (default ``RESHARD_COLUMN_BLOCKS``, else 1) stores every box of two
+    or more dims and at least 1 MiB in ``k`` parts along dim 1, cut into tiles of about
+    16 MiB, for checkpoints that will be loaded sharded on dim 1 (tensor parallel): such a
+    load then reads only the bytes it needs, while a load sharded as saved copies tile by
+    tile.
     Replicated data is written once. The manifest is committed last, atomically: a crash
     leaves the previous checkpoint at ``path`` loadable. Any rank's failure raises on every rank.
     An ``async_save`` still in flight in this process is waited for first.
