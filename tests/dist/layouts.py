@@ -237,9 +237,8 @@ def build(layout: Layout, shape: tuple[int, ...], dtype: torch.dtype, rank: int,
     """This rank's leaf: filled from ``source`` (the global tensor) or with SENTINEL."""
     if isinstance(layout, Full):
         return source.clone() if source is not None else torch.full(shape, SENTINEL, dtype=dtype)
-    from torch.distributed.tensor import DTensor, Shard
+    from torch.distributed.tensor import DTensor
 
-    stride = contiguous_stride(shape)
     if isinstance(layout, Mesh):
         assert meshes is not None
         mesh = meshes.get(layout.mesh_shape)
@@ -249,12 +248,20 @@ def build(layout: Layout, shape: tuple[int, ...], dtype: torch.dtype, rank: int,
         if layout.strided:  # every other element of a larger buffer: stride 2 on the last dim
             local = torch.zeros((*local.shape, 2), dtype=dtype)[..., 0].copy_(local)
         return DTensor.from_local(local, mesh, layout.torch_placements(), run_check=False,
-                                  shape=torch.Size(shape), stride=stride)
-    pieces = _pieces(layout, rank, source, shape, dtype)
+                                  shape=torch.Size(shape), stride=contiguous_stride(shape))
+    return rows_leaf(layout, shape, dtype, _pieces(layout, rank, source, shape, dtype), meshes)
+
+
+def rows_leaf(layout: Rows, shape: tuple[int, ...], dtype: torch.dtype,
+              pieces: list[tuple[int, torch.Tensor]], meshes: Meshes | None) -> Any:
+    """The leaf of a row layout that holds ``pieces`` (dim-0 offset, tensor) on this rank."""
     if layout.kind == "proto":
         return RowShardTensor(shape, dtype, pieces)
     if layout.kind == "object":
         return RowShardObject(shape, dtype, pieces)
+    from torch.distributed.tensor import DTensor, Shard
+
+    stride = contiguous_stride(shape)
     assert meshes is not None
     mesh = meshes.get((layout.world,))
     if layout.kind == "from_local":

@@ -18,10 +18,9 @@ from .layouts import (
     Mesh,
     Meshes,
     Rows,
-    RowShardObject,
-    RowShardTensor,
     contiguous_stride,
     mesh_local_index,
+    rows_leaf,
 )
 from .odd_scenarios import (
     CODECS,
@@ -133,19 +132,7 @@ def _rows(layout: Rows, shape: tuple[int, ...], dtype: torch.dtype, rank: int,
         t = (source[off:off + n].clone() if source is not None
              else sentinel((n,) + tuple(shape[1:]), dtype))
         pieces.append((off, t))
-    if layout.kind == "proto":
-        return RowShardTensor(shape, dtype, pieces)
-    if layout.kind == "object":
-        return RowShardObject(shape, dtype, pieces)
-    from torch.distributed.tensor import DTensor, Shard
-    from torch.distributed.tensor._shards_wrapper import LocalShardsWrapper
-
-    assert meshes is not None
-    mesh = meshes.get((layout.world,))
-    offsets = [(off,) + (0,) * (len(shape) - 1) for off, _ in pieces]
-    lsw = LocalShardsWrapper([t for _, t in pieces], offsets)
-    return DTensor.from_local(lsw, mesh, [Shard(0)], run_check=False, shape=torch.Size(shape),
-                              stride=contiguous_stride(shape))
+    return rows_leaf(layout, shape, dtype, pieces, meshes)
 
 
 # Checking
