@@ -353,15 +353,20 @@ def describe(key: Key, leaf: Any) -> tuple[Desc, tuple[torch.Tensor, ...]]:
     return ValueDesc(key=key, value=encode_value(leaf, dotted(key))), ()
 
 
+def storable(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` as one whose memory holds its values: detached, with the lazy conjugate
+    and negative bits resolved (``.contiguous()`` keeps them, ``.view()`` refuses them),
+    bool viewed as uint8. Copies only to resolve a lazy bit."""
+    t = tensor.detach().resolve_conj().resolve_neg()
+    return t.view(torch.uint8) if t.dtype == torch.bool else t
+
+
 def tensor_bytes(tensor: torch.Tensor) -> memoryview:
     """The C-order little-endian bytes of ``tensor`` (copied only if needed)."""
-    # Conjugate and negative views keep a lazy bit that .contiguous() keeps and .view() refuses.
-    t = tensor.detach().resolve_conj().resolve_neg()
+    t = storable(tensor)
     if t.device.type != "cpu":
         t = t.cpu()
     t = t.contiguous()
-    if t.dtype == torch.bool:
-        t = t.view(torch.uint8)
     flat = t.reshape(-1).view(torch.uint8) if t.numel() else torch.empty(0, dtype=torch.uint8)
     return flat.numpy().data.cast("B")
 

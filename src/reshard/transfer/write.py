@@ -11,7 +11,7 @@ from typing import NamedTuple
 
 import torch
 
-from ..adapters.tensors import tensor_bytes
+from ..adapters.tensors import storable, tensor_bytes
 from ..codecs import Codec, bind_codec, crc32c
 from ..core.pickling import slots_reduce
 from ..storage.base import Store, new_file
@@ -304,9 +304,7 @@ class _CopyRing:
         buf = self._bufs[i]
         if buf is None or buf.numel() < n:
             buf = self._bufs[i] = torch.empty(max(n, 1), dtype=torch.uint8)
-        src = tensor.detach().resolve_conj().resolve_neg()
-        if src.dtype == torch.bool:
-            src = src.view(torch.uint8)
+        src = storable(tensor)
         out = buf[:n]
         if n:
             out.view(src.dtype).view(src.shape).copy_(src)
