@@ -8,7 +8,6 @@ import logging
 import os
 import re
 import time
-import uuid
 from array import array
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -38,6 +37,7 @@ from .format.manifest import (
     MANIFEST_NAME,
     CodecSpec,
     is_saved_data_file,
+    new_save_id,
 )
 from .storage import Store, open_store
 from .transfer.write import WrittenFile, write_data_file
@@ -153,7 +153,7 @@ def prepare_save(
         shared["plan"], shared["per_rank"] = plan_save(per_rank), per_rank
         assert store is not None  # the coordinator's own opening error was raised above
         store.prepare(DATA_DIR)
-        save_id = _save_id()
+        save_id = new_save_id()
         return [(save_id, tuple([(t.item_index, t.box_index) for t in shared["plan"].tasks[r]]))
                 for r in range(coll.world_size)]
 
@@ -231,6 +231,13 @@ def _check_same(what: str, values: list[Any], hint: str) -> None:
         )
 
 
+def save_tiles(box: Box, itemsize: int, blocks: int) -> list[Box]:
+    """The chunks a save with ``column_blocks=blocks`` writes for ``box``."""
+    if box.numel * itemsize < config.COLUMN_TILE_MIN_NBYTES:  # read whole anyway
+        return [box]
+    return column_tiles(box, itemsize, blocks, config.COLUMN_TILE_NBYTES)
+
+
 def in_column_blocks(
     desc: Desc, tensors: tuple[torch.Tensor, ...], blocks: int
 ) -> tuple[Desc, tuple[torch.Tensor, ...]]:
@@ -241,8 +248,7 @@ def in_column_blocks(
     boxes: list[Box] = []
     views: list[torch.Tensor] = []
     for box, tensor in zip(desc.boxes, tensors):
-        small = box.numel * isz < config.COLUMN_TILE_MIN_NBYTES  # read whole anyway
-        tiles = [box] if small else column_tiles(box, isz, blocks, config.COLUMN_TILE_NBYTES)
+        tiles = save_tiles(box, isz, blocks)
         boxes += tiles
         views += [tensor] if len(tiles) == 1 else [tensor[t.relative_to(box).slices()] for t in tiles]
     return dataclasses.replace(desc, boxes=tuple(boxes)), tuple(views)
@@ -270,12 +276,6 @@ def _check_visible(store: Store, written: list[Outcome[WrittenFile]]) -> None:
                 f"rank {rank} wrote {file_name}, but at {store.location} it {seen}: every rank "
                 "must pass the same path, on storage that every rank shares; nothing was committed"
             )
-
-def _save_id() -> str:
-    # is_saved_data_file recognizes files named from this id; keep the two in step. UTC,
-    # so that saves from hosts in other time zones compare (_superseded).
-    return f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:12]}"
-
 
 _SAVE_ID_RE = re.compile(rb'"save_id"\s*:\s*"(\d{8}T\d{6}-[0-9a-f]{12})"')
 

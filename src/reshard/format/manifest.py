@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import math
 import re
+import time
+import uuid
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -255,6 +257,13 @@ def _from_columnar_json(data: bytes, loads: Callable[[bytes], object]) -> Manife
     # Every marker taken once, as the chunks of a tensor entry: a marker anywhere else
     # (inside a plain value, under a duplicate key) would stand for what it replaced.
     return manifest if not arrays else None
+
+
+def new_save_id() -> str:
+    """A fresh save id, ``<YYYYMMDD>T<HHMMSS>-<12 hex>`` with the time in UTC (saves from
+    hosts in other time zones compare); ``is_saved_data_file`` recognizes the data files
+    named from it."""
+    return f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:12]}"
 
 
 def is_saved_data_file(name: str) -> bool:

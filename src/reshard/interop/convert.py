@@ -15,14 +15,13 @@ import os
 import re
 import sys
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from .. import __version__, config
 from ..codecs import bind_codec, chunk_spec, resolve_codec
-from ..core.layout import Box, column_tiles
+from ..core.layout import Box
 from ..errors import CheckpointError, StorageError, UnsupportedValueError
 from ..format.manifest import (
     DATA_DIR,
@@ -36,8 +35,10 @@ from ..format.manifest import (
     TensorEntry,
     ValueEntry,
     dotted,
+    new_save_id,
 )
 from ..progress import ProgressBar
+from ..save import save_tiles
 from ..storage import Store, new_file, open_store
 from ..transfer.write import encode_frame
 from . import safetensors_io as st
@@ -227,7 +228,7 @@ def to_reshard(
     created = not os.path.exists(dst)
     codec_obj, spec = resolve_codec(codec)
     values = source.plain_values()
-    save_id = f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:12]}"
+    save_id = new_save_id()
     file_name = f"{DATA_DIR}/{save_id}.0.bin"
     report = progress or (lambda n: None)
     store = open_store(dst)
@@ -276,9 +277,7 @@ def _write_tensor(
     # As in save: the codec and its record for elements of this entry's size.
     framer.codec, spec = bind_codec(framer.base_codec, e.itemsize), chunk_spec(spec, e.itemsize)
     for c in e.chunks:
-        boxes = [c.box]
-        if column_blocks > 1 and c.box.numel * e.itemsize >= config.COLUMN_TILE_MIN_NBYTES:
-            boxes = column_tiles(c.box, e.itemsize, column_blocks, config.COLUMN_TILE_NBYTES)
+        boxes = save_tiles(c.box, e.itemsize, column_blocks)
         read = _chunk_reader(source, e, c, len(boxes))
         for chunk_box in boxes:
             start = framer.offset
