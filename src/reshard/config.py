@@ -55,8 +55,9 @@ either way, while more chunks cost every load per-chunk work."""
 
 
 def column_blocks(value: object = None) -> int:
-    """Parts along dim 1 in which a save stores every tensor of two or more dims (1: as
-    held). ``value`` is save's ``column_blocks`` argument; None reads the variable."""
+    """Parts along dim 1 in which a save stores every box of two or more dims and at
+    least ``COLUMN_TILE_MIN_NBYTES`` (1: as held). ``value`` is save's ``column_blocks``
+    argument; None reads the variable."""
     if value is None:
         return _int_env("RESHARD_COLUMN_BLOCKS", 1, hi=MAX_COLUMN_BLOCKS)
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_COLUMN_BLOCKS:
