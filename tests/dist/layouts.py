@@ -7,7 +7,8 @@ layout is computed independently of reshard and of DTensor's own shard math: nes
 ``torch.chunk`` of a global *index* tensor, the semantics DTensor documents.
 
 Layouts (``world`` = number of ranks; 1 means the pytest process itself, no dist):
-- ``Mesh("2x2", "S0,R")``: a DTensor on a device mesh with those placements.
+- ``Mesh("2x2", "S0,R")``: a DTensor on a device mesh with those placements;
+  ``SS0/2`` is ``_StridedShard(0, split_factor=2)`` (FSDP2 over tensor parallelism).
 - ``Full(world)``: a plain tensor holding the whole global tensor on every rank.
 - ``Rows(kind, ((off, len), ...) per rank)``: explicit row ranges on tensor dim 0:
   ``proto`` a tensor subclass implementing DCP's checkpointable protocol, ``object``
@@ -68,8 +69,18 @@ class Mesh:
 
     def torch_placements(self) -> list[Any]:
         from torch.distributed.tensor import Replicate, Shard
+        from torch.distributed.tensor.placement_types import _StridedShard
 
-        return [Replicate() if p == "R" else Shard(int(p[1:])) for p in self.placements.split(",")]
+        out: list[Any] = []
+        for p in self.placements.split(","):
+            if p == "R":
+                out.append(Replicate())
+            elif p.startswith("SS"):
+                d, f = p[2:].split("/")
+                out.append(_StridedShard(int(d), split_factor=int(f)))
+            else:
+                out.append(Shard(int(p[1:])))
+        return out
 
     def __str__(self) -> str:
         return f"mesh{self.mesh}[{self.placements}]" + ("strided" if self.strided else "")
@@ -208,16 +219,30 @@ class Meshes:
 
 
 def mesh_local_index(shape: tuple[int, ...], layout: Mesh, coord: list[int]) -> torch.Tensor:
-    """Flat global indices of this coordinate's shard: nested torch.chunk, mesh-dim order."""
+    """Flat global indices of this coordinate's shard: nested torch.chunk, mesh-dim order.
+    A strided shard ``SSd/f`` cuts dim d into f chunks, takes its chunk of each and
+    joins them (right-to-left sharding, as ``_StridedShard`` documents)."""
     idx = torch.arange(math.prod(shape)).reshape(shape)
     for mesh_dim, p in enumerate(layout.placements.split(",")):
         if p == "R":
             continue
-        d, n = int(p[1:]), layout.mesh_shape[mesh_dim]
-        parts = torch.chunk(idx, n, dim=d) if idx.shape[d] else ()
-        c = coord[mesh_dim]
-        idx = parts[c] if c < len(parts) else idx.narrow(d, 0, 0)
+        n, c = layout.mesh_shape[mesh_dim], coord[mesh_dim]
+        if p.startswith("SS"):
+            d, f = (int(x) for x in p[2:].split("/"))
+            idx = torch.cat([_chunk(part, n, d, c) for part in _chunks(idx, f, d)], dim=d)
+        else:
+            idx = _chunk(idx, n, int(p[1:]), c)
     return idx
+
+
+def _chunks(t: torch.Tensor, n: int, d: int) -> list[torch.Tensor]:
+    """``torch.chunk`` padded with empty parts to ``n``."""
+    parts = list(torch.chunk(t, n, dim=d)) if t.shape[d] else []
+    return parts + [t.narrow(d, 0, 0)] * (n - len(parts))
+
+
+def _chunk(t: torch.Tensor, n: int, d: int, c: int) -> torch.Tensor:
+    return _chunks(t, n, d)[c]
 
 
 def _pieces(layout: Rows, rank: int, source: torch.Tensor | None,

@@ -108,7 +108,8 @@ C_TARGETS_4 = [m("4", "S0"), m("4", "S1"), m("2x2", "S0,S1"), m("2x2", "S1,S1"),
 
 def _fits(layout: Layout, shape: tuple[int, ...]) -> bool:
     if isinstance(layout, Mesh):
-        return all(p == "R" or int(p[1:]) < len(shape) for p in layout.placements.split(","))
+        return all(p == "R" or int(p.lstrip("S").split("/")[0]) < len(shape)
+                   for p in layout.placements.split(","))
     if isinstance(layout, Full):
         return True
     return max((o + n for r in layout.rows for o, n in r), default=0) == shape[0]
@@ -206,8 +207,28 @@ def _misc_dtypes() -> list[Scenario]:
     ]
 
 
+def _strided_shards() -> list[Scenario]:
+    """``_StridedShard`` (``SSd/f``): FSDP2 over tensor parallelism gives "SS0/2,S0"; the
+    others hold indices that are not consecutive, so a rank saves and loads several boxes."""
+    fsdp_tp = m("2x2", "SS0/2,S0")
+    return [
+        Scenario("a_ss_fsdp_tp_to_s0s1", (12, 4), fsdp_tp, m("2x2", "S0,S1")),
+        Scenario("a_ss_s1r_to_fsdp_tp", (8, 6), m("2x2", "S1,R"), fsdp_tp, torch.bfloat16),
+        # Not back onto its own mesh: torch 2.13 redistributes uneven strided shards wrongly.
+        Scenario("d_ss_s0_ss0_to_ss1", (10, 6), m("2x2", "S0,SS0/3"), m("4", "SS1/2")),
+        Scenario("d_ss_1d_to_full1", (11, 3), m("4", "SS0/3"), FULL1, torch.int64),
+        Scenario("d_ss_3d_to_1d", (9, 4, 7), m("2x1x2", "SS2/2,R,S2"), m("4", "SS0/2")),
+        Scenario("d_ss_empty_to_s0_ss0", (3, 5), m("4", "SS0/2"), m("2x2", "S0,SS0/2")),
+        Scenario("d_ss_from_2_ranks", (13, 5), m("2", "S1"), m("2x2", "SS0/3,SS1/2")),
+        Scenario("d_ss_to_3_ranks", (7, 9), m("2x2", "SS1/3,S1"), m("3", "SS0/2"), torch.bool),
+        Scenario("e_ss_view_to_proto", (9, 4), Mesh("2x2", "SS0/2,S1", strided=True), chunk_rows(
+            "proto", (2, 0, 4, 3))),
+    ]
+
+
 SCENARIOS: list[Scenario] = (
     _group_a() + _group_b() + _group_c() + _group_d() + _group_e() + _misc_dtypes()
+    + _strided_shards()
 )
 CODECS = ("identity", "zstd", "test-rot")
 # Small frames make every chunk span several frames (not a multiple of any itemsize),

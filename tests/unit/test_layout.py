@@ -15,6 +15,8 @@ from reshard.core.layout import (
     element_span,
     full_box,
     intersect,
+    placed_runs,
+    run_boxes,
     shard_box,
     split_for_span,
     tiling_problem,
@@ -127,6 +129,64 @@ def test_shard_box_follows_torch_chunk(data: st.DataObject) -> None:
     assert box.sizes == tuple(sizes)
     if not box.is_empty:
         assert box.offsets == tuple(offsets)
+
+
+def _index_lists(shape: tuple[int, ...], mesh: tuple[int, ...],
+                 placements: list[tuple[str, int, int]], coord: tuple[int, ...]) -> list[list[int]]:
+    """Global indices per dim by plain list slicing: a shard takes its ``torch.chunk``
+    part; a strided shard takes its part of each of ``split`` chunks, joined."""
+    def part(xs: list[int], n: int, c: int) -> list[int]:
+        full = -(-len(xs) // n)
+        return xs[full * c:full * (c + 1)]
+
+    idx = [list(range(n)) for n in shape]
+    for (kind, d, split), n, c in zip(placements, mesh, coord):
+        if kind == "shard":
+            idx[d] = part(idx[d], n, c)
+        elif kind == "strided_shard":
+            full = -(-len(idx[d]) // split)
+            idx[d] = [i for j in range(split) for i in part(idx[d][full * j:full * (j + 1)], n, c)]
+    return idx
+
+
+@SETTINGS
+@given(data=st.data())
+def test_placed_runs_are_the_indices_a_coordinate_holds(data: st.DataObject) -> None:
+    shape = data.draw(shapes(max_ndim=3, max_dim=13))
+    mesh = tuple(data.draw(st.lists(st.integers(1, 4), min_size=1, max_size=3)))
+    per_dim = [("shard", 1)] + [("strided_shard", f) for f in (1, 2, 3, 5)]
+    kinds = [("replicate", -1, 1)] + [(k, d, f) for d in range(len(shape)) for k, f in per_dim]
+    placements = [data.draw(st.sampled_from(kinds)) for _ in mesh]
+    coords = list(itertools.product(*[range(m) for m in mesh]))
+    held = []
+    for coord in coords:
+        runs = placed_runs(shape, mesh, placements, coord)
+        want = _index_lists(shape, mesh, placements, coord)
+        assert [[g + i for g, k in r for i in range(k)] for r in runs] == want
+        # runs are maximal and the boxes sit where the local tensor holds them
+        for r in runs:
+            assert all(a[0] + a[1] != b[0] for a, b in zip(r, r[1:]))
+        for box, at in run_boxes(runs):
+            for d in range(len(shape)):
+                assert want[d][at[d]:at[d] + box.sizes[d]] == list(
+                    range(box.offsets[d], box.offsets[d] + box.sizes[d]))
+        held += [b for b, _ in run_boxes(runs)]
+    assert tiling_problem(shape, held) is None  # replicas repeat boxes, never overlap them
+
+
+def test_placed_runs_examples() -> None:
+    # FSDP2 over TP: [_StridedShard(0, 2), Shard(0)] of 8 rows on (dp=2, tp=2).
+    fsdp_tp = [("strided_shard", 0, 2), ("shard", 0, 1)]
+    assert [placed_runs((8,), (2, 2), fsdp_tp, c) for c in [(0, 0), (0, 1), (1, 0), (1, 1)]] == [
+        (((0, 2),),), (((4, 2),),), (((2, 2),),), (((6, 2),),)]
+    # [Shard(0), _StridedShard(0, 2)]: rows 0 and 2 on (0, 0), two boxes.
+    runs = placed_runs((8, 3), (2, 2), [("shard", 0, 1), ("strided_shard", 0, 2)], (0, 0))
+    assert runs == (((0, 1), (2, 1)), ((0, 3),))
+    assert run_boxes(runs) == [(Box((0, 0), (1, 3)), (0, 0)), (Box((2, 0), (1, 3)), (1, 0))]
+    # nothing left on a dim: one empty run at its end
+    assert placed_runs((1, 2), (4,), [("shard", 0, 1)], (3,)) == (((1, 0),), ((0, 2),))
+    with pytest.raises(ValueError, match="unknown placement"):
+        placed_runs((4,), (2,), [("partial", 0, 1)], (0,))
 
 
 def test_shard_box_examples() -> None:

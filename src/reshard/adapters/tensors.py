@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..core.layout import Box, full_box
+from ..core.layout import Box, full_box, placed_runs, run_boxes
 from ..core.planner import Desc, TensorDesc, ValueDesc
 from ..errors import LayoutMismatchError, UnsupportedValueError
 from ..format.manifest import MAX_DIM_SIZE, MAX_NDIM, Key, dotted
@@ -189,14 +189,14 @@ def check_dense(tensor: torch.Tensor, name: str, *, for_load: bool) -> None:
 def _dtensor_shards(dt: Any, local: torch.Tensor, key: Key, *, for_load: bool) -> Shards:
     spec = dt._spec
     layout = _dtensor_layout(spec, key)
-    if layout.box is None:  # this rank is not in the mesh
+    if layout.sizes is None:  # this rank is not in the mesh
         return Shards(shape=layout.shape, dtype=dtype_name(dt.dtype, dotted(key)),
                       container="torch", boxes=(), tensors=())
-    if local.shape != layout.box.sizes:
+    if local.shape != layout.sizes:
         raise LayoutMismatchError(
             f"key {dotted(key)!r}: the local shard has shape {list(local.shape)}, but placements "
             f"{list(spec.placements)} of global shape {list(layout.shape)} give this rank "
-            f"{list(layout.box.sizes)} (DTensor uneven shards must follow torch.chunk sizes)"
+            f"{list(layout.sizes)} (DTensor uneven shards must follow torch.chunk sizes)"
         )
     if local.requires_grad:
         local = local.detach()
@@ -205,16 +205,32 @@ def _dtensor_shards(dt: Any, local: torch.Tensor, key: Key, *, for_load: bool) -
     dtype = _TORCH_DTYPES.get(local.dtype)
     if dtype is None:
         dtype = dtype_name(local.dtype, dotted(key))
-    return Shards(shape=layout.shape, dtype=dtype, container="torch", boxes=(layout.box,),
-                  tensors=(local,))
+    if layout.local_offsets is None:
+        tensors: tuple[torch.Tensor, ...] = (local,)
+    else:  # strided shards: one view of the local tensor per box
+        tensors = tuple(_narrowed(local, at, box.sizes)
+                        for box, at in zip(layout.boxes, layout.local_offsets))
+    return Shards(shape=layout.shape, dtype=dtype, container="torch", boxes=layout.boxes,
+                  tensors=tensors)
+
+
+def _narrowed(tensor: torch.Tensor, offsets: tuple[int, ...], sizes: tuple[int, ...]) -> torch.Tensor:
+    for dim, (o, n) in enumerate(zip(offsets, sizes)):
+        if n != tensor.shape[dim]:
+            tensor = tensor.narrow(dim, o, n)
+    return tensor
 
 
 @dataclass(frozen=True, slots=True)
 class _DTensorLayout:
-    """The global shape of a DTensor and this rank's box (None outside the mesh)."""
+    """The global shape of a DTensor, this rank's local shape (None outside the mesh)
+    and its boxes; ``local_offsets`` places each box in the local tensor, None when the
+    one box is the whole local tensor."""
 
     shape: tuple[int, ...]
-    box: Box | None
+    sizes: tuple[int, ...] | None
+    boxes: tuple[Box, ...]
+    local_offsets: tuple[tuple[int, ...], ...] | None = None
 
 
 def _dtensor_layout(spec: Any, key: Key) -> _DTensorLayout:
@@ -230,22 +246,54 @@ def _dtensor_layout(spec: Any, key: Key) -> _DTensorLayout:
         return hit
     from torch.distributed.tensor import Replicate, Shard
 
+    strided = _strided_shard_type()
     for p in placements:
-        if type(p) not in (Shard, Replicate):
+        if type(p) not in (Shard, Replicate, strided):
             raise UnsupportedValueError(
-                f"key {dotted(key)!r}: placement {p} is not supported (Shard(d) and Replicate() "
-                "are; redistribute Partial placements first)"
+                f"key {dotted(key)!r}: placement {p} is not supported (Shard(d), Replicate() "
+                "and _StridedShard are; redistribute Partial placements first)"
             )
     shape = tuple(int(s) for s in spec.shape)
-    if _coordinate(mesh) is None:
-        layout = _DTensorLayout(shape=shape, box=None)
+    coordinate = _coordinate(mesh)
+    if coordinate is None:
+        layout = _DTensorLayout(shape=shape, sizes=None, boxes=())
+    elif strided is not None and any(type(p) is strided for p in placements):
+        layout = _strided_layout(shape, mesh, placements, coordinate)
     else:
         sizes, offsets = _local_shape_and_offset(shape, mesh, tuple(placements))
-        layout = _DTensorLayout(shape=shape, box=Box(offsets, sizes))
+        layout = _DTensorLayout(shape=shape, sizes=sizes, boxes=(Box(offsets, sizes),))
     if len(_LAYOUT_CACHE) > _CACHE_LIMIT:
         _LAYOUT_CACHE.clear()
     _LAYOUT_CACHE[cache_key] = layout
     return layout
+
+
+def _strided_shard_type() -> type | None:
+    try:
+        from torch.distributed.tensor.placement_types import _StridedShard
+    except ImportError:  # a torch without it has no such DTensors either
+        return None
+    return _StridedShard
+
+
+def _strided_layout(
+    shape: tuple[int, ...], mesh: Any, placements: Any, coordinate: Any
+) -> _DTensorLayout:
+    """A rank of a ``_StridedShard`` DTensor (FSDP2 over tensor parallelism) may hold
+    indices that are not consecutive: one box per run of them."""
+    strided = _strided_shard_type()
+    specs = [("replicate", -1, 1) if p.is_replicate() else
+             ("strided_shard" if type(p) is strided else "shard", int(p.dim),
+              int(getattr(p, "split_factor", 1)))
+             for p in placements]
+    runs = placed_runs(shape, tuple(int(n) for n in mesh.shape), specs,
+                       tuple(int(c) for c in coordinate))
+    sizes = tuple(sum(k for _, k in dim_runs) for dim_runs in runs)
+    pieces = run_boxes(runs)
+    if len(pieces) == 1:
+        return _DTensorLayout(shape=shape, sizes=sizes, boxes=(pieces[0][0],))
+    return _DTensorLayout(shape=shape, sizes=sizes, boxes=tuple(b for b, _ in pieces),
+                          local_offsets=tuple(at for _, at in pieces))
 
 
 # DTensor's own shape/offset computation costs ~0.1-0.3 ms per call, which dominated

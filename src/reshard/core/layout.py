@@ -182,6 +182,84 @@ def shard_box(
     return Box(tuple(offsets), tuple(sizes))
 
 
+Run = tuple[int, int]  # (global start, length) of consecutive indices along one dim
+
+
+def placed_runs(
+    shape: Sequence[int],
+    mesh_shape: Sequence[int],
+    placements: Sequence[tuple[str, int, int]],
+    coordinate: Sequence[int],
+) -> tuple[tuple[Run, ...], ...]:
+    """The global indices a mesh coordinate holds along each dim, as runs in local order.
+
+    ``placements`` has one entry per mesh dim: ``("shard", dim, 1)``,
+    ``("strided_shard", dim, split_factor)`` or ``("replicate", -1, 1)``. Processed left
+    to right as DTensor does: a shard takes its ``torch.chunk`` slice of the indices it
+    is given; a strided shard first cuts them into ``split_factor`` chunks, takes its
+    slice of each and joins those (FSDP2 over tensor parallelism: ``_StridedShard``). A
+    dim with no index left is one empty run at the end of the dim.
+    """
+    runs: list[list[Run]] = [[(0, n)] if n else [] for n in shape]
+    for mesh_dim, (kind, dim, split) in enumerate(placements):
+        if kind == "replicate":
+            continue
+        if kind not in ("shard", "strided_shard") or split < 1:
+            raise ValueError(f"unknown placement {(kind, dim, split)!r}")
+        n, c = mesh_shape[mesh_dim], coordinate[mesh_dim]
+        length = sum(k for _, k in runs[dim])
+        pieces = _chunks(length, split) if kind == "strided_shard" else [(0, length)]
+        picked: list[Run] = []
+        for start, size in pieces:
+            lo, hi = _chunks(size, n)[c]
+            picked.extend(_take(runs[dim], start + lo, hi))
+        runs[dim] = _merged(picked)
+    return tuple(tuple(r) if r else ((n, 0),) for r, n in zip(runs, shape))
+
+
+def _chunks(length: int, n: int) -> list[Run]:
+    """``torch.chunk`` of ``length`` into ``n`` parts as (local start, size), empty
+    parts included."""
+    full = -(-length // n) if length else 0
+    return [(min(full * i, length), min(full * (i + 1), length) - min(full * i, length))
+            for i in range(n)]
+
+
+def _take(runs: Sequence[Run], start: int, size: int) -> list[Run]:
+    """Local positions ``[start, start + size)`` of ``runs`` as runs."""
+    out: list[Run] = []
+    pos = 0
+    for g, k in runs:
+        lo, hi = max(start, pos), min(start + size, pos + k)
+        if lo < hi:
+            out.append((g + lo - pos, hi - lo))
+        pos += k
+        if pos >= start + size:
+            break
+    return out
+
+
+def _merged(runs: Sequence[Run]) -> list[Run]:
+    out: list[Run] = []
+    for g, k in runs:
+        if out and out[-1][0] + out[-1][1] == g:
+            out[-1] = (out[-1][0], out[-1][1] + k)
+        else:
+            out.append((g, k))
+    return out
+
+
+def run_boxes(runs: Sequence[Sequence[Run]]) -> list[tuple[Box, tuple[int, ...]]]:
+    """The boxes of ``placed_runs``, one per combination of runs, each with its offsets
+    in the local tensor."""
+    out: list[tuple[Box, tuple[int, ...]]] = [(Box((), ()), ())]
+    for dim_runs in runs:
+        local = [sum(k for _, k in dim_runs[:i]) for i in range(len(dim_runs))]
+        out = [(Box(b.offsets + (g,), b.sizes + (k,)), lo + (p,))
+               for b, lo in out for (g, k), p in zip(dim_runs, local)]
+    return out
+
+
 def tiling_problem(shape: Sequence[int], boxes: Iterable[Box]) -> str | None:
     """Why the distinct non-empty ``boxes`` do not tile ``shape`` exactly, or None."""
     distinct = {b for b in boxes if 0 not in b.sizes}
