@@ -193,10 +193,14 @@ def _dtensor_shards(dt: Any, local: torch.Tensor, key: Key, *, for_load: bool) -
         return Shards(shape=layout.shape, dtype=dtype_name(dt.dtype, dotted(key)),
                       container="torch", boxes=(), tensors=())
     if local.shape != layout.sizes:
+        why = ("DTensor uneven shards must follow torch.chunk sizes" if _COORD_CACHE[id(spec.mesh)][2]
+               else "the mesh's ranks are not ascending: DTensor's collectives place shards by "
+               "process-group rank there, and torch gives uneven shards on such a mesh sizes "
+               "that do not match their data (full_tensor() is wrong too); use ascending ranks")
         raise LayoutMismatchError(
             f"key {dotted(key)!r}: the local shard has shape {list(local.shape)}, but placements "
             f"{list(spec.placements)} of global shape {list(layout.shape)} give this rank "
-            f"{list(layout.sizes)} (DTensor uneven shards must follow torch.chunk sizes)"
+            f"{list(layout.sizes)} ({why})"
         )
     if local.requires_grad:
         local = local.detach()
@@ -257,8 +261,9 @@ def _dtensor_layout(spec: Any, key: Key) -> _DTensorLayout:
     coordinate = _coordinate(mesh)
     if coordinate is None:
         layout = _DTensorLayout(shape=shape, sizes=None, boxes=())
-    elif strided is not None and any(type(p) is strided for p in placements):
-        layout = _strided_layout(shape, mesh, placements, coordinate)
+    elif ((strided is not None and any(type(p) is strided for p in placements))
+          or not _COORD_CACHE[id(mesh)][2]):
+        layout = _runs_layout(shape, mesh, placements, coordinate)
     else:
         sizes, offsets = _local_shape_and_offset(shape, mesh, tuple(placements))
         layout = _DTensorLayout(shape=shape, sizes=sizes, boxes=(Box(offsets, sizes),))
@@ -276,11 +281,13 @@ def _strided_shard_type() -> type | None:
     return _StridedShard
 
 
-def _strided_layout(
+def _runs_layout(
     shape: tuple[int, ...], mesh: Any, placements: Any, coordinate: Any
 ) -> _DTensorLayout:
-    """A rank of a ``_StridedShard`` DTensor (FSDP2 over tensor parallelism) may hold
-    indices that are not consecutive: one box per run of them."""
+    """This rank's boxes by reshard's own placement math: a rank of a ``_StridedShard``
+    DTensor (FSDP2 over tensor parallelism) may hold indices that are not consecutive,
+    one box per run of them; and DTensor's own offsets follow mesh coordinates, which
+    its collectives do not (see ``_coordinate``)."""
     strided = _strided_shard_type()
     specs = [("replicate", -1, 1) if p.is_replicate() else
              ("strided_shard" if type(p) is strided else "shard", int(p.dim),
@@ -306,6 +313,11 @@ _CACHE_LIMIT = 4096
 
 
 def _coordinate(mesh: Any) -> Any:
+    """This rank's place on each mesh dim as the data sits there: its rank in the dim's
+    process group. DTensor's scatter and gather, and FSDP2's sharding, place shards by
+    that rank, which orders a group's ranks ascending; ``get_coordinate`` follows the
+    mesh's order instead, so on a mesh whose ranks are not ascending (``[[3, 2], [1, 0]]``)
+    it names another rank's shard. Cached with whether the two agree."""
     key = id(mesh)
     hit = _COORD_CACHE.get(key)
     if hit is None or hit[0] is not mesh:
@@ -313,7 +325,13 @@ def _coordinate(mesh: Any) -> Any:
             _COORD_CACHE.clear()
             _SHAPE_CACHE.clear()  # their keys use id(mesh), valid only while pinned here
             _LAYOUT_CACHE.clear()
-        hit = _COORD_CACHE[key] = (mesh, mesh.get_coordinate())
+        coordinate = mesh.get_coordinate()
+        if coordinate is not None:
+            local = tuple(int(mesh.get_local_rank(d)) for d in range(mesh.ndim))
+            hit = (mesh, local, local == tuple(int(c) for c in coordinate))
+        else:
+            hit = (mesh, None, True)
+        _COORD_CACHE[key] = hit
     return hit[1]
 
 
