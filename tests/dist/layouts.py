@@ -13,7 +13,8 @@ Layouts (``world`` = number of ranks; 1 means the pytest process itself, no dist
 - ``Rows(kind, ((off, len), ...) per rank)``: explicit row ranges on tensor dim 0:
   ``proto`` a tensor subclass implementing DCP's checkpointable protocol, ``object``
   a plain object implementing it,
-  ``lsw`` a DTensor over a LocalShardsWrapper, ``from_local`` a DTensor built with
+  ``lsw`` a DTensor over a LocalShardsWrapper, ``sharded`` a legacy ShardedTensor
+  (FSDP1 sharded state dicts, TorchRec), ``from_local`` a DTensor built with
   ``DTensor.from_local(..., shape=, stride=)`` (one range per rank).
 """
 
@@ -96,7 +97,7 @@ class Full:
 
 @dataclass(frozen=True)
 class Rows:
-    kind: str  # "proto" | "object" | "lsw" | "from_local"
+    kind: str  # "proto" | "object" | "lsw" | "sharded" | "from_local"
     rows: tuple[tuple[tuple[int, int], ...], ...]  # per rank: (offset, length) on dim 0
 
     @property
@@ -284,6 +285,8 @@ def rows_leaf(layout: Rows, shape: tuple[int, ...], dtype: torch.dtype,
         return RowShardTensor(shape, dtype, pieces)
     if layout.kind == "object":
         return RowShardObject(shape, dtype, pieces)
+    if layout.kind == "sharded":
+        return _sharded_tensor(shape, pieces)
     from torch.distributed.tensor import DTensor, Shard
 
     stride = contiguous_stride(shape)
@@ -299,6 +302,20 @@ def rows_leaf(layout: Rows, shape: tuple[int, ...], dtype: torch.dtype,
     lsw = LocalShardsWrapper([t for _, t in pieces], offsets)
     return DTensor.from_local(lsw, mesh, [Shard(0)], run_check=False, shape=torch.Size(shape),
                               stride=stride)
+
+
+def _sharded_tensor(shape: tuple[int, ...], pieces: list[tuple[int, torch.Tensor]]) -> Any:
+    """A legacy ShardedTensor holding ``pieces`` (a collective: every rank calls it)."""
+    import torch.distributed as dist
+    from torch.distributed._shard.metadata import ShardMetadata
+    from torch.distributed._shard.sharded_tensor import Shard as LocalShard
+    from torch.distributed._shard.sharded_tensor import init_from_local_shards
+
+    rank = dist.get_rank()
+    shards = [LocalShard(t, ShardMetadata(shard_offsets=[off] + [0] * (len(shape) - 1),
+                                          shard_sizes=list(t.shape), placement=f"rank:{rank}/cpu"))
+              for off, t in pieces]
+    return init_from_local_shards(shards, list(shape))
 
 
 # Checking loaded leaves
@@ -324,6 +341,8 @@ def local_parts(layout: Layout, leaf: Any, shape: tuple[int, ...],
         return [(f"local{leaf.device_mesh.get_coordinate()}", leaf.to_local(), ("flat", idx))]
     if layout.kind in ("proto", "object"):
         pieces = leaf._pieces
+    elif layout.kind == "sharded":
+        pieces = [(int(s.metadata.shard_offsets[0]), s.tensor) for s in leaf.local_shards()]
     elif layout.kind == "from_local":
         (off, n), = layout.rows[leaf.device_mesh.get_rank()]
         pieces = [(off, leaf.to_local())]

@@ -165,6 +165,8 @@ def _group_e() -> list[Scenario]:
     lsw_one = rows("lsw", [(0, 4)], [(4, 4)], [(8, 1)], [(9, 4)])
     lsw_empty = rows("lsw", [(0, 0), (0, 5)], [(5, 0)], [(5, 8)], [])
     obj_save = rows("object", [(0, 6)], [(6, 0)], [(6, 7)], [(13, 0)])
+    st_save = rows("sharded", [(0, 3), (7, 2)], [(3, 4)], [(9, 4)], [])
+    st_load = rows("sharded", [(10, 3)], [], [(0, 1), (1, 2), (3, 1)], [(4, 6)])
     obj_load = rows("object", [(0, 2), (11, 2)], [(2, 9)], [(0, 0)], [(11, 0)])
     return [
         Scenario("e_proto_to_proto", (13, 6), save_p, load_p),
@@ -189,6 +191,11 @@ def _group_e() -> list[Scenario]:
         Scenario("e_object_to_proto", (13, 2, 2), obj_save, save_empty, torch.int64),
         Scenario("e_proto_to_object", (13, 6), save_p, obj_load),
         Scenario("e_object_to_s1", (13, 6), obj_load, m("2x2", "S1,R")),
+        Scenario("e_sharded_to_sharded", (13, 6), st_save, st_load),
+        Scenario("e_sharded_to_s1", (13, 2, 3), st_save, m("2x2", "R,S2"), torch.bfloat16),
+        Scenario("e_s0s1_to_sharded", (13, 6), m("2x2", "S0,S1"), st_save, torch.int64),
+        Scenario("e_sharded_to_full1", (13,), st_load, FULL1),
+        Scenario("e_lsw_to_sharded", (13, 6), lsw_save, st_load),
     ]
 
 

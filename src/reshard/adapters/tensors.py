@@ -127,6 +127,8 @@ def shards_of(leaf: Any, key: Key, *, for_load: bool) -> Shards:
     name = dotted(key)
     if hasattr(leaf, "__create_chunk_list__"):
         return _protocol_shards(leaf, name, for_load=for_load)
+    if _is_sharded_tensor(leaf):
+        return _sharded_tensor_shards(leaf, name, for_load=for_load)
     if isinstance(leaf, np.generic):
         leaf = np.asarray(leaf)
         container = "numpy_scalar"
@@ -155,6 +157,43 @@ def _is_dtensor(leaf: Any) -> bool:
     # Importing DTensor costs most of a second; a leaf can only be one if it was imported.
     module = sys.modules.get("torch.distributed.tensor")
     return module is not None and isinstance(leaf, module.DTensor)
+
+
+def _is_sharded_tensor(leaf: Any) -> bool:
+    module = sys.modules.get("torch.distributed._shard.sharded_tensor.api")
+    return module is not None and isinstance(leaf, module.ShardedTensorBase)
+
+
+def _sharded_tensor_shards(st: Any, name: str, *, for_load: bool) -> Shards:
+    """The legacy ``ShardedTensor`` (FSDP1's sharded state dicts, TorchRec): its local
+    shards, each placed by its metadata."""
+    meta = st.metadata()
+    shape = tuple(int(s) for s in meta.size)
+    dtype = dtype_name(meta.tensor_properties.dtype, name)
+    boxes: list[Box] = []
+    tensors: list[torch.Tensor] = []
+    for shard in st.local_shards():
+        md = shard.metadata
+        box = Box(tuple(int(o) for o in md.shard_offsets), tuple(int(n) for n in md.shard_sizes))
+        tensor = shard.tensor
+        if tuple(tensor.shape) != box.sizes:
+            raise LayoutMismatchError(
+                f"key {name!r}: a local shard at {list(box.offsets)} has shape "
+                f"{list(tensor.shape)} but its metadata says {list(box.sizes)}"
+            )
+        if _TORCH_DTYPES.get(tensor.dtype) != dtype:
+            raise LayoutMismatchError(
+                f"key {name!r}: a local shard at {list(box.offsets)} has dtype {tensor.dtype} "
+                f"but the ShardedTensor declares {meta.tensor_properties.dtype}"
+            )
+        if box.is_empty:
+            continue
+        tensor = tensor.detach() if tensor.requires_grad else tensor
+        check_dense(tensor, name, for_load=for_load)
+        boxes.append(box)
+        tensors.append(tensor)
+    return Shards(shape=shape, dtype=dtype, container="torch", boxes=tuple(boxes),
+                  tensors=tuple(tensors))
 
 
 def _is_plain_dense(tensor: torch.Tensor, *, for_load: bool) -> bool:
