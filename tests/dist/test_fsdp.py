@@ -1,9 +1,12 @@
-"""FSDP2 over tensor parallelism: a real model and Adam state, as torch's state-dict helpers
+"""Real FSDP models, as users save them.
+
+FSDP2 over tensor parallelism: a model and its Adam state, as torch's state-dict helpers
 give them (first-layer weights carry ``_StridedShard`` placements), saved with reshard and
 loaded back into the same parallelism, into FSDP2 alone on another mesh, and into plain
-tensors in one process.
+tensors in one process. FSDP1: a sharded state dict (legacy ``ShardedTensor``s) loaded
+into FSDP1 again and into FSDP2.
 
-One world of 4 ranks; values are compared exactly with ``full_tensor()`` of the saved state.
+One world of 4 ranks; values are compared exactly with the full saved state.
 """
 
 from __future__ import annotations
@@ -116,8 +119,54 @@ def _world(rank: int, world: int, root: str) -> dict[str, Any]:
     target3 = _state(model3, optim3)
     reshard.load(target3, path)
     problems += _diff(_full(target3), want, "fsdp4")
+    problems += _fsdp1(root, flat)
     return {"problems": problems, "placements": sorted(_placements(saved)),
             "want": _mapped(want, lambda t: t.numpy()) if rank == 0 else None}
+
+
+def _fsdp1(root: str, mesh: Any) -> list[str]:
+    from torch.distributed.fsdp import FullyShardedDataParallel, StateDictType
+
+    def wrapped() -> Any:
+        return FullyShardedDataParallel(_model(), device_id=torch.device("cpu"),
+                                        use_orig_params=True)
+
+    def sharded(model: Any) -> dict[str, Any]:
+        with FullyShardedDataParallel.state_dict_type(model, StateDictType.SHARDED_STATE_DICT):
+            return dict(model.state_dict())
+
+    model = wrapped()
+    with torch.no_grad():
+        for i, p in enumerate(model.parameters()):
+            p.add_(i + 1)  # not the seed's values, so a load that does nothing fails
+    saved = sharded(model)
+    kinds = sorted({type(v).__name__ for v in saved.values()})
+    if kinds != ["ShardedTensor"]:
+        return [f"fsdp1: the sharded state dict holds {kinds}"]
+    want = {k: _gathered(v) for k, v in saved.items()}
+    path = os.path.join(root, "fsdp1")
+    reshard.save(saved, path)
+    target = sharded(wrapped())
+    reshard.load(target, path)
+    problems = _diff({k: _gathered(v) for k, v in target.items()}, want, "fsdp1")
+    model2, _ = _parallel(mesh, tp=False)
+    target2 = dict(model2.state_dict())
+    reshard.load(target2, path)
+    return problems + _diff(_full(target2), want, "fsdp1 -> fsdp2")
+
+
+def _gathered(st: Any) -> torch.Tensor:
+    """A ShardedTensor's full value on every rank: each element has one owner, the other
+    ranks add zeros."""
+    import torch.distributed as dist
+
+    full = torch.zeros(tuple(st.size()), dtype=st.metadata().tensor_properties.dtype)
+    for shard in st.local_shards():
+        index = tuple(slice(o, o + n) for o, n in zip(shard.metadata.shard_offsets,
+                                                       shard.metadata.shard_sizes))
+        full[index] = shard.tensor
+    dist.all_reduce(full)
+    return full
 
 
 def test_fsdp_over_tp_state_round_trips(tmp_path: Any) -> None:
