@@ -4,7 +4,7 @@ torch.distributed.checkpoint.save writes DTensors on 1-D, 2-D and 3-D meshes (ne
 shards on one dim, shards on dims 1 to 4, uneven and empty shards), bf16, bool, int8,
 complex64, float16 tensors of 1 to 5 dims, a 0-dim tensor, an optimizer state with an
 integer key and a list of param groups, and non-tensor values (nested dicts, lists,
-tuples, None, str). Rank 0 of each world converts the other world's DCP checkpoint:
+tuples, None, str), and 1 MiB chunks that convert cuts. Rank 0 of each world converts the other world's DCP checkpoint:
 DCP -> reshard (zstd, column blocks 3) and DCP -> sharded safetensors -> reshard.
 Then each world loads, with reshard.load, the other world's DCP checkpoint directly and
 both conversions into meshes, LocalShardsWrapper and protocol row pieces that differ from
@@ -35,14 +35,16 @@ SAVED: dict[int, list[tuple[str, tuple[int, ...], str, tuple[int, ...], str]]] =
         ("d", (6, 2, 5), "float32", (1, 2, 2), "R,S2,S1"),
         ("e", (4,), "complex64", (2, 2), "R,S0"),
         ("f", (2, 3, 1, 2, 4), "float16", (2, 1, 2), "S4,S1,R"),
-        ("g", (13, 6), "int64", (2, 2), "S1,S0")],
+        ("g", (13, 6), "int64", (2, 2), "S1,S0"),
+        ("h", (1024, 1024), "float32", (2, 1, 2), "S0,R,S1")],  # 1 MiB chunks: convert cuts them
     3: [("a", (10, 7), "bfloat16", (3,), "S1"),
         ("b", (3, 5), "bool", (3,), "S0"),
         ("c", (1, 9), "int8", (1, 3), "S0,S1"),
         ("d", (6, 2, 5), "float32", (3, 1), "S2,S0"),
         ("e", (4,), "complex64", (3,), "S0"),
         ("f", (2, 3, 1, 2, 4), "float16", (3,), "R"),
-        ("g", (13, 6), "int64", (3, 1, 1), "S0,R,S1")],
+        ("g", (13, 6), "int64", (3, 1, 1), "S0,R,S1"),
+        ("h", (1024, 1024), "float32", (3,), "S1")],
 }
 VALUES: dict[str, Any] = {
     "step": 7, "name": "run-1", "sched": {"milestones": [1, 2], "gamma": 0.5}, "none": None,
@@ -233,6 +235,10 @@ def test_converted_files_read_back_in_one_process(outcome: tuple[str, dict[int, 
             got.update(load_file(os.path.join(st_dir, f)))
         for name, shape, dt, _, _ in SAVED[saver]:
             assert torch.equal(got[f"m.{name}"], expected(name, shape, dt)), (saver, name)
+        with reshard.open(os.path.join(root, f"dcp{saver}")) as dcp_ck, \
+                reshard.open(os.path.join(root, f"r{saver}")) as cut_ck:
+            # Each 1 MiB (or larger) DCP chunk of m.h was cut in 3 column blocks.
+            assert len(cut_ck.info("m.h").chunks) == 3 * len(dcp_ck.info("m.h").chunks)
         for conv in (f"r{saver}", f"rst{saver}", f"dcp{saver}"):
             with reshard.open(os.path.join(root, conv)) as ck:
                 for name, shape, dt, _, _ in SAVED[saver]:
