@@ -152,7 +152,7 @@ def _check_cut(root: str) -> list[Problem]:
     import reshard
 
     problems: list[Problem] = []
-    for name, w, k, _, _, _, remote in CHECKPOINTS:
+    for name, w, _, _, _, _, remote in CHECKPOINTS:
         with reshard.open(_path(root, name, remote)) as ck:
             chunks = sum(len(ck.info(key).chunks) for key, *_ in scenarios(w))
             if chunks < 2 * len(scenarios(w)):

@@ -3,9 +3,10 @@
 torch.distributed.checkpoint.save writes DTensors on 1-D, 2-D and 3-D meshes (nested
 shards on one dim, shards on dims 1 to 4, uneven and empty shards), bf16, bool, int8,
 complex64, float16 tensors of 1 to 5 dims, a 0-dim tensor, an optimizer state with an
-integer key and a list of param groups, and non-tensor values (nested dicts, lists,
-tuples, None, str), and 1 MiB chunks that convert cuts. Rank 0 of each world converts the other world's DCP checkpoint:
-DCP -> reshard (zstd, column blocks 3) and DCP -> sharded safetensors -> reshard.
+integer key and a list of param groups, non-tensor values (nested dicts, lists, tuples,
+None, str), and 1 MiB chunks that convert cuts. Rank 0 of each world converts the other
+world's DCP checkpoint: DCP -> reshard (zstd, column blocks 3) and DCP -> sharded
+safetensors -> reshard.
 Then each world loads, with reshard.load, the other world's DCP checkpoint directly and
 both conversions into meshes, LocalShardsWrapper and protocol row pieces that differ from
 the saved layout; every element and every value is compared exactly.
