@@ -221,3 +221,36 @@ def test_every_dtype_round_trips_through_every_format(tmp_path: Path) -> None:
     with pytest.raises(reshard.UnsupportedValueError, match="'c'.*complex128"):
         convert(str(tmp_path / "c128"), str(tmp_path / "c.safetensors"))
     assert not (tmp_path / "c.safetensors").exists()
+
+
+@pytest.mark.parametrize("url", ["memory://bucket/ckpt", "s3://bucket/model.safetensors",
+                                 "simplecache::s3://bucket/ckpt"])
+def test_urls_are_refused_not_written_as_local_folders(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        url: str) -> None:
+    """convert reads and writes local paths only. An fsspec URL as DST used to become a
+    local folder named after it (./s3:/bucket/...) and the command exited 0, as if the
+    checkpoint had been uploaded; as SRC it read such a folder. Both are refused, naming
+    the URL, and nothing is written."""
+    monkeypatch.chdir(tmp_path)
+    reshard.save({"x": torch.arange(4)}, "src")
+    assert main(["convert", "src", url, "--quiet"]) == 1
+    assert url in capsys.readouterr().err
+    assert sorted(os.listdir(tmp_path)) == ["src"]
+    with pytest.raises(reshard.CheckpointError, match=r"local path.*" + url.replace("::", ".*")
+                       .replace(".", r"\.").replace(r"\.*", ".*")):
+        convert("src", url)
+    # A folder named like the URL does not make it a source either.
+    os.makedirs(url.replace("://", ":/"))
+    reshard.save({"x": torch.arange(4)}, url.replace("://", ":/"))
+    assert main(["convert", url, "out", "--quiet"]) == 1
+    assert url in capsys.readouterr().err and not os.path.exists("out")
+
+
+def test_file_urls_are_local_paths(tmp_path: Path) -> None:
+    reshard.save({"x": torch.arange(4)}, tmp_path / "src")
+    convert(f"file://{tmp_path / 'src'}", f"file://{tmp_path / 'out'}")
+    convert(f"file://{tmp_path / 'out'}", f"file://{tmp_path / 'm.safetensors'}")
+    assert torch.equal(load_file(str(tmp_path / "m.safetensors"))["x"], torch.arange(4))
+    with reshard.open(tmp_path / "out") as ck:
+        assert torch.equal(ck.read("x"), torch.arange(4))

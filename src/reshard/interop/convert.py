@@ -40,6 +40,7 @@ from ..format.manifest import (
 from ..progress import ProgressBar
 from ..save import save_tiles
 from ..storage import Store, new_file, open_store
+from ..storage.base import local_path
 from ..transfer.write import encode_frame
 from . import safetensors_io as st
 
@@ -359,6 +360,7 @@ def convert(
 ) -> list[str]:
     """Convert the checkpoint at ``src`` to ``to`` (inferred from ``dst``: a
     ``.safetensors`` suffix or ``max_shard_nbytes`` means safetensors, else reshard)."""
+    src, dst = _local(src, "SRC"), _local(dst, "DST")
     fmt = to or ("safetensors" if dst.endswith(".safetensors") or max_shard_nbytes else "reshard")
     if fmt not in FORMATS:
         raise CheckpointError(f"unknown target format {fmt!r} (choose from {FORMATS})")
@@ -379,6 +381,20 @@ def convert(
             bar.close()
     finally:
         source.close()
+
+
+def _local(path: str | os.PathLike[str], role: str) -> str:
+    """``path`` as a local path. Paths are resolved with os.path, where an fsspec URL
+    would silently name a local folder (``./s3:/bucket/x``): a URL is refused instead."""
+    text = os.fspath(path)
+    local = local_path(text)
+    if local is None:
+        raise CheckpointError(
+            f"reshard convert reads and writes local paths only, and {role} {text!r} is a URL; "
+            "convert to a local directory, then copy it to remote storage (or load it and "
+            "reshard.save to the URL)"
+        )
+    return local
 
 
 # CLI

@@ -102,8 +102,8 @@ def open_store(
     if not location:
         # "" would be the current directory: a save would write (and clean up) there.
         raise CheckpointError("checkpoint path is empty; pass a directory (\".\" for this one)")
-    match = _URL.match(location)
-    if match is None or (match.group(1).lower() in _LOCAL_PROTOCOLS and "::" not in location):
+    local = local_path(location)
+    if local is not None:
         if storage_options:
             raise CheckpointError(
                 f"storage_options were given for the local path {location!r}; they apply only "
@@ -111,10 +111,21 @@ def open_store(
             )
         from .local import LocalStore
 
-        return LocalStore(location[len(match.group(0)):] if match else location)
+        return LocalStore(local)
     from .fsspec_store import FsspecStore
 
     return FsspecStore.from_url(location, dict(storage_options or {}))
+
+
+def local_path(location: str) -> str | None:
+    """The local path ``location`` names (a plain path, or a ``file://`` or ``local://``
+    URL), or None where it is an fsspec URL (``s3://...``, ``simplecache::file://...``)."""
+    match = _URL.match(location)
+    if match is None:
+        return location
+    if match.group(1).lower() in _LOCAL_PROTOCOLS and "::" not in location:
+        return location[len(match.group(0)):]
+    return None
 
 
 @contextmanager
