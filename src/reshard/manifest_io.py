@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 from . import fast_json
-from .errors import CheckpointNotFoundError
+from .errors import CheckpointNotFoundError, UnsupportedFormatError
 from .format.manifest import MANIFEST_NAME, Manifest
 from .storage import Store, is_remote
 
@@ -20,13 +20,27 @@ def read_manifest_bytes(store: Store) -> bytes:
             f"(or a torch.distributed.checkpoint's .metadata){hint}"
         )
     try:
-        return store.read_bytes(MANIFEST_NAME)
+        data = store.read_bytes(MANIFEST_NAME)
     except CheckpointNotFoundError:
         raise CheckpointNotFoundError(
             f"no reshard checkpoint at {store.location}: {MANIFEST_NAME} does not exist "
             "(a save to this path never committed), and no .metadata of a "
             "torch.distributed.checkpoint either"
         ) from None
+    refuse_if_dcp(store, f"it holds a reshard {MANIFEST_NAME} too, and which of the two "
+                         "checkpoints is current cannot be told; remove the stale one")
+    return data
+
+
+def refuse_if_dcp(store: Store, why: str) -> None:
+    """UnsupportedFormatError (``why`` says what it would mean) when ``store`` also holds
+    a torch.distributed.checkpoint: a folder is one checkpoint or the other."""
+    from .interop import dcp
+
+    if dcp.is_dcp_checkpoint(store):
+        raise UnsupportedFormatError(
+            f"{store.location} holds a torch.distributed.checkpoint ({dcp.METADATA_NAME}): {why}"
+        )
 
 
 def find_manifest(store: Store, *, allow_pickle: bool = False) -> bytes | Manifest:

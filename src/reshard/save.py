@@ -39,6 +39,7 @@ from .format.manifest import (
     is_saved_data_file,
     new_save_id,
 )
+from .manifest_io import refuse_if_dcp
 from .storage import Store, open_store
 from .transfer.write import WrittenFile, write_data_file
 
@@ -152,6 +153,8 @@ def prepare_save(
         ]
         shared["plan"], shared["per_rank"] = plan_save(per_rank), per_rank
         assert store is not None  # the coordinator's own opening error was raised above
+        refuse_if_dcp(store, "a reshard checkpoint saved there would leave the folder holding "
+                             "two; save to another path or remove the DCP files first")
         store.prepare(DATA_DIR)
         save_id = new_save_id()
         return [(save_id, tuple([(t.item_index, t.box_index) for t in shared["plan"].tasks[r]]))
