@@ -8,6 +8,7 @@ import errno
 from typing import Any
 
 import pytest
+import torch
 
 import reshard
 from reshard.cli import main
@@ -62,3 +63,20 @@ def test_failing_backend_constructor(url: str, words: str, capsys: pytest.Captur
         captured = capsys.readouterr()
         text = captured.err + captured.out
         assert url in text and words in text and "Traceback" not in text
+
+
+def test_a_filesystem_with_real_folders_names_the_fix(tmp_path: Any) -> None:
+    """sftp/hdfs-like filesystems do not create folders with files: the save fails with a
+    StorageError that names the URL and says how to make the folders."""
+    from tests.helpers import sharedfs
+
+    sharedfs.register()
+    path = sharedfs.url(str(tmp_path / "ckpt"))
+    with pytest.raises(reshard.StorageError, match="auto_mkdir") as e:
+        reshard.save({"w": torch.ones(3)}, path, storage_options={"auto_mkdir": False})
+    assert "ckpt" in str(e.value)
+    (tmp_path / "ckpt" / "data").mkdir(parents=True)  # as the message says
+    reshard.save({"w": torch.ones(3)}, path, storage_options={"auto_mkdir": False})
+    loaded = {"w": torch.zeros(3)}
+    reshard.load(loaded, path, storage_options={"auto_mkdir": False})
+    assert torch.equal(loaded["w"], torch.ones(3))

@@ -190,7 +190,14 @@ class FsspecStore:
                 raise
             except FileNotFoundError as e:
                 if on_missing is None:
-                    raise StorageError(f"cannot {what} {self._url(name)}: {_describe(e)}") from e
+                    # Object stores create folders with their objects; sftp, hdfs and
+                    # the like do not, and creating them here could create a bucket.
+                    hint = (" (on a filesystem with real folders, create the checkpoint's "
+                            "folder and its data/ first, or pass storage_options="
+                            "{'auto_mkdir': True} where the filesystem supports it)"
+                            if what == "write" else "")
+                    raise StorageError(
+                        f"cannot {what} {self._url(name)}: {_describe(e)}{hint}") from e
                 return on_missing()
             except Exception as e:  # noqa: BLE001 - classified, then retried or wrapped
                 if attempt + 1 < attempts and is_transient(e):
