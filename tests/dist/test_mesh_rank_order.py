@@ -70,7 +70,23 @@ def _world(rank: int, world: int, root: str) -> dict[str, Any]:
             problems.append(f"unclear error: {e}")
     if os.path.exists(os.path.join(root, "uneven", "manifest.json")):
         problems.append("the failed save left a manifest")
+    _no_groups(root)
     return {"problems": problems, "fsdp": _fsdp(rank, root)}
+
+
+def _no_groups(root: str) -> None:
+    """A mesh built without process groups: no collective placed its shards, so they sit
+    by mesh coordinate, as the caller built them."""
+    from torch.distributed.device_mesh import DeviceMesh
+    from torch.distributed.tensor import DTensor, Shard
+
+    mesh = DeviceMesh("cpu", torch.tensor([2, 0, 3, 1]), _init_backend=False)
+    c = mesh.get_coordinate()[0]
+    g = _global(7)
+    local = g[2 * c:2 * c + 2].clone()
+    dt = DTensor.from_local(local, mesh, [Shard(0)], run_check=False, shape=g.shape,
+                            stride=g.stride())
+    reshard.save({"x": dt}, os.path.join(root, "no_groups"))
 
 
 def _fsdp(rank: int, root: str) -> dict[str, Any]:
@@ -97,6 +113,9 @@ def test_non_ascending_meshes_save_what_full_tensor_shows(
     tmp_path, results = world_root
     problems = [p for r in results for p in r["problems"]]
     assert not problems, "\n".join(problems)
+    plain = {"x": torch.full(SHAPE, -1.0)}
+    reshard.load(plain, str(tmp_path / "no_groups"))
+    assert torch.equal(plain["x"], _global(7))
     for i, case in enumerate(CASES):
         plain = {"x": torch.full(SHAPE, -1.0)}
         reshard.load(plain, str(tmp_path / f"case{i}"))

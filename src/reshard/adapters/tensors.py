@@ -366,8 +366,12 @@ def _coordinate(mesh: Any) -> Any:
             _LAYOUT_CACHE.clear()
         coordinate = mesh.get_coordinate()
         if coordinate is not None:
-            local = tuple(int(mesh.get_local_rank(d)) for d in range(mesh.ndim))
-            hit = (mesh, local, local == tuple(int(c) for c in coordinate))
+            coordinate = tuple(int(c) for c in coordinate)
+            try:
+                local = tuple(int(mesh.get_local_rank(d)) for d in range(mesh.ndim))
+            except Exception:  # noqa: BLE001 - a mesh without process groups: no collective placed its shards
+                local = coordinate
+            hit = (mesh, local, local == coordinate)
         else:
             hit = (mesh, None, True)
         _COORD_CACHE[key] = hit
