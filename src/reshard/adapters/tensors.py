@@ -40,13 +40,24 @@ def torch_dtype(name: str) -> torch.dtype:
     return _BY_NAME[name]
 
 
+# The numpy dtypes torch.from_numpy takes, native byte order only. A kind test ("biufc")
+# let longdouble and clongdouble through, and from_numpy's TypeError named no key.
+# Keyed by equality: np.ulonglong equals uint64 but from_numpy refuses its type number,
+# so an array of an equal dtype is viewed as the value first.
+_NUMPY_DTYPES = {np.dtype(n): np.dtype(n) for n in (
+    "bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
+    "float16", "float32", "float64", "complex64", "complex128",
+)}
+
+
 def numpy_to_torch(array: np.ndarray[Any, Any], key: str) -> torch.Tensor:
-    if array.dtype.byteorder == ">" or array.dtype.kind not in "biufc":
+    dtype = _NUMPY_DTYPES.get(array.dtype)
+    if dtype is None:
         raise UnsupportedValueError(
             f"key {key!r}: numpy dtype {array.dtype} is not supported (use a native-endian "
             "bool, int, uint, float or complex array)"
         )
-    return torch.from_numpy(array)
+    return torch.from_numpy(array if array.dtype.num == dtype.num else array.view(dtype))
 
 
 # State dict walking
