@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
@@ -156,13 +157,19 @@ def plan_load(
             by_name = manifest.by_dotted() if by_name is None else by_name
             entry = by_name.get(dotted(key))
         if entry is None and _is_empty_container(leaf):
-            inside = [e for e in manifest.entries if len(e.key) > len(key) and e.key[:len(key)] == key]
+            inside = _subtree(manifest, by_name or {}, key)
             if inside:
                 # A fresh optimizer's state_dict()["state"] is {}: fill it with the saved
                 # subtree rather than report it missing (or, with strict=False, skip it).
-                values.append((key, _skeleton(leaf, [e.key[len(key):] for e in inside])))
-                for e in inside:
-                    _match(e.key, None, e, targets, values, problems)
+                clash = _leaf_and_subtree([below for _, below in inside])
+                if clash is not None:
+                    problems.append(f"key {dotted(key + clash)!r}: the checkpoint holds both a "
+                                    "value and keys below it, so it cannot fill the empty "
+                                    f"{type(leaf).__name__} at {dotted(key)!r}")
+                    continue
+                values.append((key, _skeleton(leaf, [below for _, below in inside])))
+                for e, below in inside:
+                    _match(key + below, None, e, targets, values, problems)
                 continue
         if entry is None:
             missing.append(dotted(key))
@@ -194,6 +201,46 @@ def _match(
 
 def _is_empty_container(leaf: Any) -> bool:
     return type(leaf) in (dict, list, tuple) and not leaf
+
+
+_INDEX_PART = re.compile(r"0|[1-9][0-9]{0,17}")
+
+
+def _subtree(
+    manifest: Manifest, by_name: dict[str, Entry], key: tuple[Any, ...]
+) -> list[tuple[Entry, tuple[Any, ...]]]:
+    """The entries saved below ``key``, each with its key path below it.
+
+    Matched by key parts; failing that, by dotted name: DCP checkpoints and the output of
+    ``reshard convert`` name each entry by one dotted string (``optim.state.0.exp_avg``),
+    which the state dict's nested keys match by name as everywhere else. Those names
+    are split at the dots, and parts that are plain decimal numbers become ints, as an
+    optimizer's state keys and list indices were before DCP and convert wrote them as
+    text: with the text key "0", ``Optimizer.load_state_dict`` would keep the state
+    aside without a word instead of giving it to parameter 0.
+    """
+    n = len(key)
+    inside = [(e, e.key[n:]) for e in manifest.entries if len(e.key) > n and e.key[:n] == key]
+    if inside:
+        return inside
+    prefix = dotted(key) + "."
+    return [
+        (e, tuple(int(p) if _INDEX_PART.fullmatch(p) else p
+                  for p in name[len(prefix):].split(".")))
+        for name, e in by_name.items() if name.startswith(prefix)
+    ]
+
+
+def _leaf_and_subtree(rests: list[tuple[Any, ...]]) -> tuple[Any, ...] | None:
+    """A path in ``rests`` that is also a proper prefix of another one, if any: a value
+    and a subtree at one place (a damaged manifest, or dotted names such as ``a.0`` and
+    ``a.0.x``) cannot be built into one container."""
+    leaves = set(rests)
+    for rest in rests:
+        for i in range(1, len(rest)):
+            if rest[:i] in leaves:
+                return rest[:i]
+    return None
 
 
 def _skeleton(like: Any, rests: list[tuple[Any, ...]]) -> Any:
