@@ -4,10 +4,13 @@ round-trips exactly or raises a CheckpointError subclass naming the key."""
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+import torch
 
 import reshard
 
@@ -67,3 +70,37 @@ def test_numpy_arrays_torch_cannot_hold_are_refused_by_key(tmp_path: Path, dtype
     reshard.save({"opt": {"x": np.arange(4.0)}}, tmp_path / "c")
     with pytest.raises(reshard.UnsupportedValueError, match=r"key 'opt\.x'.*numpy dtype"):
         reshard.load({"opt": {"x": bad}}, tmp_path / "c")
+
+
+def _nested(depth: int, leaf: dict[str, Any]) -> dict[str, Any]:
+    return functools.reduce(lambda inner, _: {"x": inner}, range(depth - 1), leaf)
+
+
+def test_cycles_and_deep_nesting_are_refused_by_key(tmp_path: Path) -> None:
+    """A state dict that contains itself, or containers nested thousands deep, raised
+    'CheckpointError: rank 0: RecursionError: maximum recursion depth exceeded', naming
+    no key; a state dict holding one container twice (not a cycle) saves."""
+    loop: dict[str, Any] = {"a": 1}
+    loop["me"] = {"b": [loop]}
+    with pytest.raises(reshard.UnsupportedValueError, match=r"key 'me\.b\.0'.*cycle"):
+        reshard.save(loop, tmp_path / "loop")
+    items: list[Any] = [1]
+    items.append(items)
+    with pytest.raises(reshard.UnsupportedValueError, match=r"key 'l\.1'.*cycle"):
+        reshard.save({"l": items}, tmp_path / "loop")
+    with pytest.raises(reshard.UnsupportedValueError, match="nested more than 256 deep"):
+        reshard.save(_nested(5000, {"v": 1}), tmp_path / "deep")
+    assert not (tmp_path / "loop").exists() and not (tmp_path / "deep").exists()
+
+    shared = [torch.arange(2)]
+    reshard.save({"a": shared, "b": shared, "c": (shared, shared)}, tmp_path / "shared")
+    with reshard.open(tmp_path / "shared") as ck:
+        assert ck.keys() == ["a.0", "b.0", "c.0.0", "c.1.0"]
+    with pytest.raises(reshard.UnsupportedValueError, match="nested more than 256 deep"):
+        reshard.load(_nested(5000, {"v": 1}), tmp_path / "shared")
+    deepest = _nested(256, {"t": torch.arange(3), "v": 1})
+    reshard.save(deepest, tmp_path / "deepest")
+    back = _nested(256, {"t": torch.zeros(3, dtype=torch.int64), "v": 0})
+    reshard.load(back, tmp_path / "deepest")
+    inner = functools.reduce(lambda d, _: d["x"], range(255), back)
+    assert torch.equal(inner["t"], torch.arange(3)) and inner["v"] == 1

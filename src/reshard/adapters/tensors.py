@@ -63,29 +63,47 @@ def numpy_to_torch(array: np.ndarray[Any, Any], key: str) -> torch.Tensor:
 # State dict walking
 
 
+MAX_KEY_DEPTH = 256
+"""Containers nested deeper than this are refused by name: deeper ones ran out of
+Python's recursion limit here or further on (a RecursionError naming no key)."""
+
+
 def flatten(state_dict: Mapping[Any, Any]) -> list[tuple[Key, Any]]:
     """Leaves of a nested state dict with their key paths (dicts, lists, tuples walked)."""
     if not isinstance(state_dict, Mapping):
         raise UnsupportedValueError(f"state_dict must be a dict, got {type(state_dict).__name__}")
     out: list[tuple[Key, Any]] = []
-    _walk(state_dict, (), out)
+    _walk(state_dict, (), out, set())
     return out
 
 
-def _walk(obj: Any, prefix: Key, out: list[tuple[Key, Any]]) -> None:
-    if isinstance(obj, Mapping) and obj:
+def _walk(obj: Any, prefix: Key, out: list[tuple[Key, Any]], above: set[int]) -> None:
+    """``above``: the ids of the containers on the path to ``obj``, to name a cycle."""
+    walked = (isinstance(obj, Mapping) and obj) or (
+        isinstance(obj, (list, tuple)) and obj and not _is_leaf_tuple(obj))
+    if not walked:
+        if prefix:
+            out.append((prefix, obj))
+        return
+    if id(obj) in above:
+        raise UnsupportedValueError(
+            f"key {dotted(prefix)!r}: the state dict contains itself there (a cycle)")
+    if len(prefix) >= MAX_KEY_DEPTH:
+        raise UnsupportedValueError(
+            f"key {dotted(prefix[:8])!r}...: containers nested more than {MAX_KEY_DEPTH} deep")
+    above.add(id(obj))
+    if isinstance(obj, Mapping):
         for k, v in obj.items():
             if isinstance(k, bool) or not isinstance(k, (str, int)):
                 raise UnsupportedValueError(
                     f"key {dotted(prefix) or '<root>'!r}: dict key {k!r} of type "
                     f"{type(k).__name__} is not supported (use str or int keys)"
                 )
-            _walk(v, prefix + (k,), out)
-    elif isinstance(obj, (list, tuple)) and obj and not _is_leaf_tuple(obj):
+            _walk(v, prefix + (k,), out, above)
+    else:
         for i, v in enumerate(obj):
-            _walk(v, prefix + (i,), out)
-    elif prefix:
-        out.append((prefix, obj))
+            _walk(v, prefix + (i,), out, above)
+    above.discard(id(obj))
 
 
 def _is_leaf_tuple(obj: Any) -> bool:
