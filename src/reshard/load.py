@@ -13,7 +13,14 @@ import numpy as np
 import torch
 
 from . import config
-from .adapters.tensors import flatten, is_tensor_leaf, set_path, shards_of, torch_dtype
+from .adapters.tensors import (
+    MAX_KEY_DEPTH,
+    flatten,
+    is_tensor_leaf,
+    set_path,
+    shards_of,
+    torch_dtype,
+)
 from .core.layout import full_box
 from .core.nogc import without_gc
 from .dist.collective import Collective
@@ -166,6 +173,13 @@ def plan_load(
                     problems.append(f"key {dotted(key + clash)!r}: the checkpoint holds both a "
                                     "value and keys below it, so it cannot fill the empty "
                                     f"{type(leaf).__name__} at {dotted(key)!r}")
+                    continue
+                depth = max(len(key) + len(below) for _, below in inside)
+                if depth > MAX_KEY_DEPTH:
+                    # The containers are built and filled recursively, as a save walks them.
+                    problems.append(f"key {dotted(key)!r}: the checkpoint's keys below it are "
+                                    f"{depth} parts long, more than the {MAX_KEY_DEPTH} a "
+                                    "state dict may nest")
                     continue
                 values.append((key, _skeleton(leaf, [below for _, below in inside])))
                 for e, below in inside:

@@ -100,3 +100,29 @@ def test_a_value_and_keys_below_it_is_a_clear_error(tmp_path: Path) -> None:
     assert list(got["a"]) == ["0"] and torch.equal(got["a"]["0"]["x"], torch.arange(2))
     with pytest.raises(reshard.LayoutMismatchError, match=r"key 'a\.0'.*empty dict at 'a'"):
         reshard.load({"a": {}}, tmp_path / "flat")
+
+
+def test_keys_too_deep_for_a_state_dict_are_refused_by_key(tmp_path: Path) -> None:
+    """A manifest key of 5000 parts (or a dotted name of 5000 parts) below an empty
+    container raised 'CheckpointError: rank 0: RecursionError' while the container was
+    built; a LayoutMismatchError names the key. Other keys still load."""
+    import json
+
+    from tests.adversarial._state import rewrite_manifest
+
+    def lengthen(doc: dict[str, Any]) -> None:
+        for e in doc["entries"]:
+            if e["key"] == ["a", "b"]:
+                e["key"] = ["a", *["x"] * 5000]
+            if e["key"] == ["c.d"]:
+                e["key"] = [".".join(["c"] + ["x"] * 5000)]
+
+    reshard.save({"a": {"b": 1}, "c.d": 2, "t": torch.arange(3)}, tmp_path)
+    rewrite_manifest(tmp_path, lengthen)
+    assert len(json.loads((tmp_path / "manifest.json").read_text())["entries"][0]["key"]) == 5001
+    for empty in ({"a": {}}, {"c": []}):
+        with pytest.raises(reshard.LayoutMismatchError, match=f"key '{next(iter(empty))}'.*5001 parts"):
+            reshard.load(dict(empty), tmp_path)
+    got = {"t": torch.zeros(3, dtype=torch.int64)}
+    reshard.load(got, tmp_path)
+    assert torch.equal(got["t"], torch.arange(3))
