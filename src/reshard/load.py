@@ -18,6 +18,7 @@ from .adapters.tensors import (
     flatten,
     is_tensor_leaf,
     set_path,
+    settable_problem,
     shards_of,
     torch_dtype,
 )
@@ -158,7 +159,8 @@ def plan_load(
     values: list[tuple[tuple[Any, ...], Any]] = []
     missing: list[str] = []
     problems: list[str] = []
-    for key, leaf in flatten(state_dict):
+    leaves = flatten(state_dict)
+    for key, leaf in leaves:
         entry = by_key.get(key)
         if entry is None:
             by_name = manifest.by_dotted() if by_name is None else by_name
@@ -189,6 +191,14 @@ def plan_load(
             missing.append(dotted(key))
             continue
         _match(key, leaf, entry, targets, values, problems)
+    # Values replace leaves of the state dict (paths inside a new container from an
+    # empty one do not exist in it yet): each must be assignable, or the load would fail
+    # half-way, its tensors filled and its values not.
+    dest_keys = {key for key, _ in leaves}
+    for key in dict.fromkeys(key for key, _ in values if key in dest_keys):
+        problem = settable_problem(state_dict, key)
+        if problem is not None:
+            problems.append(f"key {dotted(key)!r}: its value is replaced by a load, but {problem}")
     if problems:
         raise LayoutMismatchError(_join(problems))
     if missing and strict:

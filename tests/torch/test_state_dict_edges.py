@@ -4,7 +4,9 @@ round-trips exactly or raises a CheckpointError subclass naming the key."""
 
 from __future__ import annotations
 
+import collections
 import functools
+import types
 from pathlib import Path
 from typing import Any
 
@@ -104,3 +106,43 @@ def test_cycles_and_deep_nesting_are_refused_by_key(tmp_path: Path) -> None:
     reshard.load(back, tmp_path / "deepest")
     inner = functools.reduce(lambda d, _: d["x"], range(255), back)
     assert torch.equal(inner["t"], torch.arange(3)) and inner["v"] == 1
+
+
+class _Pair(tuple):  # a plain tuple subclass: built from one iterable, not from fields
+    pass
+
+
+_Named = collections.namedtuple("_Named", "x y")
+
+
+class _NamedSub(_Named):
+    pass
+
+
+def test_values_inside_odd_containers(tmp_path: Path) -> None:
+    """A tuple subclass in the destination raised 'CheckpointError: rank 0: TypeError:
+    tuple expected at most 1 argument' when its values were replaced; a read-only mapping
+    (MappingProxyType) raised a TypeError after the tensors were filled. Tuples of any
+    kind are rebuilt as their own type; a read-only mapping is refused while the load
+    plans, naming the key, with nothing filled."""
+    reshard.save({"t": (1, "a"), "n": (2, "b"), "s": (3, "c"), "m": {"a": 1, "w": torch.arange(2)},
+                  "w": torch.arange(3)}, tmp_path)
+    got: dict[str, Any] = {"t": _Pair((0, "")), "n": _Named(0, ""), "s": _NamedSub(0, ""),
+                           "m": {"a": 0, "w": torch.zeros(2, dtype=torch.int64)}}
+    reshard.load(got, tmp_path, strict=False)
+    assert type(got["t"]) is _Pair and got["t"] == (1, "a")
+    assert type(got["n"]) is _Named and got["n"] == (2, "b")
+    assert type(got["s"]) is _NamedSub and got["s"] == (3, "c")
+    assert got["m"]["a"] == 1 and torch.equal(got["m"]["w"], torch.arange(2))
+
+    w = torch.zeros(3, dtype=torch.int64)
+    frozen = {"w": w, "m": types.MappingProxyType({"a": 0})}
+    with pytest.raises(reshard.LayoutMismatchError, match=r"key 'm\.a'.*mappingproxy"):
+        reshard.load(frozen, tmp_path, strict=False)
+    assert not w.any()  # refused before anything was read
+    # Tensors inside it are filled in place (nothing is assigned), and a read-only mapping
+    # at the root whose values are containers changes nothing it holds.
+    inner = torch.zeros(2, dtype=torch.int64)
+    ok = types.MappingProxyType({"m": types.MappingProxyType({"w": inner}), "t": [0, ""]})
+    reshard.load(ok, tmp_path, strict=False)
+    assert torch.equal(inner, torch.arange(2)) and ok["t"] == [1, "a"]

@@ -120,10 +120,39 @@ def set_path(root: Any, key: Key, value: Any) -> Any:
     if isinstance(root, tuple):
         items = list(root)
         items[head] = new_child  # type: ignore[index]
-        return type(root)(items) if type(root) is tuple else type(root)(*items)
+        return _rebuilt(root, items)
     if new_child is not child or not rest:
         root[head] = new_child
     return root
+
+
+def _rebuilt(old: tuple[Any, ...], items: list[Any]) -> tuple[Any, ...]:
+    # A namedtuple (or a subclass of one) takes its fields as arguments, any other tuple
+    # type an iterable: calling a plain tuple subclass with the items as arguments failed.
+    if hasattr(type(old), "_make"):
+        return type(old)._make(items)  # type: ignore[attr-defined,no-any-return]
+    return type(old)(items)
+
+
+def settable_problem(root: Any, key: Key) -> str | None:
+    """Why ``set_path(root, key, ...)`` would fail, or None: checked while a load plans,
+    before any tensor is filled. A tuple is rebuilt and handed to its parent; the first
+    container above the leaf that is not a tuple must take item assignment (a
+    ``MappingProxyType`` does not)."""
+    chain = [root]
+    for part in key[:-1]:
+        chain.append(chain[-1][part])
+    for container in reversed(chain):
+        if isinstance(container, tuple):
+            try:
+                _rebuilt(container, list(container))
+            except Exception as e:  # noqa: BLE001 - a user type whose constructor differs
+                return f"the {type(container).__name__} holding it cannot be rebuilt ({e})"
+            continue
+        if not hasattr(container, "__setitem__"):
+            return f"a {type(container).__name__} holds it, which cannot be changed in place"
+        return None
+    return None
 
 
 # Leaves to boxes
