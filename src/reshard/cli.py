@@ -1,11 +1,13 @@
 """The ``reshard`` command line.
 
-Thin: each subcommand calls the public API. Exit codes: 0 ok, 1 check failed, 2 usage.
+Thin: each subcommand calls the public API. Exit codes: 0 ok, 1 check failed, 2 usage,
+141 (as for SIGPIPE) when the reader of the output went away (``reshard inspect X | head``).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -35,6 +37,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CheckpointError as e:
         print(f"reshard {args.command}: {type(e).__name__}: {e}", file=sys.stderr)
         return 1
+    except BrokenPipeError:
+        # `reshard inspect X | head`: the reader has what it wanted. Without this, a
+        # traceback; and stdout is pointed at /dev/null so that the interpreter's final
+        # flush of the unwritten rest does not raise again as it exits.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return 141
 
 
 def add_verify_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -95,3 +95,21 @@ def test_a_file_is_not_a_checkpoint(places: dict[str, Path], tmp_path: Path,
         assert ("reshard convert" in str(err.value)) == hint
         assert main(["inspect", str(path)]) == 1
         assert "is a file" in capsys.readouterr().err
+
+
+def test_output_into_a_closed_pipe(tmp_path: Path) -> None:
+    """`reshard inspect X | head -1` printed a BrokenPipeError traceback once head had
+    gone; now it stops quietly with 141, the status of a command killed by SIGPIPE."""
+    reshard.save({f"layer{i}.weight": torch.arange(3) for i in range(1000)}, tmp_path)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    for command in (["inspect", "--chunks"], ["verify"]):
+        proc = subprocess.Popen([sys.executable, "-m", "reshard.cli", *command, str(tmp_path)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+        assert proc.stdout is not None and proc.stderr is not None
+        if command[0] == "inspect":
+            assert proc.stdout.readline().startswith(b"key")
+        proc.stdout.close()  # the reader goes away with ~150 KB unread (a pipe holds 64 KB)
+        err = proc.stderr.read().decode()
+        proc.stderr.close()
+        assert proc.wait(timeout=120) == 141, err
+        assert err == "", err
