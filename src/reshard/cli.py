@@ -1,7 +1,8 @@
 """The ``reshard`` command line.
 
 Thin: each subcommand calls the public API. Exit codes: 0 ok, 1 check failed, 2 usage,
-141 (as for SIGPIPE) when the reader of the output went away (``reshard inspect X | head``).
+130 on Ctrl-C, 141 (as for SIGPIPE) when the reader of the output went away
+(``reshard inspect X | head``).
 """
 
 from __future__ import annotations
@@ -37,6 +38,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CheckpointError as e:
         print(f"reshard {args.command}: {type(e).__name__}: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        # Ctrl-C in a long verify or convert: one line, not a traceback (a convert has
+        # removed its unfinished output by now), and the shell's status for SIGINT.
+        print(f"\nreshard {args.command}: interrupted", file=sys.stderr)
+        return 130
     except BrokenPipeError:
         # `reshard inspect X | head`: the reader has what it wanted. Without this, a
         # traceback; and stdout is pointed at /dev/null so that the interpreter's final

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -113,3 +114,28 @@ def test_output_into_a_closed_pipe(tmp_path: Path) -> None:
         proc.stderr.close()
         assert proc.wait(timeout=120) == 141, err
         assert err == "", err
+
+
+def test_ctrl_c_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C during a long convert printed a KeyboardInterrupt traceback; now one line
+    and 130, and the unfinished output is gone so the same command can run again."""
+    from reshard.interop import convert as convert_module
+
+    src = tmp_path / "src"
+    reshard.save({"a": torch.arange(10.0), "b": torch.arange(5)}, src)
+    real = convert_module._write_tensor
+    calls: list[int] = []
+
+    def interrupted(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    with monkeypatch.context() as m:
+        m.setattr(convert_module, "_write_tensor", interrupted)
+        assert main(["convert", str(src), str(tmp_path / "out"), "--quiet"]) == 130
+    assert capsys.readouterr().err == "\nreshard convert: interrupted\n"
+    assert not (tmp_path / "out").exists()
+    assert main(["convert", str(src), str(tmp_path / "out"), "--quiet"]) == 0
