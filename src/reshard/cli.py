@@ -87,8 +87,10 @@ def add_inspect_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser])
 
 def add_demo_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("demo", help="save on 4 local CPU ranks, load resharded on 2 and on 1")
-    p.add_argument("--workdir", help="where to write the demo checkpoint (default: a temp dir)")
-    p.add_argument("--keep", action="store_true", help="keep the checkpoint afterwards")
+    p.add_argument("--workdir", help="where to write the demo checkpoint, which is kept "
+                   "(default: a temp dir, removed afterwards)")
+    p.add_argument("--keep", action="store_true",
+                   help="keep the checkpoint in the temp dir afterwards")
     p.set_defaults(func=cmd_demo)
 
 
