@@ -96,6 +96,7 @@ def add_demo_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     from . import open as open_checkpoint
+    from .interop import dcp
 
     with open_checkpoint(args.path) as ckpt:
         rows: list[tuple[str, ...]] = []
@@ -116,9 +117,15 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         header = ("key", "dtype", "shape", "chunks", "bytes", "stored")
         _table(header, rows)
         m = ckpt.manifest
+        if m.library_version == dcp.LIBRARY:
+            # Described in memory: its world size, format version and save id are not the
+            # DCP save's (they read "1 rank(s), format 1.0" and a new id on every run).
+            origin = "a torch.distributed.checkpoint (DCP) directory"
+        else:
+            origin = (f"saved by {m.world_size} rank(s), format {m.format_version[0]}."
+                      f"{m.format_version[1]}, save id {m.save_id}")
         print(f"\n{len(rows)} keys, {total_chunks} chunks, {_size(total_raw)} of tensor data "
-              f"({_size(total_stored)} stored), saved by {m.world_size} rank(s), "
-              f"format {m.format_version[0]}.{m.format_version[1]}, save id {m.save_id}")
+              f"({_size(total_stored)} stored), {origin}")
         if args.chunks:
             for key in ckpt.keys():
                 for c in ckpt.info(key).chunks:

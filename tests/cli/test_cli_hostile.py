@@ -139,3 +139,21 @@ def test_ctrl_c_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],
     assert capsys.readouterr().err == "\nreshard convert: interrupted\n"
     assert not (tmp_path / "out").exists()
     assert main(["convert", str(src), str(tmp_path / "out"), "--quiet"]) == 0
+
+
+def test_inspect_of_a_dcp_directory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """It said 'saved by 1 rank(s), format 1.0, save id dcp-<random>' (a new id on every
+    run) of the in-memory stand-in manifest, whatever the DCP save was."""
+    import warnings
+
+    import torch.distributed.checkpoint as dcp
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # no process group
+        dcp.save({"w": torch.arange(6.0).reshape(2, 3), "step": 3}, checkpoint_id=str(tmp_path))
+    assert main(["inspect", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[2].split()[:7] == ["w", "float32", "[2,", "3]", "1", "24", "B"]
+    last = out.strip().splitlines()[-1]
+    assert last.endswith("a torch.distributed.checkpoint (DCP) directory"), last
+    assert "rank" not in last and "save id" not in last

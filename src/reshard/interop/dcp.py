@@ -33,6 +33,9 @@ from ._dcp_pickle import DcpBytes, DcpTensor, StorageInfo, read_metadata
 
 METADATA_NAME = ".metadata"
 CODEC_NAME = "dcp-torch-save"
+LIBRARY = "torch.distributed.checkpoint"
+"""The ``library_version`` of a DCP directory's in-memory manifest, whose world size,
+format version and save id are stand-ins, not the DCP save's."""
 # A torch.save blob is its tensor's bytes plus a zip directory and a small pickle.
 _BLOB_OVERHEAD_NBYTES = 1 << 20
 _MAX_VALUE_NBYTES = 1 << 30
@@ -60,7 +63,7 @@ def load_dcp_manifest(store: Store, *, allow_pickle: bool = False) -> Manifest:
         entries.extend(_value_entries(store, item, allow_pickle=allow_pickle))
     return Manifest(
         save_id=f"dcp-{uuid.uuid4().hex[:12]}", world_size=1, created_unix_s=time.time(),
-        library_version="torch.distributed.checkpoint", entries=tuple(entries),
+        library_version=LIBRARY, entries=tuple(entries),
     )
 
 
