@@ -146,3 +146,18 @@ def test_values_inside_odd_containers(tmp_path: Path) -> None:
     ok = types.MappingProxyType({"m": types.MappingProxyType({"w": inner}), "t": [0, ""]})
     reshard.load(ok, tmp_path, strict=False)
     assert torch.equal(inner, torch.arange(2)) and ok["t"] == [1, "a"]
+
+
+def test_other_dtypes_convert_as_copy_does(tmp_path: Path) -> None:
+    """README: a destination of another dtype receives the values as Tensor.copy_
+    converts them, numpy destinations included."""
+    saved = {"f": torch.tensor([0.5, 1.75, -2.5, 300.0]), "i": torch.tensor([1, 2**40 + 3, -1]),
+             "c": torch.complex(torch.arange(3.0), torch.ones(3))}
+    reshard.save(saved, tmp_path)
+    got = {"f": torch.zeros(4, dtype=torch.bfloat16), "i": torch.zeros(3, dtype=torch.int32),
+           "c": np.zeros(3, dtype=np.float64)}
+    with pytest.warns(UserWarning, match="imaginary"):
+        reshard.load(got, tmp_path)
+    assert torch.equal(got["f"], saved["f"].to(torch.bfloat16))
+    assert torch.equal(got["i"], saved["i"].to(torch.int32)) and got["i"].tolist() == [1, 3, -1]
+    assert got["c"].tolist() == [0.0, 1.0, 2.0]
