@@ -157,3 +157,16 @@ def test_inspect_of_a_dcp_directory(tmp_path: Path, capsys: pytest.CaptureFixtur
     last = out.strip().splitlines()[-1]
     assert last.endswith("a torch.distributed.checkpoint (DCP) directory"), last
     assert "rank" not in last and "save id" not in last
+
+
+def test_a_folder_of_safetensors_points_at_convert(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A Hugging Face model folder said only that manifest.json and .metadata are missing."""
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.arange(3.0)}, str(tmp_path / "model.safetensors"))
+    assert main(["inspect", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "it holds .safetensors files, which reshard convert reads" in err
+    (tmp_path / "model.safetensors").unlink()
+    assert main(["inspect", str(tmp_path)]) == 1
+    assert "safetensors files" not in capsys.readouterr().err
