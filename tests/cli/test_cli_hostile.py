@@ -159,7 +159,9 @@ def test_inspect_of_a_dcp_directory(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert "rank" not in last and "save id" not in last
 
 
-def test_a_folder_of_safetensors_points_at_convert(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_folder_of_safetensors_points_at_convert(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """A Hugging Face model folder said only that manifest.json and .metadata are missing."""
     from safetensors.torch import save_file
 
