@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 from . import fast_json
-from .errors import CheckpointNotFoundError
+from .errors import CheckpointError, CheckpointNotFoundError
 from .format.manifest import MANIFEST_NAME, Manifest
 from .storage import Store, is_remote
 
@@ -20,13 +20,37 @@ def read_manifest_bytes(store: Store) -> bytes:
             f"(or a torch.distributed.checkpoint's .metadata){hint}"
         )
     try:
-        return store.read_bytes(MANIFEST_NAME)
+        data = store.read_bytes(MANIFEST_NAME)
     except CheckpointNotFoundError:
         raise CheckpointNotFoundError(
             f"no reshard checkpoint at {store.location}: {MANIFEST_NAME} does not exist "
             "(a save to this path never committed), and no .metadata of a "
             f"torch.distributed.checkpoint either{_safetensors_hint(store)}"
         ) from None
+    _refuse_older_than_dcp(store)
+    return data
+
+
+def _refuse_older_than_dcp(store: Store) -> None:
+    """A DCP save into a folder holding a reshard checkpoint leaves its manifest.json:
+    the manifest won, and a load returned the earlier reshard save's values without a
+    word. When the folder's DCP .metadata is the newer of the two, refuse instead."""
+    if is_remote(store):
+        return  # no cheap modification times; remote folders are rarely reused so
+    from .interop.dcp import METADATA_NAME
+
+    try:
+        ours = os.stat(os.path.join(store.location, MANIFEST_NAME)).st_mtime_ns
+        theirs = os.stat(os.path.join(store.location, METADATA_NAME)).st_mtime_ns
+    except OSError:
+        return
+    if theirs > ours:
+        raise CheckpointError(
+            f"{store.location} holds a reshard checkpoint ({MANIFEST_NAME}) and a newer "
+            f"torch.distributed.checkpoint ({METADATA_NAME}) saved over it; reshard would "
+            f"read the older one: remove the stale {MANIFEST_NAME} (with data/) or "
+            f"{METADATA_NAME} (with its .distcp files)"
+        )
 
 
 def _safetensors_hint(store: Store) -> str:
