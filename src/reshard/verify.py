@@ -76,7 +76,8 @@ class VerifyReport:
         return not self.damaged
 
     def summary(self) -> str:
-        head = "intact" if self.ok else f"DAMAGED ({len(self.damaged)} problems)"
+        n = len(self.damaged)
+        head = "intact" if self.ok else f"DAMAGED ({n} problem{'s' if n != 1 else ''})"
         return (f"{self.path}: {head}: {self.keys} keys, {self.chunks} chunks, {self.frames} "
                 f"frames, {self.bytes_checked} stored bytes checked in {self.files} data files")
 

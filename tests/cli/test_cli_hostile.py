@@ -172,3 +172,9 @@ def test_a_folder_of_safetensors_points_at_convert(
     (tmp_path / "model.safetensors").unlink()
     assert main(["inspect", str(tmp_path)]) == 1
     assert "safetensors files" not in capsys.readouterr().err
+
+
+def test_verify_counts_problems_in_english(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """It said 'DAMAGED (1 problems)'."""
+    assert main(["verify", str(tmp_path / "missing")]) == 1
+    assert "DAMAGED (1 problem):" in capsys.readouterr().out
