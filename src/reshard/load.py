@@ -203,11 +203,23 @@ def plan_load(
         raise LayoutMismatchError(_join(problems))
     if missing and strict:
         raise MissingKeysError(
-            f"the checkpoint at {location} has no key {_join([repr(m) for m in missing], ', ')} "
-            "(load with strict=False to skip missing keys)"
+            f"the checkpoint at {location} has no key {_join([repr(m) for m in missing], ', ')}"
+            f"{_nested_hint(missing, by_name or {})} (load with strict=False to skip missing keys)"
         )
     whole, rest = split_whole_chunks(targets)
     return LoadPlan(whole=whole, rest=rest, values=values)
+
+
+def _nested_hint(missing: list[str], by_name: dict[str, Entry]) -> str:
+    """Where the state dict holds a leaf at a key the checkpoint saved a subtree under
+    (a model where a dict of models was saved), name a saved key below it: 'no key
+    'model'' alone read as if the checkpoint lacked the model."""
+    for name in missing[:20]:
+        prefix = name + "."
+        below = next((n for n in by_name if n.startswith(prefix)), None)
+        if below is not None:
+            return f"; it holds keys below {name!r}, such as {below!r}, where the state dict has one value"
+    return ""
 
 
 def _match(

@@ -161,3 +161,17 @@ def test_other_dtypes_convert_as_copy_does(tmp_path: Path) -> None:
     assert torch.equal(got["f"], saved["f"].to(torch.bfloat16))
     assert torch.equal(got["i"], saved["i"].to(torch.int32)) and got["i"].tolist() == [1, 3, -1]
     assert got["c"].tolist() == [0.0, 1.0, 2.0]
+
+
+def test_missing_key_with_a_saved_subtree_says_so(tmp_path: Path) -> None:
+    """A state dict holding one value where a subtree was saved got only "has no key
+    'model'", which read as if the checkpoint lacked the model altogether."""
+    reshard.save({"model": {"w": torch.arange(2)}, "step": 1}, tmp_path)
+    with pytest.raises(reshard.MissingKeysError,
+                       match=r"no key 'model'; it holds keys below 'model', such as 'model\.w'"):
+        reshard.load({"model": torch.zeros(2), "step": 0}, tmp_path)
+    with pytest.raises(reshard.MissingKeysError, match=r"no key 'other' \(load with strict=False"):
+        reshard.load({"other": torch.zeros(2)}, tmp_path)
+    got = {"model": torch.zeros(2), "step": 0}
+    reshard.load(got, tmp_path, strict=False)  # documented: the missing key is skipped
+    assert got["step"] == 1 and not got["model"].any()
