@@ -178,3 +178,19 @@ def test_verify_counts_problems_in_english(tmp_path: Path, capsys: pytest.Captur
     """It said 'DAMAGED (1 problems)'."""
     assert main(["verify", str(tmp_path / "missing")]) == 1
     assert "DAMAGED (1 problem):" in capsys.readouterr().out
+
+
+def test_convert_of_a_file_that_is_not_safetensors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`reshard convert pytorch_model.bin out` said only 'header length 5787... does not
+    fit the 1563-byte file'."""
+    torch.save({"w": torch.arange(3)}, tmp_path / "pytorch_model.bin")
+    assert main(["convert", str(tmp_path / "pytorch_model.bin"), str(tmp_path / "out"), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "pytorch_model.bin is not a safetensors file" in err
+    assert not (tmp_path / "out").exists()
+    (tmp_path / "bad.safetensors").write_bytes(b"\0" * 4)  # named so: the plain error
+    assert main(["convert", str(tmp_path / "bad.safetensors"), str(tmp_path / "out"), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "too short for a safetensors file" in err and "is not a safetensors file" not in err

@@ -22,7 +22,7 @@ from typing import Any
 from .. import __version__, config
 from ..codecs import bind_codec, chunk_spec, resolve_codec
 from ..core.layout import Box
-from ..errors import CheckpointError, StorageError, UnsupportedValueError
+from ..errors import CheckpointError, CorruptCheckpointError, StorageError, UnsupportedValueError
 from ..format.manifest import (
     DATA_DIR,
     IDENTITY,
@@ -105,7 +105,16 @@ def open_source(path: str, *, allow_pickle: bool = False) -> Source:
         store = open_store(folder)
         if name.endswith(st.INDEX_SUFFIX):
             return _safetensors_source(store, *st.index_files(store, name), index=name)
-        return _safetensors_source(store, [name], [])
+        try:
+            return _safetensors_source(store, [name], [])
+        except CorruptCheckpointError as e:
+            if name.endswith(".safetensors"):
+                raise
+            # pytorch_model.bin and the like: the header error alone was cryptic.
+            raise CorruptCheckpointError(
+                f"{e}; {name} is not a safetensors file (convert reads .safetensors files, "
+                f"*{st.INDEX_SUFFIX}, reshard and torch.distributed.checkpoint directories)"
+            ) from None
     if not os.path.isdir(path):
         raise CheckpointError(f"{path} does not exist")
     store = open_store(path)
