@@ -194,3 +194,12 @@ def test_convert_of_a_file_that_is_not_safetensors(
     assert main(["convert", str(tmp_path / "bad.safetensors"), str(tmp_path / "out"), "--quiet"]) == 1
     err = capsys.readouterr().err
     assert "too short for a safetensors file" in err and "is not a safetensors file" not in err
+
+
+def test_convert_of_a_fifo(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A FIFO source was reported as not existing (and is never opened: no hang)."""
+    os.mkfifo(tmp_path / "x.safetensors")
+    assert main(["convert", str(tmp_path / "x.safetensors"), str(tmp_path / "out"), "--quiet"]) == 1
+    assert "x.safetensors is neither a regular file nor a directory" in capsys.readouterr().err
+    assert main(["convert", str(tmp_path / "nothing"), str(tmp_path / "out"), "--quiet"]) == 1
+    assert "nothing does not exist" in capsys.readouterr().err

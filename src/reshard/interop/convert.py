@@ -116,7 +116,8 @@ def open_source(path: str, *, allow_pickle: bool = False) -> Source:
                 f"*{st.INDEX_SUFFIX}, reshard and torch.distributed.checkpoint directories)"
             ) from None
     if not os.path.isdir(path):
-        raise CheckpointError(f"{path} does not exist")
+        what = "is neither a regular file nor a directory" if os.path.exists(path) else "does not exist"
+        raise CheckpointError(f"{path} {what}")
     store = open_store(path)
     if os.path.exists(os.path.join(path, MANIFEST_NAME)) or is_dcp_checkpoint(store):
         kind = "reshard" if os.path.exists(os.path.join(path, MANIFEST_NAME)) else "dcp"
