@@ -229,6 +229,9 @@ def _match(
     if isinstance(entry, TensorEntry):
         _match_tensor(key, leaf, entry, targets, values, problems)
     elif is_tensor_leaf(leaf):
+        # An entry that stands in for something refused (a DCP tensor of a dtype reshard
+        # lacks) raises its own reason here, naming the key, not "a plain value".
+        entry.decoded()
         problems.append(f"key {dotted(key)!r}: the checkpoint holds a plain value, "
                         f"the state dict a {type(leaf).__name__}")
     else:

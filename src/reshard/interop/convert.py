@@ -59,9 +59,14 @@ class Source:
 
     def plain_values(self) -> list[ValueEntry]:
         """Value entries with a JSON form; raises naming every key that has none."""
-        from .dcp import PickledValueEntry, RefusedValueEntry
+        from .dcp import PickledValueEntry, RefusedValueEntry, UnsupportedTensorEntry
 
         values = [e for e in self.manifest.entries if isinstance(e, ValueEntry)]
+        tensors = [e for e in values if isinstance(e, UnsupportedTensorEntry)]
+        if tensors:
+            more = f" (and {len(tensors) - 1} more keys)" if len(tensors) > 1 else ""
+            raise UnsupportedValueError(f"{tensors[0].reason.split(';')[0]}{more}; convert "
+                                        "cannot store it")
         bad = [dotted(e.key) for e in values if isinstance(e, (PickledValueEntry, RefusedValueEntry))]
         if bad:
             raise UnsupportedValueError(

@@ -58,7 +58,7 @@ def load_dcp_manifest(store: Store, *, allow_pickle: bool = False) -> Manifest:
     tensors, byte_items = read_metadata(store.read_bytes(METADATA_NAME), source=source)
     _check_ranges(store, [c.storage for t in tensors for c in t.chunks]
                   + [b.storage for b in byte_items])
-    entries: list[Entry] = [_tensor_entry(t) for t in tensors]
+    entries: list[Entry] = [_tensor_entry_or_refusal(t) for t in tensors]
     for item in byte_items:
         entries.extend(_value_entries(store, item, allow_pickle=allow_pickle))
     return Manifest(
@@ -115,6 +115,16 @@ def _tensor_entry(t: DcpTensor) -> TensorEntry:
     if problem is not None:
         raise CorruptCheckpointError(f"DCP key {t.fqn!r}: the chunks do not tile the tensor: {problem}")
     return TensorEntry(key=(t.fqn,), dtype=dtype, shape=t.shape, container="torch", chunks=chunks)
+
+
+def _tensor_entry_or_refusal(t: DcpTensor) -> Entry:
+    # One tensor of a dtype reshard lacks (float8_e8m0fnu, qint8, ...) made the whole DCP
+    # checkpoint unreadable, every other key with it; now only its own key raises.
+    try:
+        return _tensor_entry(t)
+    except UnsupportedValueError as e:
+        return UnsupportedTensorEntry(key=(t.fqn,), value=_NONE, reason=(
+            f"DCP {e}; the other keys of the checkpoint load"))
 
 
 def codec_spec(dtype: str, sizes: tuple[int, ...], transforms: tuple[str, ...]) -> CodecSpec:
@@ -261,6 +271,11 @@ class RefusedValueEntry(ValueEntry):
 
     def decoded(self) -> object:
         raise UnsupportedValueError(self.reason)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UnsupportedTensorEntry(RefusedValueEntry):
+    """A DCP tensor reshard cannot hold (its dtype); loading or reading its key raises."""
 
 
 _NONE: dict[str, Any] = {"type": "none"}
