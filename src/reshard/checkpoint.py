@@ -77,11 +77,15 @@ class Checkpoint:
         return list(self._entries)
 
     def __contains__(self, key: object) -> bool:
-        return isinstance(key, str) and key in self._entries
+        # Every key form read() and info() take: `0 in ck` was False where ck.read(0) read.
+        name = _name(key)
+        return name is not None and name in self._entries
 
     def _entry(self, key: str | int | Key) -> Entry:
-        # An int names a top-level int key ({0: ...}), as a one-part key.
-        name = key if isinstance(key, str) else dotted((key,) if isinstance(key, int) else key)
+        name = _name(key)
+        if name is None:
+            raise MissingKeysError(f"{self.path}: {key!r} is not a key (a str, an int, or a "
+                                   "tuple of str and int parts)")
         try:
             return self._entries[name]
         except KeyError:
@@ -138,6 +142,19 @@ def open(  # noqa: A001 - public name
 def _chunk_info(c: Chunk) -> ChunkInfo:
     return ChunkInfo(offsets=c.box.offsets, sizes=c.box.sizes, file=c.file, nbytes=c.nbytes,
                      raw_nbytes=c.raw_nbytes, codec=c.codec.name)
+
+
+def _name(key: object) -> str | None:
+    """The dotted name ``key`` stands for: a str as it is, an int as a one-part key
+    ({0: ...}), a tuple (or list) of str and int parts joined; None for anything else."""
+    if isinstance(key, str):
+        return key
+    if isinstance(key, int) and not isinstance(key, bool):
+        return dotted((key,))
+    if (isinstance(key, (tuple, list)) and key
+            and all(isinstance(p, (str, int)) and not isinstance(p, bool) for p in key)):
+        return dotted(tuple(key))
+    return None
 
 
 def _index_box(shape: tuple[int, ...], index: Index, name: str) -> tuple[Box, tuple[int, ...]]:

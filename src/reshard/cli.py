@@ -1,11 +1,14 @@
 """The ``reshard`` command line.
 
-Thin: each subcommand calls the public API. Exit codes: 0 ok, 1 check failed, 2 usage.
+Thin: each subcommand calls the public API. Exit codes: 0 ok, 1 check failed, 2 usage,
+130 on Ctrl-C, 141 (as for SIGPIPE) when the reader of the output went away
+(``reshard inspect X | head``).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -35,6 +38,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CheckpointError as e:
         print(f"reshard {args.command}: {type(e).__name__}: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        # Ctrl-C in a long verify or convert: one line, not a traceback (a convert has
+        # removed its unfinished output by now), and the shell's status for SIGINT.
+        print(f"\nreshard {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # `reshard inspect X | head`: the reader has what it wanted. Without this, a
+        # traceback; and stdout is pointed at /dev/null so that the interpreter's final
+        # flush of the unwritten rest does not raise again as it exits.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return 141
 
 
 def add_verify_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -71,13 +87,16 @@ def add_inspect_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser])
 
 def add_demo_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("demo", help="save on 4 local CPU ranks, load resharded on 2 and on 1")
-    p.add_argument("--workdir", help="where to write the demo checkpoint (default: a temp dir)")
-    p.add_argument("--keep", action="store_true", help="keep the checkpoint afterwards")
+    p.add_argument("--workdir", help="where to write the demo checkpoint, which is kept "
+                   "(default: a temp dir, removed afterwards)")
+    p.add_argument("--keep", action="store_true",
+                   help="keep the checkpoint in the temp dir afterwards")
     p.set_defaults(func=cmd_demo)
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     from . import open as open_checkpoint
+    from .interop import dcp
 
     with open_checkpoint(args.path) as ckpt:
         rows: list[tuple[str, ...]] = []
@@ -98,9 +117,15 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         header = ("key", "dtype", "shape", "chunks", "bytes", "stored")
         _table(header, rows)
         m = ckpt.manifest
+        if m.library_version == dcp.LIBRARY:
+            # Described in memory: its world size, format version and save id are not the
+            # DCP save's (they read "1 rank(s), format 1.0" and a new id on every run).
+            origin = "a torch.distributed.checkpoint (DCP) directory"
+        else:
+            origin = (f"saved by {m.world_size} rank(s), format {m.format_version[0]}."
+                      f"{m.format_version[1]}, save id {m.save_id}")
         print(f"\n{len(rows)} keys, {total_chunks} chunks, {_size(total_raw)} of tensor data "
-              f"({_size(total_stored)} stored), saved by {m.world_size} rank(s), "
-              f"format {m.format_version[0]}.{m.format_version[1]}, save id {m.save_id}")
+              f"({_size(total_stored)} stored), {origin}")
         if args.chunks:
             for key in ckpt.keys():
                 for c in ckpt.info(key).chunks:

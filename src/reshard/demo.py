@@ -122,7 +122,8 @@ def run_demo(*, workdir: str | None = None, keep: bool = False) -> int:
         print(f"3. loaded in 1 plain process (full tensors) in {seconds:.2f} s: "
               + ("every value matches" if not bad1 else f"MISMATCH in {bad1}"))
         failures += bad1
-        print(f"\nInspect it yourself: reshard inspect {path}" if keep else "")
+        # A --workdir checkpoint stays whatever --keep says: the folder is the user's.
+        print(f"\nInspect it yourself: reshard inspect {path}" if keep or workdir else "")
         print("demo " + ("passed" if not failures else "FAILED"))
         return 0 if not failures else 1
     finally:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
@@ -12,7 +13,15 @@ import numpy as np
 import torch
 
 from . import config
-from .adapters.tensors import flatten, is_tensor_leaf, set_path, shards_of, torch_dtype
+from .adapters.tensors import (
+    MAX_KEY_DEPTH,
+    flatten,
+    is_tensor_leaf,
+    set_path,
+    settable_problem,
+    shards_of,
+    torch_dtype,
+)
 from .core.layout import full_box
 from .core.nogc import without_gc
 from .dist.collective import Collective
@@ -150,33 +159,67 @@ def plan_load(
     values: list[tuple[tuple[Any, ...], Any]] = []
     missing: list[str] = []
     problems: list[str] = []
-    for key, leaf in flatten(state_dict):
+    leaves = flatten(state_dict)
+    for key, leaf in leaves:
         entry = by_key.get(key)
         if entry is None:
             by_name = manifest.by_dotted() if by_name is None else by_name
             entry = by_name.get(dotted(key))
         if entry is None and _is_empty_container(leaf):
-            inside = [e for e in manifest.entries if len(e.key) > len(key) and e.key[:len(key)] == key]
+            inside = _subtree(manifest, by_name or {}, key)
             if inside:
                 # A fresh optimizer's state_dict()["state"] is {}: fill it with the saved
                 # subtree rather than report it missing (or, with strict=False, skip it).
-                values.append((key, _skeleton(leaf, [e.key[len(key):] for e in inside])))
-                for e in inside:
-                    _match(e.key, None, e, targets, values, problems)
+                clash = _leaf_and_subtree([below for _, below in inside])
+                if clash is not None:
+                    problems.append(f"key {dotted(key + clash)!r}: the checkpoint holds both a "
+                                    "value and keys below it, so it cannot fill the empty "
+                                    f"{type(leaf).__name__} at {dotted(key)!r}")
+                    continue
+                depth = max(len(key) + len(below) for _, below in inside)
+                if depth > MAX_KEY_DEPTH:
+                    # The containers are built and filled recursively, as a save walks them.
+                    problems.append(f"key {dotted(key)!r}: the checkpoint's keys below it are "
+                                    f"{depth} parts long, more than the {MAX_KEY_DEPTH} a "
+                                    "state dict may nest")
+                    continue
+                values.append((key, _skeleton(leaf, [below for _, below in inside])))
+                for e, below in inside:
+                    _match(key + below, None, e, targets, values, problems)
                 continue
         if entry is None:
             missing.append(dotted(key))
             continue
         _match(key, leaf, entry, targets, values, problems)
+    # Values replace leaves of the state dict (paths inside a new container from an
+    # empty one do not exist in it yet): each must be assignable, or the load would fail
+    # half-way, its tensors filled and its values not.
+    dest_keys = {key for key, _ in leaves}
+    for key in dict.fromkeys(key for key, _ in values if key in dest_keys):
+        problem = settable_problem(state_dict, key)
+        if problem is not None:
+            problems.append(f"key {dotted(key)!r}: its value is replaced by a load, but {problem}")
     if problems:
         raise LayoutMismatchError(_join(problems))
     if missing and strict:
         raise MissingKeysError(
-            f"the checkpoint at {location} has no key {_join([repr(m) for m in missing], ', ')} "
-            "(load with strict=False to skip missing keys)"
+            f"the checkpoint at {location} has no key {_join([repr(m) for m in missing], ', ')}"
+            f"{_nested_hint(missing, by_name or {})} (load with strict=False to skip missing keys)"
         )
     whole, rest = split_whole_chunks(targets)
     return LoadPlan(whole=whole, rest=rest, values=values)
+
+
+def _nested_hint(missing: list[str], by_name: dict[str, Entry]) -> str:
+    """Where the state dict holds a leaf at a key the checkpoint saved a subtree under
+    (a model where a dict of models was saved), name a saved key below it: 'no key
+    'model'' alone read as if the checkpoint lacked the model."""
+    for name in missing[:20]:
+        prefix = name + "."
+        below = next((n for n in by_name if n.startswith(prefix)), None)
+        if below is not None:
+            return f"; it holds keys below {name!r}, such as {below!r}, where the state dict has one value"
+    return ""
 
 
 def _match(
@@ -186,6 +229,9 @@ def _match(
     if isinstance(entry, TensorEntry):
         _match_tensor(key, leaf, entry, targets, values, problems)
     elif is_tensor_leaf(leaf):
+        # An entry that stands in for something refused (a DCP tensor of a dtype reshard
+        # lacks) raises its own reason here, naming the key, not "a plain value".
+        entry.decoded()
         problems.append(f"key {dotted(key)!r}: the checkpoint holds a plain value, "
                         f"the state dict a {type(leaf).__name__}")
     else:
@@ -194,6 +240,46 @@ def _match(
 
 def _is_empty_container(leaf: Any) -> bool:
     return type(leaf) in (dict, list, tuple) and not leaf
+
+
+_INDEX_PART = re.compile(r"0|[1-9][0-9]{0,17}")
+
+
+def _subtree(
+    manifest: Manifest, by_name: dict[str, Entry], key: tuple[Any, ...]
+) -> list[tuple[Entry, tuple[Any, ...]]]:
+    """The entries saved below ``key``, each with its key path below it.
+
+    Matched by key parts; failing that, by dotted name: DCP checkpoints and the output of
+    ``reshard convert`` name each entry by one dotted string (``optim.state.0.exp_avg``),
+    which the state dict's nested keys match by name as everywhere else. Those names
+    are split at the dots, and parts that are plain decimal numbers become ints, as an
+    optimizer's state keys and list indices were before DCP and convert wrote them as
+    text: with the text key "0", ``Optimizer.load_state_dict`` would keep the state
+    aside without a word instead of giving it to parameter 0.
+    """
+    n = len(key)
+    inside = [(e, e.key[n:]) for e in manifest.entries if len(e.key) > n and e.key[:n] == key]
+    if inside:
+        return inside
+    prefix = dotted(key) + "."
+    return [
+        (e, tuple(int(p) if _INDEX_PART.fullmatch(p) else p
+                  for p in name[len(prefix):].split(".")))
+        for name, e in by_name.items() if name.startswith(prefix)
+    ]
+
+
+def _leaf_and_subtree(rests: list[tuple[Any, ...]]) -> tuple[Any, ...] | None:
+    """A path in ``rests`` that is also a proper prefix of another one, if any: a value
+    and a subtree at one place (a damaged manifest, or dotted names such as ``a.0`` and
+    ``a.0.x``) cannot be built into one container."""
+    leaves = set(rests)
+    for rest in rests:
+        for i in range(1, len(rest)):
+            if rest[:i] in leaves:
+                return rest[:i]
+    return None
 
 
 def _skeleton(like: Any, rests: list[tuple[Any, ...]]) -> Any:

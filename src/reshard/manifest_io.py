@@ -25,7 +25,7 @@ def read_manifest_bytes(store: Store) -> bytes:
         raise CheckpointNotFoundError(
             f"no reshard checkpoint at {store.location}: {MANIFEST_NAME} does not exist "
             "(a save to this path never committed), and no .metadata of a "
-            "torch.distributed.checkpoint either"
+            f"torch.distributed.checkpoint either{_safetensors_hint(store)}"
         ) from None
     refuse_if_dcp(store, f"it holds a reshard {MANIFEST_NAME} too, and which of the two "
                          "checkpoints is current cannot be told; remove the stale one")
@@ -41,6 +41,19 @@ def refuse_if_dcp(store: Store, why: str) -> None:
         raise UnsupportedFormatError(
             f"{store.location} holds a torch.distributed.checkpoint ({dcp.METADATA_NAME}): {why}"
         )
+
+
+def _safetensors_hint(store: Store) -> str:
+    # A Hugging Face model folder is the likeliest thing a newcomer points reshard at.
+    if is_remote(store):
+        return ""
+    try:
+        names = os.listdir(store.location)
+    except OSError:
+        return ""
+    if any(n.endswith(".safetensors") for n in names):
+        return "; it holds .safetensors files, which reshard convert reads"
+    return ""
 
 
 def find_manifest(store: Store, *, allow_pickle: bool = False) -> bytes | Manifest:

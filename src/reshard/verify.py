@@ -76,7 +76,8 @@ class VerifyReport:
         return not self.damaged
 
     def summary(self) -> str:
-        head = "intact" if self.ok else f"DAMAGED ({len(self.damaged)} problems)"
+        n = len(self.damaged)
+        head = "intact" if self.ok else f"DAMAGED ({n} problem{'s' if n != 1 else ''})"
         return (f"{self.path}: {head}: {self.keys} keys, {self.chunks} chunks, {self.frames} "
                 f"frames, {self.bytes_checked} stored bytes checked in {self.files} data files")
 
@@ -133,6 +134,12 @@ def _verify(store: Store, manifest: Manifest, progress: Progress | None) -> Veri
             start = tally.done
             _check_chunk(store, key, chunk, size, tally)
             tally.advance(start + chunk.nbytes - tally.done)  # bytes it could not read count too
+        end = max(c.offset + c.nbytes for _, c in chunks)
+        if size > end and is_saved_data_file(file):
+            # A save writes its chunks back to back and nothing after them: bytes past the
+            # last one are not damage to any key, but the file is not as it was written.
+            tally.warnings.append(f"{file} has {size - end} bytes after its last chunk "
+                                  f"(it ends at byte {end}); no key reads them")
     _note_strays(store, set(by_file), tally)
     return VerifyReport(
         path=store.location, keys=len(manifest.entries), chunks=tally.chunks, frames=tally.frames,

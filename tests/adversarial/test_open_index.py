@@ -60,3 +60,21 @@ def test_zero_dim_empty_and_values(ckpt: Path) -> None:
                 ck.read(key, index)
         with pytest.raises(reshard.MissingKeysError, match="'nokey'"):
             ck.read("nokey")
+
+
+def test_key_forms(tmp_path: Path) -> None:
+    """``in`` took only str keys (``0 in ck`` was False while ``ck.read(0)`` read), and
+    read(None) or read(1.5) raised TypeError from joining the key's parts."""
+    reshard.save({0: torch.arange(2), "a": {"b": 1, 2: 3}}, tmp_path)
+    with reshard.open(tmp_path) as ck:
+        for key in (0, "0", "a.b", ("a", "b"), ["a", "b"], ("a", 2), "a.2"):
+            assert key in ck and ck.info(key).key in ("0", "a.b", "a.2"), key
+        assert torch.equal(ck.read(0), torch.arange(2)) and ck.read(("a", 2)) == 3
+        for key in ("a", "1", 1, ("a",), ("a", "c")):
+            assert key not in ck
+            with pytest.raises(reshard.MissingKeysError, match="has no key"):
+                ck.read(key)
+        for key in (True, None, (), 1.5, ("a", None), b"a"):
+            assert key not in ck
+            with pytest.raises(reshard.MissingKeysError, match="is not a key"):
+                ck.read(key)

@@ -110,3 +110,13 @@ def test_symlinked_checkpoint_root_is_allowed(tmp_path: Path) -> None:
     assert load_version(tmp_path / "latest") == 2
     reshard.save(make_state(3), tmp_path / "latest")
     assert load_version(real) == 3 and reshard.verify(tmp_path / "latest").ok
+
+
+def test_path_with_a_nul_character(tmp_path: Path) -> None:
+    """open() and verify() raised a bare ValueError ('embedded null byte'), save and load
+    a CheckpointError that named no path."""
+    bad = str(tmp_path / "a\0b")
+    for call in (lambda: reshard.save({"a": 1}, bad), lambda: reshard.load({"a": 0}, bad),
+                 lambda: reshard.open(bad), lambda: reshard.verify(bad)):
+        with pytest.raises(reshard.CheckpointError, match=r"checkpoint path .*a\\x00b.* NUL"):
+            call()

@@ -67,3 +67,27 @@ def test_verify_exit_1_on_missing_data(tmp_path: Path, capsys: pytest.CaptureFix
     os.unlink(data_files(tmp_path)[0])
     assert main(["verify", str(tmp_path)]) == 1
     assert "missing" in capsys.readouterr().out
+
+
+def test_bytes_appended_to_a_data_file_are_a_warning(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """verify said 'intact' with no word of bytes appended after a data file's last chunk
+    (loads still read exactly, so it stays exit 0): now a warning names the file."""
+    from reshard.interop.convert import convert
+
+    reshard.save(make_state(1), tmp_path / "ck", codec="zstd")
+    convert(str(tmp_path / "ck"), str(tmp_path / "converted"), column_blocks=2)
+    golden = Path(__file__).parent.parent / "compat"
+    for path in (tmp_path / "ck", tmp_path / "converted", *sorted(golden.glob("golden_v1*"))):
+        report = reshard.verify(path)
+        assert report.ok and report.warnings == (), (path, report.warnings)
+    (file,) = data_files(tmp_path / "ck")
+    size = os.path.getsize(file)
+    with open(file, "ab") as f:
+        f.write(b"xyz")
+    assert main(["verify", str(tmp_path / "ck")]) == 0
+    out = capsys.readouterr().out
+    assert "intact" in out
+    name = f"data/{os.path.basename(file)}"
+    assert f"warning: {name} has 3 bytes after its last chunk (it ends at byte {size})" in out

@@ -38,9 +38,11 @@ def test_unknown_command_is_a_usage_error():
 
 @pytest.mark.dist
 def test_demo_passes_end_to_end(tmp_path, capsys):
-    assert main(["demo", "--workdir", str(tmp_path), "--keep"]) == 0
+    # A --workdir checkpoint is kept without --keep (--help says so), and the demo says
+    # where: it used to print the 'reshard inspect' hint only with --keep.
+    assert main(["demo", "--workdir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert "demo passed" in out
+    assert "demo passed" in out and f"reshard inspect {tmp_path / 'checkpoint'}" in out
     assert out.count("every value matches") == 2
     with reshard.open(tmp_path / "checkpoint") as ckpt:
         assert ckpt.manifest.world_size == 4

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -95,3 +96,110 @@ def test_a_file_is_not_a_checkpoint(places: dict[str, Path], tmp_path: Path,
         assert ("reshard convert" in str(err.value)) == hint
         assert main(["inspect", str(path)]) == 1
         assert "is a file" in capsys.readouterr().err
+
+
+def test_output_into_a_closed_pipe(tmp_path: Path) -> None:
+    """`reshard inspect X | head -1` printed a BrokenPipeError traceback once head had
+    gone; now it stops quietly with 141, the status of a command killed by SIGPIPE."""
+    reshard.save({f"layer{i}.weight": torch.arange(3) for i in range(1000)}, tmp_path)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    for command in (["inspect", "--chunks"], ["verify"]):
+        proc = subprocess.Popen([sys.executable, "-m", "reshard.cli", *command, str(tmp_path)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+        assert proc.stdout is not None and proc.stderr is not None
+        if command[0] == "inspect":
+            assert proc.stdout.readline().startswith(b"key")
+        proc.stdout.close()  # the reader goes away with ~150 KB unread (a pipe holds 64 KB)
+        err = proc.stderr.read().decode()
+        proc.stderr.close()
+        assert proc.wait(timeout=120) == 141, err
+        assert err == "", err
+
+
+def test_ctrl_c_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C during a long convert printed a KeyboardInterrupt traceback; now one line
+    and 130, and the unfinished output is gone so the same command can run again."""
+    from reshard.interop import convert as convert_module
+
+    src = tmp_path / "src"
+    reshard.save({"a": torch.arange(10.0), "b": torch.arange(5)}, src)
+    real = convert_module._write_tensor
+    calls: list[int] = []
+
+    def interrupted(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    with monkeypatch.context() as m:
+        m.setattr(convert_module, "_write_tensor", interrupted)
+        assert main(["convert", str(src), str(tmp_path / "out"), "--quiet"]) == 130
+    assert capsys.readouterr().err == "\nreshard convert: interrupted\n"
+    assert not (tmp_path / "out").exists()
+    assert main(["convert", str(src), str(tmp_path / "out"), "--quiet"]) == 0
+
+
+def test_inspect_of_a_dcp_directory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """It said 'saved by 1 rank(s), format 1.0, save id dcp-<random>' (a new id on every
+    run) of the in-memory stand-in manifest, whatever the DCP save was."""
+    import warnings
+
+    import torch.distributed.checkpoint as dcp
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # no process group
+        dcp.save({"w": torch.arange(6.0).reshape(2, 3), "step": 3}, checkpoint_id=str(tmp_path))
+    assert main(["inspect", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[2].split()[:7] == ["w", "float32", "[2,", "3]", "1", "24", "B"]
+    last = out.strip().splitlines()[-1]
+    assert last.endswith("a torch.distributed.checkpoint (DCP) directory"), last
+    assert "rank" not in last and "save id" not in last
+
+
+def test_a_folder_of_safetensors_points_at_convert(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A Hugging Face model folder said only that manifest.json and .metadata are missing."""
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.arange(3.0)}, str(tmp_path / "model.safetensors"))
+    assert main(["inspect", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "it holds .safetensors files, which reshard convert reads" in err
+    (tmp_path / "model.safetensors").unlink()
+    assert main(["inspect", str(tmp_path)]) == 1
+    assert "safetensors files" not in capsys.readouterr().err
+
+
+def test_verify_counts_problems_in_english(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """It said 'DAMAGED (1 problems)'."""
+    assert main(["verify", str(tmp_path / "missing")]) == 1
+    assert "DAMAGED (1 problem):" in capsys.readouterr().out
+
+
+def test_convert_of_a_file_that_is_not_safetensors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`reshard convert pytorch_model.bin out` said only 'header length 5787... does not
+    fit the 1563-byte file'."""
+    torch.save({"w": torch.arange(3)}, tmp_path / "pytorch_model.bin")
+    assert main(["convert", str(tmp_path / "pytorch_model.bin"), str(tmp_path / "out"), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "pytorch_model.bin is not a safetensors file" in err
+    assert not (tmp_path / "out").exists()
+    (tmp_path / "bad.safetensors").write_bytes(b"\0" * 4)  # named so: the plain error
+    assert main(["convert", str(tmp_path / "bad.safetensors"), str(tmp_path / "out"), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "too short for a safetensors file" in err and "is not a safetensors file" not in err
+
+
+def test_convert_of_a_fifo(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A FIFO source was reported as not existing (and is never opened: no hang)."""
+    os.mkfifo(tmp_path / "x.safetensors")
+    assert main(["convert", str(tmp_path / "x.safetensors"), str(tmp_path / "out"), "--quiet"]) == 1
+    assert "x.safetensors is neither a regular file nor a directory" in capsys.readouterr().err
+    assert main(["convert", str(tmp_path / "nothing"), str(tmp_path / "out"), "--quiet"]) == 1
+    assert "nothing does not exist" in capsys.readouterr().err

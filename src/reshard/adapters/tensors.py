@@ -40,16 +40,32 @@ def torch_dtype(name: str) -> torch.dtype:
     return _BY_NAME[name]
 
 
+# The numpy dtypes torch.from_numpy takes, native byte order only. A kind test ("biufc")
+# let longdouble and clongdouble through, and from_numpy's TypeError named no key.
+# Keyed by equality: np.ulonglong equals uint64 but from_numpy refuses its type number,
+# so an array of an equal dtype is viewed as the value first.
+_NUMPY_DTYPES = {np.dtype(n): np.dtype(n) for n in (
+    "bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
+    "float16", "float32", "float64", "complex64", "complex128",
+)}
+
+
 def numpy_to_torch(array: np.ndarray[Any, Any], key: str) -> torch.Tensor:
-    if array.dtype.byteorder == ">" or array.dtype.kind not in "biufc":
+    dtype = _NUMPY_DTYPES.get(array.dtype)
+    if dtype is None:
         raise UnsupportedValueError(
             f"key {key!r}: numpy dtype {array.dtype} is not supported (use a native-endian "
             "bool, int, uint, float or complex array)"
         )
-    return torch.from_numpy(array)
+    return torch.from_numpy(array if array.dtype.num == dtype.num else array.view(dtype))
 
 
 # State dict walking
+
+
+MAX_KEY_DEPTH = 256
+"""Containers nested deeper than this are refused by name: deeper ones ran out of
+Python's recursion limit here or further on (a RecursionError naming no key)."""
 
 
 def flatten(state_dict: Mapping[Any, Any]) -> list[tuple[Key, Any]]:
@@ -57,24 +73,37 @@ def flatten(state_dict: Mapping[Any, Any]) -> list[tuple[Key, Any]]:
     if not isinstance(state_dict, Mapping):
         raise UnsupportedValueError(f"state_dict must be a dict, got {type(state_dict).__name__}")
     out: list[tuple[Key, Any]] = []
-    _walk(state_dict, (), out)
+    _walk(state_dict, (), out, set())
     return out
 
 
-def _walk(obj: Any, prefix: Key, out: list[tuple[Key, Any]]) -> None:
-    if isinstance(obj, Mapping) and obj:
+def _walk(obj: Any, prefix: Key, out: list[tuple[Key, Any]], above: set[int]) -> None:
+    """``above``: the ids of the containers on the path to ``obj``, to name a cycle."""
+    walked = (isinstance(obj, Mapping) and obj) or (
+        isinstance(obj, (list, tuple)) and obj and not _is_leaf_tuple(obj))
+    if not walked:
+        if prefix:
+            out.append((prefix, obj))
+        return
+    if id(obj) in above:
+        raise UnsupportedValueError(
+            f"key {dotted(prefix)!r}: the state dict contains itself there (a cycle)")
+    if len(prefix) >= MAX_KEY_DEPTH:
+        raise UnsupportedValueError(
+            f"key {dotted(prefix[:8])!r}...: containers nested more than {MAX_KEY_DEPTH} deep")
+    above.add(id(obj))
+    if isinstance(obj, Mapping):
         for k, v in obj.items():
             if isinstance(k, bool) or not isinstance(k, (str, int)):
                 raise UnsupportedValueError(
                     f"key {dotted(prefix) or '<root>'!r}: dict key {k!r} of type "
                     f"{type(k).__name__} is not supported (use str or int keys)"
                 )
-            _walk(v, prefix + (k,), out)
-    elif isinstance(obj, (list, tuple)) and obj and not _is_leaf_tuple(obj):
+            _walk(v, prefix + (k,), out, above)
+    else:
         for i, v in enumerate(obj):
-            _walk(v, prefix + (i,), out)
-    elif prefix:
-        out.append((prefix, obj))
+            _walk(v, prefix + (i,), out, above)
+    above.discard(id(obj))
 
 
 def _is_leaf_tuple(obj: Any) -> bool:
@@ -91,10 +120,39 @@ def set_path(root: Any, key: Key, value: Any) -> Any:
     if isinstance(root, tuple):
         items = list(root)
         items[head] = new_child  # type: ignore[index]
-        return type(root)(items) if type(root) is tuple else type(root)(*items)
+        return _rebuilt(root, items)
     if new_child is not child or not rest:
         root[head] = new_child
     return root
+
+
+def _rebuilt(old: tuple[Any, ...], items: list[Any]) -> tuple[Any, ...]:
+    # A namedtuple (or a subclass of one) takes its fields as arguments, any other tuple
+    # type an iterable: calling a plain tuple subclass with the items as arguments failed.
+    if hasattr(type(old), "_make"):
+        return type(old)._make(items)  # type: ignore[attr-defined,no-any-return]
+    return type(old)(items)
+
+
+def settable_problem(root: Any, key: Key) -> str | None:
+    """Why ``set_path(root, key, ...)`` would fail, or None: checked while a load plans,
+    before any tensor is filled. A tuple is rebuilt and handed to its parent; the first
+    container above the leaf that is not a tuple must take item assignment (a
+    ``MappingProxyType`` does not)."""
+    chain = [root]
+    for part in key[:-1]:
+        chain.append(chain[-1][part])
+    for container in reversed(chain):
+        if isinstance(container, tuple):
+            try:
+                _rebuilt(container, list(container))
+            except Exception as e:  # noqa: BLE001 - a user type whose constructor differs
+                return f"the {type(container).__name__} holding it cannot be rebuilt ({e})"
+            continue
+        if not hasattr(container, "__setitem__"):
+            return f"a {type(container).__name__} holds it, which cannot be changed in place"
+        return None
+    return None
 
 
 # Leaves to boxes

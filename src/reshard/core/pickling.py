@@ -11,10 +11,27 @@ from __future__ import annotations
 
 from typing import Any
 
+_SLOTS: dict[type, tuple[str, ...]] = {}
+
+
+def all_slots(cls: type) -> tuple[str, ...]:
+    """The slots of ``cls`` and of its bases, bases first. ``cls.__slots__`` alone holds
+    only the fields a subclass adds: a subclass of a slotted dataclass (DCP's refused
+    and pickled value entries) crossed to the other ranks without its key and value."""
+    names = _SLOTS.get(cls)
+    if names is None:
+        found: list[str] = []
+        for k in reversed(cls.__mro__):
+            own = k.__dict__.get("__slots__", ())
+            found.extend(n for n in ((own,) if isinstance(own, str) else own)
+                         if n not in ("__dict__", "__weakref__"))
+        names = _SLOTS[cls] = tuple(found)
+    return names
+
 
 def rebuild(cls: type, values: tuple[Any, ...]) -> Any:
     obj: Any = object.__new__(cls)
-    for name, value in zip(cls.__slots__, values):  # type: ignore[attr-defined]
+    for name, value in zip(all_slots(cls), values):
         object.__setattr__(obj, name, value)
     return obj
 
@@ -22,4 +39,4 @@ def rebuild(cls: type, values: tuple[Any, ...]) -> Any:
 def slots_reduce(self: Any) -> tuple[Any, ...]:
     """A ``__reduce__`` for slotted dataclasses: rebuilt without running ``__init__``."""
     cls = type(self)
-    return rebuild, (cls, tuple([getattr(self, n) for n in cls.__slots__]))
+    return rebuild, (cls, tuple([getattr(self, n) for n in all_slots(cls)]))

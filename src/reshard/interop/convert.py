@@ -22,7 +22,7 @@ from typing import Any
 from .. import __version__, config
 from ..codecs import bind_codec, chunk_spec, resolve_codec
 from ..core.layout import Box
-from ..errors import CheckpointError, StorageError, UnsupportedValueError
+from ..errors import CheckpointError, CorruptCheckpointError, StorageError, UnsupportedValueError
 from ..format.manifest import (
     DATA_DIR,
     IDENTITY,
@@ -60,9 +60,14 @@ class Source:
 
     def plain_values(self) -> list[ValueEntry]:
         """Value entries with a JSON form; raises naming every key that has none."""
-        from .dcp import PickledValueEntry, RefusedValueEntry
+        from .dcp import PickledValueEntry, RefusedValueEntry, UnsupportedTensorEntry
 
         values = [e for e in self.manifest.entries if isinstance(e, ValueEntry)]
+        tensors = [e for e in values if isinstance(e, UnsupportedTensorEntry)]
+        if tensors:
+            more = f" (and {len(tensors) - 1} more keys)" if len(tensors) > 1 else ""
+            raise UnsupportedValueError(f"{tensors[0].reason.split(';')[0]}{more}; convert "
+                                        "cannot store it")
         bad = [dotted(e.key) for e in values if isinstance(e, (PickledValueEntry, RefusedValueEntry))]
         if bad:
             raise UnsupportedValueError(
@@ -106,9 +111,19 @@ def open_source(path: str, *, allow_pickle: bool = False) -> Source:
         store = open_store(folder)
         if name.endswith(st.INDEX_SUFFIX):
             return _safetensors_source(store, *st.index_files(store, name), index=name)
-        return _safetensors_source(store, [name], [])
+        try:
+            return _safetensors_source(store, [name], [])
+        except CorruptCheckpointError as e:
+            if name.endswith(".safetensors"):
+                raise
+            # pytorch_model.bin and the like: the header error alone was cryptic.
+            raise CorruptCheckpointError(
+                f"{e}; {name} is not a safetensors file (convert reads .safetensors files, "
+                f"*{st.INDEX_SUFFIX}, reshard and torch.distributed.checkpoint directories)"
+            ) from None
     if not os.path.isdir(path):
-        raise CheckpointError(f"{path} does not exist")
+        what = "is neither a regular file nor a directory" if os.path.exists(path) else "does not exist"
+        raise CheckpointError(f"{path} {what}")
     store = open_store(path)
     if os.path.exists(os.path.join(path, MANIFEST_NAME)) or is_dcp_checkpoint(store):
         kind = "reshard" if os.path.exists(os.path.join(path, MANIFEST_NAME)) else "dcp"

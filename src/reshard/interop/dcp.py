@@ -33,6 +33,9 @@ from ._dcp_pickle import DcpBytes, DcpTensor, StorageInfo, read_metadata
 
 METADATA_NAME = ".metadata"
 CODEC_NAME = "dcp-torch-save"
+LIBRARY = "torch.distributed.checkpoint"
+"""The ``library_version`` of a DCP directory's in-memory manifest, whose world size,
+format version and save id are stand-ins, not the DCP save's."""
 # A torch.save blob is its tensor's bytes plus a zip directory and a small pickle.
 _BLOB_OVERHEAD_NBYTES = 1 << 20
 _MAX_VALUE_NBYTES = 1 << 30
@@ -55,12 +58,12 @@ def load_dcp_manifest(store: Store, *, allow_pickle: bool = False) -> Manifest:
     tensors, byte_items = read_metadata(store.read_bytes(METADATA_NAME), source=source)
     _check_ranges(store, [c.storage for t in tensors for c in t.chunks]
                   + [b.storage for b in byte_items])
-    entries: list[Entry] = [_tensor_entry(t) for t in tensors]
+    entries: list[Entry] = [_tensor_entry_or_refusal(t) for t in tensors]
     for item in byte_items:
         entries.extend(_value_entries(store, item, allow_pickle=allow_pickle))
     return Manifest(
         save_id=f"dcp-{uuid.uuid4().hex[:12]}", world_size=1, created_unix_s=time.time(),
-        library_version="torch.distributed.checkpoint", entries=tuple(entries),
+        library_version=LIBRARY, entries=tuple(entries),
     )
 
 
@@ -112,6 +115,16 @@ def _tensor_entry(t: DcpTensor) -> TensorEntry:
     if problem is not None:
         raise CorruptCheckpointError(f"DCP key {t.fqn!r}: the chunks do not tile the tensor: {problem}")
     return TensorEntry(key=(t.fqn,), dtype=dtype, shape=t.shape, container="torch", chunks=chunks)
+
+
+def _tensor_entry_or_refusal(t: DcpTensor) -> Entry:
+    # One tensor of a dtype reshard lacks (float8_e8m0fnu, qint8, ...) made the whole DCP
+    # checkpoint unreadable, every other key with it; now only its own key raises.
+    try:
+        return _tensor_entry(t)
+    except UnsupportedValueError as e:
+        return UnsupportedTensorEntry(key=(t.fqn,), value=_NONE, reason=(
+            f"DCP {e}; the other keys of the checkpoint load"))
 
 
 def codec_spec(dtype: str, sizes: tuple[int, ...], transforms: tuple[str, ...]) -> CodecSpec:
@@ -258,6 +271,11 @@ class RefusedValueEntry(ValueEntry):
 
     def decoded(self) -> object:
         raise UnsupportedValueError(self.reason)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UnsupportedTensorEntry(RefusedValueEntry):
+    """A DCP tensor reshard cannot hold (its dtype); loading or reading its key raises."""
 
 
 _NONE: dict[str, Any] = {"type": "none"}

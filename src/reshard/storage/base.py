@@ -102,6 +102,9 @@ def open_store(
     if not location:
         # "" would be the current directory: a save would write (and clean up) there.
         raise CheckpointError("checkpoint path is empty; pass a directory (\".\" for this one)")
+    if "\0" in location:
+        # No file name holds one: os calls raised a bare "ValueError: embedded null byte".
+        raise CheckpointError(f"checkpoint path {location!r} holds a NUL character")
     local = local_path(location)
     if local is not None:
         if storage_options:
