@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from tests.helpers import sharedfs
-from tests.helpers.world import mark_stage, run_worlds_at_once, wait_for_stage
+from tests.helpers.world import failing_marks, mark_stage, run_worlds_at_once, wait_for_stage
 
 from .layouts import Full, Layout, Mesh, Meshes, Rows, build, check
 from .test_column_blocks import pattern
@@ -264,15 +264,12 @@ def worlds(rank: int, world: int, root: str) -> list[Problem]:
     sharedfs.register()
     meshes = Meshes()
     problems: list[Problem] = []
-    try:
+    with failing_marks(root, world):
         if world == 4:  # at the real tile sizes
             reshard.save(_amp_state(world, meshes, True, 0), os.path.join(root, "amp"),
                          column_blocks=3)
         config.COLUMN_TILE_NBYTES, config.COLUMN_TILE_MIN_NBYTES = TILE, TILE_MIN
         _save_all(rank, world, root, meshes)
-    except BaseException:
-        mark_stage(root, world, "failed")
-        raise
     dist.barrier()
     if rank == 0:
         mark_stage(root, world, "saved")

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from tests.helpers.files import xor_byte
-from tests.helpers.world import mark_stage, run_worlds_at_once, wait_for_stage
+from tests.helpers.world import failing_marks, mark_stage, run_worlds_at_once, wait_for_stage
 
 from .layouts import Meshes, build, check, global_tensor
 from .scenarios import SCENARIOS, Scenario
@@ -200,11 +200,8 @@ def _corrupt_everywhere(rank: int, world: int, root: str, meshes: Meshes) -> lis
 
 def exchange_world(rank: int, world: int, root: str) -> tuple[list[Problem], int]:
     meshes = Meshes()
-    try:
+    with failing_marks(root, world):
         _save(rank, world, root, meshes)
-    except BaseException:
-        mark_stage(root, world, "failed")
-        raise
     if rank == 0:
         mark_stage(root, world, "saved")
     for source in (4, 3, 2):

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers.world import mark_stage, run_worlds_at_once, wait_for_stage
+from tests.helpers.world import failing_marks, mark_stage, run_worlds_at_once, wait_for_stage
 
 from . import odd_worlds
 from .layouts import Meshes
@@ -30,11 +30,8 @@ pytestmark = pytest.mark.dist
 def odd_world(rank: int, world: int, root: str) -> tuple[list[Any], list[str]]:
     t0 = time.perf_counter()
     meshes = Meshes()
-    try:
+    with failing_marks(root, world):
         odd_worlds.save_sources(rank, world, root, meshes)
-    except BaseException:
-        mark_stage(root, world, "failed")
-        raise
     t1 = time.perf_counter()
     if rank == 0:
         mark_stage(root, world, "saved")

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 import reshard
-from tests.helpers.world import mark_stage, run_worlds_at_once, wait_for_stage
+from tests.helpers.world import failing_marks, mark_stage, run_worlds_at_once, wait_for_stage
 
 from .codec_util import RotateCodec, register_test_codecs
 from .layouts import Meshes, build, check, global_tensor
@@ -157,13 +157,10 @@ def scenario_world(rank: int, world: int, root: str) -> tuple[list[Problem], dic
     """Save this world's sources, then load every scenario targeting this world size."""
     register_test_codecs()
     meshes = Meshes()
-    try:
+    with failing_marks(root, world):
         times = _save_sources(rank, world, root, meshes)
         if world == 3:
             _save_secret(root)
-    except BaseException:
-        mark_stage(root, world, "failed")
-        raise
     if rank == 0:
         mark_stage(root, world, "saved")
     for source in sorted({s.save.world for s in SCENARIOS if s.load.world == world} - {world}):

@@ -10,20 +10,32 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from reshard.dist.local_world import DEFAULT_TIMEOUT_S, WorldError, run_world
 
-__all__ = ["DEFAULT_TIMEOUT_S", "WorldError", "mark_stage", "run_world", "run_worlds_at_once",
-           "wait_for_stage"]
+__all__ = ["DEFAULT_TIMEOUT_S", "WorldError", "failing_marks", "mark_stage", "run_world",
+           "run_worlds_at_once", "wait_for_stage"]
 
 
 def mark_stage(root: str, world: int, stage: str) -> None:
     """Record that the world of ``world`` ranks has reached ``stage`` ("failed" aborts
     every waiter)."""
     Path(root, f"{stage}-{world}").touch()
+
+
+@contextmanager
+def failing_marks(root: str, world: int) -> Iterator[None]:
+    """Mark the world of ``world`` ranks "failed" when the block raises, so that the
+    worlds waiting for its stages stop instead of timing out."""
+    try:
+        yield
+    except BaseException:
+        mark_stage(root, world, "failed")
+        raise
 
 
 def wait_for_stage(root: str, world: int, stage: str, timeout_s: float = 150.0) -> None:

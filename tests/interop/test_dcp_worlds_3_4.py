@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from tests.dist.layouts import Full, Layout, Mesh, Meshes, Rows, build, check
-from tests.helpers.world import mark_stage, run_worlds_at_once, wait_for_stage
+from tests.helpers.world import failing_marks, mark_stage, run_worlds_at_once, wait_for_stage
 
 pytestmark = pytest.mark.dist
 
@@ -171,19 +171,13 @@ def worlds(rank: int, world: int, root: str) -> list[Problem]:
 
     meshes = Meshes()
     other = 3 if world == 4 else 4
-    try:
+    with failing_marks(root, world):
         _save_dcp(rank, world, root, meshes)
-    except BaseException:
-        mark_stage(root, world, "failed")
-        raise
     if rank == 0:
         mark_stage(root, world, "saved")
         wait_for_stage(root, other, "saved")
-        try:
+        with failing_marks(root, world):
             _convert(root, other)
-        except BaseException:
-            mark_stage(root, world, "failed")
-            raise
         mark_stage(root, world, "converted")
     wait_for_stage(root, world, "converted")  # converted by this world's rank 0
     problems: list[Problem] = []
