@@ -77,6 +77,8 @@ def _local_index(shape: tuple[int, ...], mesh: Any, placements: list[Any]) -> to
     """Flat global indices this rank holds, by torch's own splits, each mesh dim taken at
     this rank's place in that dim's process group."""
     idx = torch.arange(math.prod(shape)).reshape(shape)
+    if mesh.get_coordinate() is None:  # not in the mesh: holds nothing
+        return idx.narrow(0, 0, 0) if idx.dim() else idx.reshape(-1)[:0]
     for mesh_dim, p in enumerate(placements):
         if p.is_replicate():
             continue
@@ -146,6 +148,34 @@ def _world(rank: int, world: int, root: str) -> list[str]:
                     os.environ.pop(k, None)
             if rank == 0:
                 problems += _reads(where, path, full)
+    return problems + _partial_and_flat(root)
+
+
+def _partial_and_flat(root: str) -> list[str]:
+    """A mesh of ranks 3 and 1 only (0 and 2 hold nothing), and the flattened 1-D
+    sub-mesh of a reversed 2x2 mesh."""
+    from torch.distributed.device_mesh import DeviceMesh
+
+    problems = []
+    partial = DeviceMesh("cpu", torch.tensor([3, 1]))
+    flat = DeviceMesh("cpu", torch.tensor([[3, 2], [1, 0]]), mesh_dim_names=("a", "b"))[
+        "a", "b"]._flatten("ab")
+    full = _global((7, 5), 77)
+    for name, mesh, placements, target in [("partial", partial, "SS0/3", "SS1/2"),
+                                           ("partial_r", partial, "R", "S0"),
+                                           ("flat", flat, "SS0/2", "SS1/3")]:
+        path = os.path.join(root, name)
+        reshard.save({"w": _dtensor(full, mesh, placements)}, path)
+        loaded = {"w": _dtensor(full, mesh, target, fill=-1.0)}
+        reshard.load(loaded, path)
+        # torch gives a rank outside the mesh a local tensor of shape (0,)
+        if mesh.get_coordinate() is not None and not torch.equal(
+                loaded["w"].to_local(), _expected_local(full, loaded["w"])):
+            problems.append(f"{name} -> {target}: values differ")
+        plain = {"w": torch.zeros(7, 5)}
+        reshard.load(plain, path)
+        if not torch.equal(plain["w"], full):
+            problems.append(f"{name} -> plain: values differ")
     return problems
 
 
