@@ -176,6 +176,31 @@ def _partial_and_flat(root: str) -> list[str]:
         reshard.load(plain, path)
         if not torch.equal(plain["w"], full):
             problems.append(f"{name} -> plain: values differ")
+    return problems + _per_group(root)
+
+
+def _per_group(root: str) -> list[str]:
+    """Each tp group of a reversed 2x2 mesh saves its own checkpoint over its own process
+    group (group ranks [2, 3] and [0, 1]); a dp group then loads group 0's."""
+    from torch.distributed.device_mesh import DeviceMesh
+
+    problems = []
+    mesh = DeviceMesh("cpu", torch.tensor([[3, 2], [1, 0]]), mesh_dim_names=("dp", "tp"))
+    tp, dp, g = mesh["tp"], mesh["dp"], mesh.get_local_rank(0)
+    for i, placements in enumerate(("SS0/2", "SS1/3", "R")):
+        full = _global((5, 7), 10 * i + g)
+        path = os.path.join(root, f"group{g}_{i}")
+        reshard.save({"w": _dtensor(full, tp, placements), "i": i}, path,
+                     process_group=tp.get_group())
+        loaded = {"w": _dtensor(full, tp, "SS0/3", fill=-1.0), "i": None}
+        reshard.load(loaded, path, process_group=tp.get_group())
+        if not torch.equal(loaded["w"].to_local(), _expected_local(full, loaded["w"])):
+            problems.append(f"group {g} {placements} -> SS0/3: values differ")
+        first = _global((5, 7), 10 * i)
+        across = {"w": _dtensor(first, dp, "SS1/2", fill=-1.0)}
+        reshard.load(across, os.path.join(root, f"group0_{i}"), process_group=dp.get_group())
+        if not torch.equal(across["w"].to_local(), _expected_local(first, across["w"])):
+            problems.append(f"group 0 {placements} -> dp group SS1/2: values differ")
     return problems
 
 
