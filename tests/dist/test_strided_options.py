@@ -176,7 +176,41 @@ def _partial_and_flat(root: str) -> list[str]:
         reshard.load(plain, path)
         if not torch.equal(plain["w"], full):
             problems.append(f"{name} -> plain: values differ")
-    return problems + _per_group(root)
+    return problems + _per_group(root) + _real_fsdp_tp(root)
+
+
+def _real_fsdp_tp(root: str) -> list[str]:
+    """FSDP2 (and HSDP) over TP on meshes whose ranks are not ascending, with uneven
+    shards: the checkpoint must hold the model's own weights. Checked against the seeded
+    model itself, not ``full_tensor()``: on ``[[3, 2], [0, 1]]`` torch's gather of these
+    ``_StridedShard`` weights returns rows in the wrong order."""
+    from torch.distributed.device_mesh import DeviceMesh
+    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.tensor.parallel import (
+        ColwiseParallel,
+        RowwiseParallel,
+        parallelize_module,
+    )
+
+    def model() -> torch.nn.Module:
+        torch.manual_seed(0)
+        return torch.nn.Sequential(torch.nn.Linear(7, 10), torch.nn.ReLU(), torch.nn.Linear(10, 5))
+
+    truth = model().state_dict()
+    problems = []
+    for i, ranks in enumerate(([[[3, 2], [0, 1]]], [[3, 2], [0, 1]], [[[3, 1]], [[2, 0]]])):
+        names = ("rep", "shard", "tp")[-len(torch.tensor(ranks).shape):]
+        mesh = DeviceMesh("cpu", torch.tensor(ranks), mesh_dim_names=names)
+        parallel = model()
+        parallelize_module(parallel, mesh["tp"], {"0": ColwiseParallel(), "2": RowwiseParallel()})
+        fully_shard(parallel, mesh=mesh[names[:-1]] if len(names) == 3 else mesh["shard"])
+        path = os.path.join(root, f"fsdp_tp_{i}")
+        reshard.save(parallel.state_dict(), path)
+        plain = {k: torch.full_like(v, -1.0) for k, v in truth.items()}
+        reshard.load(plain, path)
+        problems += [f"fsdp+tp on {ranks}: {k} differs from the model's weights"
+                     for k, v in truth.items() if not torch.equal(plain[k], v)]
+    return problems
 
 
 def _per_group(root: str) -> list[str]:
