@@ -139,7 +139,8 @@ def _world(rank: int, world: int, root: str) -> list[str]:
                                    "RESHARD_EXCHANGE_MIN_NBYTES": "1",
                                    "RESHARD_EXCHANGE_ROUND_NBYTES": "40"})
             try:
-                problems += _loads(where, path, full, meshes, every=option == "plain")
+                problems += _loads(where, path, full, meshes, every=option == "plain",
+                                   convert=option == "exchange")
             except Exception as e:  # noqa: BLE001
                 problems.append(f"{where}: load raised {type(e).__name__}: {e}")
             finally:
@@ -239,7 +240,7 @@ def _per_group(root: str) -> list[str]:
 
 
 def _loads(where: str, path: str, full: torch.Tensor, meshes: dict[str, Any], *,
-           every: bool) -> list[str]:
+           every: bool, convert: bool) -> list[str]:
     """Into each of LOADS as a fresh local, a non-contiguous one and float64 with
     strict=False (``every``), else into one of them; then into a plain tensor."""
     problems = []
@@ -247,7 +248,7 @@ def _loads(where: str, path: str, full: torch.Tensor, meshes: dict[str, Any], *,
         if any(int(p.split("/")[0].lstrip("S")) >= full.dim()
                for p in placements.split(",") if p != "R"):
             continue
-        for kind in ("same", "view", "float64") if every else ("view",):
+        for kind in ("same", "view", "float64") if every else ("view", "float64")[:1 + convert]:
             target = _dtensor(full, meshes[mesh], placements, fill=-1.0, view=kind == "view",
                               dtype=torch.float64 if kind == "float64" else None)
             state = {"w": target}
