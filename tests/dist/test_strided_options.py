@@ -177,7 +177,29 @@ def _partial_and_flat(root: str) -> list[str]:
         reshard.load(plain, path)
         if not torch.equal(plain["w"], full):
             problems.append(f"{name} -> plain: values differ")
-    return problems + _per_group(root) + _real_fsdp_tp(root)
+    return problems + _per_group(root) + _real_fsdp_tp(root) + _uneven_target(root)
+
+
+def _uneven_target(root: str) -> list[str]:
+    """A load target torch builds wrong (distribute_tensor's uneven shards on a reversed
+    mesh: sizes by mesh coordinate, data by group rank) is refused on every rank, naming
+    the key, and left untouched."""
+    from torch.distributed.device_mesh import DeviceMesh
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    path = os.path.join(root, "uneven_plain")
+    reshard.save({"w": _global((9, 7), 5)}, path)
+    mesh = DeviceMesh("cpu", torch.tensor([[3, 2], [1, 0]]))
+    target = distribute_tensor(torch.full((9, 7), -1.0), mesh, [Shard(0), Shard(1)])
+    before = target.to_local().clone()  # torch's padding leaves zeros in some of it
+    try:
+        reshard.load({"w": target}, path)
+    except reshard.LayoutMismatchError as e:
+        problems = [] if "'w'" in str(e) and "not ascending" in str(e) else [f"unclear: {e}"]
+        if not torch.equal(target.to_local(), before):
+            problems.append("the refused load wrote into the target")
+        return problems
+    return ["a load into uneven shards of a reversed mesh did not raise"]
 
 
 def _real_fsdp_tp(root: str) -> list[str]:
