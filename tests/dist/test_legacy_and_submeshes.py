@@ -122,7 +122,7 @@ def _save_world(rank: int, world: int, root: str) -> dict[str, Any]:
                 path = os.path.join(root, name)
                 reshard.save({"x": dt}, path)
                 want[name] = full.numpy()
-                for target_sub in ("dp", "tp"):
+                for target_sub in ("tp" if sub == "dp" else "dp",):  # across sub-meshes
                     target = {"x": distribute_tensor(torch.full((8, 6), -1.0), mesh[target_sub],
                                                      [Shard(1 - k % 2)])}
                     reshard.load(target, path)
