@@ -53,6 +53,23 @@ def contiguous_stride(shape: tuple[int, ...]) -> tuple[int, ...]:
 # Layouts
 
 
+def torch_placements(text: str) -> list[Any]:
+    """DTensor placements of ``"S0,R,SS1/2"`` (``SSd/f``: ``_StridedShard(d, split_factor=f)``)."""
+    from torch.distributed.tensor import Replicate, Shard
+    from torch.distributed.tensor.placement_types import _StridedShard
+
+    out: list[Any] = []
+    for p in text.split(","):
+        if p == "R":
+            out.append(Replicate())
+        elif p.startswith("SS"):
+            d, f = p[2:].split("/")
+            out.append(_StridedShard(int(d), split_factor=int(f)))
+        else:
+            out.append(Shard(int(p[1:])))
+    return out
+
+
 @dataclass(frozen=True)
 class Mesh:
     mesh: str  # "4", "2x2", "2x1x2"
@@ -69,19 +86,7 @@ class Mesh:
         return math.prod(self.mesh_shape)
 
     def torch_placements(self) -> list[Any]:
-        from torch.distributed.tensor import Replicate, Shard
-        from torch.distributed.tensor.placement_types import _StridedShard
-
-        out: list[Any] = []
-        for p in self.placements.split(","):
-            if p == "R":
-                out.append(Replicate())
-            elif p.startswith("SS"):
-                d, f = p[2:].split("/")
-                out.append(_StridedShard(int(d), split_factor=int(f)))
-            else:
-                out.append(Shard(int(p[1:])))
-        return out
+        return torch_placements(self.placements)
 
     def __str__(self) -> str:
         return f"mesh{self.mesh}[{self.placements}]" + ("strided" if self.strided else "")

@@ -22,6 +22,8 @@ import reshard
 from reshard import config
 from tests.helpers.world import run_world
 
+from .layouts import torch_placements
+
 pytestmark = pytest.mark.dist
 
 MESHES: dict[str, Any] = {
@@ -53,22 +55,6 @@ LOADS = [
 OPTIONS = ["plain", "zstd", "column_blocks", "async", "exchange"]
 
 
-def _placements(text: str) -> list[Any]:
-    from torch.distributed.tensor import Replicate, Shard
-    from torch.distributed.tensor.placement_types import _StridedShard
-
-    out: list[Any] = []
-    for p in text.split(","):
-        if p == "R":
-            out.append(Replicate())
-        elif p.startswith("SS"):
-            d, f = p[2:].split("/")
-            out.append(_StridedShard(int(d), split_factor=int(f)))
-        else:
-            out.append(Shard(int(p[1:])))
-    return out
-
-
 def _global(shape: tuple[int, ...], seed: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     return (torch.arange(math.prod(shape), dtype=torch.int64) + 1000 * seed).to(dtype).reshape(shape)
 
@@ -91,7 +77,7 @@ def _dtensor(full: torch.Tensor, mesh: Any, text: str, *, fill: float | None = N
              dtype: torch.dtype | None = None, view: bool = False) -> Any:
     from torch.distributed.tensor import DTensor
 
-    placements = _placements(text)
+    placements = torch_placements(text)
     idx = _local_index(tuple(full.shape), mesh, placements)
     local = full.reshape(-1)[idx].to(dtype or full.dtype)
     if fill is not None:
