@@ -113,3 +113,18 @@ def test_safetensors_source(tmp_path: Path) -> None:
     for key, t in sd.items():
         want = _expected([Box((0,) * t.dim(), tuple(t.shape))], t.element_size(), 3)
         assert _tiles(tmp_path / "k3", key) == want, key
+
+
+def test_out_of_range_column_blocks_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A bad flag value exits 2 (usage) before anything is read or written, like argparse's."""
+    from reshard.cli import main
+
+    reshard.save({"w": torch.ones(4, 4)}, tmp_path / "src")
+    for bad in ("0", "2000", "-3"):
+        assert main(["convert", str(tmp_path / "src"), str(tmp_path / "out"),
+                     "--column-blocks", bad]) == 2
+        err = capsys.readouterr().err
+        assert "--column-blocks" in err and bad in err and err.count("\n") == 1
+    assert not (tmp_path / "out").exists()

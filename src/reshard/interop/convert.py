@@ -466,6 +466,12 @@ def cmd_convert(args: argparse.Namespace) -> int:
     if args.to == "reshard" and args.max_shard_size is not None:
         print("reshard convert: --max-shard-size applies only to safetensors output", file=sys.stderr)
         return 2
+    if args.column_blocks is not None:
+        try:
+            config.column_blocks(args.column_blocks)
+        except CheckpointError as e:  # a usage error, like any other bad flag value
+            print(f"reshard convert: --column-blocks: {e}", file=sys.stderr)
+            return 2
     for flag, given in (("--codec", args.codec), ("--column-blocks", args.column_blocks)):
         if args.to == "safetensors" and given is not None:
             print(f"reshard convert: {flag} applies only to reshard output", file=sys.stderr)
