@@ -60,13 +60,22 @@ def find_manifest(store: Store, *, allow_pickle: bool = False) -> bytes | Manife
     """The committed manifest's bytes (parse them with ``parse_manifest``), or the
     in-memory manifest of a torch.distributed.checkpoint directory.
 
+    This is the one place that decides what kind of checkpoint a path holds: a reshard
+    ``manifest.json``, else a torch.distributed.checkpoint directory (``.metadata``),
+    described by an in-memory manifest. ``allow_pickle`` lets DCP values that need
+    arbitrary pickle load; it never applies to reshard checkpoints (they hold no pickle).
+
     A load's coordinator calls this and shares the result: bytes are cheaper to send
     than a parsed manifest is to pickle and rebuild, so every rank parses them itself.
     """
     try:
         return read_manifest_bytes(store)
     except CheckpointNotFoundError:
-        return load_manifest(store, allow_pickle=allow_pickle)
+        from .interop import dcp
+
+        if dcp.is_dcp_checkpoint(store):
+            return dcp.load_dcp_manifest(store, allow_pickle=allow_pickle)
+        raise
 
 
 def parse_manifest(store: Store, data: bytes) -> Manifest:
@@ -76,19 +85,7 @@ def parse_manifest(store: Store, data: bytes) -> Manifest:
 
 
 def load_manifest(store: Store, *, allow_pickle: bool = False) -> Manifest:
-    """The parsed, validated manifest of the checkpoint in ``store``.
-
-    This is the one place that decides what kind of checkpoint a path holds: a reshard
-    ``manifest.json``, else a torch.distributed.checkpoint directory (``.metadata``),
-    described by an in-memory manifest. ``allow_pickle`` lets DCP values that need
-    arbitrary pickle load; it never applies to reshard checkpoints (they hold no pickle).
-    """
-    try:
-        data = read_manifest_bytes(store)
-    except CheckpointNotFoundError:
-        from .interop import dcp
-
-        if dcp.is_dcp_checkpoint(store):
-            return dcp.load_dcp_manifest(store, allow_pickle=allow_pickle)
-        raise
-    return parse_manifest(store, data)
+    """The parsed, validated manifest of the checkpoint in ``store`` (``find_manifest``
+    decides what kind it is)."""
+    found = find_manifest(store, allow_pickle=allow_pickle)
+    return parse_manifest(store, found) if isinstance(found, bytes) else found
