@@ -360,7 +360,7 @@ def _dtensor_layout(spec: Any, key: Key) -> _DTensorLayout:
         layout = _DTensorLayout(shape=shape, sizes=None, boxes=())
     elif ((strided is not None and any(type(p) is strided for p in placements))
           or not _COORD_CACHE[id(mesh)][2]):
-        layout = _runs_layout(shape, mesh, placements, coordinate)
+        layout = _runs_layout(shape, mesh, placements, coordinate, strided)
     else:
         sizes, offsets = _local_shape_and_offset(shape, mesh, tuple(placements))
         layout = _DTensorLayout(shape=shape, sizes=sizes, boxes=(Box(offsets, sizes),))
@@ -379,13 +379,12 @@ def _strided_shard_type() -> type | None:
 
 
 def _runs_layout(
-    shape: tuple[int, ...], mesh: Any, placements: Any, coordinate: Any
+    shape: tuple[int, ...], mesh: Any, placements: Any, coordinate: Any, strided: type | None
 ) -> _DTensorLayout:
     """This rank's boxes by reshard's own placement math: a rank of a ``_StridedShard``
     DTensor (FSDP2 over tensor parallelism) may hold indices that are not consecutive,
     one box per run of them; and DTensor's own offsets follow mesh coordinates, which
-    its collectives do not (see ``_coordinate``)."""
-    strided = _strided_shard_type()
+    its collectives do not (see ``_coordinate``). ``strided``: the ``_StridedShard`` type."""
     specs = [("replicate", -1, 1) if p.is_replicate() else
              ("strided_shard" if type(p) is strided else "shard", int(p.dim),
               int(getattr(p, "split_factor", 1)))
