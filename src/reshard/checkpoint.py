@@ -30,6 +30,8 @@ class ChunkInfo:
     nbytes: int
     raw_nbytes: int
     codec: str
+    column_parts: int = 0
+    """The parts of its column checksums (docs/FORMAT.md), 0 when it has none."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -141,7 +143,8 @@ def open(  # noqa: A001 - public name
 
 def _chunk_info(c: Chunk) -> ChunkInfo:
     return ChunkInfo(offsets=c.box.offsets, sizes=c.box.sizes, file=c.file, nbytes=c.nbytes,
-                     raw_nbytes=c.raw_nbytes, codec=c.codec.name)
+                     raw_nbytes=c.raw_nbytes, codec=c.codec.name,
+                     column_parts=c.column_crcs.parts if c.column_crcs is not None else 0)
 
 
 def _name(key: object) -> str | None:

@@ -130,7 +130,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
             for key in ckpt.keys():
                 for c in ckpt.info(key).chunks:
                     print(f"{_shown(key)}: offsets={list(c.offsets)} sizes={list(c.sizes)} "
-                          f"{c.file} {_size(c.nbytes)} {c.codec}")
+                          f"{c.file} {_size(c.nbytes)} {c.codec}"
+                          + (f" column checksums in {c.column_parts} parts" if c.column_parts else ""))
     return 0
 
 

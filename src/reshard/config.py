@@ -67,6 +67,18 @@ def column_blocks(value: object = None) -> int:
     return value
 
 
+MAX_COLUMN_CHECKSUM_PARTS = 1 << 16
+COLUMN_CHECKSUM_MIN_NBYTES = 1024 * 1024
+"""Boxes up to this size get no column checksums: they are written and read whole."""
+
+
+def column_checksums() -> int:
+    """The parts along dim 1 whose column tiles a save checksums besides the frames
+    (core.column_checks), for boxes of two or more dims over
+    ``COLUMN_CHECKSUM_MIN_NBYTES`` stored raw; 0 or 1 turns them off."""
+    return _int_env("RESHARD_COLUMN_CHECKSUMS", 2, lo=0, hi=MAX_COLUMN_CHECKSUM_PARTS)
+
+
 def max_piece_nbytes() -> int:
     """Largest span one read piece stages in memory."""
     return _int_env("RESHARD_MAX_PIECE_NBYTES", 16 * 1024 * 1024)

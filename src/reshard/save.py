@@ -21,12 +21,13 @@ import torch
 from . import __version__, config
 from .adapters.tensors import describe, flatten
 from .codecs import Codec, chunk_spec, resolve_codec
+from .core.column_checks import checked_segments
 from .core.layout import Box, column_tiles
 from .core.nogc import without_gc
 from .core.planner import Desc, SavePlan, TensorDesc, ValueDesc, plan_save
 from .dist.collective import Collective, Outcome, raise_if_failed
 from .errors import CheckpointError, CheckpointNotFoundError, StorageError
-from .format.canonical import chunk_texts, tensor_entry_json, value_entry_json
+from .format.canonical import chunk_texts, tensor_entry_json, value_entry_json, with_column_crcs
 from .format.canonical import manifest_json as encode_manifest
 from .format.dtypes import ITEMSIZE
 from .format.manifest import (
@@ -41,7 +42,7 @@ from .format.manifest import (
 )
 from .manifest_io import refuse_if_dcp
 from .storage import Store, open_store
-from .transfer.write import WrittenFile, write_data_file
+from .transfer.write import ColumnCut, WrittenFile, write_data_file
 
 
 @without_gc
@@ -107,6 +108,8 @@ class PreparedSave:
     codec_spec: CodecSpec
     plan: SavePlan | None = None
     per_rank: list[list[Desc]] | None = None
+    column_cuts: dict[tuple[int, int], ColumnCut] = dataclasses.field(default_factory=dict)
+    """The boxes of this rank that get column checksums, by ``(item_index, box_index)``."""
 
     def shards(self) -> list[tuple[int, int, torch.Tensor]]:
         """This rank's ``(item_index, box_index, tensor)`` to write, in plan order."""
@@ -163,7 +166,28 @@ def prepare_save(
     save_id, tasks = coll.agree_scatter(decide)
     return PreparedSave(save_id=save_id, tasks=tasks, tensors=local["tensors"],
                         codec=local["codec"], codec_spec=local["codec_spec"],
-                        plan=shared.get("plan"), per_rank=shared.get("per_rank"))
+                        plan=shared.get("plan"), per_rank=shared.get("per_rank"),
+                        column_cuts=column_cuts(local["descs"], tasks))
+
+
+def column_cuts(descs: list[Desc], tasks: tuple[tuple[int, int], ...]) -> dict[tuple[int, int], ColumnCut]:
+    """The column segments of each box in ``tasks`` that gets column checksums: two or
+    more dims, over ``config.COLUMN_CHECKSUM_MIN_NBYTES``, crossing a cut of its
+    tensor's width in ``config.column_checksums()`` parts."""
+    parts = config.column_checksums()
+    out: dict[tuple[int, int], ColumnCut] = {}
+    if parts < 2:
+        return out
+    for item_index, box_index in tasks:
+        desc = descs[item_index]
+        if not isinstance(desc, TensorDesc):
+            continue
+        box = desc.boxes[box_index]
+        segs = checked_segments(desc.shape, box.offsets, box.sizes, box.numel * ITEMSIZE[desc.dtype],
+                                parts, config.COLUMN_CHECKSUM_MIN_NBYTES)
+        if segs is not None:
+            out[(item_index, box_index)] = ColumnCut(parts, box.sizes, tuple(segs))
+    return out
 
 
 def write_and_commit(
@@ -182,6 +206,7 @@ def write_and_commit(
             return write_data_file(
                 store, file_name, shards, prepared.codec,
                 frame_raw_nbytes=frame_raw_nbytes, threads=config.io_threads(),
+                column_cuts=prepared.column_cuts,
             )
 
     written = coll.gather_outcomes(write_local)
@@ -385,12 +410,16 @@ def manifest_json(
         offsets = list(map(_OFFSETS, boxes))
         dtypes = list(map(_DTYPE, items))
         codec = {dtype: codec_of(dtype) for dtype in set(dtypes)}
+        first = len(texts)
         texts.extend(chunk_texts(
             codec=map(codec.__getitem__, dtypes), file=file_index,
             frame_raw_nbytes=wf.frame_raw_nbytes, frame_count=wf.frame_count,
             frame_nbytes=wf.frame_nbytes, frame_crc32c=wf.frame_crc32c, nbytes=wf.nbytes,
             offset=wf.offset, offsets=offsets, raw_nbytes=wf.raw_nbytes, sizes=map(_SIZES, boxes),
         ))
+        for chunk, parts, rows, crcs in wf.column_crcs:
+            texts[first + chunk] = with_column_crcs(
+                texts[first + chunk], {"crc32c": list(crcs), "parts": parts, "rows": rows})
         owners.extend(map(position.__getitem__, map(_KEY, items)))
         starts.extend(offsets)
         if numeric:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from .codecs import crc32c, decode_frame, get_codec
 from .codecs.registry import Codec
+from .core.column_checks import segments
 from .errors import CheckpointError, CheckpointNotFoundError
 from .format.manifest import (
     DATA_DIR,
@@ -27,6 +28,7 @@ from .format.manifest import (
 )
 from .manifest_io import load_manifest
 from .storage import Store, open_store
+from .transfer.column_reads import stored_tile_crcs
 
 READ_BATCH_NBYTES = 8 * 1024 * 1024
 """Stored bytes read at once (whole frames; one frame may exceed it)."""
@@ -121,8 +123,10 @@ def verify(path: str | os.PathLike[str], *, progress: Progress | None = None) ->
 def _verify(store: Store, manifest: Manifest, progress: Progress | None) -> VerifyReport:
     tally = _Tally()
     by_file: dict[str, list[tuple[str, Chunk]]] = {}
+    shapes: dict[str, tuple[int, ...]] = {}
     for entry in manifest.entries:
         if isinstance(entry, TensorEntry):
+            shapes[dotted(entry.key)] = entry.shape
             for chunk in entry.chunks:
                 by_file.setdefault(chunk.file, []).append((dotted(entry.key), chunk))
     tally.total = sum(c.nbytes for chunks in by_file.values() for _, c in chunks)
@@ -133,6 +137,8 @@ def _verify(store: Store, manifest: Manifest, progress: Progress | None) -> Veri
         for key, chunk in chunks:
             start = tally.done
             _check_chunk(store, key, chunk, size, tally)
+            if chunk.column_crcs is not None:
+                _check_columns(store, key, chunk, shapes[key], size, tally)
             tally.advance(start + chunk.nbytes - tally.done)  # bytes it could not read count too
         end = max(c.offset + c.nbytes for _, c in chunks)
         if size > end and is_saved_data_file(file):
@@ -191,6 +197,37 @@ def _check_chunk(store: Store, key: str, chunk: Chunk, size: int, tally: _Tally)
         tally.checked += offs[hi] - offs[lo]
         tally.advance(offs[hi] - offs[lo])
         lo = hi
+
+
+def _check_columns(
+    store: Store, key: str, chunk: Chunk, shape: tuple[int, ...], size: int, tally: _Tally
+) -> None:
+    """Check the chunk's column checksums too (column readers check those, not frames);
+    its bytes are read again, a run of rows at a time."""
+    crcs = chunk.column_crcs
+    assert crcs is not None
+    if chunk.offset + chunk.nbytes > size:
+        return  # reported with the frames
+    box = chunk.box
+    n_rows = box.sizes[0]
+    segs = segments(box.offsets[1], box.sizes[1], shape[1], crcs.parts)
+    try:
+        for lo, got in stored_tile_crcs(store, chunk, segs, crcs.rows, batch_nbytes=READ_BATCH_NBYTES):
+            expected = crcs.crc32c[lo * len(segs):lo * len(segs) + len(got)]
+            bad = next((i for i, (a, b) in enumerate(zip(got, expected)) if a != b), None)
+            if bad is not None:
+                run, seg = lo + bad // len(segs), bad % len(segs)
+                tally.damaged.append(Damage(
+                    file=chunk.file, key=key, chunk_offsets=box.offsets,
+                    message=f"the column tile of rows {box.offsets[0] + run * crcs.rows}.."
+                            f"{box.offsets[0] + min((run + 1) * crcs.rows, n_rows)} and columns "
+                            f"{box.offsets[1] + segs[seg][0]}..{box.offsets[1] + segs[seg][1]} "
+                            "fails its CRC-32C check",
+                ))
+                return
+    except CheckpointError as e:
+        tally.damaged.append(Damage(file=chunk.file, key=key, chunk_offsets=box.offsets,
+                                    message=str(e)))
 
 
 def _check_frame(

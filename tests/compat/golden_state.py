@@ -13,15 +13,24 @@ import numpy as np
 import torch
 
 GOLDENS = {"golden_v1": None, "golden_v1_zstd": "zstd", "golden_v1_shuffle_zstd": "zstd",
-           "golden_v1_planes_zstd": "zstd"}
+           "golden_v1_planes_zstd": "zstd", "golden_v1_1_columns": None}
 """Golden folder name -> the ``codec=`` it was saved with. golden_v1_zstd was saved when
 ``"zstd"`` meant plain zstd frames, golden_v1_shuffle_zstd when it meant shuffle-zstd; it
 now means planes-zstd for elements wider than a byte (committed goldens are never
 regenerated)."""
 
 GOLDEN_CODEC_OF_W = {"golden_v1": "identity", "golden_v1_zstd": "zstd",
-                     "golden_v1_shuffle_zstd": "shuffle-zstd", "golden_v1_planes_zstd": "planes-zstd"}
+                     "golden_v1_shuffle_zstd": "shuffle-zstd", "golden_v1_planes_zstd": "planes-zstd",
+                     "golden_v1_1_columns": "identity"}
 """The codec recorded for the chunks of ``model.w`` (float32) in each golden."""
+
+GOLDEN_COLUMN_PARTS = {"golden_v1_1_columns": 3}
+"""Goldens saved with column checksums (format 1.1) on every box of two or more dims, in
+this many parts, with tiles of a few rows (tests/helpers/column_checks.py)."""
+
+
+def format_version(name: str) -> tuple[int, int]:
+    return (1, 1) if name in GOLDEN_COLUMN_PARTS else (1, 0)
 
 FRAME_RAW_NBYTES = 64
 """Tiny frames, so the goldens exercise multi-frame chunks."""

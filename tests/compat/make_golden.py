@@ -20,11 +20,13 @@ def _save(rank: int, world_size: int, path: str, codec: str | None) -> None:
     from torch.distributed.device_mesh import init_device_mesh
 
     import reshard
-    from tests.compat.golden_state import FRAME_RAW_NBYTES, saving_state
+    from tests.compat.golden_state import FRAME_RAW_NBYTES, GOLDEN_COLUMN_PARTS, saving_state
+    from tests.helpers.column_checks import column_checksums_on_small_boxes
 
     os.environ["RESHARD_FRAME_RAW_NBYTES"] = str(FRAME_RAW_NBYTES)
     mesh = init_device_mesh("cpu", (world_size,))
-    reshard.save(saving_state(rank, world_size, mesh), path, codec=codec)
+    with column_checksums_on_small_boxes(GOLDEN_COLUMN_PARTS.get(os.path.basename(path))):
+        reshard.save(saving_state(rank, world_size, mesh), path, codec=codec)
 
 
 def main(argv: list[str]) -> int:

@@ -14,7 +14,16 @@ import torch
 
 import reshard
 
-from .golden_state import GOLDEN_CODEC_OF_W, GOLDENS, full_tensors, nested, numpy_values, plain_values
+from .golden_state import (
+    GOLDEN_CODEC_OF_W,
+    GOLDEN_COLUMN_PARTS,
+    GOLDENS,
+    format_version,
+    full_tensors,
+    nested,
+    numpy_values,
+    plain_values,
+)
 
 HERE = Path(__file__).parent
 MANIFEST_SHA256 = {
@@ -22,6 +31,7 @@ MANIFEST_SHA256 = {
     "golden_v1_zstd": "9d5f5dacec0c061391270e553ab0bd0d29ea5aaa60087191565d77a2d92a7262",
     "golden_v1_shuffle_zstd": "aa1b1eb903f9faebb6ec6e2a1b0e41291de7c016d29d03f6c6acc206718787c7",
     "golden_v1_planes_zstd": "4cf22f5d382c37b87f93339cfcd4dfc837f3f8fef70ae8946edd9a60cf52c2d7",
+    "golden_v1_1_columns": "918a091da1e0efdab684997968a99fbcd203dee88a89841d96f159699eabb11b",
 }
 """Regenerating a golden would hide a format break: its manifest must never change."""
 
@@ -70,10 +80,15 @@ def test_golden_loads_exactly(name: str) -> None:
 def test_golden_open_read_verify(name: str) -> None:
     path = HERE / name
     with reshard.open(path) as ck:
-        assert ck.manifest.format_version == (1, 0)
+        assert ck.manifest.format_version == format_version(name)
+        parts = {c.column_parts for c in ck.info("model.w").chunks}
+        assert parts == {GOLDEN_COLUMN_PARTS.get(name, 0)}
         assert set(ck.keys()) == set(full_tensors()) | set(plain_values()) | set(numpy_values())
         w = full_tensors()["model.w"]
         assert ck.read("model.w", (slice(3, 8), slice(1, 5))).equal(w[3:8, 1:5])  # crosses both chunks
+        # One column part (through its column checksums where the golden has them).
+        assert ck.read("model.w", (slice(None), slice(2, 4))).equal(w[:, 2:4])
+        assert ck.read("f64", (slice(None), slice(1, 2))).equal(full_tensors()["f64"][:, 1:2])
         assert ck.read("model.ids", (2,)).equal(full_tensors()["model.ids"][2])
         assert len(ck.info("model.w").chunks) == 2 and ck.read("optim.state.0.step") == 7
         assert ck.info("model.w").chunks[0].codec == GOLDEN_CODEC_OF_W[name]

@@ -46,8 +46,26 @@ class FrameLike(Protocol):
 def chunk_json(
     offsets: Sequence[int], sizes: Sequence[int], file: int, offset: int, nbytes: int,
     raw_nbytes: int, codec: int, frame_raw_nbytes: int, frames: Sequence[FrameLike],
+    column_crcs: Any = None,
 ) -> str:
-    """The canonical JSON of one chunk (``file`` and ``codec`` are indices; all ints)."""
+    """The canonical JSON of one chunk (``file`` and ``codec`` are indices; all ints;
+    ``column_crcs`` has ``to_json``, or is None)."""
+    text = _chunk_json(offsets, sizes, file, offset, nbytes, raw_nbytes, codec,
+                       frame_raw_nbytes, frames)
+    return text if column_crcs is None else with_column_crcs(text, column_crcs.to_json())
+
+
+def with_column_crcs(text: str, column_crcs: Mapping[str, object]) -> str:
+    """A chunk's canonical text with its ``column_crcs`` member added, in key order
+    (right after ``codec``, the first key)."""
+    head, rest = text.split(",", 1)
+    return f'{head},"column_crcs":{canonical_json(column_crcs)},{rest}'
+
+
+def _chunk_json(
+    offsets: Sequence[int], sizes: Sequence[int], file: int, offset: int, nbytes: int,
+    raw_nbytes: int, codec: int, frame_raw_nbytes: int, frames: Sequence[FrameLike],
+) -> str:
     form = (len(offsets), len(frames))
     template = _TEMPLATES.get(form)
     if template is None:

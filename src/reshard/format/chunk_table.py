@@ -31,7 +31,8 @@ _new_box = fast_constructor(Box)
 class ChunkTable(Sequence[Any]):
     """A read-only sequence of Chunk, equal to the tuple of the same chunks.
 
-    ``make_chunk(box, file, offset, nbytes, raw_nbytes, codec, frame_raw_nbytes, frames)``
+    ``make_chunk(box, file, offset, nbytes, raw_nbytes, codec, frame_raw_nbytes, frames,
+    column_crcs)``
     and ``make_frame(nbytes, crc32c)`` build the objects (format.manifest passes its
     classes' constructors; this module does not import manifest, which imports it).
     """
@@ -116,6 +117,7 @@ class ChunkTable(Sequence[Any]):
         return self._make_chunk(
             _new_box(c.offsets[i], c.sizes[i]), self._files[c.file[i]], c.offset[i], c.nbytes[i],
             c.raw_nbytes[i], self._codecs[c.codec[i]], c.frame_raw_nbytes[i], frames,
+            c.column_crcs.get(i) if c.column_crcs else None,
         )
 
 

@@ -18,9 +18,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import accumulate, chain, repeat
 from operator import add, itemgetter, mul, sub
-from typing import Any
+from typing import Any, Literal
 
 from ..core.layout import is_grid
+from ..errors import CorruptCheckpointError
+from .column_crcs import FIELD as COLUMN_CRCS_FIELD
+from .column_crcs import ColumnCrcs, parse_column_crcs
 from .limits import MAX_DIM_SIZE, MAX_FILE_OFFSET, MAX_FRAME_RAW_NBYTES, MAX_INT
 
 _FIELDS = itemgetter(
@@ -49,6 +52,8 @@ class Columns:
     """Per dim, the sorted start offsets of the grid's cells."""
     by_offsets: dict[tuple[int, ...], int]
     """Each chunk's index by its box's offsets (one cell of the grid each)."""
+    column_crcs: dict[int, ColumnCrcs] | None = None
+    """The chunks that carry column checksums, by index (format.column_crcs)."""
 
 
 def checked_columns(
@@ -96,11 +101,40 @@ def checked_columns(
         return None
     if not identity_ok(codec, identity_codecs, raw, nbytes, frame_raw, frame_nbytes, counts, bounds):
         return None
+    extra = _column_crcs(items, shape, boxes[0], boxes[1], codec, identity_codecs)
+    if extra is False:
+        return None
     return Columns(
         offsets=boxes[0], sizes=boxes[1], file=file, offset=offset, nbytes=nbytes, raw_nbytes=raw,
         codec=codec, frame_raw_nbytes=frame_raw, frame_nbytes=frame_nbytes, frame_crc32c=frame_crc,
-        frame_bounds=bounds, grid_starts=starts, by_offsets=by_offsets,
+        frame_bounds=bounds, grid_starts=starts, by_offsets=by_offsets, column_crcs=extra,
     )
+
+
+_PLAIN_FIELDS = 9  # the fields of a chunk without column_crcs
+
+
+def _column_crcs(
+    items: list[Any], shape: tuple[int, ...], offsets: list[tuple[int, ...]],
+    sizes: list[tuple[int, ...]], codec: Sequence[int], identity_codecs: Sequence[bool],
+) -> dict[int, ColumnCrcs] | None | Literal[False]:
+    """The chunks' valid column checksums by index (None: no chunk has them), or False
+    when one is not valid or a chunk holds other extra fields (the per-chunk checks then
+    word it, or ignore fields a later minor version added)."""
+    if set(map(len, items)) == {_PLAIN_FIELDS}:
+        return None
+    found: dict[int, ColumnCrcs] = {}
+    for i, item in enumerate(items):
+        if len(item) == _PLAIN_FIELDS:
+            continue
+        if len(item) != _PLAIN_FIELDS + 1 or COLUMN_CRCS_FIELD not in item:
+            return False
+        try:
+            found[i] = parse_column_crcs(item[COLUMN_CRCS_FIELD], shape=shape, offsets=offsets[i],
+                                         sizes=sizes[i], identity=identity_codecs[codec[i]], path="")
+        except CorruptCheckpointError:
+            return False
+    return found
 
 
 def _sums(values: list[int], bounds: list[int] | None) -> list[int]:
@@ -236,10 +270,14 @@ def _small_columns(
     if not identity_ok(codec_c, identity_codecs, raw_c, nbytes_c, frame_raw_c, frame_nbytes,
                        counts, bounds):
         return None
+    extra = _column_crcs(items, shape, offsets, sizes, codec_c, identity_codecs)
+    if extra is False:
+        return None
     return Columns(
         offsets=offsets, sizes=sizes, file=file_c, offset=offset_c, nbytes=nbytes_c,
         raw_nbytes=raw_c, codec=codec_c, frame_raw_nbytes=frame_raw_c, frame_nbytes=frame_nbytes,
         frame_crc32c=frame_crc, frame_bounds=bounds, grid_starts=grid[0], by_offsets=grid[1],
+        column_crcs=extra,
     )
 
 

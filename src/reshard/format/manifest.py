@@ -33,6 +33,8 @@ from .canonical import (
 )
 from .chunk_table import ChunkTable
 from .chunks import checked_columns
+from .column_crcs import FIELD as COLUMN_CRCS_FIELD
+from .column_crcs import ColumnCrcs, parse_column_crcs
 from .columnar import ChunkArray, split_chunk_arrays
 from .dtypes import ITEMSIZE
 from .limits import MAX_DIM_SIZE as MAX_DIM_SIZE
@@ -42,7 +44,7 @@ from .limits import MAX_NDIM as MAX_NDIM
 from .values import JsonValue, decode_value
 
 FORMAT_NAME = "reshard"
-FORMAT_VERSION = (1, 0)
+FORMAT_VERSION = (1, 1)
 MANIFEST_NAME = "manifest.json"
 DATA_DIR = "data"
 
@@ -105,6 +107,8 @@ class Chunk:
     codec: CodecSpec
     frame_raw_nbytes: int
     frames: tuple[Frame, ...]
+    column_crcs: ColumnCrcs | None = None
+    """Checksums over column tiles (format 1.1; format.column_crcs), or None."""
 
     def frame_offsets(self) -> list[int]:
         """Stored byte offset of each frame in ``file``, plus the end."""
@@ -188,7 +192,8 @@ class Manifest:
             entries.append(tensor_entry_json(
                 key=e.key, dtype=e.dtype, shape=e.shape, container=e.container,
                 chunks=[chunk_json(c.box.offsets, c.box.sizes, file_index[c.file], c.offset, c.nbytes,
-                                   c.raw_nbytes, codec_index[c.codec], c.frame_raw_nbytes, c.frames)
+                                   c.raw_nbytes, codec_index[c.codec], c.frame_raw_nbytes, c.frames,
+                                   c.column_crcs)
                         for c in e.chunks],
             ))
         return manifest_json(
@@ -533,10 +538,14 @@ def _parse_chunk(
         f.nbytes != min(frame_raw, raw_nbytes - i * frame_raw) for i, f in enumerate(frames)
     ):
         raise _fail(f"{path}.frames", "identity frames must hold exactly their raw bytes")
+    column_crcs = None
+    if COLUMN_CRCS_FIELD in doc:
+        column_crcs = parse_column_crcs(doc[COLUMN_CRCS_FIELD], shape=shape, offsets=offsets,
+                                        sizes=sizes, identity=codec.name == IDENTITY.name, path=path)
     return Chunk(
         box=box, file=files[file_idx], offset=offset,
         nbytes=nbytes, raw_nbytes=raw_nbytes, codec=codec, frame_raw_nbytes=frame_raw,
-        frames=tuple(frames),
+        frames=tuple(frames), column_crcs=column_crcs,
     )
 
 

@@ -11,6 +11,7 @@ Output keys are the dotted flattened names of the source.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import re
 import sys
@@ -41,6 +42,7 @@ from ..progress import ProgressBar
 from ..save import save_tiles
 from ..storage import Store, new_file, open_store
 from ..storage.base import local_path
+from ..transfer.column_reads import column_crcs_of
 from ..transfer.write import encode_frame
 from . import safetensors_io as st
 
@@ -255,6 +257,9 @@ def to_reshard(
                 _write_tensor(source, e, framer, file_name, spec, report, blocks)
                 for e in source.tensors()
             ]
+        parts = config.column_checksums()
+        if parts > 1:
+            entries = [_with_column_crcs(store, e, parts) for e in entries]
         entries.extend(ValueEntry(key=(dotted(v.key),), value=v.value) for v in values)
         manifest = Manifest(save_id=save_id, world_size=1, created_unix_s=time.time(),
                             library_version=__version__, entries=tuple(entries))
@@ -265,6 +270,18 @@ def to_reshard(
         raise
     finally:
         store.close()
+
+
+def _with_column_crcs(store: Store, e: Entry, parts: int) -> Entry:
+    """``e`` with the column checksums a save would give its chunks, from the bytes just
+    written (the framer writes a chunk piece by piece, never holding its rows whole)."""
+    if not isinstance(e, TensorEntry):
+        return e
+    chunks = []
+    for c in e.chunks:
+        crcs = column_crcs_of(store, c, e.shape, parts)
+        chunks.append(c if crcs is None else dataclasses.replace(c, column_crcs=crcs))
+    return dataclasses.replace(e, chunks=tuple(chunks))
 
 
 def _remove_uncommitted(dst: str, file_name: str, created: bool) -> None:

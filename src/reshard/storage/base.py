@@ -61,11 +61,23 @@ class Store(Protocol):
         ...
 
 
-def view_of(store: Store, name: str, offset: int, nbytes: int) -> memoryview | None:
+def view_of(
+    store: Store, name: str, offset: int, nbytes: int, *, counted: int | None = None
+) -> memoryview | None:
     """Bytes of ``name`` without a copy where ``store`` can map them (an optional
-    ``view`` method, local files), else None: the caller reads them instead."""
+    ``view`` method, local files), else None: the caller reads them instead.
+    ``counted``: the bytes of the view the caller will touch (default all of them)."""
     view = getattr(store, "view", None)
-    return None if view is None else view(name, offset, nbytes)
+    if view is None:
+        return None
+    out: memoryview | None = (view(name, offset, nbytes) if counted is None
+                              else view(name, offset, nbytes, counted=counted))
+    return out
+
+
+def can_map(store: Store) -> bool:
+    """Whether ``view_of`` gives views of ``store``'s files (local files, mapped reads on)."""
+    return bool(getattr(store, "maps", False))
 
 
 def is_remote(store: Store) -> bool:

@@ -170,9 +170,15 @@ class LocalStore:
             done += n
         self._count(done)
 
-    def view(self, name: str, offset: int, nbytes: int) -> memoryview | None:
+    @property
+    def maps(self) -> bool:
+        return self._map_reads
+
+    def view(self, name: str, offset: int, nbytes: int, *, counted: int | None = None) -> memoryview | None:
         """Bytes ``[offset, offset + nbytes)`` of ``name`` without a copy, or None when
         mapped reads are off (``RESHARD_MAP_READS=0``) or there is nothing to map.
+        ``counted``: the bytes of it the caller touches (column reads take part of each
+        row), counted as read instead of ``nbytes``.
 
         A piece that is checksummed and then cut (a column of row-major frames) or
         decoded used to be read into a buffer first: a copy of every byte at memory
@@ -190,7 +196,7 @@ class LocalStore:
                 f"data file {self._path(name)} is truncated: needed bytes "
                 f"[{offset}, {offset + nbytes}), the file ends at {len(whole)}"
             )
-        self._count(nbytes, mapped=True)
+        self._count(nbytes if counted is None else counted, mapped=True)
         return whole[offset:offset + nbytes]
 
     def let_go(self, name: str, offset: int, nbytes: int) -> None:

@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -96,6 +97,7 @@ def _fill_own(
     """Read this rank's pieces, but for the (target, chunk) pairs in ``skip``."""
     jobs: list[tuple[Target, ReadPiece, list[int]]] = []
     offsets_cache: dict[int, list[int]] = {}
+    tile_jobs: list[column_reads.TileJob] = []
     for slot, t in enumerate(targets):
         if tuple(t.tensor.shape) != t.box.sizes:
             raise CheckpointError(f"key {t.name!r}: internal error, tensor and box disagree")
@@ -107,11 +109,20 @@ def _fill_own(
         itemsize = t.entry.itemsize
         direct = codec_names(t.entry.chunks) <= {"identity"}
         staged = min(max_piece_nbytes, STAGED_PIECE_NBYTES if direct else ENCODED_PIECE_NBYTES)
+        by_tiles: set[int] = set()
+        if direct:
+            tiles, by_tiles = column_reads.plan_column_reads(store, t, slot, skip)
+            for job in tiles:
+                _check_extent(store, t, job.chunk, job.chunk.offset + job.chunk.nbytes, sizes)
+                stats.bytes_read += job.nbytes
+            # One need per chunk, however many jobs read it.
+            stats.bytes_needed += sum({id(j.chunk): j.need.numel for j in tiles}.values()) * itemsize
+            tile_jobs += tiles
         for piece in plan_reads(
             t.entry.chunks, t.box, itemsize,
             max_piece_nbytes=max_piece_nbytes if direct else staged, max_strided_nbytes=staged,
         ):
-            if skip and (slot, piece.chunk_index) in skip:
+            if (skip and (slot, piece.chunk_index) in skip) or piece.chunk_index in by_tiles:
                 continue
             chunk = t.entry.chunks[piece.chunk_index]
             offs = offsets_cache.setdefault(id(chunk), chunk.frame_offsets())
@@ -123,16 +134,23 @@ def _fill_own(
             )
     groups = group_reads(store, jobs, max_group_nbytes=max_piece_nbytes)
     batches = _batches(groups, stats.bytes_read, threads)
-    if threads <= 1 or len(batches) <= 1:
+    tasks: list[Callable[[], None]] = [partial(_run_batch, store, batch) for batch in batches]
+    tasks += [partial(_run_tiles, store, job) for job in tile_jobs]
+    if threads <= 1 or len(tasks) <= 1:
         try:
-            for batch in batches:
-                _run_batch(store, batch)
+            for task in tasks:
+                task()
         finally:
             _drop_scratch()  # pool threads drop theirs when they exit
     else:
         with ThreadPoolExecutor(max_workers=threads) as pool:
-            for f in [pool.submit(_run_batch, store, batch) for batch in batches]:
+            for f in [pool.submit(task) for task in tasks]:
                 f.result()
+
+
+def _run_tiles(store: Store, job: column_reads.TileJob) -> None:
+    with named_errors(job.target, job.chunk):
+        column_reads.run_tile_job(store, job)
 
 
 def _check_extent(store: Store, target: Target, chunk: Chunk, end: int, sizes: dict[str, int]) -> None:
@@ -381,4 +399,4 @@ def _decode(
     return out
 
 
-from . import exchange  # noqa: E402 - exchange.py builds on this module's helpers
+from . import column_reads, exchange  # noqa: E402 - they build on this module's helpers

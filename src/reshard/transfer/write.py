@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import itertools
+import math
+import threading
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+import numpy as np
 import torch
 
 from ..adapters.tensors import storable, tensor_bytes
 from ..codecs import Codec, bind_codec, crc32c
+from ..core.column_checks import run_count, tile_rows
 from ..core.pickling import slots_reduce
 from ..storage.base import Store, new_file
 from . import device_copy
@@ -60,6 +64,8 @@ class WrittenFile:
     frame_count: tuple[int, ...] = ()
     frame_nbytes: tuple[int, ...] = ()
     frame_crc32c: tuple[int, ...] = ()
+    column_crcs: tuple[tuple[int, int, int, tuple[int, ...]], ...] = ()
+    """``(chunk, parts, rows, crc32c)`` of the chunks that carry column checksums."""
 
     def chunks(self) -> Iterator[WrittenChunk]:
         """The chunks, one record each, in file order."""
@@ -92,6 +98,7 @@ class WrittenColumns:
     frame_count: list[int] = field(default_factory=list)
     frame_nbytes: list[int] = field(default_factory=list)
     frame_crc32c: list[int] = field(default_factory=list)
+    column_crcs: list[tuple[int, int, int, tuple[int, ...]]] = field(default_factory=list)
     end: int = 0
 
     def add(self, item_index: int, box_index: int, raw_nbytes: int,
@@ -116,6 +123,7 @@ class WrittenColumns:
             offset=tuple(self.offset), nbytes=tuple(self.nbytes),
             raw_nbytes=tuple(self.raw_nbytes), frame_count=tuple(self.frame_count),
             frame_nbytes=tuple(self.frame_nbytes), frame_crc32c=tuple(self.frame_crc32c),
+            column_crcs=tuple(self.column_crcs),
         )
 
 
@@ -131,8 +139,12 @@ def write_data_file(
     *,
     frame_raw_nbytes: int,
     threads: int,
+    column_cuts: Mapping[tuple[int, int], ColumnCut] | None = None,
 ) -> WrittenFile:
     """Write each ``(item_index, box_index, tensor)`` to ``name``; durable on return.
+
+    ``column_cuts`` gives the column segments of the boxes that get column checksums
+    (core.column_checks); they are taken for those stored raw and copied to host whole.
 
     A failure removes the partial file, so nothing half-written is left referenced.
     Small chunks are handled inline and coalesced into large writes (per-item thread
@@ -155,15 +167,78 @@ def write_data_file(
                 parts: Iterable[memoryview] = device_copy.pieces(tensor, piece)
             else:
                 parts = (raw,)
+            cut = column_cuts.get((item_index, box_index)) if column_cuts else None
+            tiles = None
+            if (cut is not None and raw is not _STREAMED and chunk_codec.name == "identity"
+                    and len(raw) == math.prod(cut.sizes) * tensor.element_size()):
+                tiles = (cut.parts, *_submit_tile_crcs(pool, raw, cut))
             frames: list[tuple[int, int]] = []
             nbytes = 0
             for part in parts:
                 frames += _write_large(writer, part, _spans(len(part), frame_raw_nbytes),
                                        chunk_codec, pool, threads)
                 nbytes += len(part)
+            if tiles is not None:
+                n_parts, rows, futures = tiles
+                crcs = tuple(itertools.chain.from_iterable(f.result() for f in futures))
+                cols.column_crcs.append((len(cols.item_index), n_parts, rows, crcs))
             cols.add(item_index, box_index, nbytes, frames)
         small.flush()
     return cols.done(name, frame_raw_nbytes)
+
+
+@dataclass(frozen=True, slots=True)
+class ColumnCut:
+    """The column segments ``(lo, hi)`` of a box of ``sizes``, relative to it, for
+    ``parts``."""
+
+    parts: int
+    sizes: tuple[int, ...]
+    segments: tuple[tuple[int, int], ...]
+
+
+TILE_TASK_NBYTES = 8 << 20  # the rows one pool task checksums
+
+
+def _submit_tile_crcs(
+    pool: ThreadPoolExecutor, raw: memoryview, cut: ColumnCut
+) -> tuple[int, list[Future[list[int]]]]:
+    """Start the column checksums of ``raw`` (the C-order bytes of the box): the rows
+    per run, and the futures of the checksums, run after run."""
+    n_rows = cut.sizes[0]
+    row_nbytes = len(raw) // n_rows
+    col_nbytes = row_nbytes // cut.sizes[1]  # one column: every later dim
+    seg_bytes = [(lo * col_nbytes, hi * col_nbytes) for lo, hi in cut.segments]
+    rows = tile_rows(max(hi - lo for lo, hi in seg_bytes))
+    runs = run_count(n_rows, rows)
+    per = max(1, TILE_TASK_NBYTES // max(1, rows * row_nbytes))
+    table = np.frombuffer(raw, dtype=np.uint8).reshape(n_rows, row_nbytes)
+    return rows, [pool.submit(tile_crcs, table, rows, seg_bytes, lo, min(lo + per, runs))
+                  for lo in range(0, runs, per)]
+
+
+_tile_local = threading.local()
+
+
+def tile_crcs(table: np.ndarray, rows: int, seg_bytes: list[tuple[int, int]],
+               run_lo: int, run_hi: int) -> list[int]:
+    """CRC-32C of the tiles of runs ``[run_lo, run_hi)`` of ``table`` (rows of bytes):
+    each copied into a reused buffer of this thread first, since a tile is strided."""
+    out = []
+    for run in range(run_lo, run_hi):
+        block = table[run * rows:(run + 1) * rows]
+        for a, b in seg_bytes:
+            if len(block) == 1:
+                out.append(crc32c(block[0, a:b].data))
+                continue
+            n = len(block) * (b - a)
+            buf = getattr(_tile_local, "buf", None)
+            if buf is None or buf.size < n:
+                buf = _tile_local.buf = np.empty(n, dtype=np.uint8)
+            tile = buf[:n].reshape(len(block), b - a)
+            np.copyto(tile, block[:, a:b])
+            out.append(crc32c(tile.data))
+    return out
 
 
 def _spans(n: int, frame_raw_nbytes: int) -> list[tuple[int, int]]:

@@ -1,0 +1,196 @@
+"""Reads that take some of a chunk's columns, checked against its column checksums.
+
+A destination that holds part of dim 1 (a ``Shard(1)`` of a checkpoint saved by rows)
+needs a part of every row. Checking whole frames read every byte of the chunk; with
+column checksums (core.column_checks) a reader copies only its tiles out of the mapped
+file and checks each tile where it landed, while it is still in cache.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .. import config
+from ..adapters.tensors import torch_dtype
+from ..codecs import crc32c
+from ..core.column_checks import TileRead, checked_segments, plan_tile_reads, run_count, segments, tile_rows
+from ..core.layout import Box, element_span, intersect
+from ..errors import CorruptCheckpointError
+from ..format.chunk_table import touching
+from ..format.column_crcs import ColumnCrcs
+from ..format.manifest import Chunk
+from ..storage.base import Store, can_map, let_go, view_of
+from .read import Target, _bytes_array, _flat, _scratch
+from .write import tile_crcs
+
+READ_NBYTES = 8 << 20
+"""About the rows of a chunk one job maps at a time."""
+
+
+@dataclass(slots=True)
+class TileJob:
+    """Read the tiles ``read`` of ``chunk`` into ``target``, where they meet ``need``."""
+
+    target: Target
+    chunk: Chunk
+    read: TileRead
+    segments: list[tuple[int, int]]
+    need: Box
+
+    @property
+    def nbytes(self) -> int:
+        """The bytes of the tiles read (what the job costs, and what it counts as read)."""
+        box = self.chunk.box
+        col_nbytes = self.chunk.raw_nbytes // (box.sizes[0] * box.sizes[1])
+        rows = self.chunk.column_crcs.rows  # type: ignore[union-attr]
+        lo, hi = self.read.run_lo * rows, min(self.read.run_hi * rows, box.sizes[0])
+        cols = self.segments[self.read.seg_hi - 1][1] - self.segments[self.read.seg_lo][0]
+        return (hi - lo) * cols * col_nbytes
+
+
+def plan_column_reads(
+    store: Store, target: Target, slot: int, skip: set[tuple[int, int]]
+) -> tuple[list[TileJob], set[int]]:
+    """The tile reads of ``target`` from chunks whose column checksums let it read less
+    than whole frames, and the indices of those chunks (the frame path skips them)."""
+    jobs: list[TileJob] = []
+    handled: set[int] = set()
+    entry = target.entry
+    if len(entry.shape) < 2 or not can_map(store):
+        return jobs, handled
+    chunks = entry.chunks
+    for ci in touching(chunks, target.box):
+        chunk = chunks[ci]
+        crcs = chunk.column_crcs
+        if crcs is None or chunk.codec.name != "identity" or (skip and (slot, ci) in skip):
+            continue
+        need = intersect(chunk.box, target.box)
+        if need is None:
+            continue
+        box = chunk.box
+        segs = segments(box.offsets[1], box.sizes[1], entry.shape[1], crcs.parts)
+        row_nbytes = chunk.raw_nbytes // box.sizes[0]
+        rows_lo = need.offsets[0] - box.offsets[0]
+        cols_lo = need.offsets[1] - box.offsets[1]
+        reads = plan_tile_reads(
+            box.sizes[0], crcs.rows, segs, (rows_lo, rows_lo + need.sizes[0]),
+            (cols_lo, cols_lo + need.sizes[1]), max_rows=max(1, READ_NBYTES // row_nbytes),
+        )
+        if reads is None:
+            continue
+        handled.add(ci)
+        jobs.extend(TileJob(target, chunk, r, segs, need) for r in reads)
+    return jobs, handled
+
+
+def run_tile_job(store: Store, job: TileJob) -> None:
+    """Copy the job's tiles into its target and check each one's CRC-32C."""
+    chunk = job.chunk
+    crcs = chunk.column_crcs
+    assert crcs is not None
+    box = chunk.box
+    n_rows, rows = box.sizes[0], crcs.rows
+    row_nbytes = chunk.raw_nbytes // n_rows
+    col_nbytes = row_nbytes // box.sizes[1]
+    first, last = job.read.run_lo * rows, min(job.read.run_hi * rows, n_rows)
+    lo, nbytes = chunk.offset + first * row_nbytes, (last - first) * row_nbytes
+    view = view_of(store, chunk.file, lo, nbytes, counted=job.nbytes)
+    if view is None:  # the store stopped mapping (it never does): a bug, not bad bytes
+        raise CorruptCheckpointError(f"chunk at offsets {list(box.offsets)} in {chunk.file}: "
+                                     "internal error, no mapping for a column read")
+    try:
+        table = np.frombuffer(view, dtype=np.uint8).reshape(last - first, row_nbytes)
+        _copy_tiles(job, table, first, col_nbytes)
+        del table
+    finally:
+        let_go(store, chunk.file, lo, nbytes)
+
+
+def _copy_tiles(job: TileJob, table: np.ndarray, first: int, col_nbytes: int) -> None:
+    chunk, target = job.chunk, job.target
+    crcs = chunk.column_crcs
+    assert crcs is not None
+    box, rows, n_segs = chunk.box, crcs.rows, len(job.segments)
+    dest = target.staging if target.staging is not None else target.tensor
+    src_dtype = torch_dtype(target.entry.dtype)
+    flat = _flat(dest)
+    later = box.sizes[2:]
+    for run in range(job.read.run_lo, job.read.run_hi):
+        a0, a1 = run * rows, min((run + 1) * rows, box.sizes[0])
+        block = table[a0 - first:a1 - first]
+        for s in range(job.read.seg_lo, job.read.seg_hi):
+            c0, c1 = job.segments[s]
+            tile = Box((box.offsets[0] + a0, box.offsets[1] + c0, *box.offsets[2:]),
+                       (a1 - a0, c1 - c0, *later))
+            part = intersect(tile, job.need)
+            src = block[:, c0 * col_nbytes:c1 * col_nbytes]
+            expected = crcs.crc32c[run * n_segs + s]
+            if part is None:
+                continue
+            rel = part.relative_to(target.box)
+            d_lo, d_hi = element_span(target.box.sizes, rel)
+            if part == tile and dest.dtype == src_dtype and d_hi - d_lo == part.numel:
+                # The tile lands contiguous: copy it in place, check it there.
+                out = _bytes_array(flat[d_lo:d_hi]).reshape(src.shape)
+                np.copyto(out, src)
+                _check(chunk, run, s, tile, out, expected)
+                continue
+            staged = _scratch(1, src.size).reshape(src.shape)
+            np.copyto(staged, src)
+            _check(chunk, run, s, tile, staged, expected)
+            values = torch.from_numpy(staged.reshape(-1)).view(src_dtype).view(tile.sizes)
+            dest[rel.slices()].copy_(values[part.relative_to(tile).slices()])
+
+
+def stored_tile_crcs(
+    store: Store, chunk: Chunk, segs: list[tuple[int, int]], rows: int, *, batch_nbytes: int
+) -> Iterator[tuple[int, list[int]]]:
+    """The CRC-32C of the tiles of ``chunk`` (stored raw) for ``segs`` and ``rows``, as
+    ``(first run, checksums of the next runs, run by run)``, reading about
+    ``batch_nbytes`` of rows at a time."""
+    box = chunk.box
+    n_rows = box.sizes[0]
+    row_nbytes = chunk.raw_nbytes // n_rows
+    col_nbytes = row_nbytes // box.sizes[1]
+    seg_bytes = [(lo * col_nbytes, hi * col_nbytes) for lo, hi in segs]
+    runs = run_count(n_rows, rows)
+    per = max(1, batch_nbytes // (rows * row_nbytes))
+    for lo in range(0, runs, per):
+        hi = min(lo + per, runs)
+        first, last = lo * rows, min(hi * rows, n_rows)
+        buf = np.empty((last - first, row_nbytes), dtype=np.uint8)
+        store.read_into(chunk.file, chunk.offset + first * row_nbytes, buf.reshape(-1).data)
+        yield lo, tile_crcs(buf, rows, seg_bytes, 0, hi - lo)
+
+
+def column_crcs_of(store: Store, chunk: Chunk, shape: tuple[int, ...], parts: int) -> ColumnCrcs | None:
+    """The column checksums a save would give ``chunk`` of a tensor of ``shape``, from its
+    stored bytes (reshard convert writes chunks frame by frame, then adds them); None when
+    a save would give it none."""
+    if chunk.codec.name != "identity":
+        return None
+    box = chunk.box
+    segs = checked_segments(shape, box.offsets, box.sizes, chunk.raw_nbytes, parts,
+                            config.COLUMN_CHECKSUM_MIN_NBYTES)
+    if segs is None:
+        return None
+    col_nbytes = chunk.raw_nbytes // (box.sizes[0] * box.sizes[1])
+    rows = tile_rows(max(hi - lo for lo, hi in segs) * col_nbytes)
+    crcs: list[int] = []
+    for _, part in stored_tile_crcs(store, chunk, segs, rows, batch_nbytes=READ_NBYTES):
+        crcs += part
+    return ColumnCrcs(parts=parts, rows=rows, crc32c=tuple(crcs))
+
+
+def _check(chunk: Chunk, run: int, seg: int, tile: Box, data: np.ndarray, expected: int) -> None:
+    if crc32c(data.data) != expected:
+        raise CorruptCheckpointError(
+            f"chunk at offsets {list(chunk.box.offsets)} in {chunk.file}: the column tile of "
+            f"rows {tile.offsets[0]}..{tile.offsets[0] + tile.sizes[0]} and columns "
+            f"{tile.offsets[1]}..{tile.offsets[1] + tile.sizes[1]} (run {run}, segment {seg}) "
+            "fails its CRC-32C check"
+        )
