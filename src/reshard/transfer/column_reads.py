@@ -18,7 +18,7 @@ from .. import config
 from ..adapters.tensors import torch_dtype
 from ..codecs import crc32c
 from ..core.column_checks import TileRead, checked_segments, plan_tile_reads, run_count, segments, tile_rows
-from ..core.layout import Box, element_span, intersect
+from ..core.layout import Box, intersect
 from ..errors import CorruptCheckpointError
 from ..format.chunk_table import touching
 from ..format.column_crcs import ColumnCrcs
@@ -117,33 +117,44 @@ def _copy_tiles(job: TileJob, table: np.ndarray, first: int, col_nbytes: int) ->
     box, rows, n_segs = chunk.box, crcs.rows, len(job.segments)
     dest = target.staging if target.staging is not None else target.tensor
     src_dtype = torch_dtype(target.entry.dtype)
-    flat = _flat(dest)
-    later = box.sizes[2:]
+    need, tbox = job.need, target.box
+    # The needed rows and columns relative to the chunk.
+    n0 = need.offsets[0] - box.offsets[0]
+    n1 = n0 + need.sizes[0]
+    m0 = need.offsets[1] - box.offsets[1]
+    m1 = m0 + need.sizes[1]
+    # A tile inside the need lands contiguous in the destination when the destination's
+    # rows are as wide as the tile (or the tile is one row) and its later dims whole.
+    direct = (dest.dtype == src_dtype and need.sizes[2:] == box.sizes[2:]
+              and tbox.sizes[2:] == box.sizes[2:])
+    dest_bytes = _bytes_array(_flat(dest)) if direct else None
+    dest_row = tbox.sizes[1] * col_nbytes
+    row_shift, col_shift = box.offsets[0] - tbox.offsets[0], box.offsets[1] - tbox.offsets[1]
     for run in range(job.read.run_lo, job.read.run_hi):
         a0, a1 = run * rows, min((run + 1) * rows, box.sizes[0])
         block = table[a0 - first:a1 - first]
         for s in range(job.read.seg_lo, job.read.seg_hi):
             c0, c1 = job.segments[s]
-            tile = Box((box.offsets[0] + a0, box.offsets[1] + c0, *box.offsets[2:]),
-                       (a1 - a0, c1 - c0, *later))
-            part = intersect(tile, job.need)
             src = block[:, c0 * col_nbytes:c1 * col_nbytes]
             expected = crcs.crc32c[run * n_segs + s]
-            if part is None:
-                continue
-            rel = part.relative_to(target.box)
-            d_lo, d_hi = element_span(target.box.sizes, rel)
-            if part == tile and dest.dtype == src_dtype and d_hi - d_lo == part.numel:
-                # The tile lands contiguous: copy it in place, check it there.
-                out = _bytes_array(flat[d_lo:d_hi]).reshape(src.shape)
+            if (dest_bytes is not None and n0 <= a0 and a1 <= n1 and m0 <= c0 and c1 <= m1
+                    and (tbox.sizes[1] == c1 - c0 or a1 - a0 == 1)):
+                # Copy it in place and check it there, while it is in cache.
+                start = (a0 + row_shift) * dest_row + (c0 + col_shift) * col_nbytes
+                out = dest_bytes[start:start + src.size].reshape(src.shape)
                 np.copyto(out, src)
-                _check(chunk, run, s, tile, out, expected)
+                _check(chunk, run, s, a0, a1, c0, c1, out, expected)
                 continue
             staged = _scratch(1, src.size).reshape(src.shape)
             np.copyto(staged, src)
-            _check(chunk, run, s, tile, staged, expected)
+            _check(chunk, run, s, a0, a1, c0, c1, staged, expected)
+            tile = Box((box.offsets[0] + a0, box.offsets[1] + c0, *box.offsets[2:]),
+                       (a1 - a0, c1 - c0, *box.sizes[2:]))
+            part = intersect(tile, need)
+            if part is None:
+                continue
             values = torch.from_numpy(staged.reshape(-1)).view(src_dtype).view(tile.sizes)
-            dest[rel.slices()].copy_(values[part.relative_to(tile).slices()])
+            dest[part.relative_to(tbox).slices()].copy_(values[part.relative_to(tile).slices()])
 
 
 def stored_tile_crcs(
@@ -186,11 +197,12 @@ def column_crcs_of(store: Store, chunk: Chunk, shape: tuple[int, ...], parts: in
     return ColumnCrcs(parts=parts, rows=rows, crc32c=tuple(crcs))
 
 
-def _check(chunk: Chunk, run: int, seg: int, tile: Box, data: np.ndarray, expected: int) -> None:
+def _check(chunk: Chunk, run: int, seg: int, a0: int, a1: int, c0: int, c1: int,
+           data: np.ndarray, expected: int) -> None:
     if crc32c(data.data) != expected:
+        r, c = chunk.box.offsets[0], chunk.box.offsets[1]
         raise CorruptCheckpointError(
             f"chunk at offsets {list(chunk.box.offsets)} in {chunk.file}: the column tile of "
-            f"rows {tile.offsets[0]}..{tile.offsets[0] + tile.sizes[0]} and columns "
-            f"{tile.offsets[1]}..{tile.offsets[1] + tile.sizes[1]} (run {run}, segment {seg}) "
+            f"rows {r + a0}..{r + a1} and columns {c + c0}..{c + c1} (run {run}, segment {seg}) "
             "fails its CRC-32C check"
         )
