@@ -4,10 +4,10 @@
 
 In one process (no process group): saves rank 0's Shard(0) shards of the bench model
 state of a 4-rank save (``--size-gib`` of state, a quarter of it saved) twice, with
-column checksums (``RESHARD_COLUMN_CHECKSUMS=2``, the default) and without (``0``); then,
-taking turns, fills the first half of the columns of every tensor of two or more dims
-(the first half of the rows of the others) from each, warm, and prints the median CPU
-seconds of the fill, its bytes read and the CPU seconds of each save. Every fill is
+column checksums (``RESHARD_COLUMN_CHECKSUMS`` = each of ``--parts``, default 2) and
+without (``0``); then, taking turns, fills the first of ``--of`` (default 2) parts of the
+columns of every tensor of two or more dims (of the rows of the others) from each, warm,
+and prints the median CPU seconds of the fill, its bytes read and the CPU seconds of each save. Every fill is
 checked against the saved values.
 """
 
@@ -21,10 +21,8 @@ import statistics
 import time
 from typing import Any
 
-MODES = {"column checksums": "2", "frames only": "0"}
 
-
-def _targets(manifest: Any) -> list[Any]:
+def _targets(manifest: Any, of: int) -> list[Any]:
     import torch
 
     from reshard.adapters.tensors import torch_dtype
@@ -37,9 +35,9 @@ def _targets(manifest: Any) -> list[Any]:
         if not isinstance(e, TensorEntry):
             continue
         if len(e.shape) >= 2:
-            box = Box((0,) * len(e.shape), (e.shape[0], -(-e.shape[1] // 2), *e.shape[2:]))
+            box = Box((0,) * len(e.shape), (e.shape[0], -(-e.shape[1] // of), *e.shape[2:]))
         else:
-            box = Box((0,), (-(-e.shape[0] // 2),))
+            box = Box((0,), (-(-e.shape[0] // of),))
         out.append(Target(entry=e, box=box, tensor=torch.zeros(box.sizes, dtype=torch_dtype(e.dtype))))
     return out
 
@@ -57,6 +55,10 @@ def main() -> None:
     p.add_argument("--size-gib", type=float, default=1.0)
     p.add_argument("--reps", type=int, default=7)
     p.add_argument("--threads", type=int, default=None, help="fill threads (default: as loads)")
+    p.add_argument("--of", type=int, default=2,
+                   help="the reader holds the first of this many column parts (Shard(1) over as many ranks)")
+    p.add_argument("--parts", default="2",
+                   help="RESHARD_COLUMN_CHECKSUMS values to compare with frames only, comma separated")
     args = p.parse_args()
 
     import torch
@@ -73,21 +75,22 @@ def main() -> None:
     threads = args.threads or config.io_threads()
     specs = _model_specs(args.size_gib)
     saved = {s.name: state.expected(s, state.local_box(s, state.layout("S0", 4), 0)) for s in specs}
-    paths = {mode: os.path.join(args.dir, f"parts{parts}") for mode, parts in MODES.items()}
-    for mode, parts in MODES.items():
+    modes = {f"column checksums in {k}": k for k in args.parts.split(",")} | {"frames only": "0"}
+    paths = {mode: os.path.join(args.dir, f"parts{parts}") for mode, parts in modes.items()}
+    for mode, parts in modes.items():
         shutil.rmtree(paths[mode], ignore_errors=True)
         os.environ["RESHARD_COLUMN_CHECKSUMS"] = parts
         t0 = time.process_time()
         reshard.save(saved, paths[mode])
         print(f"save ({mode}): {time.process_time() - t0:.3f} CPU s")
     os.environ.pop("RESHARD_COLUMN_CHECKSUMS")
-    cpu: dict[str, list[float]] = {m: [] for m in MODES}
+    cpu: dict[str, list[float]] = {m: [] for m in modes}
     read: dict[str, int] = {}
     gc.disable()  # as load does
     for _ in range(args.reps):
-        for mode in MODES:
+        for mode in modes:
             store = open_store(paths[mode])
-            targets = _targets(load_manifest(store))
+            targets = _targets(load_manifest(store), args.of)
             _warm(paths[mode])
             before = store.bytes_read
             t0 = time.process_time()
@@ -99,7 +102,7 @@ def main() -> None:
                 want = saved[t.entry.key[0]][t.box.slices()]
                 assert torch.equal(t.tensor, want), (mode, t.name)
     needed = sum(t.tensor.nbytes for t in targets)
-    for mode in MODES:
+    for mode in modes:
         v = cpu[mode]
         print(f"{mode}: fill median {statistics.median(v):.3f} CPU s (min {min(v):.3f}, max {max(v):.3f}), "
               f"read {read[mode] / needed:.2f}x the {needed >> 20} MiB needed, {threads} threads")

@@ -127,8 +127,9 @@ def _copy_tiles(job: TileJob, table: np.ndarray, first: int, col_nbytes: int) ->
     # rows are as wide as the tile (or the tile is one row) and its later dims whole.
     direct = (dest.dtype == src_dtype and need.sizes[2:] == box.sizes[2:]
               and tbox.sizes[2:] == box.sizes[2:])
-    dest_bytes = _bytes_array(_flat(dest)) if direct else None
     dest_row = tbox.sizes[1] * col_nbytes
+    # The destination as rows of bytes (its later dims are the chunk's).
+    dest_rows = _bytes_array(_flat(dest)).reshape(tbox.sizes[0], dest_row) if direct else None
     row_shift, col_shift = box.offsets[0] - tbox.offsets[0], box.offsets[1] - tbox.offsets[1]
     for run in range(job.read.run_lo, job.read.run_hi):
         a0, a1 = run * rows, min((run + 1) * rows, box.sizes[0])
@@ -137,13 +138,23 @@ def _copy_tiles(job: TileJob, table: np.ndarray, first: int, col_nbytes: int) ->
             c0, c1 = job.segments[s]
             src = block[:, c0 * col_nbytes:c1 * col_nbytes]
             expected = crcs.crc32c[run * n_segs + s]
-            if (dest_bytes is not None and n0 <= a0 and a1 <= n1 and m0 <= c0 and c1 <= m1
-                    and (tbox.sizes[1] == c1 - c0 or a1 - a0 == 1)):
-                # Copy it in place and check it there, while it is in cache.
-                start = (a0 + row_shift) * dest_row + (c0 + col_shift) * col_nbytes
-                out = dest_bytes[start:start + src.size].reshape(src.shape)
-                np.copyto(out, src)
-                _check(chunk, run, s, a0, a1, c0, c1, out, expected)
+            if dest_rows is not None:
+                # The part of the tile the destination takes, relative to the tile.
+                r0, r1 = max(a0, n0), min(a1, n1)
+                k0, k1 = max(c0, m0), min(c1, m1)
+                out = dest_rows[r0 + row_shift:r1 + row_shift,
+                                (k0 + col_shift) * col_nbytes:(k1 + col_shift) * col_nbytes]
+                if (r0, r1, k0, k1) == (a0, a1, c0, c1) and out.flags.c_contiguous:
+                    # Copy it in place and check it there, while it is in cache.
+                    np.copyto(out, src)
+                    _check(chunk, run, s, a0, a1, c0, c1, out, expected)
+                    continue
+                # Narrower than the destination's rows, or only partly needed: checked
+                # in a buffer first.
+                staged = _scratch(1, src.size).reshape(src.shape)
+                np.copyto(staged, src)
+                _check(chunk, run, s, a0, a1, c0, c1, staged, expected)
+                np.copyto(out, staged[r0 - a0:r1 - a0, (k0 - c0) * col_nbytes:(k1 - c0) * col_nbytes])
                 continue
             staged = _scratch(1, src.size).reshape(src.shape)
             np.copyto(staged, src)
