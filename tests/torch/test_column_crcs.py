@@ -314,3 +314,56 @@ def test_async_save_writes_them_too(tmp_path: Path) -> None:
     (chunk,) = _chunks(tmp_path, "t")
     assert chunk["column_crcs"]["crc32c"] == _expected_crcs(full, chunk)
     assert os.path.exists(tmp_path / "manifest.json")
+
+
+def _fill_box(path: Path, key: str, offsets: tuple[int, ...], sizes: tuple[int, ...],
+              dtype: torch.dtype, *, transposed: bool = False) -> torch.Tensor:
+    """Fill one destination box of ``key`` the way a rank's load does (transfer.read.fill)."""
+    from reshard.core.layout import Box
+    from reshard.manifest_io import load_manifest
+    from reshard.storage import open_store
+    from reshard.transfer.read import Target, fill
+
+    store = open_store(str(path))
+    try:
+        entry = next(e for e in load_manifest(store).entries if e.key == (key,))
+        if transposed:  # not contiguous: filled through a staging tensor
+            tensor = torch.zeros(tuple(reversed(sizes)), dtype=dtype).transpose(0, -1)
+        else:
+            tensor = torch.zeros(sizes, dtype=dtype)
+        fill(store, [Target(entry=entry, box=Box(offsets, sizes), tensor=tensor)], threads=2,
+             max_piece_nbytes=16 << 20)
+        return tensor
+    finally:
+        store.close()
+
+
+def test_every_placement_of_a_tile_part_reads_exactly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Destination boxes that take whole tiles, parts of tiles (fewer columns, fewer rows,
+    part of a later dim), in the saved dtype or another one, contiguous or not: each read
+    through the tiles, each exact."""
+    monkeypatch.setenv("RESHARD_COLUMN_CHECKSUMS", "3")
+    g = torch.Generator().manual_seed(3)
+    full2 = torch.randn(700, 1001, generator=g)
+    full3 = torch.randn(400, 301, 5, generator=g).to(torch.bfloat16)  # over 1 MiB
+    reshard.save({"m": full2, "c": full3}, tmp_path)
+    calls = _tile_calls(monkeypatch)
+    boxes2 = [((0, 0), (700, 334)), ((0, 334), (700, 334)), ((0, 668), (700, 333)),  # the parts
+              ((0, 0), (700, 167)), ((0, 500), (700, 168)), ((13, 10), (600, 300)),  # inside parts
+              ((350, 334), (1, 334)), ((699, 0), (1, 700)), ((5, 100), (90, 600))]  # rows, spans
+    for (offsets, sizes) in boxes2:
+        want = full2[offsets[0]:offsets[0] + sizes[0], offsets[1]:offsets[1] + sizes[1]]
+        for dtype in (torch.float32, torch.float64, torch.bfloat16):
+            for transposed in (False, True):
+                got = _fill_box(tmp_path, "m", offsets, sizes, dtype, transposed=transposed)
+                assert torch.equal(got, want.to(dtype)), (offsets, sizes, dtype, transposed)
+    for offsets, sizes in [((0, 0, 0), (400, 101, 5)), ((0, 101, 0), (300, 100, 5)),
+                           ((0, 0, 1), (300, 101, 3)), ((7, 50, 4), (200, 200, 1)),
+                           ((0, 201, 0), (300, 100, 2))]:
+        want = full3[tuple(slice(o, o + s) for o, s in zip(offsets, sizes))]
+        for dtype in (torch.bfloat16, torch.float32):
+            got = _fill_box(tmp_path, "c", offsets, sizes, dtype)
+            assert torch.equal(got, want.to(dtype)), (offsets, sizes, dtype)
+    assert len(calls) >= 40

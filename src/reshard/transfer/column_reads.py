@@ -123,13 +123,16 @@ def _copy_tiles(job: TileJob, table: np.ndarray, first: int, col_nbytes: int) ->
     n1 = n0 + need.sizes[0]
     m0 = need.offsets[1] - box.offsets[1]
     m1 = m0 + need.sizes[1]
-    # A tile inside the need lands contiguous in the destination when the destination's
-    # rows are as wide as the tile (or the tile is one row) and its later dims whole.
-    direct = (dest.dtype == src_dtype and need.sizes[2:] == box.sizes[2:]
-              and tbox.sizes[2:] == box.sizes[2:])
+    # Where the destination's later dims are the chunk's, a tile's part is a run of rows
+    # and columns of the destination seen as a matrix: placed by slicing, as bytes (the
+    # same dtype) or as elements (converted by torch).
+    as_matrix = need.sizes[2:] == box.sizes[2:] and tbox.sizes[2:] == box.sizes[2:]
+    same_dtype = dest.dtype == src_dtype
     dest_row = tbox.sizes[1] * col_nbytes
-    # The destination as rows of bytes (its later dims are the chunk's).
-    dest_rows = _bytes_array(_flat(dest)).reshape(tbox.sizes[0], dest_row) if direct else None
+    dest_rows = (_bytes_array(_flat(dest)).reshape(tbox.sizes[0], dest_row)
+                 if as_matrix and same_dtype else None)
+    dest_elems = dest.view(tbox.sizes[0], -1) if as_matrix and not same_dtype else None
+    inner = col_nbytes // target.entry.itemsize  # elements per column
     row_shift, col_shift = box.offsets[0] - tbox.offsets[0], box.offsets[1] - tbox.offsets[1]
     for run in range(job.read.run_lo, job.read.run_hi):
         a0, a1 = run * rows, min((run + 1) * rows, box.sizes[0])
@@ -159,13 +162,21 @@ def _copy_tiles(job: TileJob, table: np.ndarray, first: int, col_nbytes: int) ->
             staged = _scratch(1, src.size).reshape(src.shape)
             np.copyto(staged, src)
             _check(chunk, run, s, a0, a1, c0, c1, staged, expected)
+            values = torch.from_numpy(staged.reshape(-1)).view(src_dtype)
+            if dest_elems is not None:
+                r0, r1 = max(a0, n0), min(a1, n1)
+                k0, k1 = max(c0, m0), min(c1, m1)
+                matrix = values.view(a1 - a0, (c1 - c0) * inner)
+                dest_elems[r0 + row_shift:r1 + row_shift,
+                           (k0 + col_shift) * inner:(k1 + col_shift) * inner].copy_(
+                    matrix[r0 - a0:r1 - a0, (k0 - c0) * inner:(k1 - c0) * inner])
+                continue
             tile = Box((box.offsets[0] + a0, box.offsets[1] + c0, *box.offsets[2:]),
                        (a1 - a0, c1 - c0, *box.sizes[2:]))
             part = intersect(tile, need)
             if part is None:
                 continue
-            values = torch.from_numpy(staged.reshape(-1)).view(src_dtype).view(tile.sizes)
-            dest[part.relative_to(tbox).slices()].copy_(values[part.relative_to(tile).slices()])
+            dest[part.relative_to(tbox).slices()].copy_(values.view(tile.sizes)[part.relative_to(tile).slices()])
 
 
 def stored_tile_crcs(
