@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -367,3 +368,60 @@ def test_every_placement_of_a_tile_part_reads_exactly(
             got = _fill_box(tmp_path, "c", offsets, sizes, dtype)
             assert torch.equal(got, want.to(dtype)), (offsets, sizes, dtype)
     assert len(calls) >= 40
+
+
+@pytest.mark.parametrize("piece_nbytes", [300 << 10, 1 << 20, 3 << 20])
+def test_tensors_streamed_piece_by_piece_get_them_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, piece_nbytes: int
+) -> None:
+    """CUDA tensors reach the writer in pieces of a reused buffer (transfer.device_copy),
+    cut wherever a piece ends, not where a run of rows does. Here CPU tensors take that
+    path, through one buffer that is scribbled over as soon as the next piece is asked for."""
+    from reshard.transfer import device_copy
+
+    def pieces(tensor: torch.Tensor, piece: int) -> Any:
+        flat = tensor.contiguous().reshape(-1).view(torch.uint8)
+        buf = torch.empty(piece, dtype=torch.uint8)
+        for at in range(0, flat.numel(), piece):
+            part = buf[:min(piece, flat.numel() - at)]
+            part.copy_(flat[at:at + piece])
+            yield part.numpy().data.cast("B")
+            buf.fill_(0xA5)
+
+    from reshard.transfer import write
+
+    streamed: list[int] = []
+
+    def streamable(t: torch.Tensor) -> bool:
+        if t.numel() * t.element_size() <= MIB:
+            return False
+        streamed.append(t.numel())
+        return True
+
+    # Large CPU tensors skip the host paths and take the device path.
+    monkeypatch.setattr(write, "_is_plain_contiguous", lambda t: t.numel() * t.element_size() <= MIB)
+    monkeypatch.setattr(write._CopyRing, "takes", lambda self, t: False)
+    monkeypatch.setattr(device_copy, "streamable", streamable)
+    monkeypatch.setattr(device_copy, "pieces", pieces)
+    monkeypatch.setattr(device_copy, "PIECE_NBYTES", piece_nbytes)
+    checksum = write.tile_crcs
+
+    def late(*args: Any) -> list[int]:  # a writer that moved on would see the scribbles
+        time.sleep(0.005)
+        return checksum(*args)
+
+    monkeypatch.setattr(write, "tile_crcs", late)
+    g = torch.Generator().manual_seed(5)
+    state = {"a": torch.randn(777, 1001, generator=g), "b": torch.randn(50, 30001, generator=g),
+             "c": torch.randn(1, 3 * MIB // 4 + 5, generator=g), "d": torch.randn(4000, 3, 33, generator=g)}
+    reshard.save(state, tmp_path)
+    assert len(streamed) == len(state)
+    for key, full in state.items():
+        (chunk,) = _chunks(tmp_path, key)
+        assert chunk["column_crcs"]["crc32c"] == _expected_crcs(full, chunk), key
+    with reshard.open(tmp_path) as ck:
+        for key, full in state.items():
+            half = -(-full.shape[1] // 2)
+            assert torch.equal(ck.read(key, (slice(None), slice(half, None))), full[:, half:]), key
+            assert torch.equal(ck.read(key), full), key
+    assert reshard.verify(tmp_path).ok

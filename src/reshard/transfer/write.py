@@ -16,7 +16,7 @@ import torch
 
 from ..adapters.tensors import storable, tensor_bytes
 from ..codecs import Codec, bind_codec, crc32c
-from ..core.column_checks import run_count, tile_rows
+from ..core.column_checks import tile_rows
 from ..core.pickling import slots_reduce
 from ..storage.base import Store, new_file
 from . import device_copy
@@ -144,7 +144,7 @@ def write_data_file(
     """Write each ``(item_index, box_index, tensor)`` to ``name``; durable on return.
 
     ``column_cuts`` gives the column segments of the boxes that get column checksums
-    (core.column_checks); they are taken for those stored raw and copied to host whole.
+    (core.column_checks); they are taken for those stored raw.
 
     A failure removes the partial file, so nothing half-written is left referenced.
     Small chunks are handled inline and coalesced into large writes (per-item thread
@@ -168,20 +168,24 @@ def write_data_file(
             else:
                 parts = (raw,)
             cut = column_cuts.get((item_index, box_index)) if column_cuts else None
+            expected = tensor.numel() * tensor.element_size()
             tiles = None
-            if (cut is not None and raw is not _STREAMED and chunk_codec.name == "identity"
-                    and len(raw) == math.prod(cut.sizes) * tensor.element_size()):
-                tiles = (cut.parts, *_submit_tile_crcs(pool, raw, cut))
+            if (cut is not None and chunk_codec.name == "identity"
+                    and expected == math.prod(cut.sizes) * tensor.element_size()
+                    and (raw is _STREAMED or len(raw) == expected)):
+                tiles = _TileChecks(pool, cut, expected)
             frames: list[tuple[int, int]] = []
             nbytes = 0
             for part in parts:
+                if tiles is not None:
+                    tiles.feed(part)
                 frames += _write_large(writer, part, _spans(len(part), frame_raw_nbytes),
                                        chunk_codec, pool, threads)
                 nbytes += len(part)
+                if tiles is not None:
+                    tiles.settle()  # a streamed piece's buffer is reused for the next one
             if tiles is not None:
-                n_parts, rows, futures = tiles
-                crcs = tuple(itertools.chain.from_iterable(f.result() for f in futures))
-                cols.column_crcs.append((len(cols.item_index), n_parts, rows, crcs))
+                cols.column_crcs.append((len(cols.item_index), tiles.parts, tiles.rows, tiles.finish()))
             cols.add(item_index, box_index, nbytes, frames)
         small.flush()
     return cols.done(name, frame_raw_nbytes)
@@ -200,21 +204,59 @@ class ColumnCut:
 TILE_TASK_NBYTES = 8 << 20  # the rows one pool task checksums
 
 
-def _submit_tile_crcs(
-    pool: ThreadPoolExecutor, raw: memoryview, cut: ColumnCut
-) -> tuple[int, list[Future[list[int]]]]:
-    """Start the column checksums of ``raw`` (the C-order bytes of the box): the rows
-    per run, and the futures of the checksums, run after run."""
-    n_rows = cut.sizes[0]
-    row_nbytes = len(raw) // n_rows
-    col_nbytes = row_nbytes // cut.sizes[1]  # one column: every later dim
-    seg_bytes = [(lo * col_nbytes, hi * col_nbytes) for lo, hi in cut.segments]
-    rows = tile_rows(max(hi - lo for lo, hi in seg_bytes))
-    runs = run_count(n_rows, rows)
-    per = max(1, TILE_TASK_NBYTES // max(1, rows * row_nbytes))
-    table = np.frombuffer(raw, dtype=np.uint8).reshape(n_rows, row_nbytes)
-    return rows, [pool.submit(tile_crcs, table, rows, seg_bytes, lo, min(lo + per, runs))
-                  for lo in range(0, runs, per)]
+class _TileChecks:
+    """The column checksums of one chunk, from its C-order bytes fed in order in pieces
+    of any size (a CUDA tensor's arrive piece by piece): whole runs of rows are
+    checksummed on the pool, a run cut by a piece's end waits in a buffer for the rest."""
+
+    def __init__(self, pool: ThreadPoolExecutor, cut: ColumnCut, nbytes: int) -> None:
+        self._pool = pool
+        self.parts = cut.parts
+        self._row = nbytes // cut.sizes[0]
+        col = self._row // cut.sizes[1]  # one column: every later dim
+        self._segs = [(lo * col, hi * col) for lo, hi in cut.segments]
+        self.rows = tile_rows(max(hi - lo for lo, hi in self._segs))
+        self._run = self.rows * self._row
+        self._carry = bytearray()
+        self._futures: list[Future[list[int]]] = []
+        self._crcs: list[int] = []
+
+    def feed(self, data: memoryview) -> None:
+        """Start the checksums of the runs ``data`` completes; ``data`` must stay valid
+        until ``settle``."""
+        if self._carry:
+            take = min(self._run - len(self._carry), len(data))
+            self._carry += data[:take]
+            data = data[take:]
+            if len(self._carry) < self._run:
+                return
+            self._submit(memoryview(bytes(self._carry)))
+            self._carry = bytearray()
+        whole = len(data) // self._run * self._run
+        if whole:
+            self._submit(data[:whole])
+        self._carry += data[whole:]
+
+    def _submit(self, runs_bytes: memoryview) -> None:
+        table = np.frombuffer(runs_bytes, dtype=np.uint8).reshape(-1, self._row)
+        runs = len(table) // self.rows
+        per = max(1, TILE_TASK_NBYTES // self._run)
+        self._futures += [self._pool.submit(tile_crcs, table, self.rows, self._segs, lo,
+                                            min(lo + per, runs)) for lo in range(0, runs, per)]
+
+    def settle(self) -> None:
+        """Wait for the checksums started so far."""
+        for f in self._futures:
+            self._crcs += f.result()
+        self._futures = []
+
+    def finish(self) -> tuple[int, ...]:
+        """Every checksum, run by run (the last run may be shorter)."""
+        self.settle()
+        if self._carry:
+            table = np.frombuffer(bytes(self._carry), dtype=np.uint8).reshape(-1, self._row)
+            self._crcs += tile_crcs(table, self.rows, self._segs, 0, 1)
+        return tuple(self._crcs)
 
 
 _tile_local = threading.local()
