@@ -1,0 +1,147 @@
+"""Column checksums (docs/FORMAT.md 1.1), one process: hostile ``column_crcs`` fields on
+entries of few and of many chunks (the parser's per-chunk and columnar paths must refuse
+the same fields, naming the JSON path), and settings of RESHARD_COLUMN_CHECKSUMS."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+import reshard
+from reshard import config
+from reshard.errors import ConfigError
+from tests.adversarial._state import rewrite_manifest
+from tests.helpers.column_checks import column_checksums_on_small_boxes
+
+
+def _many_chunks(tmp_path: Path, rows: int) -> tuple[Path, torch.Tensor, list[dict[str, Any]]]:
+    """A checkpoint of one (rows, 64) tensor cut in column blocks and row runs, every
+    chunk with column checksums in 64 parts."""
+    full = torch.arange(rows * 64, dtype=torch.float32).reshape(rows, 64)
+    saved = config.COLUMN_TILE_NBYTES, config.COLUMN_TILE_MIN_NBYTES
+    config.COLUMN_TILE_NBYTES, config.COLUMN_TILE_MIN_NBYTES = 2048, 256
+    try:
+        with column_checksums_on_small_boxes(64):
+            reshard.save({"t": full}, tmp_path, column_blocks=4)
+    finally:
+        config.COLUMN_TILE_NBYTES, config.COLUMN_TILE_MIN_NBYTES = saved
+    chunks = json.loads((tmp_path / "manifest.json").read_text())["entries"][0]["chunks"]
+    assert all("column_crcs" in c for c in chunks)
+    return tmp_path, full, chunks
+
+
+def _mutations(cc: dict[str, Any]) -> list[tuple[str, Any, str]]:
+    """(name, new field, the JSON path suffix the refusal names)."""
+    n = len(cc["crc32c"])
+    out: list[tuple[str, Any, str]] = []
+
+    def with_(**kw: Any) -> dict[str, Any]:
+        d = copy.deepcopy(cc)
+        d.update(kw)
+        return d
+
+    for bad in (True, 1, 0, 65537, "64", 64.0, None):
+        out.append((f"parts={bad!r}", with_(parts=bad), "column_crcs.parts"))
+    for bad in (0, -1, True, 2.0, "4", 2**70):
+        out.append((f"rows={bad!r}", with_(rows=bad), "column_crcs.rows"))
+    for name, crcs in (("one more", [*cc["crc32c"], 0]), ("one less", cc["crc32c"][:-1]),
+                       ("empty", []), ("negative", [-1] * n), ("2**32", [2**32] * n),
+                       ("bool", [True] * n), ("float", [1.5] * n), ("str", ["0"] * n),
+                       ("not a list", {"0": 1}), ("null", None)):
+        out.append((f"crc32c {name}", with_(crc32c=crcs), "column_crcs.crc32c"))
+    out.append(("extra key", with_(extra=1), "column_crcs"))
+    out.append(("missing rows", {"crc32c": cc["crc32c"], "parts": cc["parts"]}, "column_crcs"))
+    for bad in (None, [], "x", 3):
+        out.append((f"field {bad!r}", bad, "column_crcs"))
+    return out
+
+
+@pytest.mark.parametrize("rows", [40, 100, 1100], ids=["8 chunks", "over 8", "over 128"])
+def test_every_path_refuses_a_malformed_field_naming_it(tmp_path: Path, rows: int) -> None:
+    path, full, chunks = _many_chunks(tmp_path, rows)
+    n = len(chunks)
+    assert (n <= 8) if rows == 40 else (n > 128) if rows == 1100 else (8 < n < 128)
+    original = (path / "manifest.json").read_bytes()
+    failures = []
+    for at in sorted({0, n // 2, n - 1}):
+        for name, field, where in _mutations(chunks[at]["column_crcs"]):
+            (path / "manifest.json").write_bytes(original)
+            rewrite_manifest(path, lambda doc, at=at, field=field: doc["entries"][0]["chunks"][at]
+                             .update(column_crcs=field))
+            try:
+                reshard.open(path).close()
+                failures.append(f"chunk {at}: {name}: accepted")
+            except reshard.CorruptCheckpointError as e:
+                if f"entries[0].chunks[{at}].{where}" not in str(e):
+                    failures.append(f"chunk {at}: {name}: {e}")
+    (path / "manifest.json").write_bytes(original)
+    assert not failures, "\n".join(failures)
+    with reshard.open(path) as ck:
+        assert torch.equal(ck.read("t", (slice(None), slice(3, 61))), full[:, 3:61])
+
+
+@pytest.mark.parametrize("rows", [40, 100, 1100], ids=["8 chunks", "over 8", "over 128"])
+def test_a_well_formed_but_wrong_field_fails_the_reads_of_its_tiles(tmp_path: Path, rows: int) -> None:
+    """Checksums that parse but do not match the bytes (one changed): a read of those tiles fails naming the tile; reads
+    of other chunks, and of whole rows (frames), still succeed; verify reports it."""
+    path, full, chunks = _many_chunks(tmp_path, rows)
+    n = len(chunks)
+    at = n // 2
+    cc = chunks[at]["column_crcs"]
+    (r0, c0), (nr, nc) = chunks[at]["offsets"], chunks[at]["sizes"]
+    changed = dict(cc, crc32c=[cc["crc32c"][0] ^ 1, *cc["crc32c"][1:]])
+    rewrite_manifest(path, lambda doc: doc["entries"][0]["chunks"][at].update(column_crcs=changed))
+    with reshard.open(path) as ck:
+        with pytest.raises(reshard.CorruptCheckpointError,
+                           match=rf"'t'.*rows {r0}\.\.{r0 + cc['rows']} and columns {c0}\.\.{c0 + 1}\b"):
+            ck.read("t", (slice(r0, r0 + 1), slice(c0, c0 + 1)))
+        # The other tiles of that chunk, and whole rows, read exactly.
+        assert torch.equal(ck.read("t", (slice(r0, r0 + nr), slice(c0 + 1, c0 + nc))),
+                           full[r0:r0 + nr, c0 + 1:c0 + nc])
+        assert torch.equal(ck.read("t", (slice(r0, r0 + nr),)), full[r0:r0 + nr])
+        others = [c for i, c in enumerate(chunks) if i != at]
+        o = others[-1]
+        (a, b), (h, w) = o["offsets"], o["sizes"]
+        assert torch.equal(ck.read("t", (slice(a, a + h), slice(b, b + 1))), full[a:a + h, b:b + 1])
+    report = reshard.verify(path)
+    assert not report.ok and [d.chunk_offsets for d in report.damaged] == [(r0, c0)]
+
+
+@pytest.mark.parametrize("value", ["65537", "-1", "x", "", "2.0"])
+def test_invalid_settings_are_refused_before_anything_is_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    full = torch.arange(300 * 1000, dtype=torch.float32).reshape(300, 1000)
+    reshard.save({"t": full}, tmp_path)
+    before = sorted(p.name for p in (tmp_path / "data").iterdir())
+    monkeypatch.setenv("RESHARD_COLUMN_CHECKSUMS", value)
+    with pytest.raises(ConfigError, match="RESHARD_COLUMN_CHECKSUMS"):
+        reshard.save({"t": full + 1}, tmp_path)
+    with pytest.raises(ConfigError, match="RESHARD_COLUMN_CHECKSUMS"):
+        reshard.async_save({"t": full + 1}, tmp_path).result()
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == before
+    monkeypatch.delenv("RESHARD_COLUMN_CHECKSUMS")
+    got = {"t": torch.zeros(300, 1000)}
+    reshard.load(got, tmp_path)
+    assert torch.equal(got["t"], full)
+
+
+@pytest.mark.parametrize("parts", [0, 1, 2, 64, 65536])
+def test_every_valid_setting_reads_exactly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, parts: int) -> None:
+    full = torch.randn(300, 1000, generator=torch.Generator().manual_seed(parts))
+    monkeypatch.setenv("RESHARD_COLUMN_CHECKSUMS", str(parts))
+    reshard.save({"t": full}, tmp_path)
+    monkeypatch.delenv("RESHARD_COLUMN_CHECKSUMS")
+    with reshard.open(tmp_path) as ck:
+        (info,) = ck.info("t").chunks
+        assert info.column_parts == (parts if parts > 1 else 0)
+        for rows in (slice(None), slice(7, 8), slice(299, 300)):
+            for lo, hi in ((0, 1), (999, 1000), (0, 500), (123, 877), (16, 32), (0, 1000)):
+                assert torch.equal(ck.read("t", (rows, slice(lo, hi))), full[rows, lo:hi]), (rows, lo, hi)
+        assert torch.equal(ck.read("t", (5, 17)), full[5, 17])
+    assert reshard.verify(tmp_path).ok
