@@ -145,3 +145,100 @@ def test_every_valid_setting_reads_exactly(tmp_path: Path, monkeypatch: pytest.M
                 assert torch.equal(ck.read("t", (rows, slice(lo, hi))), full[rows, lo:hi]), (rows, lo, hi)
         assert torch.equal(ck.read("t", (5, 17)), full[5, 17])
     assert reshard.verify(tmp_path).ok
+
+
+def _largest_reads(monkeypatch: pytest.MonkeyPatch, under: list[str]) -> list[int]:
+    """The sizes of the reads from local checkpoints whose folder ends with ``under[0]``."""
+    from reshard.storage.local import LocalStore
+
+    sizes: list[int] = []
+    real = LocalStore.read_into
+
+    def read_into(self: Any, name: str, offset: int, out: Any) -> Any:
+        if str(self.location).endswith(under[0]):
+            sizes.append(memoryview(out).nbytes)
+        return real(self, name, offset, out)
+
+    monkeypatch.setattr(LocalStore, "read_into", read_into)
+    return sizes
+
+
+BATCH = 64 * 1024
+
+
+@pytest.mark.parametrize(("name", "shape", "parts"), [
+    ("many parts: runs of 1.2 MB", (300, 1000), 65536),
+    ("rows wider than a batch", (3, 300_000), 2),
+    ("3-D, 64 parts", (64, 320, 17), 64),
+])
+def test_verify_and_convert_check_tiles_a_batch_at_a_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, shape: tuple[int, ...], parts: int
+) -> None:
+    """Column checksums are checked (verify) and computed (convert) reading about a batch
+    at a time, however long a run of rows is, and still find a damaged byte."""
+    import importlib
+
+    from reshard.interop.convert import convert
+    from reshard.transfer import column_reads
+
+    full = torch.randn(shape, generator=torch.Generator().manual_seed(1))
+    monkeypatch.setenv("RESHARD_COLUMN_CHECKSUMS", str(parts))
+    monkeypatch.setenv("RESHARD_FRAME_RAW_NBYTES", str(BATCH // 4))
+    src = tmp_path / "src"
+    reshard.save({"t": full}, src)
+    saved = json.loads((src / "manifest.json").read_text())["entries"][0]["chunks"][0]["column_crcs"]
+    assert saved["parts"] == parts
+    monkeypatch.setattr(importlib.import_module("reshard.verify"), "READ_BATCH_NBYTES", BATCH)
+    monkeypatch.setattr(column_reads, "READ_NBYTES", BATCH)
+    under = ["src"]
+    sizes = _largest_reads(monkeypatch, under)
+    assert reshard.verify(src).ok
+    assert max(sizes) <= BATCH, max(sizes)
+    # convert computes the same checksums from the bytes it wrote, as boundedly.
+    sizes.clear()
+    under[0] = "dst"
+    convert(str(src), str(tmp_path / "dst"))
+    assert max(sizes) <= BATCH, max(sizes)
+    again = json.loads((tmp_path / "dst" / "manifest.json").read_text())["entries"][0]["chunks"][0]
+    assert again["column_crcs"] == saved
+    # A byte flipped in the last row's last column: verify names that tile.
+    chunk = json.loads((src / "manifest.json").read_text())["entries"][0]["chunks"][0]
+    data = src / "data" / Path(json.loads((src / "manifest.json").read_text())["files"][0]).name
+    at = chunk["offset"] + chunk["raw_nbytes"] - 1
+    with open(data, "r+b") as f:
+        f.seek(at)
+        byte = f.read(1)
+        f.seek(at)
+        f.write(bytes([byte[0] ^ 1]))
+    report = reshard.verify(src)
+    width = shape[1]
+    assert any(f"columns {width - len(torch.chunk(full, parts, dim=1)[-1][0])}..{width}" in d.message
+               for d in report.damaged), report.damaged
+    with reshard.open(src) as ck:
+        assert torch.equal(ck.read("t", (slice(None), slice(0, 1))), full[:, :1])
+        with pytest.raises(reshard.CorruptCheckpointError, match="column tile"):
+            ck.read("t", (slice(None), slice(width - 1, width)))
+
+
+def test_a_manifest_naming_runs_of_any_length_is_checked_a_batch_at_a_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``rows`` far beyond the chunk (one run, well formed) with wrong checksums: verify
+    reports the tiles reading about a batch at a time; reads of them fail."""
+    import importlib
+
+    full = torch.randn(300, 1000, generator=torch.Generator().manual_seed(2))
+    monkeypatch.setenv("RESHARD_FRAME_RAW_NBYTES", str(BATCH // 4))
+    reshard.save({"t": full}, tmp_path)
+    rewrite_manifest(tmp_path, lambda doc: doc["entries"][0]["chunks"][0].update(
+        column_crcs={"crc32c": [0, 0], "parts": 2, "rows": 10**12}))
+    monkeypatch.setattr(importlib.import_module("reshard.verify"), "READ_BATCH_NBYTES", BATCH)
+    sizes = _largest_reads(monkeypatch, [str(tmp_path)])
+    report = reshard.verify(tmp_path)
+    assert [d.chunk_offsets for d in report.damaged] == [(0, 0)]
+    assert "rows 0..300 and columns 0..500" in report.damaged[0].message
+    assert max(sizes) <= BATCH, max(sizes)
+    with reshard.open(tmp_path) as ck:
+        with pytest.raises(reshard.CorruptCheckpointError, match="rows 0..300 and columns 500..1000"):
+            ck.read("t", (slice(None), slice(600, 700)))
+        assert torch.equal(ck.read("t", (slice(5, 9),)), full[5:9])  # frames: whole rows

@@ -162,20 +162,47 @@ def stored_tile_crcs(
 ) -> Iterator[tuple[int, list[int]]]:
     """The CRC-32C of the tiles of ``chunk`` (stored raw) for ``segs`` and ``rows``, as
     ``(first run, checksums of the next runs, run by run)``, reading about
-    ``batch_nbytes`` of rows at a time."""
+    ``batch_nbytes`` at a time.
+
+    A run of rows can be far larger than a batch (many parts make narrow tiles of many
+    rows; one row may be wider than a batch; a manifest names any ``rows``): such a run
+    is read a batch at a time and each tile's checksum carried on across the reads
+    (CRC-32C of a concatenation continues from the CRC of its first part), so that
+    verify and convert never hold more than about a batch."""
     box = chunk.box
     n_rows = box.sizes[0]
     row_nbytes = chunk.raw_nbytes // n_rows
     col_nbytes = row_nbytes // box.sizes[1]
     seg_bytes = [(lo * col_nbytes, hi * col_nbytes) for lo, hi in segs]
     runs = run_count(n_rows, rows)
-    per = max(1, batch_nbytes // (rows * row_nbytes))
-    for lo in range(0, runs, per):
-        hi = min(lo + per, runs)
-        first, last = lo * rows, min(hi * rows, n_rows)
-        buf = np.empty((last - first, row_nbytes), dtype=np.uint8)
-        store.read_into(chunk.file, chunk.offset + first * row_nbytes, buf.reshape(-1).data)
-        yield lo, tile_crcs(buf, rows, seg_bytes, 0, hi - lo)
+    batch_rows = max(1, batch_nbytes // max(1, row_nbytes))
+    if rows <= batch_rows and row_nbytes <= batch_nbytes:
+        per = batch_rows // rows
+        for lo in range(0, runs, per):
+            hi = min(lo + per, runs)
+            first, last = lo * rows, min(hi * rows, n_rows)
+            buf = np.empty((last - first, row_nbytes), dtype=np.uint8)
+            store.read_into(chunk.file, chunk.offset + first * row_nbytes, buf.reshape(-1).data)
+            yield lo, tile_crcs(buf, rows, seg_bytes, 0, hi - lo)
+        return
+    for run in range(runs):
+        running = [0] * len(seg_bytes)
+        for row_lo in range(run * rows, min((run + 1) * rows, n_rows), batch_rows):
+            row_hi = min(row_lo + batch_rows, (run + 1) * rows, n_rows)
+            base = chunk.offset + row_lo * row_nbytes
+            if row_hi - row_lo > 1 or row_nbytes <= batch_nbytes:
+                buf = np.empty((row_hi - row_lo, row_nbytes), dtype=np.uint8)
+                store.read_into(chunk.file, base, buf.reshape(-1).data)
+                for i, (a, b) in enumerate(seg_bytes):
+                    running[i] = crc32c(np.ascontiguousarray(buf[:, a:b]).data, running[i])
+                continue
+            # One row wider than a batch: each segment is contiguous; read it in pieces.
+            for i, (a, b) in enumerate(seg_bytes):
+                for p in range(a, b, batch_nbytes):
+                    piece = np.empty(min(batch_nbytes, b - p), dtype=np.uint8)
+                    store.read_into(chunk.file, base + p, piece.data)
+                    running[i] = crc32c(piece.data, running[i])
+        yield run, running
 
 
 def column_crcs_of(store: Store, chunk: Chunk, shape: tuple[int, ...], parts: int) -> ColumnCrcs | None:
