@@ -242,3 +242,65 @@ def test_a_manifest_naming_runs_of_any_length_is_checked_a_batch_at_a_time(
         with pytest.raises(reshard.CorruptCheckpointError, match="rows 0..300 and columns 500..1000"):
             ck.read("t", (slice(None), slice(600, 700)))
         assert torch.equal(ck.read("t", (slice(5, 9),)), full[5:9])  # frames: whole rows
+
+
+def _fill_columns(path: Path, lo: int, hi: int, dtype: torch.dtype) -> torch.Tensor:
+    """Columns ``[lo, hi)`` of "t" read into a destination of ``dtype`` (what a load into
+    a converted Shard(1) does), through the read path directly."""
+    from reshard.core.layout import Box
+    from reshard.transfer.read import Target, fill
+
+    with reshard.open(path) as ck:
+        entry = ck._entry("t")  # type: ignore[attr-defined]
+        shape = entry.shape
+        box = Box((0, lo, *[0] * (len(shape) - 2)), (shape[0], hi - lo, *shape[2:]))
+        dest = torch.zeros(box.sizes, dtype=dtype)
+        fill(ck._store, [Target(entry=entry, box=box, tensor=dest)], threads=2,  # type: ignore[attr-defined]
+             max_piece_nbytes=1 << 20)
+    return dest
+
+
+@pytest.mark.parametrize(("name", "shape", "parts"), [
+    ("rows wider than the stage", (3, 300_000), 2),
+    ("tiles of many rows", (700, 1000), 2),
+    ("3-D", (64, 320, 17), 3),
+])
+def test_tiles_converted_on_the_way_are_staged_in_bounded_pieces(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, shape: tuple[int, ...], parts: int
+) -> None:
+    """A column read into a destination of another dtype stages a tile at most
+    STAGE_NBYTES at a time, exactly, and still fails on a damaged byte of the tile."""
+    from reshard.transfer import column_reads
+
+    full = torch.randn(shape, generator=torch.Generator().manual_seed(3))
+    monkeypatch.setenv("RESHARD_COLUMN_CHECKSUMS", str(parts))
+    reshard.save({"t": full}, tmp_path)
+    monkeypatch.delenv("RESHARD_COLUMN_CHECKSUMS")
+    limit = 16 * 1024
+    monkeypatch.setattr(column_reads, "STAGE_NBYTES", limit)
+    staged: list[int] = []
+    real = column_reads._scratch
+
+    def scratch(slot: int, nbytes: int) -> Any:
+        staged.append(nbytes)
+        return real(slot, nbytes)
+
+    monkeypatch.setattr(column_reads, "_scratch", scratch)
+    width = shape[1]
+    first = len(torch.chunk(full, parts, dim=1)[0][0])
+    for lo, hi in ((0, first), (first, width), (1, 2), (first - 1, first + 1)):
+        got = _fill_columns(tmp_path, lo, hi, torch.float64)
+        assert torch.equal(got, full[:, lo:hi].double()), (lo, hi)
+    assert staged and max(staged) <= limit, max(staged)
+    # The last byte of the chunk (last row, last column) damaged: its tile fails.
+    doc = json.loads((tmp_path / "manifest.json").read_text())
+    chunk = doc["entries"][0]["chunks"][0]
+    with open(tmp_path / doc["files"][chunk["file"]], "r+b") as f:
+        f.seek(chunk["offset"] + chunk["raw_nbytes"] - 1)
+        byte = f.read(1)
+        f.seek(chunk["offset"] + chunk["raw_nbytes"] - 1)
+        f.write(bytes([byte[0] ^ 4]))
+    last = width - len(torch.chunk(full, parts, dim=1)[-1][0])
+    with pytest.raises(reshard.CorruptCheckpointError, match=rf"'t'.*columns {last}\.\.{width} "):
+        _fill_columns(tmp_path, first, width, torch.float64)
+    assert torch.equal(_fill_columns(tmp_path, 0, first, torch.float64), full[:, :first].double())

@@ -145,16 +145,60 @@ def _copy_tiles(job: TileJob, table: np.ndarray, first: int, col_nbytes: int) ->
                 np.copyto(out, src)
                 _check(chunk, run, s, a0, a1, c0, c1, out, expected)
                 continue
-            staged = _scratch(1, src.size).reshape(src.shape)
-            np.copyto(staged, src)
-            _check(chunk, run, s, a0, a1, c0, c1, staged, expected)
-            tile = Box((box.offsets[0] + a0, box.offsets[1] + c0, *box.offsets[2:]),
-                       (a1 - a0, c1 - c0, *box.sizes[2:]))
-            part = intersect(tile, need)
-            if part is None:
-                continue
-            values = torch.from_numpy(staged.reshape(-1)).view(src_dtype).view(tile.sizes)
-            dest[part.relative_to(tbox).slices()].copy_(values[part.relative_to(tile).slices()])
+            _stage_tile(job, table, first, col_nbytes, run, s, dest, src_dtype, expected)
+
+
+STAGE_NBYTES = 4 << 20
+"""The most bytes of a tile staged at once where it cannot be copied into place."""
+
+
+def _stage_tile(job: TileJob, table: np.ndarray, first: int, col_nbytes: int, run: int, s: int,
+                dest: torch.Tensor, src_dtype: torch.dtype, expected: int) -> None:
+    """Copy the needed part of tile ``(run, s)`` into ``dest`` through this thread's
+    scratch buffer, in pieces of at most ``STAGE_NBYTES`` (whole rows of the segment, or
+    columns of one row), checking the tile's CRC-32C carried across the pieces.
+
+    A tile has no bound of its own (one row of a very wide tensor; a manifest may name
+    runs of any length): staged whole, it cost memory the frame path never takes."""
+    chunk, need, tbox = job.chunk, job.need, job.target.box
+    rows = chunk.column_crcs.rows  # type: ignore[union-attr]
+    box = chunk.box
+    a0, a1 = run * rows, min((run + 1) * rows, box.sizes[0])
+    c0, c1 = job.segments[s]
+    crc = 0
+    for r0, r1, k0, k1 in _pieces(a0, a1, c0, c1, col_nbytes, STAGE_NBYTES):
+        src = table[r0 - first:r1 - first, k0 * col_nbytes:k1 * col_nbytes]
+        staged = _scratch(1, src.size).reshape(src.shape)
+        np.copyto(staged, src)
+        crc = crc32c(staged.data, crc)
+        piece = Box((box.offsets[0] + r0, box.offsets[1] + k0, *box.offsets[2:]),
+                    (r1 - r0, k1 - k0, *box.sizes[2:]))
+        part = intersect(piece, need)
+        if part is None:
+            continue
+        values = torch.from_numpy(staged.reshape(-1)).view(src_dtype).view(piece.sizes)
+        dest[part.relative_to(tbox).slices()].copy_(values[part.relative_to(piece).slices()])
+    if crc != expected:
+        raise _tile_error(chunk, run, s, a0, a1, c0, c1)
+
+
+def _pieces(a0: int, a1: int, c0: int, c1: int, col_nbytes: int, limit: int
+            ) -> Iterator[tuple[int, int, int, int]]:
+    """Rows ``[a0, a1)`` x columns ``[c0, c1)`` in C order, as pieces ``(r0, r1, k0, k1)``
+    of at most ``limit`` bytes: runs of whole rows, or runs of columns of one row (at
+    least one column)."""
+    seg_nbytes = (c1 - c0) * col_nbytes
+    if (a1 - a0) * seg_nbytes <= limit:
+        yield a0, a1, c0, c1
+    elif seg_nbytes <= limit:
+        step = limit // seg_nbytes
+        for r in range(a0, a1, step):
+            yield r, min(r + step, a1), c0, c1
+    else:
+        step = max(1, limit // col_nbytes)
+        for r in range(a0, a1):
+            for k in range(c0, c1, step):
+                yield r, r + 1, k, min(k + step, c1)
 
 
 def stored_tile_crcs(
@@ -227,9 +271,14 @@ def column_crcs_of(store: Store, chunk: Chunk, shape: tuple[int, ...], parts: in
 def _check(chunk: Chunk, run: int, seg: int, a0: int, a1: int, c0: int, c1: int,
            data: np.ndarray, expected: int) -> None:
     if crc32c(data.data) != expected:
-        r, c = chunk.box.offsets[0], chunk.box.offsets[1]
-        raise CorruptCheckpointError(
-            f"chunk at offsets {list(chunk.box.offsets)} in {chunk.file}: the column tile of "
-            f"rows {r + a0}..{r + a1} and columns {c + c0}..{c + c1} (run {run}, segment {seg}) "
-            "fails its CRC-32C check"
-        )
+        raise _tile_error(chunk, run, seg, a0, a1, c0, c1)
+
+
+def _tile_error(chunk: Chunk, run: int, seg: int, a0: int, a1: int, c0: int, c1: int
+                ) -> CorruptCheckpointError:
+    r, c = chunk.box.offsets[0], chunk.box.offsets[1]
+    return CorruptCheckpointError(
+        f"chunk at offsets {list(chunk.box.offsets)} in {chunk.file}: the column tile of "
+        f"rows {r + a0}..{r + a1} and columns {c + c0}..{c + c1} (run {run}, segment {seg}) "
+        "fails its CRC-32C check"
+    )
