@@ -231,8 +231,23 @@ def damage(rank: int, world: int, root: str) -> list[Problem]:
     dist.broadcast_object_list(names, src=0)
     bad_file = names[0]
     dst = {"w": distribute_tensor(torch.zeros(64, 40), mesh, [Shard(1)])}
-    p += _agreed(rank, "damaged tile, Shard(1)", lambda: reshard.load(dst, path),
-                 reshard.CorruptCheckpointError, ["'w'", os.path.basename(bad_file), "20..30"])
+    for env in ({}, {"RESHARD_EXCHANGE_READS": "1", "RESHARD_EXCHANGE_MIN_NBYTES": "1"}):
+        os.environ.update(env)
+        try:
+            p += _agreed(rank, f"damaged tile, Shard(1) {env}", lambda: reshard.load(dst, path),
+                         reshard.CorruptCheckpointError, ["'w'", os.path.basename(bad_file)])
+        finally:
+            for k in env:
+                del os.environ[k]
+    # Without cooperative reads, the rank reading the tile names it.
+    if rank == 2:
+        try:
+            with reshard.open(path) as ck:
+                ck.read("w", (slice(None), slice(20, 30)))
+            p.append(("damaged tile, read", rank, "no error"))
+        except reshard.CorruptCheckpointError as e:
+            if "'w'" not in str(e) or "and columns 20..30" not in str(e):
+                p.append(("damaged tile, read", rank, f"tile not named: {e}"))
     # Reads of other columns, or of rows of other chunks, never touch the damaged tile.
     try:
         with reshard.open(path) as ck:
