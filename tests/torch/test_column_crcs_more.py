@@ -304,3 +304,58 @@ def test_tiles_converted_on_the_way_are_staged_in_bounded_pieces(
     with pytest.raises(reshard.CorruptCheckpointError, match=rf"'t'.*columns {last}\.\.{width} "):
         _fill_columns(tmp_path, first, width, torch.float64)
     assert torch.equal(_fill_columns(tmp_path, 0, first, torch.float64), full[:, :first].double())
+
+
+def _tile_crcs_of(full: torch.Tensor, chunk: dict[str, Any]) -> list[int]:
+    """The tile checksums of ``chunk`` of ``full``, from torch.chunk and the values."""
+    import crc32c
+    import numpy as np
+
+    cc = chunk["column_crcs"]
+    box = full[tuple(slice(o, o + s) for o, s in zip(chunk["offsets"], chunk["sizes"]))]
+    (c0, nc) = chunk["offsets"][1], chunk["sizes"][1]
+    starts = np.cumsum([0] + [p.shape[1] for p in torch.chunk(full, cc["parts"], dim=1)])
+    bounds = [0, *[int(s) - c0 for s in starts if c0 < s < c0 + nc], nc]
+    return [crc32c.crc32c(box[a:a + cc["rows"], lo:hi].contiguous().view(-1).view(torch.uint8)
+                          .numpy().tobytes())
+            for a in range(0, chunk["sizes"][0], cc["rows"]) for lo, hi in zip(bounds[:-1], bounds[1:])]
+
+
+@pytest.mark.parametrize("blocks", [1, 2, 3])
+def test_convert_from_dcp_and_from_reshard_writes_exact_tile_checksums(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, blocks: int
+) -> None:
+    import warnings
+
+    import torch.distributed.checkpoint as dcp
+
+    from reshard.cli import main
+
+    g = torch.Generator().manual_seed(blocks)
+    state = {"w": torch.randn(700, 1001, generator=g),
+             "c": torch.randn(500, 301, generator=g, dtype=torch.complex64),
+             "e": torch.randint(0, 1000, (300, 7, 130), generator=g)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dcp.save(state, checkpoint_id=str(tmp_path / "dcp"))
+    monkeypatch.setenv("RESHARD_COLUMN_CHECKSUMS", "3")
+    assert main(["convert", str(tmp_path / "dcp"), str(tmp_path / "r1"), "--quiet",
+                 "--column-blocks", str(blocks)]) == 0
+    assert main(["convert", str(tmp_path / "r1"), str(tmp_path / "r2"), "--quiet"]) == 0
+    for out in ("r1", "r2"):
+        doc = json.loads((tmp_path / out / "manifest.json").read_text())
+        checked = 0
+        for e in doc["entries"]:
+            for c in e.get("chunks", []):
+                if "column_crcs" in c:
+                    checked += 1
+                    assert c["column_crcs"]["parts"] == 3
+                    assert c["column_crcs"]["crc32c"] == _tile_crcs_of(state[e["key"][0]], c), (out, e["key"])
+        # Blocks cut where the 3 parts are cut: no chunk crosses a cut, none carries them.
+        assert bool(checked) == (blocks != 3), out
+        with reshard.open(tmp_path / out) as ck:
+            for k, v in state.items():
+                w = v.shape[1]
+                for lo, hi in ((0, w // 3), (w // 3, w), (w - 1, w), (1, w - 1)):
+                    assert torch.equal(ck.read(k, (slice(None), slice(lo, hi))), v[:, lo:hi]), (out, k, lo, hi)
+        assert reshard.verify(tmp_path / out).ok
