@@ -359,3 +359,25 @@ def test_convert_from_dcp_and_from_reshard_writes_exact_tile_checksums(
                 for lo, hi in ((0, w // 3), (w // 3, w), (w - 1, w), (1, w - 1)):
                     assert torch.equal(ck.read(k, (slice(None), slice(lo, hi))), v[:, lo:hi]), (out, k, lo, hi)
         assert reshard.verify(tmp_path / out).ok
+
+
+@pytest.mark.parametrize("rows", [40, 100, 1100], ids=["8 chunks", "over 8", "over 128"])
+def test_the_field_on_a_compressed_chunk_is_refused_on_every_path(tmp_path: Path, rows: int) -> None:
+    full = torch.arange(rows * 64, dtype=torch.float32).reshape(rows, 64)
+    saved = config.COLUMN_TILE_NBYTES, config.COLUMN_TILE_MIN_NBYTES
+    config.COLUMN_TILE_NBYTES, config.COLUMN_TILE_MIN_NBYTES = 2048, 256
+    try:
+        reshard.save({"t": full}, tmp_path, column_blocks=4, codec="zstd")
+    finally:
+        config.COLUMN_TILE_NBYTES, config.COLUMN_TILE_MIN_NBYTES = saved
+    chunks = json.loads((tmp_path / "manifest.json").read_text())["entries"][0]["chunks"]
+    at = len(chunks) - 1
+    (nr, nc) = chunks[at]["sizes"]
+    # A field that would be well formed on a raw chunk crossing the cut at column 32.
+    c0 = chunks[at]["offsets"][1]
+    segs = 2 if c0 < 32 < c0 + nc else 1
+    field = {"crc32c": [0] * nr * segs, "parts": 2, "rows": 1}
+    rewrite_manifest(tmp_path, lambda doc: doc["entries"][0]["chunks"][at].update(column_crcs=field))
+    with pytest.raises(reshard.CorruptCheckpointError,
+                       match=rf"entries\[0\]\.chunks\[{at}\]\.column_crcs: only chunks stored raw"):
+        reshard.open(tmp_path)
