@@ -381,3 +381,71 @@ def test_the_field_on_a_compressed_chunk_is_refused_on_every_path(tmp_path: Path
     with pytest.raises(reshard.CorruptCheckpointError,
                        match=rf"entries\[0\]\.chunks\[{at}\]\.column_crcs: only chunks stored raw"):
         reshard.open(tmp_path)
+
+
+def test_random_boxes_of_random_layouts_read_exactly_and_never_pass_a_damaged_element(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Random shapes (2-D to 4-D), parts, dtypes, destination boxes and dtypes, staging
+    limits down to one byte (pieces of one column), tiles of a few bytes: every read is
+    exact; then one stored byte is flipped and every read whose box holds that element
+    fails (through tiles or frames); the others read exactly or fail."""
+    import random
+
+    from reshard.core.layout import Box
+    from reshard.transfer import column_reads
+    from reshard.transfer.read import Target, fill
+
+    rng = random.Random(11)
+    problems = []
+    for it in range(60):
+        ndim = rng.choice([2, 2, 3, 4])
+        shape = tuple(rng.randint(1, 9) for _ in range(ndim))
+        parts = rng.choice([2, 3, 4, 5, 16])
+        dtype = rng.choice([torch.float32, torch.int16, torch.bool, torch.float64, torch.bfloat16])
+        full = torch.arange(torch.Size(shape).numel()).reshape(shape)
+        full = (full % 2 == 0) if dtype == torch.bool else (full % 200).to(dtype)
+        path = tmp_path / str(it)
+        monkeypatch.setattr(column_reads, "STAGE_NBYTES", rng.choice([1, 7, 64, 4 << 20]))
+        with column_checksums_on_small_boxes(parts):
+            reshard.save({"t": full}, path)
+        boxes = []
+        for _ in range(12):
+            lo = [rng.randint(0, s - 1) for s in shape]
+            boxes.append(Box(tuple(lo), tuple(rng.randint(1, s - a) for a, s in zip(lo, shape))))
+        doc = json.loads((path / "manifest.json").read_text())
+        chunk = doc["entries"][0]["chunks"][0]
+        element = [rng.randrange(s) for s in shape]
+        for damaged in (False, True):
+            if damaged:
+                # The chunk is the whole tensor (one process): flip one byte of one element.
+                flat = 0
+                for i, s in zip(element, shape):
+                    flat = flat * s + i
+                at = chunk["offset"] + flat * full.element_size()
+                with open(path / doc["files"][chunk["file"]], "r+b") as f:
+                    f.seek(at)
+                    byte = f.read(1)
+                    f.seek(at)
+                    f.write(bytes([byte[0] ^ 1]))
+            with reshard.open(path) as ck:
+                entry = ck._entry("t")  # type: ignore[attr-defined]
+                for box in boxes:
+                    holds = all(o <= e < o + s for e, o, s in zip(element, box.offsets, box.sizes))
+                    for ddt in (full.dtype, torch.float64):
+                        dest = torch.zeros(box.sizes, dtype=ddt)
+                        tag = (shape, parts, dtype, ddt, box, damaged)
+                        try:
+                            fill(ck._store, [Target(entry=entry, box=box, tensor=dest)],  # type: ignore[attr-defined]
+                                 threads=rng.choice([1, 3]), max_piece_nbytes=1 << 20)
+                        except reshard.CorruptCheckpointError:
+                            # A read of other elements of the damaged tile or frame
+                            # fails too: checks cover whole tiles and frames.
+                            if not damaged:
+                                problems.append((tag, "refused"))
+                            continue
+                        if damaged and holds:
+                            problems.append((tag, "a damaged element passed"))
+                        elif not torch.equal(dest, full[box.slices()].to(ddt)):
+                            problems.append((tag, "values differ"))
+    assert not problems, "\n".join(map(str, problems[:20]))
