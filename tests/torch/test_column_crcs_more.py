@@ -87,8 +87,9 @@ def test_every_path_refuses_a_malformed_field_naming_it(tmp_path: Path, rows: in
 
 @pytest.mark.parametrize("rows", [40, 100, 1100], ids=["8 chunks", "over 8", "over 128"])
 def test_a_well_formed_but_wrong_field_fails_the_reads_of_its_tiles(tmp_path: Path, rows: int) -> None:
-    """Checksums that parse but do not match the bytes (one changed): a read of those tiles fails naming the tile; reads
-    of other chunks, and of whole rows (frames), still succeed; verify reports it."""
+    """Checksums that parse but do not match the bytes (one changed): a read of that
+    tile fails naming it; reads of other chunks, and of whole rows (frames), still
+    succeed; verify reports it."""
     path, full, chunks = _many_chunks(tmp_path, rows)
     n = len(chunks)
     at = n // 2
@@ -106,7 +107,7 @@ def test_a_well_formed_but_wrong_field_fails_the_reads_of_its_tiles(tmp_path: Pa
         assert torch.equal(ck.read("t", (slice(r0, r0 + nr),)), full[r0:r0 + nr])
         others = [c for i, c in enumerate(chunks) if i != at]
         o = others[-1]
-        (a, b), (h, w) = o["offsets"], o["sizes"]
+        (a, b), (h, _) = o["offsets"], o["sizes"]
         assert torch.equal(ck.read("t", (slice(a, a + h), slice(b, b + 1))), full[a:a + h, b:b + 1])
     report = reshard.verify(path)
     assert not report.ok and [d.chunk_offsets for d in report.damaged] == [(r0, c0)]
@@ -132,7 +133,9 @@ def test_invalid_settings_are_refused_before_anything_is_written(
 
 
 @pytest.mark.parametrize("parts", [0, 1, 2, 64, 65536])
-def test_every_valid_setting_reads_exactly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, parts: int) -> None:
+def test_every_valid_setting_reads_exactly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, parts: int
+) -> None:
     full = torch.randn(300, 1000, generator=torch.Generator().manual_seed(parts))
     monkeypatch.setenv("RESHARD_COLUMN_CHECKSUMS", str(parts))
     reshard.save({"t": full}, tmp_path)
@@ -357,7 +360,8 @@ def test_convert_from_dcp_and_from_reshard_writes_exact_tile_checksums(
             for k, v in state.items():
                 w = v.shape[1]
                 for lo, hi in ((0, w // 3), (w // 3, w), (w - 1, w), (1, w - 1)):
-                    assert torch.equal(ck.read(k, (slice(None), slice(lo, hi))), v[:, lo:hi]), (out, k, lo, hi)
+                    got = ck.read(k, (slice(None), slice(lo, hi)))
+                    assert torch.equal(got, v[:, lo:hi]), (out, k, lo, hi)
         assert reshard.verify(tmp_path / out).ok
 
 
