@@ -133,6 +133,9 @@ def prepare_save(
             raise opening
         local["codec"], local["codec_spec"] = resolve_codec(codec_arg)
         blocks = config.column_blocks(column_blocks)
+        # Read here, in the agreed step: a bad value on one rank raised after it left
+        # the other ranks waiting for that rank's data file.
+        local["column_parts"] = config.column_checksums()
         described = [describe(key, leaf) for key, leaf in flatten(state_dict)]
         if blocks > 1:
             described = [in_column_blocks(d, t, blocks) for d, t in described]
@@ -167,14 +170,15 @@ def prepare_save(
     return PreparedSave(save_id=save_id, tasks=tasks, tensors=local["tensors"],
                         codec=local["codec"], codec_spec=local["codec_spec"],
                         plan=shared.get("plan"), per_rank=shared.get("per_rank"),
-                        column_cuts=column_cuts(local["descs"], tasks))
+                        column_cuts=column_cuts(local["descs"], tasks, local["column_parts"]))
 
 
-def column_cuts(descs: list[Desc], tasks: tuple[tuple[int, int], ...]) -> dict[tuple[int, int], ColumnCut]:
+def column_cuts(
+    descs: list[Desc], tasks: tuple[tuple[int, int], ...], parts: int
+) -> dict[tuple[int, int], ColumnCut]:
     """The column segments of each box in ``tasks`` that gets column checksums: two or
     more dims, over ``config.COLUMN_CHECKSUM_MIN_NBYTES``, crossing a cut of its
-    tensor's width in ``config.column_checksums()`` parts."""
-    parts = config.column_checksums()
+    tensor's width in ``parts`` (``config.column_checksums()``)."""
     out: dict[tuple[int, int], ColumnCut] = {}
     if parts < 2:
         return out

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..core.column_checks import run_count, segments
+from ..core.column_checks import run_count, segment_count
 from ..core.pickling import slots_reduce
 from ..errors import CorruptCheckpointError
 from .limits import MAX_DIM_SIZE
@@ -49,7 +49,7 @@ def parse_column_crcs(
         raise CorruptCheckpointError(f"{where}.parts: expected an int from 2 to {MAX_PARTS}")
     if type(rows) is not int or not 1 <= rows <= MAX_DIM_SIZE:
         raise CorruptCheckpointError(f"{where}.rows: expected a positive int")
-    expected = run_count(sizes[0], rows) * len(segments(offsets[1], sizes[1], shape[1], parts))
+    expected = run_count(sizes[0], rows) * segment_count(offsets[1], sizes[1], shape[1], parts)
     if type(crcs) is not list or len(crcs) != expected:
         raise CorruptCheckpointError(f"{where}.crc32c: expected a list of {expected} checksums")
     if set(map(type, crcs)) - {int} or (crcs and (min(crcs) < 0 or max(crcs) > 0xFFFFFFFF)):

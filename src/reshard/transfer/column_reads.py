@@ -8,7 +8,7 @@ file and checks each tile where it landed, while it is still in cache.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -134,49 +134,94 @@ def _copy_tiles(job: TileJob, table: np.ndarray, first: int, col_nbytes: int) ->
     dest_elems = dest.view(tbox.sizes[0], -1) if as_matrix and not same_dtype else None
     inner = col_nbytes // target.entry.itemsize  # elements per column
     row_shift, col_shift = box.offsets[0] - tbox.offsets[0], box.offsets[1] - tbox.offsets[1]
+
+    def place(staged: np.ndarray, p0: int, p1: int, q0: int, q1: int) -> None:
+        """Put what the destination takes of the chunk's rows ``[p0, p1)`` x columns
+        ``[q0, q1)``, staged (checked or not yet), into it."""
+        r0, r1 = max(p0, n0), min(p1, n1)
+        k0, k1 = max(q0, m0), min(q1, m1)
+        if r0 >= r1 or k0 >= k1:
+            return
+        if dest_rows is not None:
+            np.copyto(dest_rows[r0 + row_shift:r1 + row_shift,
+                                (k0 + col_shift) * col_nbytes:(k1 + col_shift) * col_nbytes],
+                      staged[r0 - p0:r1 - p0, (k0 - q0) * col_nbytes:(k1 - q0) * col_nbytes])
+            return
+        values = torch.from_numpy(staged.reshape(-1)).view(src_dtype)
+        if dest_elems is not None:
+            matrix = values.view(p1 - p0, (q1 - q0) * inner)
+            dest_elems[r0 + row_shift:r1 + row_shift,
+                       (k0 + col_shift) * inner:(k1 + col_shift) * inner].copy_(
+                matrix[r0 - p0:r1 - p0, (k0 - q0) * inner:(k1 - q0) * inner])
+            return
+        piece = Box((box.offsets[0] + p0, box.offsets[1] + q0, *box.offsets[2:]),
+                    (p1 - p0, q1 - q0, *box.sizes[2:]))
+        part = intersect(piece, need)
+        if part is not None:
+            dest[part.relative_to(tbox).slices()].copy_(
+                values.view(piece.sizes)[part.relative_to(piece).slices()])
+
     for run in range(job.read.run_lo, job.read.run_hi):
         a0, a1 = run * rows, min((run + 1) * rows, box.sizes[0])
         block = table[a0 - first:a1 - first]
         for s in range(job.read.seg_lo, job.read.seg_hi):
             c0, c1 = job.segments[s]
-            src = block[:, c0 * col_nbytes:c1 * col_nbytes]
             expected = crcs.crc32c[run * n_segs + s]
-            if dest_rows is not None:
-                # The part of the tile the destination takes, relative to the tile.
-                r0, r1 = max(a0, n0), min(a1, n1)
-                k0, k1 = max(c0, m0), min(c1, m1)
-                out = dest_rows[r0 + row_shift:r1 + row_shift,
-                                (k0 + col_shift) * col_nbytes:(k1 + col_shift) * col_nbytes]
-                if (r0, r1, k0, k1) == (a0, a1, c0, c1) and out.flags.c_contiguous:
+            if dest_rows is not None and n0 <= a0 and a1 <= n1 and m0 <= c0 and c1 <= m1:
+                out = dest_rows[a0 + row_shift:a1 + row_shift,
+                                (c0 + col_shift) * col_nbytes:(c1 + col_shift) * col_nbytes]
+                if out.flags.c_contiguous:
                     # Copy it in place and check it there, while it is in cache.
-                    np.copyto(out, src)
+                    np.copyto(out, block[:, c0 * col_nbytes:c1 * col_nbytes])
                     _check(chunk, run, s, a0, a1, c0, c1, out, expected)
                     continue
-                # Narrower than the destination's rows, or only partly needed: checked
-                # in a buffer first.
-                staged = _scratch(1, src.size).reshape(src.shape)
-                np.copyto(staged, src)
-                _check(chunk, run, s, a0, a1, c0, c1, staged, expected)
-                np.copyto(out, staged[r0 - a0:r1 - a0, (k0 - c0) * col_nbytes:(k1 - c0) * col_nbytes])
-                continue
-            staged = _scratch(1, src.size).reshape(src.shape)
-            np.copyto(staged, src)
-            _check(chunk, run, s, a0, a1, c0, c1, staged, expected)
-            values = torch.from_numpy(staged.reshape(-1)).view(src_dtype)
-            if dest_elems is not None:
-                r0, r1 = max(a0, n0), min(a1, n1)
-                k0, k1 = max(c0, m0), min(c1, m1)
-                matrix = values.view(a1 - a0, (c1 - c0) * inner)
-                dest_elems[r0 + row_shift:r1 + row_shift,
-                           (k0 + col_shift) * inner:(k1 + col_shift) * inner].copy_(
-                    matrix[r0 - a0:r1 - a0, (k0 - c0) * inner:(k1 - c0) * inner])
-                continue
-            tile = Box((box.offsets[0] + a0, box.offsets[1] + c0, *box.offsets[2:]),
-                       (a1 - a0, c1 - c0, *box.sizes[2:]))
-            part = intersect(tile, need)
-            if part is None:
-                continue
-            dest[part.relative_to(tbox).slices()].copy_(values.view(tile.sizes)[part.relative_to(tile).slices()])
+            # Narrower than the destination's rows, only partly needed, or converted:
+            # checked through this thread's buffer.
+            _stage_tile(chunk, table, first, col_nbytes, run, s, a0, a1, c0, c1, expected, place)
+
+
+STAGE_NBYTES = 4 << 20
+"""The most bytes of a tile staged at once where it cannot be copied into place."""
+
+
+def _stage_tile(chunk: Chunk, table: np.ndarray, first: int, col_nbytes: int, run: int, s: int,
+                a0: int, a1: int, c0: int, c1: int, expected: int,
+                place: Callable[[np.ndarray, int, int, int, int], None]) -> None:
+    """Copy tile ``(run, s)`` (the chunk's rows ``[a0, a1)`` x columns ``[c0, c1)``)
+    into this thread's scratch buffer in pieces of at most ``STAGE_NBYTES`` (whole rows
+    of the segment, or columns of one row), ``place`` each, and check the tile's CRC-32C
+    carried across the pieces.
+
+    A tile has no bound of its own (one row of a very wide tensor; a manifest may name
+    runs of any length): staged whole, it cost memory the frame path never takes."""
+    crc = 0
+    for r0, r1, k0, k1 in _pieces(a0, a1, c0, c1, col_nbytes, STAGE_NBYTES):
+        src = table[r0 - first:r1 - first, k0 * col_nbytes:k1 * col_nbytes]
+        staged = _scratch(1, src.size).reshape(src.shape)
+        np.copyto(staged, src)
+        crc = crc32c(staged.data, crc)
+        place(staged, r0, r1, k0, k1)
+    if crc != expected:
+        raise _tile_error(chunk, run, s, a0, a1, c0, c1)
+
+
+def _pieces(a0: int, a1: int, c0: int, c1: int, col_nbytes: int, limit: int
+            ) -> Iterator[tuple[int, int, int, int]]:
+    """Rows ``[a0, a1)`` x columns ``[c0, c1)`` in C order, as pieces ``(r0, r1, k0, k1)``
+    of at most ``limit`` bytes: runs of whole rows, or runs of columns of one row (at
+    least one column)."""
+    seg_nbytes = (c1 - c0) * col_nbytes
+    if (a1 - a0) * seg_nbytes <= limit:
+        yield a0, a1, c0, c1
+    elif seg_nbytes <= limit:
+        step = limit // seg_nbytes
+        for r in range(a0, a1, step):
+            yield r, min(r + step, a1), c0, c1
+    else:
+        step = max(1, limit // col_nbytes)
+        for r in range(a0, a1):
+            for k in range(c0, c1, step):
+                yield r, r + 1, k, min(k + step, c1)
 
 
 def stored_tile_crcs(
@@ -184,20 +229,47 @@ def stored_tile_crcs(
 ) -> Iterator[tuple[int, list[int]]]:
     """The CRC-32C of the tiles of ``chunk`` (stored raw) for ``segs`` and ``rows``, as
     ``(first run, checksums of the next runs, run by run)``, reading about
-    ``batch_nbytes`` of rows at a time."""
+    ``batch_nbytes`` at a time.
+
+    A run of rows can be far larger than a batch (many parts make narrow tiles of many
+    rows; one row may be wider than a batch; a manifest names any ``rows``): such a run
+    is read a batch at a time and each tile's checksum carried on across the reads
+    (CRC-32C of a concatenation continues from the CRC of its first part), so that
+    verify and convert never hold more than about a batch."""
     box = chunk.box
     n_rows = box.sizes[0]
     row_nbytes = chunk.raw_nbytes // n_rows
     col_nbytes = row_nbytes // box.sizes[1]
     seg_bytes = [(lo * col_nbytes, hi * col_nbytes) for lo, hi in segs]
     runs = run_count(n_rows, rows)
-    per = max(1, batch_nbytes // (rows * row_nbytes))
-    for lo in range(0, runs, per):
-        hi = min(lo + per, runs)
-        first, last = lo * rows, min(hi * rows, n_rows)
-        buf = np.empty((last - first, row_nbytes), dtype=np.uint8)
-        store.read_into(chunk.file, chunk.offset + first * row_nbytes, buf.reshape(-1).data)
-        yield lo, tile_crcs(buf, rows, seg_bytes, 0, hi - lo)
+    batch_rows = max(1, batch_nbytes // max(1, row_nbytes))
+    if rows <= batch_rows and row_nbytes <= batch_nbytes:
+        per = batch_rows // rows
+        for lo in range(0, runs, per):
+            hi = min(lo + per, runs)
+            first, last = lo * rows, min(hi * rows, n_rows)
+            buf = np.empty((last - first, row_nbytes), dtype=np.uint8)
+            store.read_into(chunk.file, chunk.offset + first * row_nbytes, buf.reshape(-1).data)
+            yield lo, tile_crcs(buf, rows, seg_bytes, 0, hi - lo)
+        return
+    for run in range(runs):
+        running = [0] * len(seg_bytes)
+        for row_lo in range(run * rows, min((run + 1) * rows, n_rows), batch_rows):
+            row_hi = min(row_lo + batch_rows, (run + 1) * rows, n_rows)
+            base = chunk.offset + row_lo * row_nbytes
+            if row_hi - row_lo > 1 or row_nbytes <= batch_nbytes:
+                buf = np.empty((row_hi - row_lo, row_nbytes), dtype=np.uint8)
+                store.read_into(chunk.file, base, buf.reshape(-1).data)
+                for i, (a, b) in enumerate(seg_bytes):
+                    running[i] = crc32c(np.ascontiguousarray(buf[:, a:b]).data, running[i])
+                continue
+            # One row wider than a batch: each segment is contiguous; read it in pieces.
+            for i, (a, b) in enumerate(seg_bytes):
+                for p in range(a, b, batch_nbytes):
+                    piece = np.empty(min(batch_nbytes, b - p), dtype=np.uint8)
+                    store.read_into(chunk.file, base + p, piece.data)
+                    running[i] = crc32c(piece.data, running[i])
+        yield run, running
 
 
 def column_crcs_of(store: Store, chunk: Chunk, shape: tuple[int, ...], parts: int) -> ColumnCrcs | None:
@@ -222,9 +294,14 @@ def column_crcs_of(store: Store, chunk: Chunk, shape: tuple[int, ...], parts: in
 def _check(chunk: Chunk, run: int, seg: int, a0: int, a1: int, c0: int, c1: int,
            data: np.ndarray, expected: int) -> None:
     if crc32c(data.data) != expected:
-        r, c = chunk.box.offsets[0], chunk.box.offsets[1]
-        raise CorruptCheckpointError(
-            f"chunk at offsets {list(chunk.box.offsets)} in {chunk.file}: the column tile of "
-            f"rows {r + a0}..{r + a1} and columns {c + c0}..{c + c1} (run {run}, segment {seg}) "
-            "fails its CRC-32C check"
-        )
+        raise _tile_error(chunk, run, seg, a0, a1, c0, c1)
+
+
+def _tile_error(chunk: Chunk, run: int, seg: int, a0: int, a1: int, c0: int, c1: int
+                ) -> CorruptCheckpointError:
+    r, c = chunk.box.offsets[0], chunk.box.offsets[1]
+    return CorruptCheckpointError(
+        f"chunk at offsets {list(chunk.box.offsets)} in {chunk.file}: the column tile of "
+        f"rows {r + a0}..{r + a1} and columns {c + c0}..{c + c1} (run {run}, segment {seg}) "
+        "fails its CRC-32C check"
+    )
