@@ -204,19 +204,24 @@ def plan_load(
     if missing and strict:
         raise MissingKeysError(
             f"the checkpoint at {location} has no key {_join([repr(m) for m in missing], ', ')}"
-            f"{_nested_hint(missing, by_name or {})} (load with strict=False to skip missing keys)"
+            f"{_nested_hint(missing, by_name or {}, manifest)} (load with strict=False to skip "
+            "missing keys)"
         )
     whole, rest = split_whole_chunks(targets)
     return LoadPlan(whole=whole, rest=rest, values=values)
 
 
-def _nested_hint(missing: list[str], by_name: dict[str, Entry]) -> str:
+def _nested_hint(missing: list[str], by_name: dict[str, Entry], manifest: Manifest) -> str:
     """Where the state dict holds a leaf at a key the checkpoint saved a subtree under
     (a model where a dict of models was saved), name a saved key below it: 'no key
     'model'' alone read as if the checkpoint lacked the model."""
+    from .interop.dcp import exact_names
+
+    exact = exact_names(manifest)
     for name in missing[:20]:
         prefix = name + "."
-        below = next((n for n in by_name if n.startswith(prefix)), None)
+        below = next((n for n, e in by_name.items() if n.startswith(prefix) and (
+            n not in exact or _parts_after(e.key, len(name)))), None)
         if below is not None:
             return f"; it holds keys below {name!r}, such as {below!r}, where the state dict has one value"
     return ""
@@ -262,12 +267,38 @@ def _subtree(
     inside = [(e, e.key[n:]) for e in manifest.entries if len(e.key) > n and e.key[:n] == key]
     if inside:
         return inside
+    from .interop.dcp import exact_names
+
+    # A DCP entry whose key is the path DCP's planner recorded is never split at the dots
+    # of its parts ("layer.0.weight" is one dict key): it is below ``key`` when some of
+    # its leading parts spell ``key``'s name, and keeps its own parts below.
+    exact = exact_names(manifest)
     prefix = dotted(key) + "."
-    return [
-        (e, tuple(int(p) if _INDEX_PART.fullmatch(p) else p
-                  for p in name[len(prefix):].split(".")))
-        for name, e in by_name.items() if name.startswith(prefix)
-    ]
+    out = []
+    for name, e in by_name.items():
+        if not name.startswith(prefix):
+            continue
+        if name in exact:
+            below = _parts_after(e.key, len(prefix) - 1)
+            if below:
+                out.append((e, below))
+            continue
+        out.append((e, tuple(int(p) if _INDEX_PART.fullmatch(p) else p
+                             for p in name[len(prefix):].split("."))))
+    return out
+
+
+def _parts_after(key: tuple[Any, ...], name_len: int) -> tuple[Any, ...]:
+    """The parts of ``key`` after those whose dotted name is ``name_len`` characters
+    long; () where no run of leading parts ends there (the name ends inside a part)."""
+    end = -1
+    for i, part in enumerate(key):
+        end += 1 + len(str(part))
+        if end == name_len:
+            return key[i + 1:]
+        if end > name_len:
+            break
+    return ()
 
 
 def _leaf_and_subtree(rests: list[tuple[Any, ...]]) -> tuple[Any, ...] | None:

@@ -5,7 +5,9 @@ headers are described in memory), so one streaming reader serves all conversions
 tensor is read box by box through reshard's read path and written as it arrives. Peak
 memory is one piece (``RESHARD_MAX_PIECE_NBYTES``, 16 MiB by default), or one DCP chunk
 when the source is DCP (a DCP item is a single torch.save blob that decodes whole).
-Output keys are the dotted flattened names of the source.
+Output keys are the dotted flattened names of the source, except that a DCP key whose
+path DCP's planner recorded keeps that path as its parts (``("model", "layer.0.weight")``),
+so that a load into an empty container rebuilds the dicts DCP saved.
 """
 
 from __future__ import annotations
@@ -97,6 +99,15 @@ class Source:
 
     def close(self) -> None:
         self.store.close()
+
+    def out_key(self, entry: Entry) -> tuple[Any, ...]:
+        """The key ``entry`` gets in reshard output: its dotted name as one part, or, for
+        a DCP entry whose key is the exact path saved, that path (its name split at every
+        dot would nest ``layer.0.weight`` as ``layer[0].weight`` in an empty container)."""
+        from .dcp import exact_names
+
+        name = dotted(entry.key)
+        return entry.key if name in exact_names(self.manifest) else (name,)
 
 
 def open_source(path: str, *, allow_pickle: bool = False) -> Source:
@@ -255,7 +266,7 @@ def to_reshard(
                 _write_tensor(source, e, framer, file_name, spec, report, blocks)
                 for e in source.tensors()
             ]
-        entries.extend(ValueEntry(key=(dotted(v.key),), value=v.value) for v in values)
+        entries.extend(ValueEntry(key=source.out_key(v), value=v.value) for v in values)
         manifest = Manifest(save_id=save_id, world_size=1, created_unix_s=time.time(),
                             library_version=__version__, entries=tuple(entries))
         store.write_atomic(MANIFEST_NAME, manifest.to_json())
@@ -307,7 +318,7 @@ def _write_tensor(
                 raw_nbytes=chunk_box.numel * e.itemsize, codec=spec,
                 frame_raw_nbytes=framer.frame, frames=frames,
             ))
-    return TensorEntry(key=(dotted(e.key),), dtype=e.dtype, shape=e.shape,
+    return TensorEntry(key=source.out_key(e), dtype=e.dtype, shape=e.shape,
                        container=e.container, chunks=tuple(chunks))
 
 

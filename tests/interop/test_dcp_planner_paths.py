@@ -1,0 +1,210 @@
+"""DCP keys whose own dict keys hold dots: DCP flattens ``{"model": {"layer.0.weight": t}}``
+to the name ``"model.layer.0.weight"``, and its default planner records the path
+``("model", "layer.0.weight")`` in the metadata's ``planner_data``. An empty container in
+the state dict (a fresh optimizer's ``state``, ``{"model": {}}``) was filled by splitting
+the name at every dot: ``{"model": {"layer": [{"weight": t}]}}``, and a top-level key
+``"a.b"`` filled ``{"a": {}}`` as ``{"a": {"b": t}}``. The recorded path is used now;
+without it (other planners) names are split as before."""
+
+from __future__ import annotations
+
+import pickle
+import shutil
+import warnings
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+import reshard
+from reshard.cli import main
+from reshard.interop.convert import convert
+from tests.helpers.world import run_world
+
+
+def _saved() -> dict[str, Any]:
+    return {
+        "model": {"layer.0.weight": torch.arange(6.0).reshape(2, 3), "layer.1.bias": torch.arange(3)},
+        "a.b": torch.arange(4, dtype=torch.int16),
+        "l": [torch.arange(2.0), {"x.y": torch.arange(5), "z": torch.arange(1)}],
+        "v": {"k.1": 5, "n": [1, 2], "m.x": {"p.q": "s"}},
+        "optim": {"state": {0: {"exp_avg": torch.arange(3.0)}, 1: {"exp_avg": torch.arange(2.0) + 10}},
+                  "param_groups": [{"lr": 0.5, "params": [0, 1]}]},
+    }
+
+
+def _dcp_save(state: dict[str, Any], path: Path, **planner: Any) -> None:
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint import DefaultSavePlanner
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # no process group
+        dcp.save(state, checkpoint_id=str(path), planner=DefaultSavePlanner(**planner))
+
+
+def _empty() -> dict[str, Any]:
+    return {"model": {}, "a.b": torch.zeros(4, dtype=torch.int16), "l": [], "v": {},
+            "optim": {"state": {}, "param_groups": []}}
+
+
+def _zeros_like(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return torch.zeros_like(obj)
+    if isinstance(obj, dict):
+        return {k: _zeros_like(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_zeros_like(v) for v in obj]
+    return None
+
+
+def _assert_equal(got: Any, want: Any, where: str = "") -> None:
+    assert type(got) is type(want), f"{where}: {type(got).__name__} != {type(want).__name__}"
+    if isinstance(want, torch.Tensor):
+        assert got.dtype == want.dtype and torch.equal(got, want), where
+    elif isinstance(want, dict):
+        assert list(got) == list(want), f"{where}: keys {list(got)} != {list(want)}"
+        for k in want:
+            _assert_equal(got[k], want[k], f"{where}.{k}")
+    elif isinstance(want, list):
+        assert len(got) == len(want), where
+        for i, (g, w) in enumerate(zip(got, want)):
+            _assert_equal(g, w, f"{where}.{i}")
+    else:
+        assert got == want, where
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("planner_paths")
+    _dcp_save(_saved(), root / "dcp")
+    convert(str(root / "dcp"), str(root / "converted"))
+    assert main(["convert", "--quiet", str(root / "dcp"), str(root / "cli")]) == 0
+    return root
+
+
+@pytest.mark.parametrize("source", ["dcp", "converted", "cli"])
+def test_empty_containers_get_the_saved_dicts(root: Path, source: str) -> None:
+    got = _empty()
+    reshard.load(got, root / source)
+    _assert_equal(got, _saved())  # optimizer state keys come back as ints, as saved
+
+
+@pytest.mark.parametrize("source", ["dcp", "converted", "cli"])
+def test_populated_and_partly_empty_containers(root: Path, source: str) -> None:
+    got = _zeros_like(_saved())
+    got["v"] = {"k.1": 0, "n": [0, 0], "m.x": {"p.q": ""}}
+    got["optim"]["param_groups"] = [{"lr": 0.0, "params": [0, 0]}]
+    reshard.load(got, root / source)
+    _assert_equal(got, _saved())
+    # Empty containers at several depths: inside a list, inside a dict.
+    got = {"l": [torch.zeros(2), {}], "v": {"m.x": {}}, "optim": {"state": {1: {}}}}
+    reshard.load(got, root / source)
+    _assert_equal(got["l"][1], {"x.y": torch.arange(5), "z": torch.arange(1)})
+    assert got["v"] == {"m.x": {"p.q": "s"}}
+    _assert_equal(got["optim"]["state"], {1: {"exp_avg": torch.arange(2.0) + 10}})
+    # The optimizer's text keys (a state dict built by name) still match by name.
+    got = {"optim": {"state": {"0": {}}}}
+    reshard.load(got, root / source)
+    _assert_equal(got["optim"]["state"], {"0": {"exp_avg": torch.arange(3.0)}})
+
+
+def test_a_top_level_dotted_key_is_not_below_its_first_part(root: Path) -> None:
+    with pytest.raises(reshard.MissingKeysError, match=r"no key 'a' \(load with strict=False"):
+        reshard.load({"a": {}}, root / "dcp")
+    got: dict[str, Any] = {"a": {}, "model": {"layer": {}}}
+    reshard.load(got, root / "dcp", strict=False)
+    assert got == {"a": {}, "model": {"layer": {}}}
+    # By name, a whole key still matches a nested state dict (as with reshard checkpoints).
+    got = {"a": {"b": torch.zeros(4, dtype=torch.int16)}}
+    reshard.load(got, root / "dcp")
+    assert torch.equal(got["a"]["b"], torch.arange(4, dtype=torch.int16))
+
+
+@pytest.mark.parametrize("source", ["dcp", "converted"])
+def test_open_names_and_reads(root: Path, source: str) -> None:
+    with reshard.open(root / source) as ck:
+        assert sorted(ck.keys()) == sorted([
+            "model.layer.0.weight", "model.layer.1.bias", "a.b", "l.0", "l.1.x.y", "l.1.z",
+            "optim.state.0.exp_avg", "optim.state.1.exp_avg", "v.k.1", "v.n.0", "v.n.1",
+            "v.m.x.p.q", "optim.param_groups.0.lr", "optim.param_groups.0.params.0",
+            "optim.param_groups.0.params.1"])
+        keys = {e.key for e in ck.manifest.entries}
+        assert ("model", "layer.0.weight") in keys and ("a.b",) in keys
+        assert ("l", 1, "x.y") in keys and ("optim", "state", 0, "exp_avg") in keys
+        assert ("v", "m.x", "p.q") in keys
+        want = torch.arange(6.0).reshape(2, 3)
+        for key in ("model.layer.0.weight", ("model", "layer.0.weight")):
+            assert torch.equal(ck.read(key), want)
+            assert ck.info(key).key == "model.layer.0.weight" and ck.info(key).shape == (2, 3)
+            assert key in ck
+        assert torch.equal(ck.read(("model", "layer.0.weight"), (1, slice(0, 2))), want[1, :2])
+        assert ck.read(("v", "m.x", "p.q")) == "s" and ck.read("v.k.1") == 5
+
+
+def test_inspect_lists_the_dotted_names(root: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["inspect", str(root / "dcp")]) == 0
+    out = capsys.readouterr().out
+    assert "model.layer.0.weight" in out and "v.m.x.p.q" in out
+
+
+def test_without_planner_paths_names_are_split(tmp_path: Path) -> None:
+    """A planner that does not flatten records no paths: a flat state dict's names are
+    split at the dots to fill an empty container, as before."""
+    flat = {"m.layer.0.w": torch.arange(3), "m.s": 7}
+    _dcp_save(flat, tmp_path / "flat", flatten_state_dict=False)
+    got: dict[str, Any] = {"m": {}}
+    reshard.load(got, tmp_path / "flat")
+    _assert_equal(got, {"m": {"layer": [{"w": torch.arange(3)}], "s": 7}})
+
+
+def test_planner_data_that_does_not_spell_the_name_is_ignored(tmp_path: Path) -> None:
+    """A custom planner may keep anything in planner_data: a path is taken only where its
+    parts join to the key's name (else a damaged or foreign mapping would rename keys)."""
+    _dcp_save({"m": {"a.b": torch.arange(3), "c": torch.arange(2)}}, tmp_path / "d")
+    meta_path = tmp_path / "d" / ".metadata"
+    meta = pickle.loads(meta_path.read_bytes())
+    assert meta.planner_data == {"m.a.b": ("m", "a.b"), "m.c": ("m", "c")}
+    meta.planner_data = {"m.a.b": ("evil", "x"), "m.c": ["m", True]}
+    meta_path.write_bytes(pickle.dumps(meta))
+    with reshard.open(tmp_path / "d") as ck:
+        assert {e.key for e in ck.manifest.entries} == {("m.a.b",), ("m.c",)}
+    got: dict[str, Any] = {"m": {}}
+    reshard.load(got, tmp_path / "d")
+    _assert_equal(got, {"m": {"a": {"b": torch.arange(3)}, "c": torch.arange(2)}})
+    meta.planner_data = "not a dict"
+    meta_path.write_bytes(pickle.dumps(meta))
+    got = {"m": {"a": {"b": torch.zeros(3, dtype=torch.int64)}, "c": torch.zeros(2, dtype=torch.int64)}}
+    reshard.load(got, tmp_path / "d")
+    assert torch.equal(got["m"]["a"]["b"], torch.arange(3))
+
+
+def _two_ranks(rank: int, world_size: int, path: str) -> list[str]:
+    """Only rank 0 reads .metadata; the other ranks get the manifest broadcast."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    failures = []
+    got = _empty()
+    reshard.load(got, path)
+    try:
+        _assert_equal(got, _saved())
+    except AssertionError as e:
+        failures.append(f"rank {rank} empty: {e}")
+    mesh = init_device_mesh("cpu", (world_size,))
+    got = {"model": {"layer.0.weight": distribute_tensor(torch.zeros(2, 3), mesh, [Shard(1)])},
+           "l": [torch.zeros(2), {}]}
+    reshard.load(got, path)
+    if not torch.equal(got["model"]["layer.0.weight"].full_tensor(), torch.arange(6.0).reshape(2, 3)):
+        failures.append(f"rank {rank} dtensor")
+    if sorted(got["l"][1]) != ["x.y", "z"]:
+        failures.append(f"rank {rank} list: {got['l']}")
+    with pytest.raises(reshard.MissingKeysError, match="'a'"):
+        reshard.load({"a": {}}, path)
+    return failures
+
+
+def test_two_ranks(root: Path, tmp_path: Path) -> None:
+    shutil.copytree(root / "dcp", tmp_path / "dcp")
+    results = run_world(_two_ranks, 2, str(tmp_path / "dcp"), timeout_s=120)
+    assert [f for r in results for f in r] == []
