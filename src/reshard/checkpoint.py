@@ -34,7 +34,13 @@ class ChunkInfo:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class EntryInfo:
-    """What a checkpoint holds under one key."""
+    """What a checkpoint holds under one key.
+
+    ``refused``: why reading or loading this key raises, or None where it reads. A DCP
+    directory's tensor of a dtype reshard lacks is a ``"tensor"`` with its dtype and
+    shape and no chunks; its value that needs arbitrary pickle (opened without
+    ``allow_pickle``) is a ``"value"``.
+    """
 
     key: str
     kind: str
@@ -42,6 +48,7 @@ class EntryInfo:
     dtype: torch.dtype | None
     nbytes: int
     chunks: tuple[ChunkInfo, ...]
+    refused: str | None = None
 
 
 class Checkpoint:
@@ -92,10 +99,18 @@ class Checkpoint:
             raise MissingKeysError(f"{self.path} has no key {name!r}") from None
 
     def info(self, key: str | int | Key) -> EntryInfo:
+        from .interop.dcp import RefusedValueEntry, UnsupportedTensorEntry
+
         entry = self._entry(key)
+        if isinstance(entry, UnsupportedTensorEntry):
+            # Not "a plain value": it is a tensor, one that reshard cannot hold.
+            return EntryInfo(key=dotted(entry.key), kind="tensor", shape=entry.shape,
+                             dtype=entry.dtype, nbytes=_nbytes(entry.shape, entry.dtype),
+                             chunks=(), refused=entry.reason)
         if isinstance(entry, ValueEntry):
             return EntryInfo(key=dotted(entry.key), kind="value", shape=None, dtype=None,
-                             nbytes=0, chunks=())
+                             nbytes=0, chunks=(), refused=entry.reason
+                             if isinstance(entry, RefusedValueEntry) else None)
         return EntryInfo(
             key=dotted(entry.key), kind="tensor", shape=entry.shape,
             dtype=torch_dtype(entry.dtype), nbytes=entry.nbytes,
@@ -137,6 +152,13 @@ def open(  # noqa: A001 - public name
     ``storage_options`` go unchanged to fsspec (for s3fs: ``key``, ``secret``, ``endpoint_url``).
     """
     return Checkpoint(path, allow_pickle=allow_pickle, storage_options=storage_options)
+
+
+def _nbytes(shape: tuple[int, ...], dtype: Any) -> int:
+    n = getattr(dtype, "itemsize", 0)
+    for s in shape:
+        n *= s
+    return int(n)
 
 
 def _chunk_info(c: Chunk) -> ChunkInfo:

@@ -100,10 +100,22 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
     with open_checkpoint(args.path) as ckpt:
         rows: list[tuple[str, ...]] = []
+        refused: list[str] = []
         total_raw = total_stored = total_chunks = 0
         for key in ckpt.keys():
             info = ckpt.info(key)
             shown = _shown(key)
+            if info.refused is not None:
+                # A DCP tensor of a dtype reshard lacks (or a value that needs pickle)
+                # read as "value": it is listed as what it is, and why loading it raises.
+                refused.append(f"refused: {shown}: {_shown(info.refused)}")
+                if info.kind == "tensor":
+                    dtype = str(info.dtype).removeprefix("torch.")
+                    rows.append((shown, f"{dtype} (refused tensor)", str(list(info.shape or ())),
+                                 "-", _size(info.nbytes), "-"))
+                else:
+                    rows.append((shown, "value (refused)", "-", "-", "-", "-"))
+                continue
             if info.kind == "value":
                 rows.append((shown, "value", "-", "-", "-", "-"))
                 continue
@@ -126,6 +138,10 @@ def cmd_inspect(args: argparse.Namespace) -> int:
                       f"{m.format_version[1]}, save id {m.save_id}")
         print(f"\n{len(rows)} keys, {total_chunks} chunks, {_size(total_raw)} of tensor data "
               f"({_size(total_stored)} stored), {origin}")
+        if refused:
+            print(f"{len(refused)} of the keys cannot be loaded or read:")
+            for line in refused:
+                print(line)
         if args.chunks:
             for key in ckpt.keys():
                 for c in ckpt.info(key).chunks:

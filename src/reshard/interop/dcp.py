@@ -176,8 +176,9 @@ def _tensor_entry_or_refusal(t: DcpTensor) -> Entry:
     try:
         return _tensor_entry(t)
     except UnsupportedValueError as e:
-        return UnsupportedTensorEntry(key=entry_key(t.fqn, t.path), value=_NONE, reason=(
-            f"DCP {e}; the other keys of the checkpoint load"))
+        return UnsupportedTensorEntry(
+            key=entry_key(t.fqn, t.path), value=_NONE, dtype=t.dtype, shape=t.shape,
+            reason=f"DCP {e}; the other keys of the checkpoint load")
 
 
 def codec_spec(dtype: str, sizes: tuple[int, ...], transforms: tuple[str, ...]) -> CodecSpec:
@@ -328,7 +329,13 @@ class RefusedValueEntry(ValueEntry):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class UnsupportedTensorEntry(RefusedValueEntry):
-    """A DCP tensor reshard cannot hold (its dtype); loading or reading its key raises."""
+    """A DCP tensor reshard cannot hold (its dtype); loading or reading its key raises.
+
+    ``dtype`` (the torch dtype DCP recorded) and ``shape`` describe it for inspection.
+    """
+
+    dtype: Any = None
+    shape: tuple[int, ...] = ()
 
 
 _NONE: dict[str, Any] = {"type": "none"}
@@ -402,5 +409,10 @@ def _read_item(store: Store, info: StorageInfo, fqn: str) -> bytes:
 
 
 def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0][:300] if text else type(e).__name__
+    # torch's weights_only refusal starts with a generic line holding terminal escape
+    # codes ("\x1b[1m"); the line naming the class that was refused is the useful one.
+    lines = [ln.strip() for ln in str(e).strip().splitlines()]
+    named = [ln for ln in lines if ln.startswith("WeightsUnpickler error:")]
+    text = (named or lines or [type(e).__name__])[0]
+    text = re.sub(r"\x1b\[[0-9;]*m", "", text).split(" Please use ")[0]
+    return text[:300]
