@@ -148,7 +148,9 @@ def read_metadata(data: bytes, *, source: str) -> tuple[list[DcpTensor], list[Dc
     tensors: list[DcpTensor] = []
     byte_items: list[DcpBytes] = []
     for fqn, item in sd_meta.items():
-        if not isinstance(fqn, str) or not fqn:
+        # "" is a name: dcp.save writes a state dict's key "" as it is, and reshard keys
+        # may be "" too; refusing it made the whole checkpoint unreadable.
+        if not isinstance(fqn, str):
             raise CorruptCheckpointError(f"{source}: state_dict_metadata key {fqn!r} is not a name")
         path = _path(paths.get(fqn) if isinstance(paths, dict) else None, fqn)
         if isinstance(item, md.BytesStorageMetadata):
