@@ -113,10 +113,15 @@ class Source:
 def open_source(path: str, *, allow_pickle: bool = False) -> Source:
     """Open a reshard checkpoint, a DCP directory, a ``.safetensors`` file, an HF
     ``*.safetensors.index.json``, or a directory holding safetensors files."""
+    from ..async_save import wait_for_inflight
     from ..manifest_io import load_manifest
     from .dcp import is_dcp_checkpoint
 
     path = os.path.abspath(path)
+    # As load and open do: an async_save to this folder in this process is not yet
+    # committed (convert found no checkpoint, or the previous one while the commit
+    # deleted its files).
+    wait_for_inflight(path)
     if os.path.isfile(path):
         folder, name = os.path.split(path)
         store = open_store(folder)
