@@ -208,3 +208,37 @@ def test_two_ranks(root: Path, tmp_path: Path) -> None:
     shutil.copytree(root / "dcp", tmp_path / "dcp")
     results = run_world(_two_ranks, 2, str(tmp_path / "dcp"), timeout_s=120)
     assert [f for r in results for f in r] == []
+
+
+def test_fqn_keyed_optimizer_state_resumes_from_empty_containers(tmp_path: Path) -> None:
+    """torch.distributed.checkpoint.state_dict keys optimizer state by parameter name
+    ("0.weight"): into empty containers it came back as {0: {"weight": ...}}, which
+    set_state_dict cannot use."""
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    def make(seed: int) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+        torch.manual_seed(seed)
+        model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2))
+        return model, torch.optim.AdamW(model.parameters(), lr=0.05)
+
+    def step(model: torch.nn.Module, opt: torch.optim.Optimizer) -> None:
+        opt.zero_grad()
+        model(torch.arange(8.0).reshape(2, 4) / 8).square().sum().backward()
+        opt.step()
+
+    model, opt = make(0)
+    step(model, opt)
+    step(model, opt)
+    msd, osd = get_state_dict(model, opt)
+    assert "0.weight" in osd["state"]
+    _dcp_save({"model": msd, "optim": osd}, tmp_path / "dcp")
+    step(model, opt)
+    fresh, fresh_opt = make(1)
+    got: dict[str, Any] = {"model": {}, "optim": {"state": {}, "param_groups": []}}
+    reshard.load(got, tmp_path / "dcp")
+    assert sorted(got["optim"]["state"]) == ["0.bias", "0.weight", "2.bias", "2.weight"]
+    assert sorted(got["model"]) == ["0.bias", "0.weight", "2.bias", "2.weight"]
+    set_state_dict(fresh, fresh_opt, model_state_dict=got["model"], optim_state_dict=got["optim"])
+    step(fresh, fresh_opt)
+    for mine, ref in zip(fresh.parameters(), model.parameters()):
+        assert torch.equal(mine, ref)
