@@ -69,6 +69,7 @@ class Checkpoint:
             self._store.close()
             raise
         self._entries = self.manifest.by_dotted()
+        self._by_key = {e.key: e for e in self.manifest.entries}
 
     def __enter__(self) -> Checkpoint:
         return self
@@ -93,6 +94,12 @@ class Checkpoint:
         if name is None:
             raise MissingKeysError(f"{self.path}: {key!r} is not a key (a str, an int, or a "
                                    "tuple of str and int parts)")
+        # Key parts first: in a DCP directory two keys may read as one dotted name (a
+        # list value n = [1, 2] read as n.0, n.1, beside a key "n.0"), and ("n", 0)
+        # read the other one.
+        exact = self._by_key.get(tuple(key) if isinstance(key, (tuple, list)) else (key,))
+        if exact is not None:
+            return exact
         try:
             return self._entries[name]
         except KeyError:

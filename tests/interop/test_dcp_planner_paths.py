@@ -242,3 +242,22 @@ def test_fqn_keyed_optimizer_state_resumes_from_empty_containers(tmp_path: Path)
     step(fresh, fresh_opt)
     for mine, ref in zip(fresh.parameters(), model.parameters()):
         assert torch.equal(mine, ref)
+
+
+def test_keys_that_read_as_one_name(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A DCP list value n = [1, 2] reads as n.0 and n.1, beside the DCP key "n.0".
+    convert wrote a reshard manifest that reshard then refused as corrupt ('duplicate
+    key'), and a safetensors file holding only one of the two; Checkpoint.read(("n", 0))
+    returned the other key's value. convert refuses, naming both; open reads by parts."""
+    _dcp_save({"n": [1, 2], "n.0": 5, "t": torch.arange(2)}, tmp_path / "dcp")
+    for dst in ("out", "out.safetensors"):
+        assert main(["convert", "--quiet", str(tmp_path / "dcp"), str(tmp_path / dst)]) == 1
+        err = capsys.readouterr().err
+        assert "keys ['n', 0] and ['n.0'] both read as 'n.0'" in err and err.count("\n") == 1
+        assert not (tmp_path / dst).exists()
+    with reshard.open(tmp_path / "dcp") as ck:
+        assert ck.read(("n", 0)) == 1 and ck.read(["n", 1]) == 2 and ck.read(("n.0",)) == 5
+        assert ck.read("n.0") == 5
+    got: dict[str, Any] = {"n": [0, 0], "n.0": 0}
+    reshard.load(got, tmp_path / "dcp")
+    assert got == {"n": [1, 2], "n.0": 5}

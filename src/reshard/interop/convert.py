@@ -78,6 +78,29 @@ class Source:
             )
         return values
 
+    def refuse_name_clashes(self) -> None:
+        """UnsupportedValueError naming them where two keys read as one dotted name.
+
+        Both outputs name keys by dotted name (a reshard manifest refuses two keys that
+        read alike, as save does), and a DCP directory can hold such a pair: a list
+        value ``n = [1, 2]``, flattened to ``n.0`` and ``n.1``, beside its own key
+        ``"n.0"``. convert wrote a manifest reshard then refused as corrupt ('duplicate
+        key'), or a safetensors file holding one of the two.
+        """
+        seen: dict[str, Entry] = {}
+        clashes: list[str] = []
+        for e in self.manifest.entries:
+            name = dotted(e.key)
+            other = seen.setdefault(name, e)
+            if other is not e:
+                clashes.append(f"{list(other.key)} and {list(e.key)} both read as {name!r}")
+        if clashes:
+            more = f" (and {len(clashes) - 3} more)" if len(clashes) > 3 else ""
+            raise UnsupportedValueError(
+                f"{self.store.location}: keys {'; '.join(clashes[:3])}{more}; convert names "
+                "every key by its dotted name and cannot write both"
+            )
+
     def read(self, entry: TensorEntry, box: Box) -> memoryview:
         """The C-order bytes of ``box`` of ``entry``."""
         import torch
@@ -186,6 +209,7 @@ def to_safetensors(
     """Write ``source`` as safetensors at ``dst`` (a ``.safetensors`` file name, or a
     directory that gets ``model.safetensors``); returns the files written."""
     folder, stem = _safetensors_target(dst)
+    source.refuse_name_clashes()
     values = {dotted(v.key): v.value for v in source.plain_values()}
     plans = st.plan_shards(source.tensors(), stem=stem, max_shard_nbytes=max_shard_nbytes)
     names = [p.name for p in plans] + ([f"{stem}{st.INDEX_SUFFIX}"] if len(plans) > 1 else [])
@@ -259,6 +283,7 @@ def to_reshard(
         raise StorageError(f"{dst} exists and is not an empty directory")
     created = not os.path.exists(dst)
     codec_obj, spec = resolve_codec(codec)
+    source.refuse_name_clashes()
     values = source.plain_values()
     save_id = new_save_id()
     file_name = f"{DATA_DIR}/{save_id}.0.bin"
