@@ -81,3 +81,30 @@ def test_a_reshard_checkpoint_has_no_refused_keys(tmp_path: Path, capsys: pytest
     assert "refused" not in capsys.readouterr().out
     with reshard.open(tmp_path) as ck:
         assert ck.info("t").refused is None and ck.info("v").refused is None
+
+
+def test_refusal_reasons_escape_control_characters(tmp_path: Path) -> None:
+    """The reason quotes the class name torch's weights_only loader refused, which comes
+    from the checkpoint's pickle: a terminal escape in it reached whoever printed the
+    error raw."""
+    import sys
+    import types
+
+    import torch.distributed.checkpoint as dcp
+
+    name = "evil\x1b[2J"
+    module = types.ModuleType(name)
+    module.Cls = type("Cls", (), {"__module__": name, "__qualname__": "Cls"})  # type: ignore[attr-defined]
+    sys.modules[name] = module
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            dcp.save({"obj": module.Cls(), "t": torch.arange(2)}, checkpoint_id=str(tmp_path))
+    finally:
+        del sys.modules[name]
+    with pytest.raises(reshard.UnsupportedValueError) as caught:
+        reshard.load({"obj": None}, tmp_path)
+    message = str(caught.value)
+    assert "evil\\x1b[2J" in message and "\x1b" not in message
+    with reshard.open(tmp_path) as ck:
+        assert "\x1b" not in (ck.info("obj").refused or "x\x1b")

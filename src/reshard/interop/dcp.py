@@ -415,4 +415,6 @@ def _first_line(e: BaseException) -> str:
     named = [ln for ln in lines if ln.startswith("WeightsUnpickler error:")]
     text = (named or lines or [type(e).__name__])[0]
     text = re.sub(r"\x1b\[[0-9;]*m", "", text).split(" Please use ")[0]
-    return text[:300]
+    # It quotes names from the checkpoint's pickle: their control characters are shown
+    # escaped, never sent to the terminal that prints this error.
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text[:300])
