@@ -36,7 +36,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except CheckpointError as e:
-        print(f"reshard {args.command}: {type(e).__name__}: {e}", file=sys.stderr)
+        # Messages quote names and text from the checkpoint, which is not trusted: its
+        # control characters are escaped here as inspect escapes key names.
+        print(f"reshard {args.command}: {type(e).__name__}: {_shown(str(e))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         # Ctrl-C in a long verify or convert: one line, not a traceback (a convert has
@@ -71,9 +73,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
     bar.close()
     print(report.summary())
     for w in report.warnings:
-        print(f"warning: {w}")
+        print(f"warning: {_shown(str(w))}")
     for d in report.damaged:
-        print(f"damaged: {d}")
+        print(f"damaged: {_shown(str(d))}")
     return 0 if report.ok else 1
 
 

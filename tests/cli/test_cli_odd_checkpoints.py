@@ -93,3 +93,21 @@ def test_dcp_key_that_is_empty_loads(tmp_path: Path) -> None:
     reshard.load(got, tmp_path)
     assert torch.equal(got[""], torch.arange(3)) and got["v"] == 1
     assert list(got["m"]) == [""] and torch.equal(got["m"][""], torch.arange(2.0))
+
+
+def test_errors_escape_control_characters_from_the_checkpoint(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A hostile DCP .metadata naming a global with a terminal escape: the refusal quoted
+    it raw, and inspect, verify and convert sent it to the terminal."""
+    (tmp_path / "dcp").mkdir()
+    (tmp_path / "dcp" / ".metadata").write_bytes(b"\x80\x04cos\x1b[2J\nsystem\n.")
+    for command in (["inspect", str(tmp_path / "dcp")], ["verify", str(tmp_path / "dcp")],
+                    ["convert", "--quiet", str(tmp_path / "dcp"), str(tmp_path / "out")]):
+        assert main(command) == 1
+        captured = capsys.readouterr()
+        text = captured.out + captured.err
+        assert "os\\x1b[2J.system" in text and "\x1b" not in text, command
+    with pytest.raises(reshard.CorruptCheckpointError) as caught:
+        reshard.open(tmp_path / "dcp")
+    assert "\x1b" not in str(caught.value)

@@ -90,8 +90,9 @@ class _RestrictedUnpickler(pickle._Unpickler):
             value = getattr(torch, name, None)
             if isinstance(value, (torch.dtype, torch.layout)):
                 return value
+        # Quoted: the names come from the file, and may hold terminal escapes.
         raise pickle.UnpicklingError(
-            f"it references {module}.{name}, which is not a DCP metadata class"
+            f"it references {module + '.' + name!r}, which is not a DCP metadata class"
         )
 
 

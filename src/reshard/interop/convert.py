@@ -523,7 +523,9 @@ def cmd_convert(args: argparse.Namespace) -> int:
                           show_progress=not args.quiet,
                           column_blocks=1 if args.column_blocks is None else args.column_blocks)
     except (CheckpointError, OSError) as e:
-        print(f"reshard convert: {e}", file=sys.stderr)
+        # The message may quote text from the source (not trusted): escape control characters.
+        text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(e))
+        print(f"reshard convert: {text}", file=sys.stderr)
         return 1
     for path in written:
         print(path)
