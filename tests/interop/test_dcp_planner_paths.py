@@ -111,9 +111,10 @@ def test_populated_and_partly_empty_containers(root: Path, source: str) -> None:
 
 def test_a_top_level_dotted_key_is_not_below_its_first_part(root: Path) -> None:
     with pytest.raises(reshard.MissingKeysError, match=r"no key 'a' \(load with strict=False"):
-        reshard.load({"a": {}}, root / "dcp")
+        reshard.load({"a": []}, root / "dcp")
+    # An empty dict DCP has no key for is left empty (DCP writes none for empty dicts).
     got: dict[str, Any] = {"a": {}, "model": {"layer": {}}}
-    reshard.load(got, root / "dcp", strict=False)
+    reshard.load(got, root / "dcp")
     assert got == {"a": {}, "model": {"layer": {}}}
     # By name, a whole key still matches a nested state dict (as with reshard checkpoints).
     got = {"a": {"b": torch.zeros(4, dtype=torch.int16)}}
@@ -200,7 +201,7 @@ def _two_ranks(rank: int, world_size: int, path: str) -> list[str]:
     if sorted(got["l"][1]) != ["x.y", "z"]:
         failures.append(f"rank {rank} list: {got['l']}")
     with pytest.raises(reshard.MissingKeysError, match="'a'"):
-        reshard.load({"a": {}}, path)
+        reshard.load({"a": []}, path)
     return failures
 
 
@@ -261,3 +262,27 @@ def test_keys_that_read_as_one_name(tmp_path: Path, capsys: pytest.CaptureFixtur
     got: dict[str, Any] = {"n": [0, 0], "n.0": 0}
     reshard.load(got, tmp_path / "dcp")
     assert got == {"n": [1, 2], "n.0": 5}
+
+
+def test_empty_dicts_dcp_could_not_record(tmp_path: Path) -> None:
+    """DCP writes nothing for an empty dict: an optimizer saved before its first step has
+    state {}, and a strict load of that checkpoint into a fresh optimizer failed with
+    "no key 'optim.state'" (dcp.load accepts it). A reshard checkpoint records empty
+    dicts, so there a missing one is still missing."""
+    model = torch.nn.Linear(2, 2)
+    opt = torch.optim.AdamW(model.parameters(), lr=0.25)
+    state = {"model": model.state_dict(), "optim": opt.state_dict(), "extra": {"e": {}, "l": []}}
+    _dcp_save(state, tmp_path / "dcp")
+    reshard.save({"model": model.state_dict()}, tmp_path / "native")
+    fresh = torch.nn.Linear(2, 2)
+    fresh_opt = torch.optim.AdamW(fresh.parameters(), lr=0.5)
+    got = {"model": fresh.state_dict(), "optim": fresh_opt.state_dict(), "extra": {"e": {}, "l": []}}
+    reshard.load(got, tmp_path / "dcp")
+    assert got["optim"]["state"] == {} and got["extra"] == {"e": {}, "l": []}
+    assert got["optim"]["param_groups"][0]["lr"] == 0.25
+    assert torch.equal(got["model"]["weight"], model.weight)
+    fresh_opt.load_state_dict(got["optim"])
+    with pytest.raises(reshard.MissingKeysError, match="'nothing'"):  # a list DCP would record
+        reshard.load({"nothing": []}, tmp_path / "dcp")
+    with pytest.raises(reshard.MissingKeysError, match="'optim'"):
+        reshard.load({"model": fresh.state_dict(), "optim": {}}, tmp_path / "native")

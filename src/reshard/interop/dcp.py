@@ -75,6 +75,11 @@ class DcpManifest(Manifest):
     exact_names: frozenset[str] = frozenset()
 
 
+def is_dcp_manifest(manifest: Manifest) -> bool:
+    """Whether ``manifest`` describes a DCP directory (read in memory, not parsed)."""
+    return isinstance(manifest, DcpManifest)
+
+
 def exact_names(manifest: Manifest) -> frozenset[str]:
     """The dotted names of ``manifest``'s entries whose keys are exact paths, not dotted
     names to split (empty for every manifest but a DCP directory's)."""
