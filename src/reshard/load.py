@@ -210,8 +210,8 @@ def plan_load(
     if missing and strict:
         raise MissingKeysError(
             f"the checkpoint at {location} has no key {_join([repr(m) for m in missing], ', ')}"
-            f"{_nested_hint(missing, by_name or {}, manifest)} (load with strict=False to skip "
-            "missing keys)"
+            f"{_nested_hint(missing, by_name or {}, manifest) or _whole_hint(missing, by_name or {})}"
+            " (load with strict=False to skip missing keys)"
         )
     whole, rest = split_whole_chunks(targets)
     return LoadPlan(whole=whole, rest=rest, values=values)
@@ -230,6 +230,25 @@ def _nested_hint(missing: list[str], by_name: dict[str, Entry], manifest: Manife
             n not in exact or _parts_after(e.key, len(name)))), None)
         if below is not None:
             return f"; it holds keys below {name!r}, such as {below!r}, where the state dict has one value"
+    return ""
+
+
+def _whole_hint(missing: list[str], by_name: dict[str, Entry]) -> str:
+    """Where the checkpoint holds one value at a key above a missing one (a DCP value
+    kept whole, such as a tuple of tensors, or a value where the state dict has a
+    dict), name it and, if it is refused, why: 'no key 'tup.0'' alone read as if the
+    checkpoint lacked it."""
+    from .interop.dcp import RefusedValueEntry
+
+    for name in missing[:20]:
+        end = name.rfind(".")
+        while end > 0:
+            entry = by_name.get(name[:end])
+            if entry is not None:
+                why = f": {entry.reason}" if isinstance(entry, RefusedValueEntry) else ""
+                return (f"; it holds {name[:end]!r} as one value, where the state dict has keys "
+                        f"below it (put one value there){why}")
+            end = name.rfind(".", 0, end)
     return ""
 
 

@@ -286,3 +286,21 @@ def test_empty_dicts_dcp_could_not_record(tmp_path: Path) -> None:
         reshard.load({"nothing": []}, tmp_path / "dcp")
     with pytest.raises(reshard.MissingKeysError, match="'optim'"):
         reshard.load({"model": fresh.state_dict(), "optim": {}}, tmp_path / "native")
+
+
+def test_missing_keys_below_a_value_kept_whole(tmp_path: Path) -> None:
+    """DCP keeps a tuple of tensors whole, as one torch.save'd value, which reshard refuses
+    (it needs a tensor inside a value): a state dict holding the tuple got only "no key
+    'tup.0', 'tup.1'", as if the checkpoint lacked it. The error names the value and why."""
+    _dcp_save({"tup": (torch.arange(2), torch.arange(3.0)), "t": torch.arange(2)}, tmp_path / "dcp")
+    dest = {"tup": (torch.zeros(2, dtype=torch.int64), torch.zeros(3)), "t": torch.zeros(2, dtype=torch.int64)}
+    with pytest.raises(reshard.MissingKeysError, match=(
+            r"no key 'tup\.0', 'tup\.1'; it holds 'tup' as one value, .*put one value there\): "
+            r"DCP key 'tup': a torch\.Tensor has no plain-value form")):
+        reshard.load(dest, tmp_path / "dcp")
+    got: dict[str, Any] = {"tup": None}
+    reshard.load(got, tmp_path / "dcp", allow_pickle=True)
+    assert [t.tolist() for t in got["tup"]] == [[0, 1], [0.0, 1.0, 2.0]]
+    reshard.save({"a": 5}, tmp_path / "native")
+    with pytest.raises(reshard.MissingKeysError, match=r"no key 'a\.x'; it holds 'a' as one value"):
+        reshard.load({"a": {"x": 1}}, tmp_path / "native")
