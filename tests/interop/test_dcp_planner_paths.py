@@ -293,7 +293,8 @@ def test_missing_keys_below_a_value_kept_whole(tmp_path: Path) -> None:
     (it needs a tensor inside a value): a state dict holding the tuple got only "no key
     'tup.0', 'tup.1'", as if the checkpoint lacked it. The error names the value and why."""
     _dcp_save({"tup": (torch.arange(2), torch.arange(3.0)), "t": torch.arange(2)}, tmp_path / "dcp")
-    dest = {"tup": (torch.zeros(2, dtype=torch.int64), torch.zeros(3)), "t": torch.zeros(2, dtype=torch.int64)}
+    zeros = torch.zeros(2, dtype=torch.int64)
+    dest = {"tup": (zeros.clone(), torch.zeros(3)), "t": zeros.clone()}
     with pytest.raises(reshard.MissingKeysError, match=(
             r"no key 'tup\.0', 'tup\.1'; it holds 'tup' as one value, .*put one value there\): "
             r"DCP key 'tup': a torch\.Tensor has no plain-value form")):
