@@ -305,3 +305,49 @@ def test_missing_keys_below_a_value_kept_whole(tmp_path: Path) -> None:
     reshard.save({"a": 5}, tmp_path / "native")
     with pytest.raises(reshard.MissingKeysError, match=r"no key 'a\.x'; it holds 'a' as one value"):
         reshard.load({"a": {"x": 1}}, tmp_path / "native")
+
+
+_SAVED_ON_3 = [("3x1x1", "S0,R,S2"), ("1x3x1", "R,S1,R"), ("1x1x3", "S0,S0,S2"), ("3x1x1", "R,R,R"),
+               ("1x3x1", "S2,S2,S1"), ("1x1x3", "R,S1,S0")]
+_LOADED_ON_3 = [("1x1x3", "S1,R,R"), ("3", "S2"), ("3x1x1", "R,S0,S1"), ("1x3x1", "R,S0,R"), ("3", "R"),
+                ("3x1x1", "S1,S1,S1")]
+
+
+def _three_ranks(rank: int, world_size: int, root: str) -> list[str]:
+    """dcp.save and reshard.save on 3 ranks of DTensors on 3-D meshes (Replicate mixed
+    in) under dotted dict keys; loaded into other meshes and into an empty container."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import distribute_tensor
+
+    from tests.dist.layouts import torch_placements
+
+    meshes = {m: init_device_mesh("cpu", tuple(int(n) for n in m.split("x")))
+              for m in ("3x1x1", "1x3x1", "1x1x3", "3")}
+    full = {f"layer.{i}.w": (torch.arange(140, dtype=torch.float64) + 1000 * i).reshape(7, 5, 4)
+            for i in range(len(_SAVED_ON_3))}
+
+    def placed(layouts: list[tuple[str, str]], zero: bool) -> dict[str, Any]:
+        return {name: distribute_tensor(torch.zeros(7, 5, 4, dtype=torch.float64) if zero else t,
+                                        meshes[m], torch_placements(p))
+                for (name, t), (m, p) in zip(full.items(), layouts)}
+
+    state = {"m": placed(_SAVED_ON_3, zero=False), "step": 3}
+    reshard.save(state, f"{root}/native")
+    _dcp_save(state, Path(root) / "dcp")
+    failures = []
+    for src in ("native", "dcp"):
+        dest = {"m": placed(_LOADED_ON_3, zero=True), "step": 0}
+        reshard.load(dest, f"{root}/{src}")
+        failures += [f"{src} {n}" for n, t in full.items() if not torch.equal(dest["m"][n].full_tensor(), t)]
+        empty: dict[str, Any] = {"m": {}, "step": 0}
+        reshard.load(empty, f"{root}/{src}")
+        if sorted(empty["m"]) != sorted(full) or empty["step"] != 3:
+            failures.append(f"{src} empty: {sorted(empty['m'])}")
+        else:
+            failures += [f"{src} empty {n}" for n, t in full.items() if not torch.equal(empty["m"][n], t)]
+    return failures
+
+
+def test_three_ranks_3d_meshes(tmp_path: Path) -> None:
+    results = run_world(_three_ranks, 3, str(tmp_path), timeout_s=150)
+    assert [f for r in results for f in r] == []
