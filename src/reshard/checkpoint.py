@@ -81,8 +81,13 @@ class Checkpoint:
         self._store.close()
 
     def keys(self) -> list[str]:
-        """Flattened key names, dotted (``"optim.state.0.exp_avg"``), in saved order."""
-        return list(self._entries)
+        """Flattened key names, dotted (``"optim.state.0.exp_avg"``), in saved order.
+
+        One per entry: where two keys of a DCP directory read as one name (a list value
+        ``n = [1, 2]`` beside a key ``"n.0"``), the name is listed twice; read each by its
+        key parts (``("n", 0)``, ``("n.0",)``).
+        """
+        return [dotted(e.key) for e in self.manifest.entries]
 
     def __contains__(self, key: object) -> bool:
         # Every key form read() and info() take: `0 in ck` was False where ck.read(0) read.

@@ -104,9 +104,12 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         rows: list[tuple[str, ...]] = []
         refused: list[str] = []
         total_raw = total_stored = total_chunks = 0
-        for key in ckpt.keys():
-            info = ckpt.info(key)
-            shown = _shown(key)
+        # By entry, each looked up by its key parts: in a DCP directory two keys may read
+        # as one dotted name (a list value n = [1, 2] beside a key "n.0"), and listing
+        # the names showed one of them only.
+        for entry in ckpt.manifest.entries:
+            info = ckpt.info(entry.key)
+            shown = _shown(info.key)
             if info.refused is not None:
                 # A DCP tensor of a dtype reshard lacks (or a value that needs pickle)
                 # read as "value": it is listed as what it is, and why loading it raises.
@@ -145,9 +148,10 @@ def cmd_inspect(args: argparse.Namespace) -> int:
             for line in refused:
                 print(line)
         if args.chunks:
-            for key in ckpt.keys():
-                for c in ckpt.info(key).chunks:
-                    print(f"{_shown(key)}: offsets={list(c.offsets)} sizes={list(c.sizes)} "
+            for entry in ckpt.manifest.entries:
+                info = ckpt.info(entry.key)
+                for c in info.chunks:
+                    print(f"{_shown(info.key)}: offsets={list(c.offsets)} sizes={list(c.sizes)} "
                           f"{c.file} {_size(c.nbytes)} {c.codec}")
     return 0
 

@@ -259,6 +259,10 @@ def test_keys_that_read_as_one_name(tmp_path: Path, capsys: pytest.CaptureFixtur
     with reshard.open(tmp_path / "dcp") as ck:
         assert ck.read(("n", 0)) == 1 and ck.read(["n", 1]) == 2 and ck.read(("n.0",)) == 5
         assert ck.read("n.0") == 5
+        assert sorted(ck.keys()) == ["n.0", "n.0", "n.1", "t"]  # one per key, both listed
+    assert main(["inspect", str(tmp_path / "dcp")]) == 0
+    out = capsys.readouterr().out
+    assert "4 keys," in out and [line.split()[0] for line in out.splitlines()[2:6]].count("n.0") == 2
     got: dict[str, Any] = {"n": [0, 0], "n.0": 0}
     reshard.load(got, tmp_path / "dcp")
     assert got == {"n": [1, 2], "n.0": 5}
