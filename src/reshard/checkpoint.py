@@ -36,7 +36,13 @@ class ChunkInfo:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class EntryInfo:
-    """What a checkpoint holds under one key."""
+    """What a checkpoint holds under one key.
+
+    ``refused``: why reading or loading this key raises, or None where it reads. A DCP
+    directory's tensor of a dtype reshard lacks is a ``"tensor"`` with its dtype and
+    shape and no chunks; its value that needs arbitrary pickle (opened without
+    ``allow_pickle``) is a ``"value"``.
+    """
 
     key: str
     kind: str
@@ -44,6 +50,7 @@ class EntryInfo:
     dtype: torch.dtype | None
     nbytes: int
     chunks: tuple[ChunkInfo, ...]
+    refused: str | None = None
 
 
 class Checkpoint:
@@ -64,6 +71,7 @@ class Checkpoint:
             self._store.close()
             raise
         self._entries = self.manifest.by_dotted()
+        self._by_key = {e.key: e for e in self.manifest.entries}
 
     def __enter__(self) -> Checkpoint:
         return self
@@ -75,8 +83,13 @@ class Checkpoint:
         self._store.close()
 
     def keys(self) -> list[str]:
-        """Flattened key names, dotted (``"optim.state.0.exp_avg"``), in saved order."""
-        return list(self._entries)
+        """Flattened key names, dotted (``"optim.state.0.exp_avg"``), in saved order.
+
+        One per entry: where two keys of a DCP directory read as one name (a list value
+        ``n = [1, 2]`` beside a key ``"n.0"``), the name is listed twice; read each by its
+        key parts (``("n", 0)``, ``("n.0",)``).
+        """
+        return [dotted(e.key) for e in self.manifest.entries]
 
     def __contains__(self, key: object) -> bool:
         # Every key form read() and info() take: `0 in ck` was False where ck.read(0) read.
@@ -88,16 +101,30 @@ class Checkpoint:
         if name is None:
             raise MissingKeysError(f"{self.path}: {key!r} is not a key (a str, an int, or a "
                                    "tuple of str and int parts)")
+        # Key parts first: in a DCP directory two keys may read as one dotted name (a
+        # list value n = [1, 2] read as n.0, n.1, beside a key "n.0"), and ("n", 0)
+        # read the other one.
+        exact = self._by_key.get(tuple(key) if isinstance(key, (tuple, list)) else (key,))
+        if exact is not None:
+            return exact
         try:
             return self._entries[name]
         except KeyError:
             raise MissingKeysError(f"{self.path} has no key {name!r}") from None
 
     def info(self, key: str | int | Key) -> EntryInfo:
+        from .interop.dcp import RefusedValueEntry, UnsupportedTensorEntry
+
         entry = self._entry(key)
+        if isinstance(entry, UnsupportedTensorEntry):
+            # Not "a plain value": it is a tensor, one that reshard cannot hold.
+            return EntryInfo(key=dotted(entry.key), kind="tensor", shape=entry.shape,
+                             dtype=entry.dtype, nbytes=_nbytes(entry.shape, entry.dtype),
+                             chunks=(), refused=entry.reason)
         if isinstance(entry, ValueEntry):
             return EntryInfo(key=dotted(entry.key), kind="value", shape=None, dtype=None,
-                             nbytes=0, chunks=())
+                             nbytes=0, chunks=(), refused=entry.reason
+                             if isinstance(entry, RefusedValueEntry) else None)
         return EntryInfo(
             key=dotted(entry.key), kind="tensor", shape=entry.shape,
             dtype=torch_dtype(entry.dtype), nbytes=entry.nbytes,
@@ -139,6 +166,13 @@ def open(  # noqa: A001 - public name
     ``storage_options`` go unchanged to fsspec (for s3fs: ``key``, ``secret``, ``endpoint_url``).
     """
     return Checkpoint(path, allow_pickle=allow_pickle, storage_options=storage_options)
+
+
+def _nbytes(shape: tuple[int, ...], dtype: Any) -> int:
+    n = getattr(dtype, "itemsize", 0)
+    for s in shape:
+        n *= s
+    return int(n)
 
 
 def _chunk_info(c: Chunk) -> ChunkInfo:

@@ -36,7 +36,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except CheckpointError as e:
-        print(f"reshard {args.command}: {type(e).__name__}: {e}", file=sys.stderr)
+        # Messages quote names and text from the checkpoint, which is not trusted: its
+        # control characters are escaped here as inspect escapes key names.
+        print(f"reshard {args.command}: {type(e).__name__}: {_shown(str(e))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         # Ctrl-C in a long verify or convert: one line, not a traceback (a convert has
@@ -71,9 +73,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
     bar.close()
     print(report.summary())
     for w in report.warnings:
-        print(f"warning: {w}")
+        print(f"warning: {_shown(str(w))}")
     for d in report.damaged:
-        print(f"damaged: {d}")
+        print(f"damaged: {_shown(str(d))}")
     return 0 if report.ok else 1
 
 
@@ -100,10 +102,25 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
     with open_checkpoint(args.path) as ckpt:
         rows: list[tuple[str, ...]] = []
+        refused: list[str] = []
         total_raw = total_stored = total_chunks = 0
-        for key in ckpt.keys():
-            info = ckpt.info(key)
-            shown = _shown(key)
+        # By entry, each looked up by its key parts: in a DCP directory two keys may read
+        # as one dotted name (a list value n = [1, 2] beside a key "n.0"), and listing
+        # the names showed one of them only.
+        for entry in ckpt.manifest.entries:
+            info = ckpt.info(entry.key)
+            shown = _shown(info.key)
+            if info.refused is not None:
+                # A DCP tensor of a dtype reshard lacks (or a value that needs pickle)
+                # read as "value": it is listed as what it is, and why loading it raises.
+                refused.append(f"refused: {shown}: {_shown(info.refused)}")
+                if info.kind == "tensor":
+                    dtype = str(info.dtype).removeprefix("torch.")
+                    rows.append((shown, f"{dtype} (refused tensor)", str(list(info.shape or ())),
+                                 "-", _size(info.nbytes), "-"))
+                else:
+                    rows.append((shown, "value (refused)", "-", "-", "-", "-"))
+                continue
             if info.kind == "value":
                 rows.append((shown, "value", "-", "-", "-", "-"))
                 continue
@@ -126,10 +143,15 @@ def cmd_inspect(args: argparse.Namespace) -> int:
                       f"{m.format_version[1]}, save id {m.save_id}")
         print(f"\n{len(rows)} keys, {total_chunks} chunks, {_size(total_raw)} of tensor data "
               f"({_size(total_stored)} stored), {origin}")
+        if refused:
+            print(f"{len(refused)} of the keys cannot be loaded or read:")
+            for line in refused:
+                print(line)
         if args.chunks:
-            for key in ckpt.keys():
-                for c in ckpt.info(key).chunks:
-                    print(f"{_shown(key)}: offsets={list(c.offsets)} sizes={list(c.sizes)} "
+            for entry in ckpt.manifest.entries:
+                info = ckpt.info(entry.key)
+                for c in info.chunks:
+                    print(f"{_shown(info.key)}: offsets={list(c.offsets)} sizes={list(c.sizes)} "
                           f"{c.file} {_size(c.nbytes)} {c.codec}"
                           + (f" column checksums in {c.column_parts} parts" if c.column_parts else ""))
     return 0

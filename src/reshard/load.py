@@ -27,6 +27,7 @@ from .core.nogc import without_gc
 from .dist.collective import Collective
 from .errors import LayoutMismatchError, MissingKeysError
 from .format.manifest import Chunk, Entry, Manifest, TensorEntry, dotted
+from .interop.dcp import is_dcp_manifest
 from .manifest_io import find_manifest, parse_manifest
 from .storage import Store, is_remote, open_store
 from .transfer import exchange
@@ -187,6 +188,11 @@ def plan_load(
                 for e, below in inside:
                     _match(key + below, None, e, targets, values, problems)
                 continue
+            if type(leaf) is dict and is_dcp_manifest(manifest):
+                # DCP's flattening writes nothing for an empty dict (a fresh optimizer's
+                # "state" saved before its first step), and DCP's own load accepts one;
+                # strict loads of such checkpoints failed with 'no key optim.state'.
+                continue
         if entry is None:
             missing.append(dotted(key))
             continue
@@ -204,21 +210,45 @@ def plan_load(
     if missing and strict:
         raise MissingKeysError(
             f"the checkpoint at {location} has no key {_join([repr(m) for m in missing], ', ')}"
-            f"{_nested_hint(missing, by_name or {})} (load with strict=False to skip missing keys)"
+            f"{_nested_hint(missing, by_name or {}, manifest) or _whole_hint(missing, by_name or {})}"
+            " (load with strict=False to skip missing keys)"
         )
     whole, rest = split_whole_chunks(targets)
     return LoadPlan(whole=whole, rest=rest, values=values)
 
 
-def _nested_hint(missing: list[str], by_name: dict[str, Entry]) -> str:
+def _nested_hint(missing: list[str], by_name: dict[str, Entry], manifest: Manifest) -> str:
     """Where the state dict holds a leaf at a key the checkpoint saved a subtree under
     (a model where a dict of models was saved), name a saved key below it: 'no key
     'model'' alone read as if the checkpoint lacked the model."""
+    from .interop.dcp import exact_names
+
+    exact = exact_names(manifest)
     for name in missing[:20]:
         prefix = name + "."
-        below = next((n for n in by_name if n.startswith(prefix)), None)
+        below = next((n for n, e in by_name.items() if n.startswith(prefix) and (
+            n not in exact or _parts_after(e.key, len(name)))), None)
         if below is not None:
             return f"; it holds keys below {name!r}, such as {below!r}, where the state dict has one value"
+    return ""
+
+
+def _whole_hint(missing: list[str], by_name: dict[str, Entry]) -> str:
+    """Where the checkpoint holds one value at a key above a missing one (a DCP value
+    kept whole, such as a tuple of tensors, or a value where the state dict has a
+    dict), name it and, if it is refused, why: 'no key 'tup.0'' alone read as if the
+    checkpoint lacked it."""
+    from .interop.dcp import RefusedValueEntry
+
+    for name in missing[:20]:
+        end = name.rfind(".")
+        while end > 0:
+            entry = by_name.get(name[:end])
+            if entry is not None:
+                why = f": {entry.reason}" if isinstance(entry, RefusedValueEntry) else ""
+                return (f"; it holds {name[:end]!r} as one value, where the state dict has keys "
+                        f"below it (put one value there){why}")
+            end = name.rfind(".", 0, end)
     return ""
 
 
@@ -262,12 +292,38 @@ def _subtree(
     inside = [(e, e.key[n:]) for e in manifest.entries if len(e.key) > n and e.key[:n] == key]
     if inside:
         return inside
+    from .interop.dcp import exact_names
+
+    # A DCP entry whose key is the path DCP's planner recorded is never split at the dots
+    # of its parts ("layer.0.weight" is one dict key): it is below ``key`` when some of
+    # its leading parts spell ``key``'s name, and keeps its own parts below.
+    exact = exact_names(manifest)
     prefix = dotted(key) + "."
-    return [
-        (e, tuple(int(p) if _INDEX_PART.fullmatch(p) else p
-                  for p in name[len(prefix):].split(".")))
-        for name, e in by_name.items() if name.startswith(prefix)
-    ]
+    out = []
+    for name, e in by_name.items():
+        if not name.startswith(prefix):
+            continue
+        if name in exact:
+            below = _parts_after(e.key, len(prefix) - 1)
+            if below:
+                out.append((e, below))
+            continue
+        out.append((e, tuple(int(p) if _INDEX_PART.fullmatch(p) else p
+                             for p in name[len(prefix):].split("."))))
+    return out
+
+
+def _parts_after(key: tuple[Any, ...], name_len: int) -> tuple[Any, ...]:
+    """The parts of ``key`` after those whose dotted name is ``name_len`` characters
+    long; () where no run of leading parts ends there (the name ends inside a part)."""
+    end = -1
+    for i, part in enumerate(key):
+        end += 1 + len(str(part))
+        if end == name_len:
+            return key[i + 1:]
+        if end > name_len:
+            break
+    return ()
 
 
 def _leaf_and_subtree(rests: list[tuple[Any, ...]]) -> tuple[Any, ...] | None:

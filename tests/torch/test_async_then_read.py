@@ -1,5 +1,5 @@
 """Reading a path while this process's async save to it is in flight: ``load``,
-``reshard.open`` and ``verify`` wait for the save, as ``save`` does. They used to read the
+``reshard.open``, ``verify`` and ``convert`` wait for the save, as ``save`` does. They used to read the
 previous checkpoint while the commit deleted its files, and failed at random with
 "data file ... does not exist" (seen 1 time in 6 on a 32 MB state). A symlinked path to
 the same folder counts as the same path."""
@@ -43,7 +43,7 @@ def _blank() -> dict[str, Any]:
     return {"w": torch.zeros(4096), "step": None}
 
 
-@pytest.mark.parametrize("reader", ["load", "open", "verify", "save"])
+@pytest.mark.parametrize("reader", ["load", "open", "verify", "save", "convert"])
 @pytest.mark.parametrize("via_symlink", [False, True])
 def test_readers_wait_for_the_async_save_to_their_path(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, reader: str, via_symlink: bool
@@ -68,6 +68,15 @@ def test_readers_wait_for_the_async_save_to_their_path(
     elif reader == "verify":
         report = reshard.verify(path)
         assert handle.done() and report.ok and report.warnings == ()
+    elif reader == "convert":
+        # convert found the previous checkpoint (or none) while the commit ran.
+        from reshard.interop.convert import convert
+
+        convert(str(path), str(tmp_path / "out.safetensors"))
+        assert handle.done()
+        convert(str(tmp_path / "out.safetensors"), str(tmp_path / "back"))
+        with reshard.open(tmp_path / "back") as ck:
+            assert ck.read("step") == 2 and torch.equal(ck.read("w"), _state(2)["w"])
     else:
         reshard.save(_state(3), path)
         assert handle.done()

@@ -197,6 +197,12 @@ def shards_of(leaf: Any, key: Key, *, for_load: bool) -> Shards:
     if isinstance(leaf, np.ndarray):
         if for_load and not leaf.flags.writeable:
             raise UnsupportedValueError(f"key {name!r}: the numpy array is read-only")
+        if not for_load and isinstance(leaf, np.ma.MaskedArray):
+            # Saved as its data alone, the mask was lost without a word (masked elements
+            # came back as whatever the data held under them).
+            raise UnsupportedValueError(
+                f"key {name!r}: a numpy MaskedArray would be saved without its mask; save "
+                "np.ma.getdata(x) and np.ma.getmaskarray(x) as two arrays")
         if not for_load and any(s < 0 for s in leaf.strides):
             # torch cannot view negative strides (np.flip, a[::-1]); saving copies anyway.
             leaf = np.ascontiguousarray(leaf)
@@ -275,12 +281,29 @@ def check_dense(tensor: torch.Tensor, name: str, *, for_load: bool) -> None:
     elif tensor.device.type == "meta":
         problem = ("it is on the meta device and holds no data"
                    + (" (materialize it first, e.g. module.to_empty(device=...))" if for_load else ""))
+    elif type(tensor) is not torch.Tensor and _has_no_storage(tensor):
+        # A wrapper subclass (torch.masked.MaskedTensor, ...) has no memory of its own:
+        # its bytes were read through its __torch_dispatch__, which failed as
+        # "rank 0: TypeError: ..." on save and as a CorruptCheckpointError on load.
+        problem = (f"a {type(tensor).__module__}.{type(tensor).__qualname__} is a tensor "
+                   "subclass without memory of its own; reshard reads and writes such "
+                   "subclasses only through DCP's checkpoint protocol (__create_chunk_list__, "
+                   "__get_tensor_shard__): save its plain tensors instead")
     elif for_load and tensor.numel() and any(
         st == 0 and n > 1 for st, n in zip(tensor.stride(), tensor.shape)
     ):  # an empty array has no elements to share (numpy gives empty arrays zero strides)
         problem = "it is an expanded view whose elements share memory; load into a copy"
     if problem is not None:
         raise UnsupportedValueError(f"key {name!r}: {problem}")
+
+
+def _has_no_storage(tensor: torch.Tensor) -> bool:
+    if not tensor.numel():
+        return False
+    try:
+        return bool(tensor.data_ptr() == 0)
+    except Exception:  # noqa: BLE001 - a subclass refusing even this has no usable memory
+        return True
 
 
 def _dtensor_shards(dt: Any, local: torch.Tensor, key: Key, *, for_load: bool) -> Shards:

@@ -31,6 +31,10 @@ _ALLOWED_CLASSES: dict[str, frozenset[str]] = {
 }
 
 
+KeyPath = tuple[str | int, ...]
+"""A key's path in the state dict DCP saved: dict keys (as str) and list indices."""
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class StorageInfo:
     """Where DCP stored one item: a byte range of a ``.distcp`` file, maybe transformed."""
@@ -54,12 +58,14 @@ class DcpTensor:
     dtype: Any  # torch.dtype
     shape: tuple[int, ...]
     chunks: tuple[DcpChunk, ...]
+    path: KeyPath | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class DcpBytes:
     fqn: str
     storage: StorageInfo
+    path: KeyPath | None = None
 
 
 class _RestrictedUnpickler(pickle._Unpickler):
@@ -84,8 +90,9 @@ class _RestrictedUnpickler(pickle._Unpickler):
             value = getattr(torch, name, None)
             if isinstance(value, (torch.dtype, torch.layout)):
                 return value
+        # Quoted: the names come from the file, and may hold terminal escapes.
         raise pickle.UnpicklingError(
-            f"it references {module}.{name}, which is not a DCP metadata class"
+            f"it references {module + '.' + name!r}, which is not a DCP metadata class"
         )
 
 
@@ -138,15 +145,19 @@ def read_metadata(data: bytes, *, source: str) -> tuple[list[DcpTensor], list[Dc
     sd_meta = getattr(meta, "state_dict_metadata", None)
     if not isinstance(sd_meta, dict):
         raise CorruptCheckpointError(f"{source}: state_dict_metadata is not a dict")
+    paths = getattr(meta, "planner_data", None)
     tensors: list[DcpTensor] = []
     byte_items: list[DcpBytes] = []
     for fqn, item in sd_meta.items():
-        if not isinstance(fqn, str) or not fqn:
+        # "" is a name: dcp.save writes a state dict's key "" as it is, and reshard keys
+        # may be "" too; refusing it made the whole checkpoint unreadable.
+        if not isinstance(fqn, str):
             raise CorruptCheckpointError(f"{source}: state_dict_metadata key {fqn!r} is not a name")
+        path = _path(paths.get(fqn) if isinstance(paths, dict) else None, fqn)
         if isinstance(item, md.BytesStorageMetadata):
-            byte_items.append(DcpBytes(fqn=fqn, storage=_lookup(storage, fqn, None, source)))
+            byte_items.append(DcpBytes(fqn=fqn, storage=_lookup(storage, fqn, None, source), path=path))
         elif isinstance(item, md.TensorStorageMetadata):
-            tensors.append(_tensor(fqn, item, storage, source))
+            tensors.append(_tensor(fqn, item, storage, source, path))
         else:
             raise CorruptCheckpointError(f"{source}: key {fqn!r}: unknown item {type(item).__name__}")
     return tensors, byte_items
@@ -160,7 +171,33 @@ def _ints(value: object, what: str) -> tuple[int, ...]:
     return tuple(int(v) for v in value)
 
 
-def _tensor(fqn: str, item: Any, storage: dict[tuple[str, Any], StorageInfo], source: str) -> DcpTensor:
+def _path(raw: object, fqn: str) -> KeyPath | None:
+    """The state dict path DCP's default planner recorded for ``fqn`` (its
+    ``planner_data``: ``"model.layer.0.weight"`` -> ``("model", "layer.0.weight")``), or
+    None where there is none that fits.
+
+    It tells which dots of a name separate keys and which are part of a key; the name
+    alone cannot. A custom planner may keep anything in ``planner_data``, so a path is
+    taken only when its parts are str and int and they join to ``fqn`` exactly, as DCP
+    joins them; otherwise the name is split at its dots as before.
+    """
+    if not isinstance(raw, (tuple, list)) or not raw:
+        return None
+    for p in raw:
+        if type(p) is int:
+            if not 0 <= p < 2**62:
+                return None
+        elif type(p) is not str:
+            return None
+    if ".".join(map(str, raw)) != fqn:
+        return None
+    return tuple(raw)
+
+
+def _tensor(
+    fqn: str, item: Any, storage: dict[tuple[str, Any], StorageInfo], source: str,
+    path: KeyPath | None = None,
+) -> DcpTensor:
     import torch
 
     where = f"{source}: key {fqn!r}"
@@ -181,7 +218,7 @@ def _tensor(fqn: str, item: Any, storage: dict[tuple[str, Any], StorageInfo], so
             continue  # an empty shard holds no bytes
         chunks.append(DcpChunk(offsets=offsets, sizes=sizes,
                                storage=_lookup(storage, fqn, offsets, source)))
-    return DcpTensor(fqn=fqn, dtype=dtype, shape=shape, chunks=tuple(chunks))
+    return DcpTensor(fqn=fqn, dtype=dtype, shape=shape, chunks=tuple(chunks), path=path)
 
 
 def _lookup(

@@ -5,7 +5,9 @@ headers are described in memory), so one streaming reader serves all conversions
 tensor is read box by box through reshard's read path and written as it arrives. Peak
 memory is one piece (``RESHARD_MAX_PIECE_NBYTES``, 16 MiB by default), or one DCP chunk
 when the source is DCP (a DCP item is a single torch.save blob that decodes whole).
-Output keys are the dotted flattened names of the source.
+Output keys are the dotted flattened names of the source, except that a DCP key whose
+path DCP's planner recorded keeps that path as its parts (``("model", "layer.0.weight")``),
+so that a load into an empty container rebuilds the dicts DCP saved.
 """
 
 from __future__ import annotations
@@ -78,6 +80,29 @@ class Source:
             )
         return values
 
+    def refuse_name_clashes(self) -> None:
+        """UnsupportedValueError naming them where two keys read as one dotted name.
+
+        Both outputs name keys by dotted name (a reshard manifest refuses two keys that
+        read alike, as save does), and a DCP directory can hold such a pair: a list
+        value ``n = [1, 2]``, flattened to ``n.0`` and ``n.1``, beside its own key
+        ``"n.0"``. convert wrote a manifest reshard then refused as corrupt ('duplicate
+        key'), or a safetensors file holding one of the two.
+        """
+        seen: dict[str, Entry] = {}
+        clashes: list[str] = []
+        for e in self.manifest.entries:
+            name = dotted(e.key)
+            other = seen.setdefault(name, e)
+            if other is not e:
+                clashes.append(f"{list(other.key)} and {list(e.key)} both read as {name!r}")
+        if clashes:
+            more = f" (and {len(clashes) - 3} more)" if len(clashes) > 3 else ""
+            raise UnsupportedValueError(
+                f"{self.store.location}: keys {'; '.join(clashes[:3])}{more}; convert names "
+                "every key by its dotted name and cannot write both"
+            )
+
     def read(self, entry: TensorEntry, box: Box) -> memoryview:
         """The C-order bytes of ``box`` of ``entry``."""
         import torch
@@ -100,14 +125,28 @@ class Source:
     def close(self) -> None:
         self.store.close()
 
+    def out_key(self, entry: Entry) -> tuple[Any, ...]:
+        """The key ``entry`` gets in reshard output: its dotted name as one part, or, for
+        a DCP entry whose key is the exact path saved, that path (its name split at every
+        dot would nest ``layer.0.weight`` as ``layer[0].weight`` in an empty container)."""
+        from .dcp import exact_names
+
+        name = dotted(entry.key)
+        return entry.key if name in exact_names(self.manifest) else (name,)
+
 
 def open_source(path: str, *, allow_pickle: bool = False) -> Source:
     """Open a reshard checkpoint, a DCP directory, a ``.safetensors`` file, an HF
     ``*.safetensors.index.json``, or a directory holding safetensors files."""
+    from ..async_save import wait_for_inflight
     from ..manifest_io import load_manifest
     from .dcp import is_dcp_checkpoint
 
     path = os.path.abspath(path)
+    # As load and open do: an async_save to this folder in this process is not yet
+    # committed (convert found no checkpoint, or the previous one while the commit
+    # deleted its files).
+    wait_for_inflight(path)
     if os.path.isfile(path):
         folder, name = os.path.split(path)
         store = open_store(folder)
@@ -172,6 +211,7 @@ def to_safetensors(
     """Write ``source`` as safetensors at ``dst`` (a ``.safetensors`` file name, or a
     directory that gets ``model.safetensors``); returns the files written."""
     folder, stem = _safetensors_target(dst)
+    source.refuse_name_clashes()
     values = {dotted(v.key): v.value for v in source.plain_values()}
     plans = st.plan_shards(source.tensors(), stem=stem, max_shard_nbytes=max_shard_nbytes)
     names = [p.name for p in plans] + ([f"{stem}{st.INDEX_SUFFIX}"] if len(plans) > 1 else [])
@@ -245,6 +285,7 @@ def to_reshard(
         raise StorageError(f"{dst} exists and is not an empty directory")
     created = not os.path.exists(dst)
     codec_obj, spec = resolve_codec(codec)
+    source.refuse_name_clashes()
     values = source.plain_values()
     save_id = new_save_id()
     file_name = f"{DATA_DIR}/{save_id}.0.bin"
@@ -260,7 +301,7 @@ def to_reshard(
         parts = config.column_checksums()
         if parts > 1:
             entries = [_with_column_crcs(store, e, parts) for e in entries]
-        entries.extend(ValueEntry(key=(dotted(v.key),), value=v.value) for v in values)
+        entries.extend(ValueEntry(key=source.out_key(v), value=v.value) for v in values)
         manifest = Manifest(save_id=save_id, world_size=1, created_unix_s=time.time(),
                             library_version=__version__, entries=tuple(entries))
         store.write_atomic(MANIFEST_NAME, manifest.to_json())
@@ -324,7 +365,7 @@ def _write_tensor(
                 raw_nbytes=chunk_box.numel * e.itemsize, codec=spec,
                 frame_raw_nbytes=framer.frame, frames=frames,
             ))
-    return TensorEntry(key=(dotted(e.key),), dtype=e.dtype, shape=e.shape,
+    return TensorEntry(key=source.out_key(e), dtype=e.dtype, shape=e.shape,
                        container=e.container, chunks=tuple(chunks))
 
 
@@ -499,7 +540,9 @@ def cmd_convert(args: argparse.Namespace) -> int:
                           show_progress=not args.quiet,
                           column_blocks=1 if args.column_blocks is None else args.column_blocks)
     except (CheckpointError, OSError) as e:
-        print(f"reshard convert: {e}", file=sys.stderr)
+        # The message may quote text from the source (not trusted): escape control characters.
+        text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(e))
+        print(f"reshard convert: {text}", file=sys.stderr)
         return 1
     for path in written:
         print(path)

@@ -19,6 +19,7 @@ passed ``allow_pickle=True``.
 from __future__ import annotations
 
 import io
+import re
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -26,10 +27,20 @@ from typing import Any
 
 from ..core.layout import Box, tiling_problem
 from ..errors import CheckpointError, CorruptCheckpointError, UnsupportedValueError
-from ..format.manifest import Chunk, CodecSpec, Entry, Frame, Key, Manifest, TensorEntry, ValueEntry
+from ..format.manifest import (
+    Chunk,
+    CodecSpec,
+    Entry,
+    Frame,
+    Key,
+    Manifest,
+    TensorEntry,
+    ValueEntry,
+    dotted,
+)
 from ..format.values import encode_value
 from ..storage.base import Store
-from ._dcp_pickle import DcpBytes, DcpTensor, StorageInfo, read_metadata
+from ._dcp_pickle import DcpBytes, DcpTensor, KeyPath, StorageInfo, read_metadata
 
 METADATA_NAME = ".metadata"
 CODEC_NAME = "dcp-torch-save"
@@ -50,7 +61,32 @@ def is_dcp_checkpoint(store: Store) -> bool:
     return True
 
 
-def load_dcp_manifest(store: Store, *, allow_pickle: bool = False) -> Manifest:
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DcpManifest(Manifest):
+    """The in-memory manifest of a DCP directory.
+
+    ``exact_names``: the dotted names of the entries whose keys are the paths DCP's
+    planner recorded (``planner_data``), parts as saved (``("model", "layer.0.weight")``).
+    The other entries' keys are DCP's flattened names, one part holding dots that may or
+    may not separate keys; a load splits those at the dots to fill an empty container,
+    never these.
+    """
+
+    exact_names: frozenset[str] = frozenset()
+
+
+def is_dcp_manifest(manifest: Manifest) -> bool:
+    """Whether ``manifest`` describes a DCP directory (read in memory, not parsed)."""
+    return isinstance(manifest, DcpManifest)
+
+
+def exact_names(manifest: Manifest) -> frozenset[str]:
+    """The dotted names of ``manifest``'s entries whose keys are exact paths, not dotted
+    names to split (empty for every manifest but a DCP directory's)."""
+    return manifest.exact_names if isinstance(manifest, DcpManifest) else frozenset()
+
+
+def load_dcp_manifest(store: Store, *, allow_pickle: bool = False) -> DcpManifest:
     """An in-memory manifest for the DCP checkpoint in ``store`` (never written to disk)."""
     import os
 
@@ -59,12 +95,33 @@ def load_dcp_manifest(store: Store, *, allow_pickle: bool = False) -> Manifest:
     _check_ranges(store, [c.storage for t in tensors for c in t.chunks]
                   + [b.storage for b in byte_items])
     entries: list[Entry] = [_tensor_entry_or_refusal(t) for t in tensors]
+    exact = {dotted(e.key) for t, e in zip(tensors, entries) if t.path is not None}
     for item in byte_items:
-        entries.extend(_value_entries(store, item, allow_pickle=allow_pickle))
-    return Manifest(
+        found = _value_entries(store, item, allow_pickle=allow_pickle)
+        entries.extend(found)
+        if item.path is not None:
+            exact.update(dotted(e.key) for e in found)
+    return DcpManifest(
         save_id=f"dcp-{uuid.uuid4().hex[:12]}", world_size=1, created_unix_s=time.time(),
-        library_version=LIBRARY, entries=tuple(entries),
+        library_version=LIBRARY, entries=tuple(entries), exact_names=frozenset(exact),
     )
+
+
+_INDEX_PART = re.compile(r"0|[1-9][0-9]{0,17}")
+
+
+def entry_key(fqn: str, path: KeyPath | None) -> Key:
+    """The reshard key of a DCP item: its planner path, else its flattened name.
+
+    DCP turned every dict key into text (an optimizer's ``state`` keys 0, 1, ... became
+    "0", "1", ...); plain decimal parts become ints again, as a load does for the parts of
+    a dotted name, so that a fresh optimizer's empty ``state`` receives them under the
+    int keys ``Optimizer.load_state_dict`` maps to its parameters. List indices are ints
+    in the path already.
+    """
+    if path is None:
+        return (fqn,)
+    return tuple(int(p) if type(p) is str and _INDEX_PART.fullmatch(p) else p for p in path)
 
 
 def _check_ranges(store: Store, infos: list[StorageInfo]) -> None:
@@ -114,7 +171,8 @@ def _tensor_entry(t: DcpTensor) -> TensorEntry:
     problem = tiling_problem(t.shape, [c.box for c in chunks])
     if problem is not None:
         raise CorruptCheckpointError(f"DCP key {t.fqn!r}: the chunks do not tile the tensor: {problem}")
-    return TensorEntry(key=(t.fqn,), dtype=dtype, shape=t.shape, container="torch", chunks=chunks)
+    return TensorEntry(key=entry_key(t.fqn, t.path), dtype=dtype, shape=t.shape, container="torch",
+                       chunks=chunks)
 
 
 def _tensor_entry_or_refusal(t: DcpTensor) -> Entry:
@@ -123,8 +181,9 @@ def _tensor_entry_or_refusal(t: DcpTensor) -> Entry:
     try:
         return _tensor_entry(t)
     except UnsupportedValueError as e:
-        return UnsupportedTensorEntry(key=(t.fqn,), value=_NONE, reason=(
-            f"DCP {e}; the other keys of the checkpoint load"))
+        return UnsupportedTensorEntry(
+            key=entry_key(t.fqn, t.path), value=_NONE, dtype=t.dtype, shape=t.shape,
+            reason=f"DCP {e}; the other keys of the checkpoint load")
 
 
 def codec_spec(dtype: str, sizes: tuple[int, ...], transforms: tuple[str, ...]) -> CodecSpec:
@@ -275,7 +334,13 @@ class RefusedValueEntry(ValueEntry):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class UnsupportedTensorEntry(RefusedValueEntry):
-    """A DCP tensor reshard cannot hold (its dtype); loading or reading its key raises."""
+    """A DCP tensor reshard cannot hold (its dtype); loading or reading its key raises.
+
+    ``dtype`` (the torch dtype DCP recorded) and ``shape`` describe it for inspection.
+    """
+
+    dtype: Any = None
+    shape: tuple[int, ...] = ()
 
 
 _NONE: dict[str, Any] = {"type": "none"}
@@ -286,6 +351,7 @@ def _value_entries(store: Store, item: DcpBytes, *, allow_pickle: bool) -> list[
 
     import torch
 
+    key = entry_key(item.fqn, item.path)
     blob = _read_item(store, item.storage, item.fqn)
     try:
         _check_zip_crcs(blob)  # DCP writes every value with torch.save
@@ -295,7 +361,7 @@ def _value_entries(store: Store, item: DcpBytes, *, allow_pickle: bool) -> list[
         obj = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         if not allow_pickle:
-            return [RefusedValueEntry(key=(item.fqn,), value=_NONE, reason=(
+            return [RefusedValueEntry(key=key, value=_NONE, reason=(
                 f"DCP key {item.fqn!r} holds a Python object that only arbitrary pickle can load "
                 f"({_first_line(e)}); load it with allow_pickle=True if you trust this checkpoint"
             ))]
@@ -303,18 +369,18 @@ def _value_entries(store: Store, item: DcpBytes, *, allow_pickle: bool) -> list[
             obj = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=False)
         except Exception as e2:  # noqa: BLE001
             raise CorruptCheckpointError(f"DCP key {item.fqn!r}: does not unpickle: {e2}") from None
-        return [PickledValueEntry(key=(item.fqn,), value=_NONE, obj=obj)]
+        return [PickledValueEntry(key=key, value=_NONE, obj=obj)]
     except Exception as e:  # noqa: BLE001 - a broken blob
         raise CorruptCheckpointError(f"DCP key {item.fqn!r}: does not load: {e}") from None
     out: list[ValueEntry] = []
     problems: list[str] = []
-    _flatten_value((item.fqn,), obj, out, problems)
+    _flatten_value(key, obj, out, problems)
     if problems and not allow_pickle:
-        return [RefusedValueEntry(key=(item.fqn,), value=_NONE, reason=(
+        return [RefusedValueEntry(key=key, value=_NONE, reason=(
             f"DCP key {item.fqn!r}: {problems[0]}; load it with allow_pickle=True to get the object"
         ))]
     if problems:
-        return [PickledValueEntry(key=(item.fqn,), value=_NONE, obj=obj)]
+        return [PickledValueEntry(key=key, value=_NONE, obj=obj)]
     return out
 
 
@@ -348,5 +414,12 @@ def _read_item(store: Store, info: StorageInfo, fqn: str) -> bytes:
 
 
 def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0][:300] if text else type(e).__name__
+    # torch's weights_only refusal starts with a generic line holding terminal escape
+    # codes ("\x1b[1m"); the line naming the class that was refused is the useful one.
+    lines = [ln.strip() for ln in str(e).strip().splitlines()]
+    named = [ln for ln in lines if ln.startswith("WeightsUnpickler error:")]
+    text = (named or lines or [type(e).__name__])[0]
+    text = re.sub(r"\x1b\[[0-9;]*m", "", text).split(" Please use ")[0]
+    # It quotes names from the checkpoint's pickle: their control characters are shown
+    # escaped, never sent to the terminal that prints this error.
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text[:300])
