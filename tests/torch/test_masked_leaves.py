@@ -68,3 +68,26 @@ def test_subclasses_with_their_own_memory_round_trip(tmp_path: Path) -> None:
     for k, v in state.items():
         got, want = (t.detach().as_subclass(torch.Tensor) for t in (dest[k], v))
         assert torch.equal(got, want), k
+
+
+def _dtensor_of_masked(rank: int, world_size: int, path: str) -> None:
+    import warnings
+
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import DTensor, Shard
+
+    mesh = init_device_mesh("cpu", (world_size,))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # MaskedTensor is a prototype
+        dt = DTensor.from_local(_masked_tensor(), mesh, [Shard(0)], run_check=False)
+    with pytest.raises(reshard.UnsupportedValueError, match=r"key 'w': .*MaskedTensor"):
+        reshard.save({"w": dt}, path)
+
+
+def test_dtensor_over_a_masked_tensor_is_refused_by_key(tmp_path: Path) -> None:
+    """The DTensor path skipped the check for its local tensor: save failed as 'rank 0:
+    TypeError: mask must have dtype bool.'"""
+    from tests.helpers.world import run_world
+
+    run_world(_dtensor_of_masked, 2, str(tmp_path / "ck"), timeout_s=60)
+    assert not (tmp_path / "ck" / "manifest.json").exists()

@@ -324,7 +324,8 @@ def _dtensor_shards(dt: Any, local: torch.Tensor, key: Key, *, for_load: bool) -
         )
     if local.requires_grad:
         local = local.detach()
-    if not _is_plain_dense(local, for_load=for_load):
+    # A local tensor of a subclass may hold no memory of its own (a MaskedTensor).
+    if type(local) is not torch.Tensor or not _is_plain_dense(local, for_load=for_load):
         check_dense(local, dotted(key), for_load=for_load)
     dtype = _TORCH_DTYPES.get(local.dtype)
     if dtype is None:
