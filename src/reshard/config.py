@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 
 from .errors import ConfigError
+from .format.column_crcs import MAX_PARTS as MAX_COLUMN_CRC_PARTS
 from .format.manifest import MAX_FRAME_RAW_NBYTES
 
 
@@ -67,7 +68,7 @@ def column_blocks(value: object = None) -> int:
     return value
 
 
-MAX_COLUMN_CHECKSUM_PARTS = 1 << 16
+MAX_COLUMN_CHECKSUM_PARTS = MAX_COLUMN_CRC_PARTS  # what readers accept
 COLUMN_CHECKSUM_MIN_NBYTES = 1024 * 1024
 """Boxes up to this size get no column checksums: they are written and read whole."""
 

@@ -29,6 +29,7 @@ from .dist.collective import Collective, Outcome, raise_if_failed
 from .errors import CheckpointError, CheckpointNotFoundError, StorageError
 from .format.canonical import chunk_texts, tensor_entry_json, value_entry_json, with_column_crcs
 from .format.canonical import manifest_json as encode_manifest
+from .format.column_crcs import ColumnCrcs
 from .format.dtypes import ITEMSIZE
 from .format.manifest import (
     DATA_DIR,
@@ -423,7 +424,7 @@ def manifest_json(
         ))
         for chunk, parts, rows, crcs in wf.column_crcs:
             texts[first + chunk] = with_column_crcs(
-                texts[first + chunk], {"crc32c": list(crcs), "parts": parts, "rows": rows})
+                texts[first + chunk], ColumnCrcs(parts=parts, rows=rows, crc32c=crcs).to_json())
         owners.extend(map(position.__getitem__, map(_KEY, items)))
         starts.extend(offsets)
         if numeric:

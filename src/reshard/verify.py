@@ -28,7 +28,7 @@ from .format.manifest import (
 )
 from .manifest_io import load_manifest
 from .storage import Store, open_store
-from .transfer.column_reads import stored_tile_crcs
+from .transfer.column_reads import stored_tile_crcs, tile_name
 
 READ_BATCH_NBYTES = 8 * 1024 * 1024
 """Stored bytes read at once (whole frames; one frame may exceed it)."""
@@ -209,7 +209,6 @@ def _check_columns(
     if chunk.offset + chunk.nbytes > size:
         return  # reported with the frames
     box = chunk.box
-    n_rows = box.sizes[0]
     segs = segments(box.offsets[1], box.sizes[1], shape[1], crcs.parts)
     try:
         for lo, got in stored_tile_crcs(store, chunk, segs, crcs.rows, batch_nbytes=READ_BATCH_NBYTES):
@@ -217,12 +216,10 @@ def _check_columns(
             bad = next((i for i, (a, b) in enumerate(zip(got, expected)) if a != b), None)
             if bad is not None:
                 run, seg = lo + bad // len(segs), bad % len(segs)
+                rows = run * crcs.rows, min((run + 1) * crcs.rows, box.sizes[0])
                 tally.damaged.append(Damage(
                     file=chunk.file, key=key, chunk_offsets=box.offsets,
-                    message=f"the column tile of rows {box.offsets[0] + run * crcs.rows}.."
-                            f"{box.offsets[0] + min((run + 1) * crcs.rows, n_rows)} and columns "
-                            f"{box.offsets[1] + segs[seg][0]}..{box.offsets[1] + segs[seg][1]} "
-                            "fails its CRC-32C check",
+                    message=f"{tile_name(chunk, *rows, *segs[seg])} fails its CRC-32C check",
                 ))
                 return
     except CheckpointError as e:

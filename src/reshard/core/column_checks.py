@@ -23,10 +23,7 @@ while it is still in the core's cache, large enough to keep a few per MiB."""
 def cuts(width: int, parts: int) -> list[int]:
     """The column indices where ``torch.chunk`` cuts ``width`` columns into ``parts``
     (chunks of ``ceil(width / parts)``; fewer chunks when they run out)."""
-    if width <= 0 or parts <= 1:
-        return []
-    step = -(-width // parts)
-    return list(range(step, width, step))
+    return list(_cuts_inside(0, width, width, parts))
 
 
 def segments(col_lo: int, col_size: int, width: int, parts: int) -> list[tuple[int, int]]:

@@ -297,11 +297,16 @@ def _check(chunk: Chunk, run: int, seg: int, a0: int, a1: int, c0: int, c1: int,
         raise _tile_error(chunk, run, seg, a0, a1, c0, c1)
 
 
+def tile_name(chunk: Chunk, a0: int, a1: int, c0: int, c1: int) -> str:
+    """How errors name the tile of the chunk's rows ``[a0, a1)`` x columns ``[c0, c1)``
+    (in the tensor's indices)."""
+    r, c = chunk.box.offsets[0], chunk.box.offsets[1]
+    return f"the column tile of rows {r + a0}..{r + a1} and columns {c + c0}..{c + c1}"
+
+
 def _tile_error(chunk: Chunk, run: int, seg: int, a0: int, a1: int, c0: int, c1: int
                 ) -> CorruptCheckpointError:
-    r, c = chunk.box.offsets[0], chunk.box.offsets[1]
     return CorruptCheckpointError(
-        f"chunk at offsets {list(chunk.box.offsets)} in {chunk.file}: the column tile of "
-        f"rows {r + a0}..{r + a1} and columns {c + c0}..{c + c1} (run {run}, segment {seg}) "
-        "fails its CRC-32C check"
+        f"chunk at offsets {list(chunk.box.offsets)} in {chunk.file}: "
+        f"{tile_name(chunk, a0, a1, c0, c1)} (run {run}, segment {seg}) fails its CRC-32C check"
     )
