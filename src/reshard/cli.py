@@ -1,8 +1,8 @@
 """The ``reshard`` command line.
 
 Thin: each subcommand calls the public API. Exit codes: 0 ok, 1 check failed, 2 usage,
-130 on Ctrl-C, 141 (as for SIGPIPE) when the reader of the output went away
-(``reshard inspect X | head``).
+3 (``verify``) no checkpoint at the path, 130 on Ctrl-C, 141 (as for SIGPIPE) when the
+reader of the output went away (``reshard inspect X | head``).
 """
 
 from __future__ import annotations
@@ -12,9 +12,12 @@ import os
 import sys
 from collections.abc import Sequence
 
-from .errors import CheckpointError
+from .errors import CheckpointError, CheckpointNotFoundError
 from .interop.convert import add_convert_parser
 from .progress import ProgressBar
+
+EXIT_NOT_FOUND = 3
+"""``reshard verify``'s exit status when the path holds no checkpoint (1 means damaged)."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -58,7 +61,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def add_verify_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("verify", help="check every byte of every chunk of a checkpoint",
                        description="Read every frame of every chunk, check its CRC-32C and that it "
-                       "decodes; exit 0 when intact, 1 when damaged.")
+                       "decodes; exit 0 when intact, 1 when damaged, 3 when PATH holds no "
+                       "checkpoint (no manifest.json and no DCP .metadata).")
     p.add_argument("path", help="the checkpoint directory")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="show a progress bar (default: for large checkpoints on a terminal)")
@@ -69,8 +73,15 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from . import verify
 
     bar = ProgressBar("verifying", enabled=args.progress)
-    report = verify(args.path, progress=bar)
-    bar.close()
+    try:
+        report = verify(args.path, progress=bar)
+    except CheckpointNotFoundError as e:
+        # Not "DAMAGED": nothing is there to be damaged (a mistyped path, a save that never
+        # committed), and a script must be able to tell the two apart.
+        print(f"reshard verify: {_shown(str(e))}", file=sys.stderr)
+        return EXIT_NOT_FOUND
+    finally:
+        bar.close()
     print(report.summary())
     for w in report.warnings:
         print(f"warning: {_shown(str(w))}")

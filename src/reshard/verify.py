@@ -4,6 +4,9 @@ A load already checks the CRC-32C of every frame it reads; ``verify`` reads *all
 every chunk, checks each checksum, decodes each compressed frame (to its recorded raw size),
 and checks that no data file is missing or shorter than its chunks need. It never raises for
 a damaged checkpoint: it returns a report naming each damaged chunk or frame by key and file.
+Where there is no checkpoint at all (no manifest.json and no DCP .metadata, or the path is
+a file) it raises CheckpointNotFoundError, as ``reshard.open`` does: a mistyped path is not
+a damaged checkpoint.
 """
 
 from __future__ import annotations
@@ -105,7 +108,11 @@ class _Tally:
 
 
 def verify(path: str | os.PathLike[str], *, progress: Progress | None = None) -> VerifyReport:
-    """Read and check every frame of the checkpoint at ``path``; see the module docstring."""
+    """Read and check every frame of the checkpoint at ``path``; see the module docstring.
+
+    Raises CheckpointNotFoundError (naming the path) when ``path`` holds no checkpoint; a
+    manifest that is there but unreadable or invalid is reported as damage.
+    """
     from .async_save import wait_for_inflight
 
     store = open_store(path)
@@ -113,7 +120,11 @@ def verify(path: str | os.PathLike[str], *, progress: Progress | None = None) ->
         wait_for_inflight(store.location)  # as in load: its commit deletes the files read here
         try:
             manifest = load_manifest(store)
-        except CheckpointError as e:  # missing, unreadable or invalid: nothing else to check
+        except CheckpointNotFoundError:
+            # Nothing was saved here (or the path is mistyped): "DAMAGED" would send the
+            # user looking for damage in a checkpoint that does not exist.
+            raise
+        except CheckpointError as e:  # unreadable or invalid: nothing else to check
             return VerifyReport(path=store.location, damaged=(Damage(file=MANIFEST_NAME, message=str(e)),))
         return _verify(store, manifest, progress)
     finally:
