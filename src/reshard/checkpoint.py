@@ -135,6 +135,10 @@ class Checkpoint:
         """The whole tensor at ``key``, or the part a tuple of ints/slices selects.
 
         Only the frames holding the selection are read. Plain values are returned as is.
+        An entry saved from a numpy array (``container`` ``numpy`` in the manifest) comes
+        back as a numpy array (an int for every dim: a numpy scalar, as numpy indexing
+        gives), one saved from a numpy scalar as a numpy scalar, as ``reshard.load`` gives
+        them where the state dict has no object of its own; anything else as a torch tensor.
         """
         entry = self._entry(key)
         if isinstance(entry, ValueEntry):
@@ -152,7 +156,11 @@ class Checkpoint:
             ) from e
         fill(self._store, [Target(entry=entry, box=box, tensor=out)],
              threads=config.io_threads(), max_piece_nbytes=config.max_piece_nbytes())
-        return out.squeeze(squeeze) if squeeze else out
+        out = out.squeeze(squeeze) if squeeze else out
+        # An int for every dim of an array selects one element: a numpy scalar, as
+        # ``array[3, 5]`` gives (a tensor gives a 0-d tensor, as ``t[3, 5]`` does).
+        element = bool(squeeze) and out.dim() == 0 and entry.container == "numpy"
+        return _as_saved(out, "numpy_scalar" if element else entry.container)
 
 
 def open(  # noqa: A001 - public name
@@ -166,6 +174,20 @@ def open(  # noqa: A001 - public name
     ``storage_options`` go unchanged to fsspec (for s3fs: ``key``, ``secret``, ``endpoint_url``).
     """
     return Checkpoint(path, allow_pickle=allow_pickle, storage_options=storage_options)
+
+
+def _as_saved(tensor: torch.Tensor, container: str) -> Any:
+    """``tensor`` as the kind of object that was saved (docs/FORMAT.md, ``container``),
+    as load's ``_as_container`` gives it. A dtype numpy lacks (bfloat16, float8: a
+    manifest not written by a save from numpy) or a container this reader does not know
+    stays a tensor."""
+    if container not in ("numpy", "numpy_scalar"):
+        return tensor
+    try:
+        array = tensor.numpy()
+    except TypeError:
+        return tensor
+    return array[()] if container == "numpy_scalar" else array
 
 
 def _nbytes(shape: tuple[int, ...], dtype: Any) -> int:

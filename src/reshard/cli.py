@@ -1,7 +1,8 @@
 """The ``reshard`` command line.
 
 Thin: each subcommand calls the public API. Exit codes: 0 ok, 1 check failed, 2 usage,
-130 on Ctrl-C, 141 (as for SIGPIPE) when the reader of the output went away
+3 (``verify``) no checkpoint at the path, 4 (``verify``) no damage found but some keys
+not checked, 130 on Ctrl-C, 141 (as for SIGPIPE) when the reader of the output went away
 (``reshard inspect X | head``).
 """
 
@@ -12,9 +13,15 @@ import os
 import sys
 from collections.abc import Sequence
 
-from .errors import CheckpointError
+from .errors import CheckpointError, CheckpointNotFoundError
 from .interop.convert import add_convert_parser
 from .progress import ProgressBar
+
+EXIT_NOT_FOUND = 3
+"""``reshard verify``'s exit status when the path holds no checkpoint (1 means damaged)."""
+EXIT_UNCHECKED = 4
+"""``reshard verify``'s exit status when nothing damaged was found but some keys could not
+be checked (a DCP tensor of a dtype reshard does not read): 0 means every byte was."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -58,7 +65,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 def add_verify_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("verify", help="check every byte of every chunk of a checkpoint",
                        description="Read every frame of every chunk, check its CRC-32C and that it "
-                       "decodes; exit 0 when intact, 1 when damaged.")
+                       "decodes; exit 0 when intact (every key checked), 1 when damaged, 3 "
+                       "when PATH holds no checkpoint (no manifest.json and no DCP .metadata), "
+                       "4 when nothing damaged was found but some keys could not be checked "
+                       "(DCP tensors of a dtype reshard does not read; each is listed).")
     p.add_argument("path", help="the checkpoint directory")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="show a progress bar (default: for large checkpoints on a terminal)")
@@ -69,14 +79,25 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from . import verify
 
     bar = ProgressBar("verifying", enabled=args.progress)
-    report = verify(args.path, progress=bar)
-    bar.close()
+    try:
+        report = verify(args.path, progress=bar)
+    except CheckpointNotFoundError as e:
+        # Not "DAMAGED": nothing is there to be damaged (a mistyped path, a save that never
+        # committed), and a script must be able to tell the two apart.
+        print(f"reshard verify: {_shown(str(e))}", file=sys.stderr)
+        return EXIT_NOT_FOUND
+    finally:
+        bar.close()
     print(report.summary())
     for w in report.warnings:
         print(f"warning: {_shown(str(w))}")
     for d in report.damaged:
         print(f"damaged: {_shown(str(d))}")
-    return 0 if report.ok else 1
+    for u in report.unchecked:
+        print(f"not checked: {_shown(str(u))}")
+    if not report.ok:
+        return 1
+    return 0 if report.intact else EXIT_UNCHECKED
 
 
 

@@ -384,10 +384,34 @@ def _match_tensor(
         problems.append(f"key {dotted(key)!r}: the checkpoint holds shape {list(entry.shape)}, "
                         f"the state dict expects {list(shards.shape)}")
         return
+    problem = _lossy_dtype(entry, shards.tensors)
+    if problem is not None:
+        problems.append(f"key {dotted(key)!r}: {problem}")
+        return
     for box, tensor in zip(shards.boxes, shards.tensors):
         targets.append(Target(entry=entry, box=box, tensor=tensor))
     if scalar:
         values.append((key, _Later(partial(_item, leaf))))
+
+
+def _lossy_dtype(entry: TensorEntry, tensors: tuple[torch.Tensor, ...]) -> str | None:
+    """Why the saved elements cannot go into ``tensors``, if they cannot.
+
+    A load converts dtypes as ``Tensor.copy_`` does (float64 into float32, int into float,
+    real into complex), as ``load_state_dict`` does. Complex into real is refused: the copy
+    would drop every imaginary part with only a torch warning, a value silently not loaded.
+    Only tensors holding elements count: an empty shard writes nothing (and an empty
+    LocalShardsWrapper reports the default dtype, not its own).
+    """
+    if not entry.dtype.startswith("complex"):
+        return None
+    real = next((t.dtype for t in tensors if t.numel() and not t.dtype.is_complex), None)
+    if real is None:
+        return None
+    return (f"the checkpoint holds {entry.dtype}, the state dict "
+            f"{str(real).removeprefix('torch.')}: loading complex values into a real dtype "
+            "would drop their imaginary parts; load into a complex tensor (and take .real "
+            "if only that is wanted)")
 
 
 def _item(array: np.ndarray[Any, Any]) -> Any:

@@ -4,6 +4,9 @@ A load already checks the CRC-32C of every frame it reads; ``verify`` reads *all
 every chunk, checks each checksum, decodes each compressed frame (to its recorded raw size),
 and checks that no data file is missing or shorter than its chunks need. It never raises for
 a damaged checkpoint: it returns a report naming each damaged chunk or frame by key and file.
+Where there is no checkpoint at all (no manifest.json and no DCP .metadata, or the path is
+a file) it raises CheckpointNotFoundError, as ``reshard.open`` does: a mistyped path is not
+a damaged checkpoint.
 """
 
 from __future__ import annotations
@@ -61,8 +64,24 @@ class Damage:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Unchecked:
+    """A key whose bytes ``verify`` could not check: a DCP tensor of a dtype reshard does
+    not read (it has no checksums of its own to check, and reshard cannot decode it)."""
+
+    key: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"key {self.key!r}: {self.message}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class VerifyReport:
-    """What ``verify`` checked and what it found damaged (empty ``damaged``: intact)."""
+    """What ``verify`` checked and what it found damaged.
+
+    ``ok``: nothing damaged was found. ``unchecked`` names the keys whose bytes could not
+    be checked at all; the checkpoint is ``intact`` only when it is ok and that is empty.
+    """
 
     path: str
     keys: int = 0
@@ -72,14 +91,27 @@ class VerifyReport:
     bytes_checked: int = 0
     damaged: tuple[Damage, ...] = ()
     warnings: tuple[str, ...] = field(default=())
+    unchecked: tuple[Unchecked, ...] = ()
 
     @property
     def ok(self) -> bool:
+        """No damage found (see ``intact``: some keys may not have been checked)."""
         return not self.damaged
 
+    @property
+    def intact(self) -> bool:
+        """No damage found, and every key's bytes were checked."""
+        return not self.damaged and not self.unchecked
+
     def summary(self) -> str:
-        n = len(self.damaged)
-        head = "intact" if self.ok else f"DAMAGED ({n} problem{'s' if n != 1 else ''})"
+        n, u = len(self.damaged), len(self.unchecked)
+        if self.intact:
+            head = "intact"
+        else:
+            parts = [f"DAMAGED ({n} problem{'s' if n != 1 else ''})" if n else "no damage found"]
+            if u:
+                parts.append(f"{u} key{'s' if u != 1 else ''} NOT CHECKED")
+            head = ", ".join(parts)
         return (f"{self.path}: {head}: {self.keys} keys, {self.chunks} chunks, {self.frames} "
                 f"frames, {self.bytes_checked} stored bytes checked in {self.files} data files")
 
@@ -105,7 +137,11 @@ class _Tally:
 
 
 def verify(path: str | os.PathLike[str], *, progress: Progress | None = None) -> VerifyReport:
-    """Read and check every frame of the checkpoint at ``path``; see the module docstring."""
+    """Read and check every frame of the checkpoint at ``path``; see the module docstring.
+
+    Raises CheckpointNotFoundError (naming the path) when ``path`` holds no checkpoint; a
+    manifest that is there but unreadable or invalid is reported as damage.
+    """
     from .async_save import wait_for_inflight
 
     store = open_store(path)
@@ -113,7 +149,11 @@ def verify(path: str | os.PathLike[str], *, progress: Progress | None = None) ->
         wait_for_inflight(store.location)  # as in load: its commit deletes the files read here
         try:
             manifest = load_manifest(store)
-        except CheckpointError as e:  # missing, unreadable or invalid: nothing else to check
+        except CheckpointNotFoundError:
+            # Nothing was saved here (or the path is mistyped): "DAMAGED" would send the
+            # user looking for damage in a checkpoint that does not exist.
+            raise
+        except CheckpointError as e:  # unreadable or invalid: nothing else to check
             return VerifyReport(path=store.location, damaged=(Damage(file=MANIFEST_NAME, message=str(e)),))
         return _verify(store, manifest, progress)
     finally:
@@ -121,10 +161,19 @@ def verify(path: str | os.PathLike[str], *, progress: Progress | None = None) ->
 
 
 def _verify(store: Store, manifest: Manifest, progress: Progress | None) -> VerifyReport:
+    from .interop.dcp import UnsupportedTensorEntry
+
     tally = _Tally()
     by_file: dict[str, list[tuple[str, Chunk]]] = {}
     shapes: dict[str, tuple[int, ...]] = {}
+    unchecked: list[Unchecked] = []
     for entry in manifest.entries:
+        if isinstance(entry, UnsupportedTensorEntry):
+            # It has no chunks to read: counted as intact, its bytes were never looked at.
+            dtype = str(entry.dtype).removeprefix("torch.")
+            unchecked.append(Unchecked(key=dotted(entry.key), message=(
+                f"a DCP tensor of dtype {dtype}, which reshard does not read "
+                "(nor load); its bytes were not read")))
         if isinstance(entry, TensorEntry):
             shapes[dotted(entry.key)] = entry.shape
             for chunk in entry.chunks:
@@ -150,7 +199,7 @@ def _verify(store: Store, manifest: Manifest, progress: Progress | None) -> Veri
     return VerifyReport(
         path=store.location, keys=len(manifest.entries), chunks=tally.chunks, frames=tally.frames,
         files=len(by_file), bytes_checked=tally.checked, damaged=tuple(tally.damaged),
-        warnings=tuple(tally.warnings),
+        warnings=tuple(tally.warnings), unchecked=tuple(unchecked),
     )
 
 

@@ -1,4 +1,5 @@
-"""``reshard verify PATH``: exit 0 intact, 1 damaged (naming what), 2 usage error."""
+"""``reshard verify PATH``: exit 0 intact, 1 damaged (naming what), 2 usage error, 3 no
+checkpoint at PATH."""
 
 from __future__ import annotations
 
@@ -32,13 +33,40 @@ def test_verify_intact_and_damaged(tmp_path: Path, capsys: pytest.CaptureFixture
     assert "DAMAGED" in out and f"key '{key}'" in out and os.path.basename(file) in out and "CRC" in out
 
 
-def test_verify_missing_and_usage(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["verify", str(tmp_path / "nothing")]) == 1
-    assert "manifest.json" in capsys.readouterr().out
+def test_verify_usage(tmp_path: Path) -> None:
     assert main(["verify"]) == 2
     assert main(["verify", "a", "b"]) == 2
     assert main([]) == 2
     assert main(["no-such-command"]) == 2
+
+
+def test_verify_of_no_checkpoint_is_not_damage(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A missing path, an empty folder, a folder of an uncommitted save and a file printed
+    "DAMAGED (1 problem)" and exited 1, as a damaged checkpoint does: now reshard.verify
+    raises CheckpointNotFoundError naming the path, and the command says so on stderr, prints
+    no report, and exits 3."""
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "uncommitted" / "data").mkdir(parents=True)
+    (tmp_path / "uncommitted" / "data" / "20260101T000000-0123456789ab.0.bin").write_bytes(b"x")
+    (tmp_path / "a_file").write_bytes(b"not a checkpoint")
+    for name in ("nothing", "empty", "uncommitted", "a_file"):
+        path = str(tmp_path / name)
+        with pytest.raises(reshard.CheckpointNotFoundError) as e:
+            reshard.verify(path)
+        assert path in str(e.value), name
+        assert main(["verify", path]) == 3, name
+        captured = capsys.readouterr()
+        assert captured.out == "", (name, captured.out)
+        assert "DAMAGED" not in captured.err and captured.err.count("\n") == 1, (name, captured.err)
+        assert captured.err.startswith("reshard verify: ") and path in captured.err, (name, captured.err)
+        assert ("no reshard checkpoint at" in captured.err) == (name != "a_file"), captured.err
+    # Damage still exits 1: a manifest that is there but unreadable is not "no checkpoint".
+    (tmp_path / "empty" / "manifest.json").write_bytes(b"{not json")
+    assert not reshard.verify(tmp_path / "empty").ok
+    assert main(["verify", str(tmp_path / "empty")]) == 1
+    assert "DAMAGED" in capsys.readouterr().out
 
 
 def test_verify_progress_and_leftovers(tmp_path: Path) -> None:

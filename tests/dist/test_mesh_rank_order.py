@@ -61,15 +61,24 @@ def _world(rank: int, world: int, root: str) -> dict[str, Any]:
             if not torch.equal(target["x"].full_tensor(), _global(i)):
                 problems.append(f"saved on {m} [{p}], loaded on {target_name}: values differ")
     # Uneven shards: torch's local sizes follow the mesh order, its data the group order.
-    uneven = distribute_tensor(torch.zeros(9, 7), meshes["2x2 reversed"], _placements(("S0", "S1")))
-    try:
-        reshard.save({"w": uneven}, os.path.join(root, "uneven"))
-        problems.append("an uneven shard on a non-ascending mesh saved without an error")
-    except reshard.CheckpointError as e:
-        if "'w'" not in str(e) or "not ascending" not in str(e):
-            problems.append(f"unclear error: {e}")
-    if os.path.exists(os.path.join(root, "uneven", "manifest.json")):
-        problems.append("the failed save left a manifest")
+    # The error said its explanation once per failing rank (4 times, each with that rank's
+    # shapes): now once, naming the key and mesh, and the ranks when not all failed.
+    for mesh_name, shape, names, failing in [
+        ("2x2 reversed", (9, 7), ("S0", "S1"), ""),
+        ("4 mixed", (9, 4), ("S0",), " (failed on rank 1, 3)"),
+    ]:
+        uneven = distribute_tensor(torch.zeros(shape), meshes[mesh_name], _placements(names))
+        try:
+            reshard.save({"w": uneven}, os.path.join(root, "uneven"))
+            problems.append(f"an uneven shard on mesh {mesh_name} saved without an error")
+        except reshard.CheckpointError as e:
+            text = str(e)
+            if not text.startswith("key 'w': ") or text.count("not ascending") != 1:
+                problems.append(f"{mesh_name}: unclear or repeated error: {text}")
+            if str(MESHES[mesh_name]) not in text or not text.endswith("use ascending ranks" + failing):
+                problems.append(f"{mesh_name}: the error names neither mesh nor failing ranks: {text}")
+        if os.path.exists(os.path.join(root, "uneven", "manifest.json")):
+            problems.append("the failed save left a manifest")
     _no_groups(root)
     return {"problems": problems, "fsdp": _fsdp(rank, root)}
 

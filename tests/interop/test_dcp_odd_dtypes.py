@@ -79,3 +79,48 @@ def test_refused_and_pickled_dcp_values_on_several_ranks(tmp_path: Path) -> None
     for refused in run_world(_load_on_two_ranks, 2, str(tmp_path), timeout_s=120):
         assert refused[0].startswith("DCP key 'obj' holds a Python object")
         assert ODD is None or refused[1].startswith("DCP key 'a': dtype torch.float8_e8m0fnu")
+
+
+@pytest.mark.skipif(ODD is None, reason="this torch has no float8_e8m0fnu")
+def test_verify_names_the_tensor_it_cannot_check(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """verify counted a DCP tensor of a dtype reshard lacks as intact without reading a
+    byte of it ('intact', exit 0). Now it is listed as not checked, by key: the report is
+    not intact (though nothing is damaged) and the command says so and exits 4; damage
+    elsewhere still exits 1, with the unchecked key listed too."""
+    import torch.distributed.checkpoint as dcp
+
+    path = tmp_path / "dcp"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # no process group
+        dcp.save({"a": torch.zeros(4, dtype=ODD), "b": torch.arange(3.0), "step": 7},
+                 checkpoint_id=str(path))
+    report = reshard.verify(path)
+    assert report.ok and not report.intact and not report.damaged
+    assert [u.key for u in report.unchecked] == ["a"]
+    assert "float8_e8m0fnu" in str(report.unchecked[0]) and "intact" not in report.summary()
+    assert "1 key NOT CHECKED" in report.summary() and report.chunks == 1  # 'b' was read
+    assert main(["verify", str(path)]) == 4
+    out = capsys.readouterr().out
+    assert "no damage found, 1 key NOT CHECKED" in out
+    assert "not checked: key 'a': a DCP tensor of dtype float8_e8m0fnu" in out
+    # A checkpoint whose keys all read is intact and exits 0.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dcp.save({"b": torch.arange(3.0)}, checkpoint_id=str(tmp_path / "plain"))
+    plain = reshard.verify(tmp_path / "plain")
+    assert plain.intact and not plain.unchecked and main(["verify", str(tmp_path / "plain")]) == 0
+    capsys.readouterr()
+    # Damage to 'b': exit 1, 'a' still listed as not checked.
+    (data,) = [p for p in path.iterdir() if p.suffix == ".distcp"]
+    blob = bytearray(data.read_bytes())
+    at = blob.find(torch.arange(3.0).numpy().tobytes())
+    assert at > 0
+    blob[at + 5] ^= 0x40
+    data.write_bytes(bytes(blob))
+    report = reshard.verify(path)
+    assert not report.ok and [u.key for u in report.unchecked] == ["a"]
+    assert main(["verify", str(path)]) == 1
+    out = capsys.readouterr().out
+    assert "DAMAGED (1 problem), 1 key NOT CHECKED" in out and "not checked: key 'a'" in out

@@ -313,14 +313,21 @@ def _dtensor_shards(dt: Any, local: torch.Tensor, key: Key, *, for_load: bool) -
         return Shards(shape=layout.shape, dtype=dtype_name(dt.dtype, dotted(key)),
                       container="torch", boxes=(), tensors=())
     if local.shape != layout.sizes:
-        why = ("DTensor uneven shards must follow torch.chunk sizes" if _COORD_CACHE[id(spec.mesh)][2]
-               else "the mesh's ranks are not ascending: DTensor's collectives place shards by "
-               "process-group rank there, and torch gives uneven shards on such a mesh sizes "
-               "that do not match their data (full_tensor() is wrong too); use ascending ranks")
+        if not _COORD_CACHE[id(spec.mesh)][2]:
+            # The same words on every rank that raises: the agreed error says them once
+            # (with this rank's shapes, each rank's message differed and all were joined).
+            raise LayoutMismatchError(
+                f"key {dotted(key)!r}: local shards do not have the sizes placements "
+                f"{list(spec.placements)} of global shape {list(layout.shape)} give on a mesh "
+                f"whose ranks are not ascending ({spec.mesh.mesh.tolist()}): DTensor's "
+                "collectives place shards by process-group rank there, and torch gives uneven "
+                "shards on such a mesh sizes that do not match their data (full_tensor() is "
+                "wrong too); use ascending ranks"
+            )
         raise LayoutMismatchError(
             f"key {dotted(key)!r}: the local shard has shape {list(local.shape)}, but placements "
             f"{list(spec.placements)} of global shape {list(layout.shape)} give this rank "
-            f"{list(layout.sizes)} ({why})"
+            f"{list(layout.sizes)} (DTensor uneven shards must follow torch.chunk sizes)"
         )
     if local.requires_grad:
         local = local.detach()

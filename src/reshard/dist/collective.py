@@ -38,23 +38,58 @@ def run_local(fn: Callable[[], T], rank: int) -> Outcome[T]:
 
 
 def raise_if_failed(outcomes: list[Outcome[Any]]) -> None:
-    """Raise one error, the same on every rank, if any rank failed."""
+    """Raise one error, the same on every rank, if any rank failed.
+
+    Identical messages are said once: by themselves when every failing rank gave the
+    same one (with the failing ranks named when some ranks did not fail), else each
+    after the ranks that gave it ("ranks 0-3: ...; rank 5: ..."). A rank's own "rank r: "
+    prefix (an unexpected exception, see ``run_local``) joins identical texts too.
+    """
     failed = [(r, o) for r, o in enumerate(outcomes) if o.error_class is not None]
     if not failed:
         return
     classes = {o.error_class for _, o in failed}
     only = classes.pop() if len(classes) == 1 else None
     cls = ERROR_CLASSES.get(only, CheckpointError) if only else CheckpointError
-    messages: list[str] = []
+    groups: dict[str, list[int]] = {}  # message -> the ranks that gave it, in rank order
+    labelled: set[str] = set()
     for rank, o in failed:
         msg = o.error_message or "unknown error"
-        if msg not in messages:
-            messages.append(msg)
+        own = f"rank {rank}: "
+        if msg.startswith(own):
+            msg = msg[len(own):]
+            labelled.add(msg)
+        groups.setdefault(msg, []).append(rank)
     ranks = ", ".join(str(r) for r, _ in failed)
-    text = messages[0] if len(messages) == 1 else "; ".join(messages[:8])
+    if len(groups) == 1:
+        ((msg, rs),) = groups.items()
+        text = f"{_rank_list(rs)}: {msg}" if msg in labelled else msg
+    else:
+        shown = list(groups.items())
+        text = "; ".join(f"{_rank_list(rs)}: {msg}" for msg, rs in shown[:_SHOWN_MESSAGES])
+        rest = sorted(r for _, rs in shown[_SHOWN_MESSAGES:] for r in rs)
+        if rest:
+            n = len(shown) - _SHOWN_MESSAGES
+            text += f"; and {n} other error{'s' if n != 1 else ''} on {_rank_list(rest)}"
     if len(outcomes) > 1 and len(failed) < len(outcomes):
         text = f"{text} (failed on rank {ranks})"
     raise cls(text)
+
+
+_SHOWN_MESSAGES = 8
+"""Different messages quoted in one agreed error; the rest are counted."""
+
+
+def _rank_list(ranks: list[int]) -> str:
+    """``rank 2``, ``ranks 0-3``, ``ranks 0, 2, 5-7`` (``ranks`` ascending)."""
+    runs: list[list[int]] = []
+    for r in ranks:
+        if runs and r == runs[-1][-1] + 1:
+            runs[-1].append(r)
+        else:
+            runs.append([r])
+    parts = [f"{run[0]}-{run[-1]}" if len(run) > 2 else ", ".join(map(str, run)) for run in runs]
+    return ("rank " if len(ranks) == 1 else "ranks ") + ", ".join(parts)
 
 
 class Collective:
