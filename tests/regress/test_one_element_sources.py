@@ -7,6 +7,7 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
+import pytest
 import torch
 
 import reshard
@@ -69,3 +70,19 @@ def test_a_one_element_view_of_a_tensor_subclass_saves(tmp_path: Path) -> None:
             for k, v in _views().items():
                 got = ck.read(k)
                 assert got.dtype == v.dtype and torch.equal(got, v), (codec, k)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_a_one_element_cuda_view_of_a_tensor_subclass_saves(tmp_path: Path) -> None:
+    # The same bug in device_copy.pieces: a CUDA tensor written on its own is fetched in
+    # pieces from a flat byte view of it.
+    def on_cuda(v: torch.Tensor) -> torch.Tensor:  # the same view of a CUDA copy of its storage
+        whole = torch.empty(0, dtype=v.dtype).set_(v.untyped_storage()).cuda()
+        return torch.Tensor._make_subclass(_Sub, whole.as_strided(v.shape, v.stride(), v.storage_offset()))
+
+    sd = {k: on_cuda(v) for k, v in _views().items()}
+    assert all(sd[k].stride() == v.stride() for k, v in _views().items())
+    reshard.save(sd, tmp_path)
+    with reshard.open(tmp_path) as ck:
+        for k, v in _views().items():
+            assert torch.equal(ck.read(k), v), k
