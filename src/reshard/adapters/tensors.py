@@ -564,6 +564,17 @@ def tensor_bytes(tensor: torch.Tensor) -> memoryview:
     if t.device.type != "cpu":
         t = t.cpu()
     t = t.contiguous()
-    flat = t.reshape(-1).view(torch.uint8) if t.numel() else torch.empty(0, dtype=torch.uint8)
+    flat = flat_view(t).view(torch.uint8) if t.numel() else torch.empty(0, dtype=torch.uint8)
     return flat.numpy().data.cast("B")
+
+
+def flat_view(t: torch.Tensor) -> torch.Tensor:
+    """A contiguous tensor as one dim of stride 1 (a view), which ``.view(dtype)`` of
+    another element size accepts. torch calls a one-element tensor contiguous whatever
+    its strides (``x[::2][:1]``; DCP's torch.save keeps them), ``.contiguous()`` returns
+    it as it is, and ``reshape(-1)`` keeps that stride."""
+    flat = t.reshape(-1)
+    if flat.numel() <= 1 and flat.stride(0) != 1:
+        flat = flat.as_strided((flat.numel(),), (1,))
+    return flat
 

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import torch
 
-from ..adapters.tensors import storable
+from ..adapters.tensors import flat_view, storable
 
 PIECE_NBYTES = 32 << 20
 
@@ -29,7 +29,7 @@ def streamable(tensor: torch.Tensor) -> bool:
 def pieces(tensor: torch.Tensor, piece_nbytes: int) -> Iterator[memoryview]:
     """The C-order bytes of CUDA ``tensor``, ``piece_nbytes`` at a time (the last piece
     may be shorter). Each view stays valid until the next one is asked for."""
-    flat = storable(tensor).contiguous().reshape(-1).view(torch.uint8)
+    flat = flat_view(storable(tensor).contiguous()).view(torch.uint8)
     n = flat.numel()
     pair = _take(piece_nbytes)
     stream = torch.cuda.Stream(device=flat.device)  # type: ignore[no-untyped-call]
