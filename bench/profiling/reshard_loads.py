@@ -88,7 +88,7 @@ def _load(rank: int, world: int, d: str, size_gib: float, reps: int, prof: bool,
             out.write(f"{src}->{dst} rep {rep} rank {rank}: wall {t1 - t0:.3f} (all {t2 - t0:.3f}) "
                       f"cpu {c1 - c0:.3f} read {(r1 - r0) / 2**20:.0f} MiB\n")
             if pr:
-                pstats.Stats(pr, stream=out).sort_stats("tottime").print_stats(18)
+                pstats.Stats(pr, stream=out).sort_stats(os.environ.get("PSTATS_SORT", "tottime")).print_stats(int(os.environ.get("PSTATS_N", "18")))
         bad = state.verify(specs, lay, rank, sd)
         assert not bad, bad
     return out.getvalue()

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from .. import config
-from ..adapters.tensors import torch_dtype
+from ..adapters.tensors import flat_view, torch_dtype
 from ..codecs import crc32c
 from ..core.column_checks import TileRead, checked_segments, plan_tile_reads, run_count, segments, tile_rows
 from ..core.layout import Box, intersect
@@ -24,7 +24,7 @@ from ..format.chunk_table import touching
 from ..format.column_crcs import ColumnCrcs
 from ..format.manifest import Chunk
 from ..storage.base import Store, can_map, let_go, view_of
-from .read import Target, _bytes_array, _flat, _scratch
+from .read import Target, _bytes_array, _scratch
 from .write import tile_crcs
 
 READ_NBYTES = 8 << 20
@@ -129,7 +129,7 @@ def _copy_tiles(job: TileJob, table: np.ndarray, first: int, col_nbytes: int) ->
     as_matrix = need.sizes[2:] == box.sizes[2:] and tbox.sizes[2:] == box.sizes[2:]
     same_dtype = dest.dtype == src_dtype
     dest_row = tbox.sizes[1] * col_nbytes
-    dest_rows = (_bytes_array(_flat(dest)).reshape(tbox.sizes[0], dest_row)
+    dest_rows = (_bytes_array(flat_view(dest)).reshape(tbox.sizes[0], dest_row)
                  if as_matrix and same_dtype else None)
     dest_elems = dest.view(tbox.sizes[0], -1) if as_matrix and not same_dtype else None
     inner = col_nbytes // target.entry.itemsize  # elements per column

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from ..adapters.tensors import torch_dtype
+from ..adapters.tensors import flat_view, torch_dtype
 from ..codecs import crc32c, decode_frame_into, get_codec
 from ..core.exchange_plan import EMPTY_PLAN
 from ..core.layout import Box, c_strides, element_span
@@ -291,7 +291,7 @@ def _read_piece(
         and piece.raw_lo == raw_base and piece.raw_hi == raw_end
     ):
         n = (piece.raw_hi - piece.raw_lo) // itemsize
-        region = _flat(dest)[piece.dest_elem:piece.dest_elem + n]
+        region = flat_view(dest)[piece.dest_elem:piece.dest_elem + n]
         mv = _bytes_of(region)
         store.read_into(chunk.file, stored_lo, mv)
         _verify(chunk, piece.frame_lo, piece.frame_hi, mv, offs, stored_lo)
@@ -304,7 +304,7 @@ def _read_piece(
         ):
             # Whole frames of a contiguous run: decode straight into the destination.
             n = (piece.raw_hi - piece.raw_lo) // itemsize
-            region = _flat(dest)[piece.dest_elem:piece.dest_elem + n]
+            region = flat_view(dest)[piece.dest_elem:piece.dest_elem + n]
             _decode(chunk, piece, stored, offs, raw_end - raw_base, out=_bytes_array(region))
             return
         raw = (stored if chunk.codec.name == "identity"
@@ -314,7 +314,7 @@ def _read_piece(
         if piece.flat:
             part = _elements(raw[piece.raw_lo - raw_base:piece.raw_hi - raw_base], itemsize)
             src = torch.from_numpy(part).view(src_dtype)
-            _flat(dest)[piece.dest_elem:piece.dest_elem + len(src)].copy_(src)
+            flat_view(dest)[piece.dest_elem:piece.dest_elem + len(src)].copy_(src)
             return
         local = piece.box.relative_to(chunk.box)
         start, stop = element_span(chunk.box.sizes, local)
@@ -338,16 +338,6 @@ def _elements(data: np.ndarray, itemsize: int) -> np.ndarray:
     if data.ctypes.data % itemsize:
         data = data.copy()
     return data.view(_STORAGE_NP[itemsize])
-
-
-def _flat(t: torch.Tensor) -> torch.Tensor:
-    """A contiguous tensor as one dim of stride 1 (a view)."""
-    flat = t.reshape(-1)
-    if flat.numel() <= 1 and flat.stride(0) != 1:
-        # torch calls a one-element tensor contiguous whatever its stride (x[::2][:1]), and
-        # reshape keeps that stride, which .view(torch.uint8) refuses.
-        flat = flat.as_strided((flat.numel(),), (1,))
-    return flat
 
 
 def _bytes_array(t: torch.Tensor) -> np.ndarray:
