@@ -74,7 +74,7 @@ class Source:
 
     def plain_values(self) -> list[ValueEntry]:
         """Value entries with a JSON form; raises naming every key that has none."""
-        from .dcp import PickledValueEntry, RefusedValueEntry, UnsupportedTensorEntry
+        from .dcp import BytesIOValueEntry, PickledValueEntry, RefusedValueEntry, UnsupportedTensorEntry
 
         values = [e for e in self.manifest.entries if isinstance(e, ValueEntry)]
         tensors = [e for e in values if isinstance(e, UnsupportedTensorEntry)]
@@ -83,6 +83,15 @@ class Source:
             raise UnsupportedValueError(f"{tensors[0].reason.split(';')[0]}{more}; convert "
                                         "cannot store it")
         bad = [dotted(e.key) for e in values if isinstance(e, (PickledValueEntry, RefusedValueEntry))]
+        buffers = [dotted(e.key) for e in values if isinstance(e, BytesIOValueEntry)]
+        if buffers:
+            # Not stored as bytes: a load of the output would give bytes where the state
+            # dict (and a load of the DCP directory) has an io.BytesIO.
+            raise UnsupportedValueError(
+                f"keys {', '.join(repr(b) for b in buffers[:20])} hold io.BytesIO values, "
+                "which reshard's format has no value form for, so convert cannot store them; "
+                "load the DCP directory directly (reshard.load reads them)"
+            )
         if bad:
             raise UnsupportedValueError(
                 f"keys {', '.join(repr(b) for b in bad[:20])} hold Python objects that need "

@@ -11,9 +11,10 @@ resharding, parallel reads) then works unchanged.
 Non-tensor items are ``torch.save``'d Python objects. They are loaded once, when the
 manifest is built, with ``torch.load(weights_only=True)``: plain values (None, bool,
 int, float, str, bytes and dicts/lists/tuples of them) become value entries, flattened
-like reshard flattens state dicts (``"extra.steps.0"``). Anything else needs arbitrary
-pickle: it is refused (the key raises CheckpointError when loaded) unless the caller
-passed ``allow_pickle=True``.
+like reshard flattens state dicts (``"extra.steps.0"``). An ``io.BytesIO`` value (pickled by DCP
+like any other) is read without unpickling (``_dcp_bytesio``) and loads as a BytesIO, as
+DCP's own load gives it. Anything else needs arbitrary pickle: it is refused (the key
+raises CheckpointError when loaded) unless the caller passed ``allow_pickle=True``.
 """
 
 from __future__ import annotations
@@ -323,6 +324,24 @@ class PickledValueEntry(ValueEntry):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class BytesIOValueEntry(ValueEntry):
+    """An ``io.BytesIO`` DCP saved, read without unpickling (``_dcp_bytesio``).
+
+    In-memory only: reshard's value form has no BytesIO, so ``convert`` refuses it. Each
+    decode gives a new BytesIO holding ``data`` at ``position``, as DCP's load restores it
+    (a load must not hand two state dicts one buffer whose position both move).
+    """
+
+    data: bytes = b""
+    position: int = 0
+
+    def decoded(self) -> object:
+        buf = io.BytesIO(self.data)
+        buf.seek(self.position)
+        return buf
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class RefusedValueEntry(ValueEntry):
     """A DCP value that needs arbitrary pickle; loading its key raises."""
 
@@ -360,6 +379,11 @@ def _value_entries(store: Store, item: DcpBytes, *, allow_pickle: bool) -> list[
     try:
         obj = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
+        from ._dcp_bytesio import bytesio_state
+
+        state = bytesio_state(blob)
+        if state is not None:  # an io.BytesIO, read without unpickling anything
+            return [BytesIOValueEntry(key=key, value=_NONE, data=state.data, position=state.position)]
         if not allow_pickle:
             return [RefusedValueEntry(key=key, value=_NONE, reason=(
                 f"DCP key {item.fqn!r} holds a Python object that only arbitrary pickle can load "
