@@ -179,6 +179,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         else:
             origin = (f"saved by {m.world_size} rank(s), format {m.format_version[0]}."
                       f"{m.format_version[1]}, save id {m.save_id}")
+            if not dcp.records_empty_dicts(m):
+                origin += ", converted from a torch.distributed.checkpoint (DCP) directory"
         print(f"\n{len(rows)} keys, {total_chunks} chunks, {_size(total_raw)} of tensor data "
               f"({_size(total_stored)} stored), {origin}")
         if refused:

@@ -332,7 +332,7 @@ def to_reshard(
             entries = [_with_column_crcs(store, e, parts) for e in entries]
         entries.extend(ValueEntry(key=source.out_key(v), value=v.value) for v in values)
         manifest = Manifest(save_id=save_id, world_size=1, created_unix_s=time.time(),
-                            library_version=__version__, entries=tuple(entries))
+                            library_version=_library_version(source), entries=tuple(entries))
         store.write_atomic(MANIFEST_NAME, manifest.to_json())
         return manifest
     except BaseException:
@@ -340,6 +340,16 @@ def to_reshard(
         raise
     finally:
         store.close()
+
+
+def _library_version(source: Source) -> str:
+    """reshard's version, labelled "converted from DCP" where the source records no empty
+    dicts (a DCP directory, or an earlier conversion of one): DCP writes nothing for
+    them, so this output has no entry for them either, and a load must treat it as it
+    treats the DCP directory (``dcp.records_empty_dicts``), not report them missing."""
+    from .dcp import converted_version, records_empty_dicts
+
+    return __version__ if records_empty_dicts(source.manifest) else converted_version(__version__)
 
 
 def _make_folder(folder: str) -> None:

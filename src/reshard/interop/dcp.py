@@ -81,6 +81,31 @@ def is_dcp_manifest(manifest: Manifest) -> bool:
     return isinstance(manifest, DcpManifest)
 
 
+CONVERTED_LABEL = "dcp"
+"""The PEP 440 local version label ``reshard convert`` adds to the ``library_version`` of
+its output when the source was a DCP directory (``0.1.0+dcp``): see ``records_empty_dicts``."""
+
+
+def converted_version(version: str) -> str:
+    """``version`` (reshard's) with the local label saying "converted from DCP"."""
+    return f"{version}{'.' if '+' in version else '+'}{CONVERTED_LABEL}"
+
+
+def records_empty_dicts(manifest: Manifest) -> bool:
+    """Whether an empty dict of the saved state has an entry in ``manifest``.
+
+    A reshard save records one (an ``empty`` value); DCP writes nothing for it (a fresh
+    optimizer's ``state`` saved before its first step), and neither can a conversion of a
+    DCP directory, whose output says so in its ``library_version``. A strict load of
+    those leaves an empty dict the checkpoint has no key for as it is, as ``dcp.load``
+    does, instead of reporting it missing.
+    """
+    if is_dcp_manifest(manifest):
+        return False
+    local = manifest.library_version.partition("+")[2]
+    return CONVERTED_LABEL not in local.split(".")
+
+
 def exact_names(manifest: Manifest) -> frozenset[str]:
     """The dotted names of ``manifest``'s entries whose keys are exact paths, not dotted
     names to split (empty for every manifest but a DCP directory's)."""
