@@ -27,6 +27,8 @@ import zipfile
 from dataclasses import dataclass
 from typing import Any
 
+from ..format.manifest import ValueEntry
+
 _MEMO = frozenset({"BINPUT", "LONG_BINPUT", "MEMOIZE", "PUT"})
 _INTS = frozenset({"BININT1", "BININT2", "BININT"})
 
@@ -37,6 +39,24 @@ class BytesIOState:
 
     data: bytes
     position: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BytesIOValueEntry(ValueEntry):
+    """An ``io.BytesIO`` DCP saved, read without unpickling (``bytesio_state``).
+
+    In-memory only: reshard's value form has no BytesIO, so ``convert`` refuses it. Each
+    decode gives a new BytesIO holding ``data`` at ``position``, as DCP's load restores it
+    (a load must not hand two state dicts one buffer whose position both move).
+    """
+
+    data: bytes = b""
+    position: int = 0
+
+    def decoded(self) -> object:
+        buf = io.BytesIO(self.data)
+        buf.seek(self.position)
+        return buf
 
 
 def bytesio_state(blob: bytes) -> BytesIOState | None:

@@ -74,7 +74,8 @@ class Source:
 
     def plain_values(self) -> list[ValueEntry]:
         """Value entries with a JSON form; raises naming every key that has none."""
-        from .dcp import BytesIOValueEntry, PickledValueEntry, RefusedValueEntry, UnsupportedTensorEntry
+        from ._dcp_bytesio import BytesIOValueEntry
+        from .dcp import PickledValueEntry, RefusedValueEntry, UnsupportedTensorEntry
 
         values = [e for e in self.manifest.entries if isinstance(e, ValueEntry)]
         tensors = [e for e in values if isinstance(e, UnsupportedTensorEntry)]

@@ -41,6 +41,7 @@ from ..format.manifest import (
 )
 from ..format.values import encode_value
 from ..storage.base import Store
+from ._dcp_bytesio import BytesIOValueEntry, bytesio_state
 from ._dcp_pickle import DcpBytes, DcpTensor, KeyPath, StorageInfo, read_metadata
 
 METADATA_NAME = ".metadata"
@@ -349,24 +350,6 @@ class PickledValueEntry(ValueEntry):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class BytesIOValueEntry(ValueEntry):
-    """An ``io.BytesIO`` DCP saved, read without unpickling (``_dcp_bytesio``).
-
-    In-memory only: reshard's value form has no BytesIO, so ``convert`` refuses it. Each
-    decode gives a new BytesIO holding ``data`` at ``position``, as DCP's load restores it
-    (a load must not hand two state dicts one buffer whose position both move).
-    """
-
-    data: bytes = b""
-    position: int = 0
-
-    def decoded(self) -> object:
-        buf = io.BytesIO(self.data)
-        buf.seek(self.position)
-        return buf
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
 class RefusedValueEntry(ValueEntry):
     """A DCP value that needs arbitrary pickle; loading its key raises."""
 
@@ -404,8 +387,6 @@ def _value_entries(store: Store, item: DcpBytes, *, allow_pickle: bool) -> list[
     try:
         obj = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        from ._dcp_bytesio import bytesio_state
-
         state = bytesio_state(blob)
         if state is not None:  # an io.BytesIO, read without unpickling anything
             return [BytesIOValueEntry(key=key, value=_NONE, data=state.data, position=state.position)]
