@@ -1,8 +1,11 @@
 """The ``reshard`` command line.
 
-Thin: each subcommand calls the public API. Exit codes: 0 ok, 1 check failed, 2 usage,
-3 (``verify``) no checkpoint at the path, 4 (``verify``) no damage found but some keys
-not checked, 130 on Ctrl-C, 141 (as for SIGPIPE) when the reader of the output went away
+Thin: each subcommand calls the public API. Exit codes, the same for every subcommand:
+0 ok; 1 failed (a damaged checkpoint, a DST convert may not write, ...: one line on
+stderr); 2 usage error (an empty path included); 3 no checkpoint at the path given
+(missing, an empty folder, a save that never committed, a file that is not one: one line
+naming the path, CheckpointNotFoundError); 4 (``verify``) no damage found but some keys
+not checked; 130 on Ctrl-C; 141 (as for SIGPIPE) when the reader of the output went away
 (``reshard inspect X | head``).
 """
 
@@ -14,11 +17,11 @@ import sys
 from collections.abc import Sequence
 
 from .errors import CheckpointError, CheckpointNotFoundError
-from .interop.convert import add_convert_parser
+from .interop.convert import EXIT_NOT_FOUND, add_convert_parser, path_argument
 from .progress import ProgressBar
 
-EXIT_NOT_FOUND = 3
-"""``reshard verify``'s exit status when the path holds no checkpoint (1 means damaged)."""
+__all__ = ["EXIT_NOT_FOUND", "EXIT_UNCHECKED", "main"]
+
 EXIT_UNCHECKED = 4
 """``reshard verify``'s exit status when nothing damaged was found but some keys could not
 be checked (a DCP tensor of a dtype reshard does not read): 0 means every byte was."""
@@ -26,7 +29,10 @@ be checked (a DCP tensor of a dtype reshard does not read): 0 means every byte w
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="reshard", description="Inspect, verify and convert reshard checkpoints."
+        prog="reshard", description="Inspect, verify and convert reshard checkpoints.",
+        epilog="Exit status (every command): 0 ok, 1 failed (damaged checkpoint, output not "
+               "writable, ...), 2 usage error, 3 no checkpoint at the path given, 4 (verify) "
+               "nothing damaged but some keys not checked, 130 interrupted.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     add_inspect_parser(sub)
@@ -42,6 +48,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args))
+    except CheckpointNotFoundError as e:
+        # No checkpoint at the path (mistyped, never committed, a plain file), whichever
+        # command was given: not "failed" (1), which inspect said, and a script must be
+        # able to tell "nothing here" from "damaged". The message names the path.
+        print(f"reshard {args.command}: {_shown(str(e))}", file=sys.stderr)
+        return EXIT_NOT_FOUND
     except CheckpointError as e:
         # Messages quote names and text from the checkpoint, which is not trusted: its
         # control characters are escaped here as inspect escapes key names.
@@ -65,11 +77,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 def add_verify_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("verify", help="check every byte of every chunk of a checkpoint",
                        description="Read every frame of every chunk, check its CRC-32C and that it "
-                       "decodes; exit 0 when intact (every key checked), 1 when damaged, 3 "
+                       "decodes; exit 0 when intact (every key checked), 1 when damaged, 2 on a "
+                       "usage error, 3 "
                        "when PATH holds no checkpoint (no manifest.json and no DCP .metadata), "
                        "4 when nothing damaged was found but some keys could not be checked "
                        "(DCP tensors of a dtype reshard does not read; each is listed).")
-    p.add_argument("path", help="the checkpoint directory")
+    p.add_argument("path", type=path_argument, help="the checkpoint directory")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="show a progress bar (default: for large checkpoints on a terminal)")
     p.set_defaults(func=cmd_verify)
@@ -80,12 +93,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
     bar = ProgressBar("verifying", enabled=args.progress)
     try:
+        # CheckpointNotFoundError (nothing here to be damaged) is main's exit 3.
         report = verify(args.path, progress=bar)
-    except CheckpointNotFoundError as e:
-        # Not "DAMAGED": nothing is there to be damaged (a mistyped path, a save that never
-        # committed), and a script must be able to tell the two apart.
-        print(f"reshard verify: {_shown(str(e))}", file=sys.stderr)
-        return EXIT_NOT_FOUND
     finally:
         bar.close()
     print(report.summary())
@@ -102,15 +111,23 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def add_inspect_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("inspect", help="list the keys, dtypes, shapes and sizes of a checkpoint")
-    p.add_argument("path")
+    p = sub.add_parser("inspect", help="list the keys, dtypes, shapes and sizes of a checkpoint",
+                       description="List the keys, dtypes, shapes and sizes of the reshard "
+                       "checkpoint or torch.distributed.checkpoint directory at PATH; exit 0, "
+                       "1 when it cannot be read, 2 on a usage error, 3 when PATH holds no "
+                       "checkpoint.")
+    p.add_argument("path", type=path_argument, help="the checkpoint directory")
     p.add_argument("--chunks", action="store_true", help="also list every chunk")
     p.set_defaults(func=cmd_inspect)
 
 
 def add_demo_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("demo", help="save on 4 local CPU ranks, load resharded on 2 and on 1")
-    p.add_argument("--workdir", help="where to write the demo checkpoint, which is kept "
+    p = sub.add_parser("demo", help="save on 4 local CPU ranks, load resharded on 2 and on 1",
+                       description="Save a small sharded state from 4 local CPU ranks, load it "
+                       "back resharded on 2 ranks and in 1 process, check every value; exit 0 "
+                       "when all match, 1 on a mismatch or failure (one line on stderr), 2 on "
+                       "a usage error.")
+    p.add_argument("--workdir", type=path_argument, help="where to write the demo checkpoint, which is kept "
                    "(default: a temp dir, removed afterwards)")
     p.add_argument("--keep", action="store_true",
                    help="keep the checkpoint in the temp dir afterwards")
@@ -162,6 +179,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         else:
             origin = (f"saved by {m.world_size} rank(s), format {m.format_version[0]}."
                       f"{m.format_version[1]}, save id {m.save_id}")
+            if not dcp.records_empty_dicts(m):
+                origin += ", converted from a torch.distributed.checkpoint (DCP) directory"
         print(f"\n{len(rows)} keys, {total_chunks} chunks, {_size(total_raw)} of tensor data "
               f"({_size(total_stored)} stored), {origin}")
         if refused:

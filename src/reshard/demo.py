@@ -89,8 +89,12 @@ def run_demo(*, workdir: str | None = None, keep: bool = False) -> int:
     if workdir is not None:
         try:
             os.makedirs(workdir, exist_ok=True)
-        except OSError as e:  # checked here, not as a traceback from 4 spawned ranks
-            raise StorageError(f"cannot use --workdir {workdir}: {e}") from None
+        except FileExistsError as e:  # checked here, not as a traceback from 4 spawned ranks
+            what = "it" if e.filename in (None, workdir) else e.filename
+            raise StorageError(f"cannot use --workdir {workdir}: {what} exists and is not "
+                               "a directory") from None
+        except OSError as e:
+            raise StorageError(f"cannot use --workdir {workdir}: {e.strerror or e}") from None
     root = workdir or tempfile.mkdtemp(prefix="reshard-demo-")
     path = os.path.join(root, "checkpoint")
     try:

@@ -27,7 +27,7 @@ from .core.nogc import without_gc
 from .dist.collective import Collective
 from .errors import LayoutMismatchError, MissingKeysError
 from .format.manifest import Chunk, Entry, Manifest, TensorEntry, dotted
-from .interop.dcp import is_dcp_manifest
+from .interop.dcp import records_empty_dicts
 from .manifest_io import find_manifest, parse_manifest
 from .storage import Store, is_remote, open_store
 from .transfer import exchange
@@ -188,10 +188,11 @@ def plan_load(
                 for e, below in inside:
                     _match(key + below, None, e, targets, values, problems)
                 continue
-            if type(leaf) is dict and is_dcp_manifest(manifest):
+            if type(leaf) is dict and not records_empty_dicts(manifest):
                 # DCP's flattening writes nothing for an empty dict (a fresh optimizer's
                 # "state" saved before its first step), and DCP's own load accepts one;
-                # strict loads of such checkpoints failed with 'no key optim.state'.
+                # strict loads of such checkpoints, and of their conversions to reshard,
+                # failed with 'no key optim.state'.
                 continue
         if entry is None:
             missing.append(dotted(key))

@@ -22,10 +22,10 @@ def test_inspect_lists_keys_shapes_and_totals(tmp_path, capsys):
     assert "offsets=[0, 0] sizes=[3, 4]" in out
 
 
-def test_inspect_missing_checkpoint_exits_1_naming_path(tmp_path, capsys):
-    assert main(["inspect", str(tmp_path / "nothing")]) == 1
+def test_inspect_missing_checkpoint_exits_3_naming_path(tmp_path, capsys):
+    assert main(["inspect", str(tmp_path / "nothing")]) == 3
     err = capsys.readouterr().err
-    assert "CheckpointNotFoundError" in err and "nothing" in err
+    assert err.startswith("reshard inspect: no reshard checkpoint at") and "nothing" in err
 
 
 def test_no_command_is_a_usage_error(capsys):

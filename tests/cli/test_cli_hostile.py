@@ -49,8 +49,8 @@ def places(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 @pytest.mark.parametrize("command", ["inspect", "verify"])
 def test_paths_that_are_not_checkpoints(places: dict[str, Path], capsys: pytest.CaptureFixture[str],
                                         command: str, what: str) -> None:
-    # verify tells "no checkpoint here" (3) from "damaged" (1); inspect fails with 1.
-    assert main([command, str(places[what])]) == (3 if command == "verify" else 1)
+    # Both tell "no checkpoint here" (3) from "damaged" (1); inspect used to fail with 1.
+    assert main([command, str(places[what])]) == 3
     captured = capsys.readouterr()
     text = captured.out + captured.err
     assert str(places[what]) in text and "Traceback" not in text
@@ -61,7 +61,7 @@ def test_inspect_and_verify_exit_0_in_a_real_process(places: dict[str, Path]) ->
         run = _run(command, str(places["ckpt"]))
         assert run.returncode == 0 and "Traceback" not in run.stderr, run.stderr
     run = _run("inspect", str(places["file"]))
-    assert run.returncode == 1 and run.stderr.count("\n") == 1 and "plain.txt" in run.stderr
+    assert run.returncode == 3 and run.stderr.count("\n") == 1 and "plain.txt" in run.stderr
 
 
 def test_demo_with_a_workdir_that_is_a_file(
@@ -95,7 +95,7 @@ def test_a_file_is_not_a_checkpoint(places: dict[str, Path], tmp_path: Path,
         with pytest.raises(reshard.CheckpointNotFoundError, match="is a file") as err:
             reshard.open(path)
         assert ("reshard convert" in str(err.value)) == hint
-        assert main(["inspect", str(path)]) == 1
+        assert main(["inspect", str(path)]) == 3
         assert "is a file" in capsys.readouterr().err
 
 
@@ -167,11 +167,11 @@ def test_a_folder_of_safetensors_points_at_convert(
     from safetensors.torch import save_file
 
     save_file({"w": torch.arange(3.0)}, str(tmp_path / "model.safetensors"))
-    assert main(["inspect", str(tmp_path)]) == 1
+    assert main(["inspect", str(tmp_path)]) == 3
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "it holds .safetensors files, which reshard convert reads" in err
     (tmp_path / "model.safetensors").unlink()
-    assert main(["inspect", str(tmp_path)]) == 1
+    assert main(["inspect", str(tmp_path)]) == 3
     assert "safetensors files" not in capsys.readouterr().err
 
 
@@ -188,7 +188,7 @@ def test_convert_of_a_file_that_is_not_safetensors(
     """`reshard convert pytorch_model.bin out` said only 'header length 5787... does not
     fit the 1563-byte file'."""
     torch.save({"w": torch.arange(3)}, tmp_path / "pytorch_model.bin")
-    assert main(["convert", str(tmp_path / "pytorch_model.bin"), str(tmp_path / "out"), "--quiet"]) == 1
+    assert main(["convert", str(tmp_path / "pytorch_model.bin"), str(tmp_path / "out"), "--quiet"]) == 3
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "pytorch_model.bin is not a safetensors file" in err
     assert not (tmp_path / "out").exists()
@@ -201,7 +201,7 @@ def test_convert_of_a_file_that_is_not_safetensors(
 def test_convert_of_a_fifo(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A FIFO source was reported as not existing (and is never opened: no hang)."""
     os.mkfifo(tmp_path / "x.safetensors")
-    assert main(["convert", str(tmp_path / "x.safetensors"), str(tmp_path / "out"), "--quiet"]) == 1
-    assert "x.safetensors is neither a regular file nor a directory" in capsys.readouterr().err
-    assert main(["convert", str(tmp_path / "nothing"), str(tmp_path / "out"), "--quiet"]) == 1
-    assert "nothing does not exist" in capsys.readouterr().err
+    assert main(["convert", str(tmp_path / "x.safetensors"), str(tmp_path / "out"), "--quiet"]) == 3
+    assert "x.safetensors: it is neither a regular file nor a directory" in capsys.readouterr().err
+    assert main(["convert", str(tmp_path / "nothing"), str(tmp_path / "out"), "--quiet"]) == 3
+    assert "no checkpoint at " in (err := capsys.readouterr().err) and "nothing: it does not exist" in err

@@ -162,9 +162,13 @@ def test_reads_are_bounded_pieces(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 
 def test_cli_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     reshard.save({"w": torch.arange(3)}, tmp_path / "ck")
-    assert main(["convert", str(tmp_path / "missing"), str(tmp_path / "x")]) == 1
+    assert main(["convert", str(tmp_path / "missing"), str(tmp_path / "x")]) == 3
     assert main(["convert", str(tmp_path / "ck"), str(tmp_path / "ck")]) == 1
-    assert "not an empty directory" in capsys.readouterr().err
+    assert "SRC and DST are the same path" in capsys.readouterr().err
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "f").write_bytes(b"x")
+    assert main(["convert", str(tmp_path / "ck"), str(tmp_path / "full")]) == 1
+    assert "is a directory that is not empty" in capsys.readouterr().err
     assert main(["convert", str(tmp_path / "ck")]) == 2
     assert main(["convert", "a", "b", "--to", "onnx"]) == 2
     assert main(["convert", "a", "b", "--max-shard-size", "lots"]) == 2

@@ -25,7 +25,13 @@ from typing import Any
 from .. import __version__, config
 from ..codecs import bind_codec, chunk_spec, resolve_codec
 from ..core.layout import Box
-from ..errors import CheckpointError, CorruptCheckpointError, StorageError, UnsupportedValueError
+from ..errors import (
+    CheckpointError,
+    CheckpointNotFoundError,
+    CorruptCheckpointError,
+    StorageError,
+    UnsupportedValueError,
+)
 from ..format.manifest import (
     DATA_DIR,
     IDENTITY,
@@ -49,6 +55,10 @@ from ..transfer.write import encode_frame
 from . import safetensors_io as st
 
 FORMATS = ("reshard", "safetensors")
+EXIT_NOT_FOUND = 3
+"""The exit status of every ``reshard`` subcommand (``convert``'s included) when a path
+it must read holds no checkpoint: 1 means the command failed (damaged input, a DST it
+may not write), and a script must be able to tell the two apart."""
 
 
 @dataclass(slots=True)
@@ -64,6 +74,7 @@ class Source:
 
     def plain_values(self) -> list[ValueEntry]:
         """Value entries with a JSON form; raises naming every key that has none."""
+        from ._dcp_bytesio import BytesIOValueEntry
         from .dcp import PickledValueEntry, RefusedValueEntry, UnsupportedTensorEntry
 
         values = [e for e in self.manifest.entries if isinstance(e, ValueEntry)]
@@ -73,6 +84,15 @@ class Source:
             raise UnsupportedValueError(f"{tensors[0].reason.split(';')[0]}{more}; convert "
                                         "cannot store it")
         bad = [dotted(e.key) for e in values if isinstance(e, (PickledValueEntry, RefusedValueEntry))]
+        buffers = [dotted(e.key) for e in values if isinstance(e, BytesIOValueEntry)]
+        if buffers:
+            # Not stored as bytes: a load of the output would give bytes where the state
+            # dict (and a load of the DCP directory) has an io.BytesIO.
+            raise UnsupportedValueError(
+                f"keys {', '.join(repr(b) for b in buffers[:20])} hold io.BytesIO values, "
+                "which reshard's format has no value form for, so convert cannot store them; "
+                "load the DCP directory directly (reshard.load reads them)"
+            )
         if bad:
             raise UnsupportedValueError(
                 f"keys {', '.join(repr(b) for b in bad[:20])} hold Python objects that need "
@@ -157,14 +177,16 @@ def open_source(path: str, *, allow_pickle: bool = False) -> Source:
         except CorruptCheckpointError as e:
             if name.endswith(".safetensors"):
                 raise
-            # pytorch_model.bin and the like: the header error alone was cryptic.
-            raise CorruptCheckpointError(
+            # pytorch_model.bin and the like: the header error alone was cryptic. Not
+            # "damaged" either: a file not named as one is no checkpoint convert reads,
+            # as inspect and verify call a file no checkpoint.
+            raise CheckpointNotFoundError(
                 f"{e}; {name} is not a safetensors file (convert reads .safetensors files, "
                 f"*{st.INDEX_SUFFIX}, reshard and torch.distributed.checkpoint directories)"
             ) from None
     if not os.path.isdir(path):
         what = "is neither a regular file nor a directory" if os.path.exists(path) else "does not exist"
-        raise CheckpointError(f"{path} {what}")
+        raise CheckpointNotFoundError(f"no checkpoint at {path}: it {what}")
     store = open_store(path)
     if os.path.exists(os.path.join(path, MANIFEST_NAME)) or is_dcp_checkpoint(store):
         kind = "reshard" if os.path.exists(os.path.join(path, MANIFEST_NAME)) else "dcp"
@@ -181,8 +203,8 @@ def open_source(path: str, *, allow_pickle: bool = False) -> Source:
     if files:
         return _safetensors_source(store, files, [])
     store.close()
-    raise CheckpointError(
-        f"{path} holds no manifest.json, DCP .metadata or .safetensors files"
+    raise CheckpointNotFoundError(
+        f"no checkpoint at {path}: it holds no manifest.json, DCP .metadata or .safetensors files"
     )
 
 
@@ -194,6 +216,12 @@ def _safetensors_source(
             store, names, frame_raw_nbytes=config.frame_raw_nbytes(), values=values,
             values_from=os.path.join(store.location, index),
         )
+    except CheckpointNotFoundError as e:
+        store.close()
+        # A shard the index names is missing: the checkpoint is there and damaged, not
+        # absent (CheckpointNotFoundError means "no checkpoint at SRC" to the CLI).
+        where = f"{os.path.join(store.location, index)} names a file that is missing: " if index else ""
+        raise CorruptCheckpointError(f"{where}{e}") from None
     except BaseException:
         store.close()
         raise
@@ -216,7 +244,7 @@ def to_safetensors(
     plans = st.plan_shards(source.tensors(), stem=stem, max_shard_nbytes=max_shard_nbytes)
     names = [p.name for p in plans] + ([f"{stem}{st.INDEX_SUFFIX}"] if len(plans) > 1 else [])
     _refuse_stale_outputs(folder, stem, names)
-    os.makedirs(folder, exist_ok=True)
+    _make_folder(folder)
     report = progress or (lambda n: None)
     meta: dict[str, str] = {"format": "pt"}
     if values and len(plans) == 1:
@@ -282,11 +310,13 @@ def to_reshard(
     blocks = config.column_blocks(column_blocks)
     dst = os.path.abspath(dst)
     if os.path.exists(dst) and (not os.path.isdir(dst) or os.listdir(dst)):
-        raise StorageError(f"{dst} exists and is not an empty directory")
+        what = "is a directory that is not empty" if os.path.isdir(dst) else "exists and is not a directory"
+        raise StorageError(f"DST {dst} {what}; reshard output goes to a new or empty directory")
     created = not os.path.exists(dst)
     codec_obj, spec = resolve_codec(codec)
     source.refuse_name_clashes()
     values = source.plain_values()
+    _make_folder(dst)
     save_id = new_save_id()
     file_name = f"{DATA_DIR}/{save_id}.0.bin"
     report = progress or (lambda n: None)
@@ -303,7 +333,7 @@ def to_reshard(
             entries = [_with_column_crcs(store, e, parts) for e in entries]
         entries.extend(ValueEntry(key=source.out_key(v), value=v.value) for v in values)
         manifest = Manifest(save_id=save_id, world_size=1, created_unix_s=time.time(),
-                            library_version=__version__, entries=tuple(entries))
+                            library_version=_library_version(source), entries=tuple(entries))
         store.write_atomic(MANIFEST_NAME, manifest.to_json())
         return manifest
     except BaseException:
@@ -311,6 +341,35 @@ def to_reshard(
         raise
     finally:
         store.close()
+
+
+def _library_version(source: Source) -> str:
+    """reshard's version, labelled "converted from DCP" where the source records no empty
+    dicts (a DCP directory, or an earlier conversion of one): DCP writes nothing for
+    them, so this output has no entry for them either, and a load must treat it as it
+    treats the DCP directory (``dcp.records_empty_dicts``), not report them missing."""
+    from .dcp import converted_version, records_empty_dicts
+
+    return __version__ if records_empty_dicts(source.manifest) else converted_version(__version__)
+
+
+def _make_folder(folder: str) -> None:
+    """Create the output folder (and its parents), or StorageError naming it: a parent
+    that is a file, or a folder that may not be written, was reported as the failure to
+    create a data file or temporary file inside it, by an internal name."""
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as e:
+        # A file where a folder on the way should be: named, not "[Errno 17] File exists"
+        # or "Not a directory" of some path.
+        above = folder
+        while not os.path.lexists(above) and os.path.dirname(above) != above:
+            above = os.path.dirname(above)
+        if os.path.lexists(above) and not os.path.isdir(above):
+            what = "it" if above == folder else above
+            raise StorageError(f"cannot create DST folder {folder}: {what} exists and is not "
+                               "a directory") from None
+        raise StorageError(f"cannot create DST folder {folder}: {e.strerror or e}") from None
 
 
 def _with_column_crcs(store: Store, e: Entry, parts: int) -> Entry:
@@ -434,6 +493,11 @@ def convert(
     """Convert the checkpoint at ``src`` to ``to`` (inferred from ``dst``: a
     ``.safetensors`` suffix or ``max_shard_nbytes`` means safetensors, else reshard)."""
     src, dst = _local(src, "SRC"), _local(dst, "DST")
+    if os.path.abspath(src) == os.path.abspath(dst):
+        # Said so, not "DST exists and is not empty" (or, for safetensors, the source
+        # file overwritten by its own copy).
+        raise CheckpointError(f"SRC and DST are the same path ({os.path.abspath(dst)}); "
+                              "convert writes a new checkpoint: choose another DST")
     fmt = to or ("safetensors" if dst.endswith(".safetensors") or max_shard_nbytes else "reshard")
     if fmt not in FORMATS:
         raise CheckpointError(f"unknown target format {fmt!r} (choose from {FORMATS})")
@@ -490,6 +554,15 @@ def parse_size(text: str) -> int:
     return value
 
 
+def path_argument(text: str) -> str:
+    """A path given on the command line; an empty one is a usage error. ``""`` from an
+    unset shell variable (``reshard convert "$SRC" out``) named the current directory
+    to convert, and what it held was converted."""
+    if not text:
+        raise argparse.ArgumentTypeError("the path is empty (pass \".\" for the current directory)")
+    return text
+
+
 def add_convert_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``convert`` on an argparse subparsers object; sets ``func=cmd_convert``."""
     p = subparsers.add_parser(
@@ -500,9 +573,12 @@ def add_convert_parser(subparsers: Any) -> argparse.ArgumentParser:
             "safetensors files. The target format is --to, else safetensors when DST ends "
             "in .safetensors or --max-shard-size is given, else reshard. See docs/INTEROP.md."
         ),
+        epilog="Exit status: 0 converted, 1 failed (damaged SRC, DST not a new or empty "
+               "directory or not writable, SRC and DST the same path; one line on stderr), "
+               "2 usage error, 3 no checkpoint at SRC.",
     )
-    p.add_argument("src")
-    p.add_argument("dst")
+    p.add_argument("src", type=path_argument)
+    p.add_argument("dst", type=path_argument)
     p.add_argument("--to", choices=FORMATS, help="target format (default: from DST's suffix)")
     p.add_argument("--max-shard-size", type=parse_size, default=None, metavar="SIZE",
                    help="split safetensors output into files of at most SIZE (5GB, 500MiB) "
@@ -520,7 +596,8 @@ def add_convert_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    """Run ``reshard convert``; 0 ok, 1 failed (message on stderr), 2 usage error."""
+    """Run ``reshard convert``; 0 ok, 1 failed (message on stderr), 2 usage error, 3 no
+    checkpoint at SRC (``EXIT_NOT_FOUND``)."""
     if args.to == "reshard" and args.max_shard_size is not None:
         print("reshard convert: --max-shard-size applies only to safetensors output", file=sys.stderr)
         return 2
@@ -543,7 +620,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
         # The message may quote text from the source (not trusted): escape control characters.
         text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(e))
         print(f"reshard convert: {text}", file=sys.stderr)
-        return 1
+        return EXIT_NOT_FOUND if isinstance(e, CheckpointNotFoundError) else 1
     for path in written:
         print(path)
     return 0

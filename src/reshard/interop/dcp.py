@@ -11,9 +11,10 @@ resharding, parallel reads) then works unchanged.
 Non-tensor items are ``torch.save``'d Python objects. They are loaded once, when the
 manifest is built, with ``torch.load(weights_only=True)``: plain values (None, bool,
 int, float, str, bytes and dicts/lists/tuples of them) become value entries, flattened
-like reshard flattens state dicts (``"extra.steps.0"``). Anything else needs arbitrary
-pickle: it is refused (the key raises CheckpointError when loaded) unless the caller
-passed ``allow_pickle=True``.
+like reshard flattens state dicts (``"extra.steps.0"``). An ``io.BytesIO`` value (pickled by DCP
+like any other) is read without unpickling (``_dcp_bytesio``) and loads as a BytesIO, as
+DCP's own load gives it. Anything else needs arbitrary pickle: it is refused (the key
+raises CheckpointError when loaded) unless the caller passed ``allow_pickle=True``.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from ..format.manifest import (
 )
 from ..format.values import encode_value
 from ..storage.base import Store
+from ._dcp_bytesio import BytesIOValueEntry, bytesio_state
 from ._dcp_pickle import DcpBytes, DcpTensor, KeyPath, StorageInfo, read_metadata
 
 METADATA_NAME = ".metadata"
@@ -78,6 +80,31 @@ class DcpManifest(Manifest):
 def is_dcp_manifest(manifest: Manifest) -> bool:
     """Whether ``manifest`` describes a DCP directory (read in memory, not parsed)."""
     return isinstance(manifest, DcpManifest)
+
+
+CONVERTED_LABEL = "dcp"
+"""The PEP 440 local version label ``reshard convert`` adds to the ``library_version`` of
+its output when the source was a DCP directory (``0.1.0+dcp``): see ``records_empty_dicts``."""
+
+
+def converted_version(version: str) -> str:
+    """``version`` (reshard's) with the local label saying "converted from DCP"."""
+    return f"{version}{'.' if '+' in version else '+'}{CONVERTED_LABEL}"
+
+
+def records_empty_dicts(manifest: Manifest) -> bool:
+    """Whether an empty dict of the saved state has an entry in ``manifest``.
+
+    A reshard save records one (an ``empty`` value); DCP writes nothing for it (a fresh
+    optimizer's ``state`` saved before its first step), and neither can a conversion of a
+    DCP directory, whose output says so in its ``library_version``. A strict load of
+    those leaves an empty dict the checkpoint has no key for as it is, as ``dcp.load``
+    does, instead of reporting it missing.
+    """
+    if is_dcp_manifest(manifest):
+        return False
+    local = manifest.library_version.partition("+")[2]
+    return CONVERTED_LABEL not in local.split(".")
 
 
 def exact_names(manifest: Manifest) -> frozenset[str]:
@@ -360,6 +387,9 @@ def _value_entries(store: Store, item: DcpBytes, *, allow_pickle: bool) -> list[
     try:
         obj = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
+        state = bytesio_state(blob)
+        if state is not None:  # an io.BytesIO, read without unpickling anything
+            return [BytesIOValueEntry(key=key, value=_NONE, data=state.data, position=state.position)]
         if not allow_pickle:
             return [RefusedValueEntry(key=key, value=_NONE, reason=(
                 f"DCP key {item.fqn!r} holds a Python object that only arbitrary pickle can load "

@@ -26,7 +26,13 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from ..core.layout import Box, full_box
-from ..errors import CorruptCheckpointError, UnsupportedFormatError, UnsupportedValueError
+from ..errors import (
+    CheckpointError,
+    CorruptCheckpointError,
+    StorageError,
+    UnsupportedFormatError,
+    UnsupportedValueError,
+)
 from ..format.dtypes import ITEMSIZE
 from ..format.manifest import IDENTITY, Chunk, Entry, Frame, Manifest, TensorEntry, ValueEntry
 from ..format.values import JsonValue, decode_value
@@ -302,9 +308,13 @@ def _atomic_file(path: str) -> Iterator[BinaryIO]:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError) and not isinstance(e, CheckpointError):
+            # Named by the file asked for: the message named the temporary file, or
+            # (a folder named like the output) said only "Is a directory".
+            raise StorageError(f"cannot write {path}: {e.strerror or e}") from None
         raise
 
 
