@@ -37,6 +37,7 @@ from .codecs import Codec
 from .dist.collective import Collective
 from .errors import CheckpointError
 from .save import open_for_save, prepare_save, write_and_commit
+from .storage.base import same_place
 
 Shard = tuple[int, int, torch.Tensor]
 _log = logging.getLogger("reshard")
@@ -192,17 +193,8 @@ def wait_for_inflight(location: str) -> None:
     """
     with _START_LOCK:
         handle = _inflight
-    if handle is not None and _same_place(handle.location, location):
+    if handle is not None and same_place(handle.location, location):
         handle._finished.wait()
-
-
-def _same_place(a: str, b: str) -> bool:
-    """Whether two store locations are one folder (``latest -> step-2`` and ``step-2`` are)."""
-    if a == b:
-        return True
-    if "://" in a or "://" in b:
-        return False
-    return os.path.realpath(a) == os.path.realpath(b)
 
 
 def release_staging_buffers() -> None:

@@ -26,9 +26,22 @@ def _url() -> str:
 
 
 def test_local_paths_and_file_urls_open_a_local_store(tmp_path: pathlib.Path) -> None:
-    for path in (str(tmp_path), tmp_path, f"file://{tmp_path}"):
+    for path in (str(tmp_path), tmp_path, f"file://{tmp_path}", f"file:{tmp_path}", f"FILE:{tmp_path}"):
         store = open_store(path)
         assert isinstance(store, LocalStore) and store.location == str(tmp_path)
+
+
+def test_same_place_compares_folders_not_spellings(tmp_path: pathlib.Path) -> None:
+    from reshard.storage.base import same_place
+
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    same = [(f"{tmp_path}/real", f"{tmp_path}/link/"), (f"file://{tmp_path}/real", f"{tmp_path}/real"),
+            (f"file:{tmp_path}/link", f"{tmp_path}/real"), ("memory://a/b", "memory:///a/b/")]
+    other = [(f"{tmp_path}/real", f"{tmp_path}/other"), ("memory://a/b", "memory://a/c"),
+             ("memory://a/b", f"{tmp_path}/a/b"), ("simplecache::memory://a", "memory://a")]
+    assert all(same_place(a, b) for a, b in same), [p for p in same if not same_place(*p)]
+    assert not any(same_place(a, b) for a, b in other), [p for p in other if same_place(*p)]
 
 
 def test_urls_open_an_fsspec_store() -> None:

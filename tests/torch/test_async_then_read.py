@@ -112,3 +112,30 @@ def test_background_failure_is_logged(tmp_path: Path, caplog: pytest.LogCaptureF
     sd = _blank()
     reshard.load(sd, tmp_path)
     assert sd["step"] == 1  # the previous checkpoint stays
+
+
+@pytest.mark.parametrize("spelling", ["file-url", "file-no-authority", "memory"])
+def test_other_spellings_of_the_path_wait_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, spelling: str
+) -> None:
+    """``file://`` and ``file:`` URLs of a local folder, and ``memory://a`` against
+    ``memory:///a``, name the folder the async save writes: a load waits for it. The
+    fsspec spellings used to count as other folders, and ``file:/abs`` as the relative
+    folder ``file:``."""
+    monkeypatch.setenv("RESHARD_FRAME_RAW_NBYTES", "1024")
+    if spelling == "memory":
+        name = f"reshard-tests/spelling-{os.getpid()}-{time.monotonic_ns()}"
+        saved, read = f"memory://{name}", f"memory:///{name}"
+    else:
+        saved = str(tmp_path / "step")
+        read = f"file://{saved}" if spelling == "file-url" else f"file:{saved}"
+    reshard.save(_state(1), saved)
+    codec = SlowCodec()
+    reshard.register_codec(codec)
+    handle = reshard.async_save(_state(2), saved, codec=codec.name)
+    assert codec.started.wait(30) and not handle.done()
+    sd = _blank()
+    reshard.load(sd, read)
+    assert handle.done() and sd["step"] == 2 and torch.equal(sd["w"], _state(2)["w"])
+    handle.result()
+    assert not os.path.exists("file:"), "file:/abs must not become a relative folder"

@@ -96,6 +96,32 @@ def let_go(store: Store, name: str, offset: int, nbytes: int) -> None:
 # "s3://...", "gs://...", "memory://...", and fsspec chains such as "simplecache::s3://...".
 _URL = re.compile(r"^(?:[A-Za-z][A-Za-z0-9+.\-]*::)*([A-Za-z][A-Za-z0-9+.\-]*)://")
 _LOCAL_PROTOCOLS = ("file", "local")
+_FILE_NO_AUTHORITY = re.compile(r"^file:/(?!/)", re.IGNORECASE)
+
+
+def same_place(a: str, b: str) -> bool:
+    """Whether two checkpoint locations name one folder: local paths through symlinks
+    (``latest -> step-2``), ``file://`` URLs as their paths, and fsspec URLs as their
+    filesystem's own path (``memory://a`` and ``memory:///a`` are one folder)."""
+    return a == b or _place(a) == _place(b)
+
+
+def _place(location: str) -> str:
+    local = local_path(location)
+    if local is not None:
+        return "file://" + os.path.realpath(local)
+    if "::" in location:
+        return location.rstrip("/")  # a chain: its parts are another filesystem's
+    try:
+        from fsspec import get_filesystem_class
+        from fsspec.core import split_protocol
+
+        protocol, _ = split_protocol(location)
+        # A class method: no filesystem is made, nothing is connected to.
+        path = get_filesystem_class(protocol)._strip_protocol(location)
+    except Exception:  # noqa: BLE001 - unknown or uninstalled backends compare as written
+        return location.rstrip("/")
+    return f"{protocol}://{str(path).rstrip('/')}"
 
 
 def open_store(
@@ -133,10 +159,14 @@ def open_store(
 
 
 def local_path(location: str) -> str | None:
-    """The local path ``location`` names (a plain path, or a ``file://`` or ``local://``
-    URL), or None where it is an fsspec URL (``s3://...``, ``simplecache::file://...``)."""
+    """The local path ``location`` names (a plain path, a ``file://`` or ``local://`` URL,
+    or ``file:/abs/path``), or None where it is an fsspec URL (``s3://...``,
+    ``simplecache::file://...``)."""
     match = _URL.match(location)
     if match is None:
+        if _FILE_NO_AUTHORITY.match(location):
+            # RFC 8089's file:/path; it was taken as the relative folder "file:" + path.
+            return location[len("file:"):]
         return location
     if match.group(1).lower() in _LOCAL_PROTOCOLS and "::" not in location:
         return location[len(match.group(0)):]
