@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import operator
 import os
+import types
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Union
@@ -19,7 +20,8 @@ from .manifest_io import load_manifest
 from .storage import open_store
 from .transfer.read import Target, fill
 
-Index = Union[int, slice, tuple[int | slice, ...], None]
+IndexPart = Union[int, slice, "types.EllipsisType", None]
+Index = Union[IndexPart, tuple[IndexPart, ...]]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -132,9 +134,13 @@ class Checkpoint:
         )
 
     def read(self, key: str | int | Key, index: Index = None) -> Any:
-        """The whole tensor at ``key``, or the part a tuple of ints/slices selects.
+        """The whole tensor at ``key``, or ``tensor[index]``.
 
-        Only the frames holding the selection are read. Plain values are returned as is.
+        ``index`` is what torch indexing takes of ints (negative ones count from the
+        end), slices with a positive step, one Ellipsis and None (a new dim), alone or in
+        a tuple; ``None`` alone reads everything. Anything else, or an int out of range,
+        raises CheckpointError naming the key. Only the frames holding the selection are
+        read (for a stepped slice, those from its first to its last element). Plain values are returned as is.
         An entry saved from a numpy array (``container`` ``numpy`` in the manifest) comes
         back as a numpy array (an int for every dim: a numpy scalar, as numpy indexing
         gives), one saved from a numpy scalar as a numpy scalar, as ``reshard.load`` gives
@@ -145,7 +151,7 @@ class Checkpoint:
             if index is not None:
                 raise CheckpointError(f"key {dotted(entry.key)!r} is a plain value; it has no index")
             return entry.decoded()
-        box, squeeze = _index_box(entry.shape, index, dotted(entry.key))
+        box, post, element = _index_box(entry.shape, index, dotted(entry.key))
         try:
             out = torch.empty(box.sizes, dtype=torch_dtype(entry.dtype))
         except (RuntimeError, MemoryError) as e:
@@ -156,10 +162,12 @@ class Checkpoint:
             ) from e
         fill(self._store, [Target(entry=entry, box=box, tensor=out)],
              threads=config.io_threads(), max_piece_nbytes=config.max_piece_nbytes())
-        out = out.squeeze(squeeze) if squeeze else out
+        if post:
+            # contiguous(): a stepped selection does not keep the whole box it was read from.
+            out = out[post].contiguous()
         # An int for every dim of an array selects one element: a numpy scalar, as
         # ``array[3, 5]`` gives (a tensor gives a 0-d tensor, as ``t[3, 5]`` does).
-        element = bool(squeeze) and out.dim() == 0 and entry.container == "numpy"
+        element = element and entry.container == "numpy"
         return _as_saved(out, "numpy_scalar" if element else entry.container)
 
 
@@ -216,32 +224,68 @@ def _name(key: object) -> str | None:
     return None
 
 
-def _index_box(shape: tuple[int, ...], index: Index, name: str) -> tuple[Box, tuple[int, ...]]:
-    parts: tuple[Any, ...] = () if index is None else (index if isinstance(index, tuple) else (index,))
-    if len(parts) > len(shape):
-        raise CheckpointError(f"key {name!r}: {len(parts)} indices for shape {list(shape)}")
-    offsets, sizes, squeeze = [], [], []
-    for d, n in enumerate(shape):
-        part = _as_int(parts[d]) if d < len(parts) else slice(None)
+def _index_box(shape: tuple[int, ...], index: Index, name: str) -> tuple[Box, tuple[Any, ...], bool]:
+    """The box that ``index`` selects from a tensor of ``shape``, the index that then
+    gives ``tensor[index]`` out of that box (ints, positive steps, None), and whether
+    every dim took an int (one element). Ints, slices, one Ellipsis and None index as
+    torch indexes; a stepped slice reads the box from its first to its last element."""
+    parts = _expand_ellipsis(() if index is None else (index if isinstance(index, tuple) else (index,)),
+                             shape, name)
+    offsets: list[int] = []
+    sizes: list[int] = []
+    post: list[int | slice | None] = []
+    d = 0
+    for raw in parts:
+        if raw is None:  # a new dim of size 1, as torch's t[None]
+            post.append(None)
+            continue
+        part = _as_int(raw)
+        n = shape[d]
         if isinstance(part, int) and not isinstance(part, bool):
             i = part + n if part < 0 else part
             if not 0 <= i < n:
                 raise CheckpointError(f"key {name!r}: index {part} out of range for dim {d} of size {n}")
             offsets.append(i)
             sizes.append(1)
-            squeeze.append(d)
+            post.append(0)
         elif isinstance(part, slice):
             try:
                 start, stop, step = part.indices(n)
             except (TypeError, ValueError) as e:  # a zero step, bounds that are not ints
                 raise CheckpointError(f"key {name!r}: slice {part!r} for dim {d}: {e}") from None
-            if step != 1:
-                raise CheckpointError(f"key {name!r}: slices with a step are not supported")
+            if step < 0:
+                raise CheckpointError(f"key {name!r}: slice {part!r} for dim {d}: negative steps are "
+                                      "not supported (torch tensors have none); read with a positive "
+                                      "step and flip the result")
+            count = len(range(start, stop, step))
             offsets.append(start)
-            sizes.append(max(0, stop - start))
+            sizes.append((count - 1) * step + 1 if count else 0)
+            post.append(slice(None, None, step))
         else:
-            raise CheckpointError(f"key {name!r}: index parts must be ints or slices, got {part!r}")
-    return Box(tuple(offsets), tuple(sizes)), tuple(squeeze)
+            raise CheckpointError(f"key {name!r}: index parts must be ints, slices, Ellipsis or "
+                                  f"None, got {raw!r}")
+        d += 1
+    # Dims the index did not reach are taken whole.
+    offsets += [0] * (len(shape) - d)
+    sizes += shape[d:]
+    element = bool(shape) and post.count(0) == len(shape) and None not in post
+    return Box(tuple(offsets), tuple(sizes)), tuple(post), element
+
+
+def _expand_ellipsis(parts: tuple[Any, ...], shape: tuple[int, ...], name: str) -> tuple[Any, ...]:
+    """``parts`` with its Ellipsis (at most one) replaced by the whole slices it stands for;
+    CheckpointError naming the key when they index more dims than there are."""
+    ndim = len(shape)
+    dims = sum(1 for p in parts if p is not None and p is not Ellipsis)
+    if dims > ndim:
+        raise CheckpointError(f"key {name!r}: {dims} indices for shape {list(shape)}")
+    ellipses = [i for i, p in enumerate(parts) if p is Ellipsis]
+    if len(ellipses) > 1:
+        raise CheckpointError(f"key {name!r}: an index can have only one Ellipsis, got {len(ellipses)}")
+    if not ellipses:
+        return parts
+    i = ellipses[0]
+    return parts[:i] + (slice(None),) * (ndim - dims) + parts[i + 1:]
 
 
 def _as_int(part: Any) -> Any:

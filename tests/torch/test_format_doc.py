@@ -141,7 +141,8 @@ def test_chunks_frames_and_bytes(saved: tuple[Path, dict]) -> None:
                 raw += _decode(codec, frame, want)
                 at += stored
             ends.append((c["offset"], at))
-            assert bytes(raw) == np.ascontiguousarray(full[box]).astype(full.dtype.newbyteorder("<")).tobytes()
+            want_raw = np.ascontiguousarray(full[box]).astype(full.dtype.newbyteorder("<"))
+            assert bytes(raw) == want_raw.tobytes()
             if "column_crcs" in c:
                 _check_column_crcs(c, e["shape"], full[box])
     # No header, no padding: the chunks' stored bytes are the whole file.
