@@ -26,6 +26,10 @@ Index = Union[IndexPart, tuple[IndexPart, ...]]
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ChunkInfo:
+    """One saved chunk of a tensor: its box (``offsets``, ``sizes`` in the tensor's
+    global index space), the data file holding it (relative to the checkpoint), its
+    stored and raw byte counts and its codec's name (docs/FORMAT.md)."""
+
     offsets: tuple[int, ...]
     sizes: tuple[int, ...]
     file: str
@@ -82,6 +86,7 @@ class Checkpoint:
         self.close()
 
     def close(self) -> None:
+        """Release the store (open files, remote sessions); ``with`` calls it."""
         self._store.close()
 
     def keys(self) -> list[str]:
@@ -115,6 +120,9 @@ class Checkpoint:
             raise MissingKeysError(f"{self.path} has no key {name!r}") from None
 
     def info(self, key: str | int | Key) -> EntryInfo:
+        """What is saved at ``key`` (a dotted name, an int, or a tuple of key parts):
+        ``kind`` ``"tensor"`` (with ``shape``, ``dtype``, ``nbytes`` of the raw data and
+        its chunks) or ``"value"``; MissingKeysError naming the key when there is none."""
         from .interop.dcp import RefusedValueEntry, UnsupportedTensorEntry
 
         entry = self._entry(key)

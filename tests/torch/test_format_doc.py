@@ -250,3 +250,31 @@ def test_codec_per_dtype(saved: tuple[Path, dict]) -> None:
             assert c["frame_raw_nbytes"] == 1024 * 1024
     if all(c["name"] == "identity" for c in doc["codecs"]):
         assert {c["frame_raw_nbytes"] for e in doc["entries"] for c in e.get("chunks", ())} == {256 * 1024}
+
+
+def test_optional_fields_may_be_absent(saved: tuple[Path, dict], tmp_path: Path) -> None:
+    """The fields docs/FORMAT.md marks optional, left out by another writer, read with
+    the defaults it gives."""
+    path, doc = saved
+    doc = json.loads(json.dumps(doc))
+    for name in ("manifest_crc32", "created_unix_s", "library_version"):
+        del doc[name]
+    for e in doc["entries"]:
+        if e.get("container") == "torch":
+            del e["container"]
+    for c in doc["codecs"]:
+        if c["name"] == "identity":
+            c.pop("configuration", None)
+    copy = tmp_path / "copy"
+    (copy / "data").mkdir(parents=True)
+    (copy / doc["files"][0]).write_bytes((path / doc["files"][0]).read_bytes())
+    (copy / "manifest.json").write_text(json.dumps(doc, indent=1))
+    with reshard.open(copy) as ck:
+        assert ck.manifest.created_unix_s == 0 and ck.manifest.library_version == ""
+        assert torch.equal(ck.read("big"), BIG) and type(ck.read("np")) is np.ndarray
+        assert ck.read("v.b") == b"\x00\xff"
+    value_only = {**doc, "entries": [e for e in doc["entries"] if e["kind"] == "value"]}
+    del value_only["codecs"]
+    (copy / "manifest.json").write_text(json.dumps(value_only))
+    with reshard.open(copy) as ck:
+        assert ck.read(("v", "i")) == -(2**70)
