@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Union
 
+import numpy as np
 import torch
 
 from . import config
@@ -299,6 +300,13 @@ def _expand_ellipsis(parts: tuple[Any, ...], shape: tuple[int, ...], name: str) 
 def _as_int(part: Any) -> Any:
     """Integer-likes (numpy ints, 0-d integer tensors) as int; anything else unchanged."""
     if isinstance(part, (bool, slice)) or not hasattr(part, "__index__"):
+        return part
+    # A one-element tensor or array also has __index__, but torch indexes with it as an
+    # index tensor (t[tensor([2])] keeps the dim) and with a bool one as a mask
+    # (t[tensor(True)] adds a dim): neither is t[int], so both stay refused.
+    if isinstance(part, (torch.Tensor, np.ndarray)) and (
+        part.ndim != 0 or part.dtype in (torch.bool, np.bool_)
+    ):
         return part
     try:
         return operator.index(part)

@@ -18,7 +18,7 @@ T = torch.arange(5 * 6 * 7).reshape(5, 6, 7)
 SAME_AS_TORCH: list[Any] = [
     0, -1, 4, (1,), (slice(1, 3),), (slice(-3, None), 2), (slice(None), slice(None), -1),
     (slice(10, 20),), (slice(3, 1),), np.int64(2), torch.tensor(1), (np.int32(1), slice(0, 2)),
-    (slice(np.int64(1), np.int64(3)),), (slice(torch.tensor(1), 3),), (slice(None, None, 1),),
+    (slice(np.int64(1), np.int64(3)),), (slice(torch.tensor(1), 3),), (slice(None, None, 1),), np.array(2),
     (slice(-100, 100), slice(2, -2), slice(6, 7)),
     # Steps, Ellipsis and None were refused ("slices with a step are not supported").
     (slice(0, 5, 2),), slice(None, None, 3), (slice(1, None, 2), slice(-1, 0, 4), slice(5, None, 9)),
@@ -30,6 +30,10 @@ REFUSED: list[Any] = [
     5, -6, (0, 0, 0, 0), (slice(None, None, -1),), (slice(None, None, 0),), (..., ...),
     (slice("a", 3),), (slice(0, 2.5),), (1.0,), True, [1, 2], (torch.tensor([1, 2]),),
     (0, 0, ..., 0, 0), (None, 0, 0, 0, 0), "a",
+    # Read as t[1], t[0] and t[2]: torch takes a bool tensor as a mask and a 1-element
+    # tensor as an index tensor (both keep or add a dim).
+    torch.tensor(True), (torch.tensor(False),), (torch.tensor([2]),), (0, np.array([1])),
+    np.array(True), (slice(None), torch.tensor([[1]])),
 ]
 
 
