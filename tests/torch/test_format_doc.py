@@ -144,7 +144,7 @@ def test_chunks_frames_and_bytes(saved: tuple[Path, dict]) -> None:
             want_raw = np.ascontiguousarray(full[box]).astype(full.dtype.newbyteorder("<"))
             assert bytes(raw) == want_raw.tobytes()
             if "column_crcs" in c:
-                _check_column_crcs(c, e["shape"], full[box])
+                _check_column_crcs(c, e["shape"], full[box], parts=2)
     # No header, no padding: the chunks' stored bytes are the whole file.
     ends.sort()
     assert ends[0][0] == 0 and ends[-1][1] == len(data)
@@ -216,9 +216,9 @@ def _planes(frame: bytes, e: int, raw_nbytes: int) -> bytes:
     return bytes(raw)
 
 
-def _check_column_crcs(c: dict, shape: list[int], box: np.ndarray) -> None:
+def _check_column_crcs(c: dict, shape: list[int], box: np.ndarray, *, parts: int) -> None:
     cc = c["column_crcs"]
-    assert set(cc) == {"crc32c", "parts", "rows"} and cc["parts"] == 2
+    assert set(cc) == {"crc32c", "parts", "rows"} and cc["parts"] == parts
     w, parts = shape[1], cc["parts"]
     q = math.ceil(w / parts)
     o, s = c["offsets"][1], c["sizes"][1]
@@ -232,7 +232,7 @@ def _check_column_crcs(c: dict, shape: list[int], box: np.ndarray) -> None:
             tile = np.ascontiguousarray(box[r0:r1, c0 - o:c1 - o]).tobytes()
             assert crc32c.crc32c(tile) == cc["crc32c"][r * len(segments) + m], (r, m)
     # About 256 KiB per tile, as the page says reshard chooses.
-    tile_nbytes = cc["rows"] * (s // parts) * box.itemsize
+    tile_nbytes = cc["rows"] * min(q, s) * box.itemsize
     assert 128 * 1024 <= tile_nbytes <= 512 * 1024, tile_nbytes
 
 
@@ -278,3 +278,18 @@ def test_optional_fields_may_be_absent(saved: tuple[Path, dict], tmp_path: Path)
     (copy / "manifest.json").write_text(json.dumps(value_only))
     with reshard.open(copy) as ck:
         assert ck.read(("v", "i")) == -(2**70)
+
+
+def test_column_crcs_uneven_parts_of_chunks_off_dim1_origin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """RESHARD_COLUMN_CHECKSUMS=3 on a width of 513 (cuts at 171 and 342) over chunks that
+    start inside dim 1 (column_blocks=2: columns 0-256 and 257-512): the tiles are those
+    the page's segment rule gives, cut at the cuts strictly inside each chunk."""
+    monkeypatch.setenv("RESHARD_COLUMN_CHECKSUMS", "3")
+    full = torch.arange(1200 * 513, dtype=torch.float32).reshape(1200, 513)
+    reshard.save({"b": full}, tmp_path, column_blocks=2)
+    doc = json.loads((tmp_path / "manifest.json").read_bytes())
+    chunks = doc["entries"][0]["chunks"]
+    assert [(c["offsets"], c["sizes"]) for c in chunks] == [([0, 0], [1200, 257]), ([0, 257], [1200, 256])]
+    for c in chunks:
+        box = full.numpy()[:, c["offsets"][1]:c["offsets"][1] + c["sizes"][1]]
+        _check_column_crcs(c, [1200, 513], box, parts=3)
