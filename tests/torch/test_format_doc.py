@@ -280,7 +280,9 @@ def test_optional_fields_may_be_absent(saved: tuple[Path, dict], tmp_path: Path)
         assert ck.read(("v", "i")) == -(2**70)
 
 
-def test_column_crcs_uneven_parts_of_chunks_off_dim1_origin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_column_crcs_uneven_parts_of_chunks_off_dim1_origin(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """RESHARD_COLUMN_CHECKSUMS=3 on a width of 513 (cuts at 171 and 342) over chunks that
     start inside dim 1 (column_blocks=2: columns 0-256 and 257-512): the tiles are those
     the page's segment rule gives, cut at the cuts strictly inside each chunk."""
