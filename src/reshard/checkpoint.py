@@ -157,7 +157,9 @@ class Checkpoint:
         """
         entry = self._entry(key)
         if isinstance(entry, ValueEntry):
-            if index is not None:
+            # A refused key (a DCP tensor of a dtype reshard lacks, a value that needs
+            # pickle) raises its reason, index or not: it may not be a plain value at all.
+            if index is not None and not _refused(entry):
                 raise CheckpointError(f"key {dotted(entry.key)!r} is a plain value; it has no index")
             return entry.decoded()
         box, post, element = _index_box(entry.shape, index, dotted(entry.key))
@@ -205,6 +207,12 @@ def _as_saved(tensor: torch.Tensor, container: str) -> Any:
     except TypeError:
         return tensor
     return array[()] if container == "numpy_scalar" else array
+
+
+def _refused(entry: ValueEntry) -> bool:
+    from .interop.dcp import RefusedValueEntry
+
+    return isinstance(entry, RefusedValueEntry)
 
 
 def _nbytes(shape: tuple[int, ...], dtype: Any) -> int:
