@@ -74,8 +74,8 @@ def test_zero_dim_empty_and_values(ckpt: Path) -> None:
             ck.read("nokey")
 
 
-def test_random_indexes_across_frames_and_chunks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Steps, Ellipsis and None over a tensor cut into several chunks and small frames
+def test_random_indexes_across_frames(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Steps, Ellipsis and None over a tensor cut into small frames
     (some frames cutting elements), raw and compressed, against torch and numpy."""
     monkeypatch.setenv("RESHARD_FRAME_RAW_NBYTES", "52")
     rng = np.random.default_rng(0)
@@ -90,6 +90,21 @@ def test_random_indexes_across_frames_and_chunks(tmp_path: Path, monkeypatch: py
                 assert got.shape == want.shape and torch.equal(got, want), index
                 got_n, want_n = ck.read("n", index), full.numpy().astype(np.int16)[index]
                 assert type(got_n) is type(want_n) and np.array_equal(got_n, want_n), index
+
+
+def test_random_indexes_across_column_block_chunks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same over a tensor stored as three chunks along dim 1 (column_blocks=3), in
+    frames that cut elements."""
+    monkeypatch.setenv("RESHARD_FRAME_RAW_NBYTES", "4098")
+    rng = np.random.default_rng(1)
+    full = torch.arange(70 * 4100, dtype=torch.float32).reshape(70, 4100)
+    reshard.save({"m": full}, tmp_path, column_blocks=3)
+    with reshard.open(tmp_path) as ck:
+        assert len(ck.info("m").chunks) == 3
+        for _ in range(60):
+            index = _random_index(rng, full.shape)
+            got, want = ck.read("m", index), full[index]
+            assert got.shape == want.shape and torch.equal(got, want), index
 
 
 def _random_index(rng: np.random.Generator, shape: tuple[int, ...]) -> tuple[Any, ...]:
