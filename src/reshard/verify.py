@@ -137,7 +137,13 @@ class _Tally:
 
 
 def verify(path: str | os.PathLike[str], *, progress: Progress | None = None) -> VerifyReport:
-    """Read and check every frame of the checkpoint at ``path``; see the module docstring.
+    """Read and check every frame of the checkpoint at ``path``; return a VerifyReport.
+
+    Every frame of every chunk is read, its CRC-32C checked and, if compressed, decoded
+    to its recorded raw size; missing or short data files are found too. A damaged
+    checkpoint does not raise: the report's ``damaged`` names each problem by key and
+    file (``report.ok``, ``report.intact``, ``report.summary()``). ``path`` may also be a
+    torch.distributed.checkpoint directory or an fsspec URL.
 
     Raises CheckpointNotFoundError (naming the path) when ``path`` holds no checkpoint; a
     manifest that is there but unreadable or invalid is reported as damage.
