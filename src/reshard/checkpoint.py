@@ -279,8 +279,8 @@ def _index_box(shape: tuple[int, ...], index: Index, name: str) -> tuple[Box, tu
             sizes.append((count - 1) * step + 1 if count else 0)
             post.append(slice(None, None, step))
         else:
-            raise CheckpointError(f"key {name!r}: index parts must be ints, slices, Ellipsis or "
-                                  f"None, got {raw!r}")
+            raise CheckpointError(f"key {name!r}: index parts must be ints or slices (or one "
+                                  f"Ellipsis, or None for a new dim), got {raw!r}")
         d += 1
     # Dims the index did not reach are taken whole.
     offsets += [0] * (len(shape) - d)
