@@ -246,8 +246,8 @@ def _index_box(shape: tuple[int, ...], index: Index, name: str) -> tuple[Box, tu
     gives ``tensor[index]`` out of that box (ints, positive steps, None), and whether
     every dim took an int (one element). Ints, slices, one Ellipsis and None index as
     torch indexes; a stepped slice reads the box from its first to its last element."""
-    parts = _expand_ellipsis(() if index is None else (index if isinstance(index, tuple) else (index,)),
-                             shape, name)
+    given = () if index is None else (index if isinstance(index, tuple) else (index,))
+    parts = _expand_ellipsis(given, shape, name)
     offsets: list[int] = []
     sizes: list[int] = []
     post: list[int | slice | None] = []
@@ -285,7 +285,9 @@ def _index_box(shape: tuple[int, ...], index: Index, name: str) -> tuple[Box, tu
     # Dims the index did not reach are taken whole.
     offsets += [0] * (len(shape) - d)
     sizes += shape[d:]
-    element = bool(shape) and post.count(0) == len(shape) and None not in post
+    # numpy gives a 0-d array, not a scalar, where the index holds an Ellipsis (a[1, ..., 2]).
+    element = (bool(shape) and post.count(0) == len(shape) and None not in post
+               and not any(p is Ellipsis for p in given))
     return Box(tuple(offsets), tuple(sizes)), tuple(post), element
 
 

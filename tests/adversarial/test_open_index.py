@@ -40,7 +40,8 @@ REFUSED: list[Any] = [
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("idx") / "ckpt"
-    reshard.save({"t": T, "s": torch.tensor(3.0), "e": torch.empty(0, 4), "v": 5}, path, codec="zstd")
+    reshard.save({"t": T, "s": torch.tensor(3.0), "e": torch.empty(0, 4), "v": 5, "n": T.numpy()},
+                 path, codec="zstd")
     return path
 
 
@@ -90,6 +91,17 @@ def test_random_indexes_across_frames(tmp_path: Path, monkeypatch: pytest.Monkey
                 assert got.shape == want.shape and torch.equal(got, want), index
                 got_n, want_n = ck.read("n", index), full.numpy().astype(np.int16)[index]
                 assert type(got_n) is type(want_n) and np.array_equal(got_n, want_n), index
+
+
+def test_numpy_entries_index_as_numpy(ckpt: Path) -> None:
+    """Scalars for an int in every dim, 0-d arrays where an Ellipsis or None is there too."""
+    a = T.numpy()
+    with reshard.open(ckpt) as ck:
+        for index in ((1, 2, 3), (1, ..., 2, 3), (1, 2, 3, ...), (..., 1, 2, 3), (1, 2, 3, None),
+                      (None, 1, 2, 3), -1, (1, slice(0, 6, 4), 2), ..., (slice(None, None, 2), ...)):
+            got, want = ck.read("n", index), a[index]
+            assert type(got) is type(want) and np.array_equal(got, want), index
+            assert np.shape(got) == np.shape(want), index
 
 
 def test_random_indexes_across_column_block_chunks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
