@@ -82,6 +82,9 @@ class VerifyReport:
 
     ``ok``: nothing damaged was found. ``unchecked`` names the keys whose bytes could not
     be checked at all; the checkpoint is ``intact`` only when it is ok and that is empty.
+    ``damaged`` holds a ``Damage`` (file, key, chunk offsets, frame, message) per problem;
+    ``warnings`` what is odd but not damage (data files no manifest names); the counts
+    are what was checked.
     """
 
     path: str
@@ -105,6 +108,9 @@ class VerifyReport:
         return not self.damaged and not self.unchecked
 
     def summary(self) -> str:
+        """One line: the path, intact / DAMAGED / NOT CHECKED, and what was checked (the
+        first line ``reshard verify`` prints; the str of each warning, damaged and
+        unchecked item follows)."""
         n, u = len(self.damaged), len(self.unchecked)
         if self.intact:
             head = "intact"
