@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import operator
 import os
+import types
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Union
 
+import numpy as np
 import torch
 
 from . import config
@@ -19,11 +21,16 @@ from .manifest_io import load_manifest
 from .storage import open_store
 from .transfer.read import Target, fill
 
-Index = Union[int, slice, tuple[int | slice, ...], None]
+IndexPart = Union[int, slice, "types.EllipsisType", None]
+Index = Union[IndexPart, tuple[IndexPart, ...]]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ChunkInfo:
+    """One saved chunk of a tensor: its box (``offsets``, ``sizes`` in the tensor's
+    global index space), the data file holding it (relative to the checkpoint), its
+    stored and raw byte counts and its codec's name (docs/FORMAT.md)."""
+
     offsets: tuple[int, ...]
     sizes: tuple[int, ...]
     file: str
@@ -80,6 +87,7 @@ class Checkpoint:
         self.close()
 
     def close(self) -> None:
+        """Release the store (open files, remote sessions); ``with`` calls it."""
         self._store.close()
 
     def keys(self) -> list[str]:
@@ -113,6 +121,9 @@ class Checkpoint:
             raise MissingKeysError(f"{self.path} has no key {name!r}") from None
 
     def info(self, key: str | int | Key) -> EntryInfo:
+        """What is saved at ``key`` (a dotted name, an int, or a tuple of key parts):
+        ``kind`` ``"tensor"`` (with ``shape``, ``dtype``, ``nbytes`` of the raw data and
+        its chunks) or ``"value"``; MissingKeysError naming the key when there is none."""
         from .interop.dcp import RefusedValueEntry, UnsupportedTensorEntry
 
         entry = self._entry(key)
@@ -132,9 +143,13 @@ class Checkpoint:
         )
 
     def read(self, key: str | int | Key, index: Index = None) -> Any:
-        """The whole tensor at ``key``, or the part a tuple of ints/slices selects.
+        """The whole tensor at ``key``, or ``tensor[index]``.
 
-        Only the frames holding the selection are read. Plain values are returned as is.
+        ``index`` is what torch indexing takes of ints (negative ones count from the
+        end), slices with a positive step, one Ellipsis and None (a new dim), alone or in
+        a tuple; ``None`` alone reads everything. Anything else, or an int out of range,
+        raises CheckpointError naming the key. Only the frames holding the selection are
+        read (for a stepped slice, those from its first to its last element). Plain values are returned as is.
         An entry saved from a numpy array (``container`` ``numpy`` in the manifest) comes
         back as a numpy array (an int for every dim: a numpy scalar, as numpy indexing
         gives), one saved from a numpy scalar as a numpy scalar, as ``reshard.load`` gives
@@ -142,10 +157,12 @@ class Checkpoint:
         """
         entry = self._entry(key)
         if isinstance(entry, ValueEntry):
-            if index is not None:
+            # A refused key (a DCP tensor of a dtype reshard lacks, a value that needs
+            # pickle) raises its reason, index or not: it may not be a plain value at all.
+            if index is not None and not _refused(entry):
                 raise CheckpointError(f"key {dotted(entry.key)!r} is a plain value; it has no index")
             return entry.decoded()
-        box, squeeze = _index_box(entry.shape, index, dotted(entry.key))
+        box, post, element = _index_box(entry.shape, index, dotted(entry.key))
         try:
             out = torch.empty(box.sizes, dtype=torch_dtype(entry.dtype))
         except (RuntimeError, MemoryError) as e:
@@ -156,10 +173,12 @@ class Checkpoint:
             ) from e
         fill(self._store, [Target(entry=entry, box=box, tensor=out)],
              threads=config.io_threads(), max_piece_nbytes=config.max_piece_nbytes())
-        out = out.squeeze(squeeze) if squeeze else out
+        if post:
+            # contiguous(): a stepped selection does not keep the whole box it was read from.
+            out = out[post].contiguous()
         # An int for every dim of an array selects one element: a numpy scalar, as
         # ``array[3, 5]`` gives (a tensor gives a 0-d tensor, as ``t[3, 5]`` does).
-        element = bool(squeeze) and out.dim() == 0 and entry.container == "numpy"
+        element = element and entry.container == "numpy"
         return _as_saved(out, "numpy_scalar" if element else entry.container)
 
 
@@ -190,6 +209,12 @@ def _as_saved(tensor: torch.Tensor, container: str) -> Any:
     return array[()] if container == "numpy_scalar" else array
 
 
+def _refused(entry: ValueEntry) -> bool:
+    from .interop.dcp import RefusedValueEntry
+
+    return isinstance(entry, RefusedValueEntry)
+
+
 def _nbytes(shape: tuple[int, ...], dtype: Any) -> int:
     n = getattr(dtype, "itemsize", 0)
     for s in shape:
@@ -216,37 +241,82 @@ def _name(key: object) -> str | None:
     return None
 
 
-def _index_box(shape: tuple[int, ...], index: Index, name: str) -> tuple[Box, tuple[int, ...]]:
-    parts: tuple[Any, ...] = () if index is None else (index if isinstance(index, tuple) else (index,))
-    if len(parts) > len(shape):
-        raise CheckpointError(f"key {name!r}: {len(parts)} indices for shape {list(shape)}")
-    offsets, sizes, squeeze = [], [], []
-    for d, n in enumerate(shape):
-        part = _as_int(parts[d]) if d < len(parts) else slice(None)
+def _index_box(shape: tuple[int, ...], index: Index, name: str) -> tuple[Box, tuple[Any, ...], bool]:
+    """The box that ``index`` selects from a tensor of ``shape``, the index that then
+    gives ``tensor[index]`` out of that box (ints, positive steps, None), and whether
+    every dim took an int (one element). Ints, slices, one Ellipsis and None index as
+    torch indexes; a stepped slice reads the box from its first to its last element."""
+    given = () if index is None else (index if isinstance(index, tuple) else (index,))
+    parts = _expand_ellipsis(given, shape, name)
+    offsets: list[int] = []
+    sizes: list[int] = []
+    post: list[int | slice | None] = []
+    d = 0
+    for raw in parts:
+        if raw is None:  # a new dim of size 1, as torch's t[None]
+            post.append(None)
+            continue
+        part = _as_int(raw)
+        n = shape[d]
         if isinstance(part, int) and not isinstance(part, bool):
             i = part + n if part < 0 else part
             if not 0 <= i < n:
                 raise CheckpointError(f"key {name!r}: index {part} out of range for dim {d} of size {n}")
             offsets.append(i)
             sizes.append(1)
-            squeeze.append(d)
+            post.append(0)
         elif isinstance(part, slice):
             try:
                 start, stop, step = part.indices(n)
             except (TypeError, ValueError) as e:  # a zero step, bounds that are not ints
                 raise CheckpointError(f"key {name!r}: slice {part!r} for dim {d}: {e}") from None
-            if step != 1:
-                raise CheckpointError(f"key {name!r}: slices with a step are not supported")
+            if step < 0:
+                raise CheckpointError(f"key {name!r}: slice {part!r} for dim {d}: negative steps are "
+                                      "not supported (torch tensors have none); read with a positive "
+                                      "step and flip the result")
+            count = len(range(start, stop, step))
             offsets.append(start)
-            sizes.append(max(0, stop - start))
+            sizes.append((count - 1) * step + 1 if count else 0)
+            post.append(slice(None, None, step))
         else:
-            raise CheckpointError(f"key {name!r}: index parts must be ints or slices, got {part!r}")
-    return Box(tuple(offsets), tuple(sizes)), tuple(squeeze)
+            raise CheckpointError(f"key {name!r}: index parts must be ints or slices (or one "
+                                  f"Ellipsis, or None for a new dim), got {raw!r}")
+        d += 1
+    # Dims the index did not reach are taken whole.
+    offsets += [0] * (len(shape) - d)
+    sizes += shape[d:]
+    # numpy gives a 0-d array, not a scalar, where the index holds an Ellipsis (a[1, ..., 2]).
+    element = (bool(shape) and post.count(0) == len(shape) and None not in post
+               and not any(p is Ellipsis for p in given))
+    return Box(tuple(offsets), tuple(sizes)), tuple(post), element
+
+
+def _expand_ellipsis(parts: tuple[Any, ...], shape: tuple[int, ...], name: str) -> tuple[Any, ...]:
+    """``parts`` with its Ellipsis (at most one) replaced by the whole slices it stands for;
+    CheckpointError naming the key when they index more dims than there are."""
+    ndim = len(shape)
+    dims = sum(1 for p in parts if p is not None and p is not Ellipsis)
+    if dims > ndim:
+        raise CheckpointError(f"key {name!r}: {dims} indices for shape {list(shape)}")
+    ellipses = [i for i, p in enumerate(parts) if p is Ellipsis]
+    if len(ellipses) > 1:
+        raise CheckpointError(f"key {name!r}: an index can have only one Ellipsis, got {len(ellipses)}")
+    if not ellipses:
+        return parts
+    i = ellipses[0]
+    return parts[:i] + (slice(None),) * (ndim - dims) + parts[i + 1:]
 
 
 def _as_int(part: Any) -> Any:
     """Integer-likes (numpy ints, 0-d integer tensors) as int; anything else unchanged."""
     if isinstance(part, (bool, slice)) or not hasattr(part, "__index__"):
+        return part
+    # A one-element tensor or array also has __index__, but torch indexes with it as an
+    # index tensor (t[tensor([2])] keeps the dim) and with a bool one as a mask
+    # (t[tensor(True)] adds a dim): neither is t[int], so both stay refused.
+    if isinstance(part, (torch.Tensor, np.ndarray)) and (
+        part.ndim != 0 or part.dtype in (torch.bool, np.bool_)
+    ):
         return part
     try:
         return operator.index(part)

@@ -82,7 +82,8 @@ def add_verify_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
                        "when PATH holds no checkpoint (no manifest.json and no DCP .metadata), "
                        "4 when nothing damaged was found but some keys could not be checked "
                        "(DCP tensors of a dtype reshard does not read; each is listed).")
-    p.add_argument("path", type=path_argument, help="the checkpoint directory")
+    p.add_argument("path", type=path_argument,
+                   help="the checkpoint directory, or an fsspec URL (s3://bucket/prefix)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="show a progress bar (default: for large checkpoints on a terminal)")
     p.set_defaults(func=cmd_verify)
@@ -116,7 +117,8 @@ def add_inspect_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser])
                        "checkpoint or torch.distributed.checkpoint directory at PATH; exit 0, "
                        "1 when it cannot be read, 2 on a usage error, 3 when PATH holds no "
                        "checkpoint.")
-    p.add_argument("path", type=path_argument, help="the checkpoint directory")
+    p.add_argument("path", type=path_argument,
+                   help="the checkpoint directory, or an fsspec URL (s3://bucket/prefix)")
     p.add_argument("--chunks", action="store_true", help="also list every chunk")
     p.set_defaults(func=cmd_inspect)
 

@@ -60,6 +60,10 @@ def save(
 
     Every rank passes its own shards and the same ``path``: a local directory or an
     fsspec URL such as ``s3://bucket/prefix`` (``storage_options`` go to fsspec).
+    ``process_group``: the group that saves (default: the default group, or this process
+    alone without torch.distributed). ``codec``: None or ``"identity"`` (raw), ``"zstd"``
+    or ``"zstd:<level>"``, a ``ZstdCodec``, or a codec registered with ``register_codec``
+    (its name or the object); every rank passes the same.
     ``column_blocks=k`` (default ``RESHARD_COLUMN_BLOCKS``, else 1) stores every box of two
     or more dims and at least 1 MiB in ``k`` parts along dim 1, cut into tiles of about
     16 MiB, for checkpoints that will be loaded sharded on dim 1 (tensor parallel): such a

@@ -12,8 +12,9 @@ a damaged checkpoint.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from .codecs import crc32c, decode_frame, get_codec
 from .codecs.registry import Codec
@@ -81,6 +82,9 @@ class VerifyReport:
 
     ``ok``: nothing damaged was found. ``unchecked`` names the keys whose bytes could not
     be checked at all; the checkpoint is ``intact`` only when it is ok and that is empty.
+    ``damaged`` holds a ``Damage`` (file, key, chunk offsets, frame, message) per problem;
+    ``warnings`` what is odd but not damage (data files no manifest names); the counts
+    are what was checked.
     """
 
     path: str
@@ -104,6 +108,9 @@ class VerifyReport:
         return not self.damaged and not self.unchecked
 
     def summary(self) -> str:
+        """One line: the path, intact / DAMAGED / NOT CHECKED, and what was checked (the
+        first line ``reshard verify`` prints; the str of each warning, damaged and
+        unchecked item follows)."""
         n, u = len(self.damaged), len(self.unchecked)
         if self.intact:
             head = "intact"
@@ -136,15 +143,25 @@ class _Tally:
             self.progress(self.done, self.total)
 
 
-def verify(path: str | os.PathLike[str], *, progress: Progress | None = None) -> VerifyReport:
-    """Read and check every frame of the checkpoint at ``path``; see the module docstring.
+def verify(
+    path: str | os.PathLike[str], *, progress: Progress | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+) -> VerifyReport:
+    """Read and check every frame of the checkpoint at ``path``; return a VerifyReport.
+
+    Every frame of every chunk is read, its CRC-32C checked and, if compressed, decoded
+    to its recorded raw size; missing or short data files are found too. A damaged
+    checkpoint does not raise: the report's ``damaged`` names each problem by key and
+    file (``report.ok``, ``report.intact``, ``report.summary()``). ``path`` may also be a
+    torch.distributed.checkpoint directory or an fsspec URL (``storage_options`` go to
+    fsspec, as in ``reshard.load``).
 
     Raises CheckpointNotFoundError (naming the path) when ``path`` holds no checkpoint; a
     manifest that is there but unreadable or invalid is reported as damage.
     """
     from .async_save import wait_for_inflight
 
-    store = open_store(path)
+    store = open_store(path, storage_options)
     try:
         wait_for_inflight(store.location)  # as in load: its commit deletes the files read here
         try:

@@ -124,3 +124,22 @@ def test_verify_names_the_tensor_it_cannot_check(
     assert main(["verify", str(path)]) == 1
     out = capsys.readouterr().out
     assert "DAMAGED (1 problem), 1 key NOT CHECKED" in out and "not checked: key 'a'" in out
+
+
+@pytest.mark.skipif(ODD is None, reason="this torch has no float8_e8m0fnu")
+def test_indexed_read_of_a_refused_tensor_says_why(tmp_path: Path) -> None:
+    """ck.read("a", 0) said "key 'a' is a plain value; it has no index" for a tensor
+    that is refused for its dtype: the reason is what must be raised, index or not."""
+    import torch.distributed.checkpoint as dcp
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # no process group
+        dcp.save({"a": torch.zeros(4, dtype=ODD), "v": Fraction(1, 3)},
+                 checkpoint_id=str(tmp_path / "dcp"))
+    with reshard.open(tmp_path / "dcp") as ck:
+        for index in (0, (slice(0, 2),), ...):
+            with pytest.raises(reshard.UnsupportedValueError,
+                               match=r"DCP key 'a': dtype torch\.float8_e8m0fnu is not supported"):
+                ck.read("a", index)
+        with pytest.raises(reshard.UnsupportedValueError, match="'v'"):
+            ck.read("v", 0)

@@ -311,3 +311,12 @@ def test_loads_coalesce_neighbouring_reads(s3_endpoint: str, s3_bucket: str,
     # 80 tensors in one data object: the load fetches them in one ranged request, not 80.
     # (Checkpoint.read is called per key, so each read is its own request.)
     assert len(data_gets) == 1 + len(state), len(data_gets)
+
+
+def test_verify_takes_storage_options(s3_bucket: str, s3_options: dict[str, Any]) -> None:
+    """The README saves to s3 with storage_options, then calls reshard.verify(path): verify
+    took no storage_options, so a checkpoint behind an endpoint_url could not be verified."""
+    url = f"s3://{s3_bucket}/verified"
+    reshard.save({"a": torch.arange(1000.0), "step": 3}, url, storage_options=s3_options)
+    report = reshard.verify(url, storage_options=s3_options)
+    assert report.intact and report.keys == 2 and report.bytes_checked == 4000, report

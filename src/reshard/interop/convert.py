@@ -577,8 +577,8 @@ def add_convert_parser(subparsers: Any) -> argparse.ArgumentParser:
                "directory or not writable, SRC and DST the same path; one line on stderr), "
                "2 usage error, 3 no checkpoint at SRC.",
     )
-    p.add_argument("src", type=path_argument)
-    p.add_argument("dst", type=path_argument)
+    p.add_argument("src", type=path_argument, help="the checkpoint to read (a local path)")
+    p.add_argument("dst", type=path_argument, help="where to write the output (a local path)")
     p.add_argument("--to", choices=FORMATS, help="target format (default: from DST's suffix)")
     p.add_argument("--max-shard-size", type=parse_size, default=None, metavar="SIZE",
                    help="split safetensors output into files of at most SIZE (5GB, 500MiB) "
