@@ -16,7 +16,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from .errors import CheckpointError, CheckpointNotFoundError
+from .errors import CheckpointError, CheckpointNotFoundError, printable
 from .interop.convert import EXIT_NOT_FOUND, add_convert_parser, path_argument
 from .progress import ProgressBar
 
@@ -52,12 +52,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         # No checkpoint at the path (mistyped, never committed, a plain file), whichever
         # command was given: not "failed" (1), which inspect said, and a script must be
         # able to tell "nothing here" from "damaged". The message names the path.
-        print(f"reshard {args.command}: {_shown(str(e))}", file=sys.stderr)
+        print(f"reshard {args.command}: {printable(str(e))}", file=sys.stderr)
         return EXIT_NOT_FOUND
     except CheckpointError as e:
         # Messages quote names and text from the checkpoint, which is not trusted: its
         # control characters are escaped here as inspect escapes key names.
-        print(f"reshard {args.command}: {type(e).__name__}: {_shown(str(e))}", file=sys.stderr)
+        print(f"reshard {args.command}: {type(e).__name__}: {printable(str(e))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         # Ctrl-C in a long verify or convert: one line, not a traceback (a convert has
@@ -100,11 +100,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
         bar.close()
     print(report.summary())
     for w in report.warnings:
-        print(f"warning: {_shown(str(w))}")
+        print(f"warning: {printable(str(w))}")
     for d in report.damaged:
-        print(f"damaged: {_shown(str(d))}")
+        print(f"damaged: {printable(str(d))}")
     for u in report.unchecked:
-        print(f"not checked: {_shown(str(u))}")
+        print(f"not checked: {printable(str(u))}")
     if not report.ok:
         return 1
     return 0 if report.intact else EXIT_UNCHECKED
@@ -149,11 +149,11 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         # the names showed one of them only.
         for entry in ckpt.manifest.entries:
             info = ckpt.info(entry.key)
-            shown = _shown(info.key)
+            shown = printable(info.key)
             if info.refused is not None:
                 # A DCP tensor of a dtype reshard lacks (or a value that needs pickle)
                 # read as "value": it is listed as what it is, and why loading it raises.
-                refused.append(f"refused: {shown}: {_shown(info.refused)}")
+                refused.append(f"refused: {shown}: {printable(info.refused)}")
                 if info.kind == "tensor":
                     dtype = str(info.dtype).removeprefix("torch.")
                     rows.append((shown, f"{dtype} (refused tensor)", str(list(info.shape or ())),
@@ -193,7 +193,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
             for entry in ckpt.manifest.entries:
                 info = ckpt.info(entry.key)
                 for c in info.chunks:
-                    print(f"{_shown(info.key)}: offsets={list(c.offsets)} sizes={list(c.sizes)} "
+                    print(f"{printable(info.key)}: offsets={list(c.offsets)} sizes={list(c.sizes)} "
                           f"{c.file} {_size(c.nbytes)} {c.codec}"
                           + (f" column checksums in {c.column_parts} parts" if c.column_parts else ""))
     return 0
@@ -210,14 +210,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
         lines = [ln for ln in str(e).strip().splitlines() if ln.strip()]
         print(f"reshard demo: {lines[0]} {lines[-1] if len(lines) > 1 else ''}".rstrip(), file=sys.stderr)
         return 1
-
-
-def _shown(key: str) -> str:
-    """``key`` with its unprintable characters escaped: a checkpoint is not trusted, and
-    its key names must not move the cursor, recolour or clear the user's terminal."""
-    if key.isprintable():
-        return key
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in key)
 
 
 def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 
 from .errors import ConfigError
-from .format.column_crcs import MAX_PARTS as MAX_COLUMN_CRC_PARTS
+from .format.column_crcs import MAX_PARTS as MAX_COLUMN_CHECKSUM_PARTS  # what readers accept
 from .format.manifest import MAX_FRAME_RAW_NBYTES
 
 
@@ -68,7 +68,6 @@ def column_blocks(value: object = None) -> int:
     return value
 
 
-MAX_COLUMN_CHECKSUM_PARTS = MAX_COLUMN_CRC_PARTS  # what readers accept
 COLUMN_CHECKSUM_MIN_NBYTES = 1024 * 1024
 """Boxes up to this size get no column checksums: they are written and read whole."""
 

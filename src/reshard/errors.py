@@ -76,3 +76,12 @@ ERROR_CLASSES: dict[str, type[CheckpointError]] = {
         ConfigError,
     )
 }
+
+
+def printable(text: str) -> str:
+    """``text`` with its unprintable characters escaped (``\\x1b``, ``\\n``): messages and
+    listings quote names and text from checkpoints, which are not trusted, and must not
+    move the cursor, recolour or clear the terminal that prints them."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)

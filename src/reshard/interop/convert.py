@@ -31,6 +31,7 @@ from ..errors import (
     CorruptCheckpointError,
     StorageError,
     UnsupportedValueError,
+    printable,
 )
 from ..format.manifest import (
     DATA_DIR,
@@ -618,8 +619,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
                           column_blocks=1 if args.column_blocks is None else args.column_blocks)
     except (CheckpointError, OSError) as e:
         # The message may quote text from the source (not trusted): escape control characters.
-        text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(e))
-        print(f"reshard convert: {text}", file=sys.stderr)
+        print(f"reshard convert: {printable(str(e))}", file=sys.stderr)
         return EXIT_NOT_FOUND if isinstance(e, CheckpointNotFoundError) else 1
     for path in written:
         print(path)

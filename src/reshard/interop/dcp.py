@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..core.layout import Box, tiling_problem
-from ..errors import CheckpointError, CorruptCheckpointError, UnsupportedValueError
+from ..errors import CheckpointError, CorruptCheckpointError, UnsupportedValueError, printable
 from ..format.manifest import (
     Chunk,
     CodecSpec,
@@ -452,4 +452,4 @@ def _first_line(e: BaseException) -> str:
     text = re.sub(r"\x1b\[[0-9;]*m", "", text).split(" Please use ")[0]
     # It quotes names from the checkpoint's pickle: their control characters are shown
     # escaped, never sent to the terminal that prints this error.
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text[:300])
+    return printable(text[:300])
