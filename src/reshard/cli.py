@@ -2,7 +2,8 @@
 
 Thin: each subcommand calls the public API. Exit codes, the same for every subcommand:
 0 ok; 1 failed (a damaged checkpoint, a DST convert may not write, ...: one line on
-stderr); 2 usage error (an empty path included); 3 no checkpoint at the path given
+stderr); 2 usage error (an empty path, a malformed --storage-option or one given for a
+local path included); 3 no checkpoint at the path given
 (missing, an empty folder, a save that never committed, a file that is not one: one line
 naming the path, CheckpointNotFoundError); 4 (``verify``) no damage found but some keys
 not checked; 130 on Ctrl-C; 141 (as for SIGPIPE) when the reader of the output went away
