@@ -290,3 +290,24 @@ def test_a_failed_commit_to_a_url_removes_the_data_file(
     assert main(["convert", str(tmp_path / "src"), dst, "--quiet"]) == 0
     with reshard.open(dst) as ck:
         assert torch.equal(ck.read("x"), torch.arange(4000))
+
+
+def test_convert_url_dst_holding_folders_or_equal_to_src_is_refused(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A prefix holding only other checkpoints' folders is not a new DST (the store's file
+    listing saw nothing there, and the output was written around them); SRC and DST that
+    name one place however spelt are refused as the same path. Nothing is written."""
+    import fsspec
+
+    base = _url("runs")
+    reshard.save({"w": torch.arange(3)}, f"{base}/step-1")
+    fs, root = fsspec.core.url_to_fs(base)
+    before = sorted(fs.find(root))
+    assert main(["convert", f"{base}/step-1", base, "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert f"DST {base} holds step-1" in err, err
+    for dst in (f"{base}/step-1/", base.replace("memory://", "memory:///") + "/step-1"):
+        assert main(["convert", f"{base}/step-1", dst, "--quiet"]) == 1
+        assert "SRC and DST are the same path" in capsys.readouterr().err, dst
+    assert sorted(fs.find(root)) == before

@@ -432,9 +432,12 @@ def _empty_remote_store(url: str, storage_options: Mapping[str, Any] | None) -> 
     """The store for a reshard DST at ``url``, where nothing may be stored yet: an
     earlier checkpoint's data files beside the new manifest would read as garbage to no
     one, but its manifest would be replaced without a word."""
+    from ..storage.fsspec_store import FsspecStore
+
     store = open_store(url, storage_options)
     try:
-        present = store.list("") + store.list(DATA_DIR)
+        # Folders too: a prefix holding other checkpoints' folders is not a new one.
+        present = store.entries() if isinstance(store, FsspecStore) else store.list("")
         if present:
             shown = ", ".join(present[:3]) + (", ..." if len(present) > 3 else "")
             raise StorageError(f"DST {store.location} holds {shown}; reshard output goes to a "
