@@ -85,9 +85,12 @@ def test_inspect_verify_convert_through_the_command_line_endpoint(
         for key, value in FULL.items():
             assert torch.equal(ck.read(key), value), key
     assert main(["verify", copy, *opts]) == 0
-    # Nothing there to be replaced: a second conversion to the same URL is refused.
-    assert main(["convert", back, copy, "--quiet", *opts]) == 1
-    assert copy in capsys.readouterr().err
+    # Nothing there to be replaced: a second conversion to the same URL is refused, and
+    # so is one to the bucket, which holds the other checkpoints' folders.
+    for dst in (copy, f"s3://{s3_bucket}"):
+        assert main(["convert", back, dst, "--quiet", *opts]) == 1
+        err = capsys.readouterr().err
+        assert f"DST {dst} holds" in err and "nothing is stored yet" in err, err
 
 
 def test_the_endpoint_option_is_what_reaches_the_bucket(
