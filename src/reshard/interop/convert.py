@@ -708,8 +708,9 @@ def add_convert_parser(subparsers: Any) -> argparse.ArgumentParser:
             "reshard. See docs/INTEROP.md."
         ),
         epilog="Exit status: 0 converted, 1 failed (damaged SRC, DST not a new or empty "
-               "directory or not writable, SRC and DST the same path; one line on stderr), "
-               "2 usage error, 3 no checkpoint at SRC.",
+               "directory or not writable, a DST URL under which something is stored, SRC "
+               "and DST the same path; one line on stderr), 2 usage error (storage options "
+               "malformed or given for local paths included), 3 no checkpoint at SRC.",
     )
     p.add_argument("src", type=path_argument,
                    help="the checkpoint to read (a local path or an fsspec URL)")
