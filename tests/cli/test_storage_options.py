@@ -311,3 +311,32 @@ def test_convert_url_dst_holding_folders_or_equal_to_src_is_refused(
         assert main(["convert", f"{base}/step-1", dst, "--quiet"]) == 1
         assert "SRC and DST are the same path" in capsys.readouterr().err, dst
     assert sorted(fs.find(root)) == before
+
+
+def test_convert_missing_or_damaged_url_sources(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """As for local paths: a URL naming a file or folder that holds nothing is exit 3
+    ("no checkpoint at SRC": a missing .safetensors file was exit 1, as if damaged); an
+    index naming a shard that is missing, and a file that is not safetensors, exit 1."""
+    import fsspec
+
+    base = _url("src")
+    fs, root = fsspec.core.url_to_fs(base)
+    fs.pipe_file(f"{root}/bad/x.safetensors", b"garbage")
+    fs.pipe_file(f"{root}/idx/model.safetensors.index.json",
+                 json.dumps({"weight_map": {"w": "model-00001-of-00001.safetensors"}}).encode())
+    out = tmp_path / "out"
+    for src, code, says in (
+        (f"{base}/missing.safetensors", 3, "no checkpoint at"),
+        (f"{base}/none/model.safetensors.index.json", 3, "no checkpoint at"),
+        (f"{base}/empty", 3, "no checkpoint at"),
+        (f"{base}/bad/x.safetensors", 1, "too short"),
+        (f"{base}/bad", 1, "too short"),
+        (f"{base}/idx/model.safetensors.index.json", 1, "model-00001-of-00001.safetensors"),
+        (f"{base}/idx", 1, "model-00001-of-00001.safetensors"),
+    ):
+        assert main(["convert", src, str(out), "--quiet"]) == code, (src, capsys.readouterr().err)
+        err = capsys.readouterr().err
+        assert src.rsplit("/", 1)[0] in err and says in err and err.count("\n") == 1, (src, err)
+        assert not out.exists()

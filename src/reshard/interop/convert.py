@@ -232,14 +232,18 @@ def _open_remote_source(url: str, *, allow_pickle: bool, storage_options: dict[s
     if name.endswith((".safetensors", st.INDEX_SUFFIX)) and folder:
         # "memory://m.safetensors" splits as "memory:/" and the name.
         store = open_store(folder + "/" if folder.endswith(":/") else folder, storage_options)
-        if name.endswith(st.INDEX_SUFFIX):
-            try:
-                shards, shard_values = st.index_files(store, name)
-            except BaseException:
-                store.close()
-                raise
-            return _safetensors_source(store, shards, shard_values, index=name)
-        return _safetensors_source(store, [name], [])
+        try:
+            store.size(name)  # absent: no checkpoint at SRC (exit 3), not a damaged one
+            shards, shard_values = (st.index_files(store, name) if name.endswith(st.INDEX_SUFFIX)
+                                    else ([name], []))
+        except CheckpointNotFoundError:
+            store.close()
+            raise CheckpointNotFoundError(f"no checkpoint at {url}: it does not exist") from None
+        except BaseException:
+            store.close()
+            raise
+        return _safetensors_source(store, shards, shard_values,
+                                   index=name if name.endswith(st.INDEX_SUFFIX) else "")
     store = open_store(url, storage_options)
     try:
         wait_for_inflight(store.location)
