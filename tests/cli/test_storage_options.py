@@ -16,7 +16,6 @@ from typing import Any
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
 
 import reshard
 from reshard.cli import main
@@ -42,6 +41,8 @@ def test_values_are_json_where_they_parse_else_strings(text: str, want: tuple[st
 
 
 def _url(name: str) -> str:
+    """A fresh memory:// URL (fsspec, an optional dependency: the test is skipped without it)."""
+    pytest.importorskip("fsspec")
     return f"memory://cli-options-{uuid.uuid4().hex[:8]}/{name}"
 
 
@@ -57,7 +58,7 @@ FLAGS = {"inspect": ["--storage-option"], "verify": ["--storage-option"],
 def test_malformed_options_are_usage_errors_naming_the_option(capsys: pytest.CaptureFixture[str]) -> None:
     """No '=', an empty KEY, a KEY given twice: exit 2, the flag named, the value (maybe a
     secret) never shown, nothing opened (the URL's bucket is never reached)."""
-    url = _url("never-opened")
+    url = "memory://cli-options-never-opened/x"
     failures = []
     for command, flags in FLAGS.items():
         for flag in flags:
@@ -149,6 +150,9 @@ def test_convert_from_and_to_urls(tmp_path: Path, capsys: pytest.CaptureFixture[
     import warnings
 
     import torch.distributed.checkpoint as dcp
+
+    st = pytest.importorskip("safetensors.torch")
+    load_file, save_file = st.load_file, st.save_file
 
     full = {"w": torch.arange(24, dtype=torch.float32).reshape(4, 6), "b": torch.arange(5)}
     local = tmp_path / "local"

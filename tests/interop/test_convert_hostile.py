@@ -249,6 +249,7 @@ def test_urls_are_not_local_folders(
     URL a source: SRC is read through fsspec, where nothing is stored (exit 3)."""
     import uuid
 
+    pytest.importorskip("fsspec")
     monkeypatch.chdir(tmp_path)
     url = f"memory://convert-hostile-{uuid.uuid4().hex[:8]}/ckpt"
     reshard.save({"x": torch.arange(4)}, "src")
