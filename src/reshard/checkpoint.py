@@ -150,10 +150,14 @@ class Checkpoint:
         a tuple; ``None`` alone reads everything. Anything else, or an int out of range,
         raises CheckpointError naming the key. Only the frames holding the selection are
         read (for a stepped slice, those from its first to its last element). Plain values are returned as is.
-        An entry saved from a numpy array (``container`` ``numpy`` in the manifest) comes
-        back as a numpy array (an int for every dim: a numpy scalar, as numpy indexing
-        gives), one saved from a numpy scalar as a numpy scalar, as ``reshard.load`` gives
-        them where the state dict has no object of its own; anything else as a torch tensor.
+
+        An entry saved from a numpy array or scalar (``container`` ``numpy`` or
+        ``numpy_scalar`` in the manifest) comes back as numpy gives ``value[index]``: a
+        numpy scalar where every dim takes an int and the index holds no Ellipsis or None
+        (``()`` of a 0-d array or scalar included), else an array (``[...]`` of a scalar is
+        a 0-d array); slices may also step backwards, as numpy's do. Read whole, it is
+        what was saved, as ``reshard.load`` gives it where the state dict has no object of
+        its own. Anything else comes back as a torch tensor, as ``tensor[index]``.
         """
         entry = self._entry(key)
         if isinstance(entry, ValueEntry):
@@ -162,7 +166,8 @@ class Checkpoint:
             if index is not None and not _refused(entry):
                 raise CheckpointError(f"key {dotted(entry.key)!r} is a plain value; it has no index")
             return entry.decoded()
-        box, post, element = _index_box(entry.shape, index, dotted(entry.key))
+        as_numpy = _reads_as_numpy(entry.container, entry.dtype)
+        box, post = _index_box(entry.shape, index, dotted(entry.key), numpy=as_numpy)
         try:
             out = torch.empty(box.sizes, dtype=torch_dtype(entry.dtype))
         except (RuntimeError, MemoryError) as e:
@@ -173,13 +178,18 @@ class Checkpoint:
             ) from e
         fill(self._store, [Target(entry=entry, box=box, tensor=out)],
              threads=config.io_threads(), max_piece_nbytes=config.max_piece_nbytes())
-        if post:
-            # contiguous(): a stepped selection does not keep the whole box it was read from.
-            out = out[post].contiguous()
-        # An int for every dim of an array selects one element: a numpy scalar, as
-        # ``array[3, 5]`` gives (a tensor gives a 0-d tensor, as ``t[3, 5]`` does).
-        element = element and entry.container == "numpy"
-        return _as_saved(out, "numpy_scalar" if element else entry.container)
+        if index is None or not as_numpy:
+            if post:
+                # contiguous(): a stepped selection does not keep the whole box it was read from.
+                out = out[post].contiguous()
+            return out if not as_numpy else _as_saved(out, entry.container)
+        # numpy's own indexing of the box read decides scalar or array as value[index]
+        # does: a scalar for an int in every dim and no Ellipsis or None (() of a 0-d
+        # entry too), a 0-d array where an Ellipsis was given (post keeps it).
+        picked = out.numpy()[post]
+        if isinstance(picked, np.ndarray) and not picked.flags.c_contiguous:
+            picked = picked.copy()  # a stepped view would keep the whole box alive
+        return picked
 
 
 def open(  # noqa: A001 - public name
@@ -207,6 +217,18 @@ def _as_saved(tensor: torch.Tensor, container: str) -> Any:
     except TypeError:
         return tensor
     return array[()] if container == "numpy_scalar" else array
+
+
+def _reads_as_numpy(container: str, dtype: str) -> bool:
+    """Whether an entry reads back as numpy: saved from numpy, and of a dtype numpy has
+    (a manifest not written by a save from numpy may say bfloat16: that stays a tensor)."""
+    if container not in ("numpy", "numpy_scalar"):
+        return False
+    try:
+        torch.empty(0, dtype=torch_dtype(dtype)).numpy()
+    except (TypeError, CheckpointError):
+        return False
+    return True
 
 
 def _refused(entry: ValueEntry) -> bool:
@@ -241,16 +263,20 @@ def _name(key: object) -> str | None:
     return None
 
 
-def _index_box(shape: tuple[int, ...], index: Index, name: str) -> tuple[Box, tuple[Any, ...], bool]:
-    """The box that ``index`` selects from a tensor of ``shape``, the index that then
-    gives ``tensor[index]`` out of that box (ints, positive steps, None), and whether
-    every dim took an int (one element). Ints, slices, one Ellipsis and None index as
-    torch indexes; a stepped slice reads the box from its first to its last element."""
+def _index_box(
+    shape: tuple[int, ...], index: Index, name: str, *, numpy: bool = False
+) -> tuple[Box, tuple[Any, ...]]:
+    """The box that ``index`` selects from a tensor of ``shape``, and the index that then
+    gives ``tensor[index]`` out of that box (ints, steps, None, and a trailing Ellipsis
+    where ``index`` had one, which numpy needs to give a 0-d array, not a scalar). Ints,
+    slices, one Ellipsis and None index as torch indexes; a stepped slice reads the box
+    from its first to its last element. ``numpy``: slices may step backwards (numpy's do,
+    torch's do not)."""
     given = () if index is None else (index if isinstance(index, tuple) else (index,))
     parts = _expand_ellipsis(given, shape, name)
     offsets: list[int] = []
     sizes: list[int] = []
-    post: list[int | slice | None] = []
+    post: list[Any] = []
     d = 0
     for raw in parts:
         if raw is None:  # a new dim of size 1, as torch's t[None]
@@ -270,14 +296,19 @@ def _index_box(shape: tuple[int, ...], index: Index, name: str) -> tuple[Box, tu
                 start, stop, step = part.indices(n)
             except (TypeError, ValueError) as e:  # a zero step, bounds that are not ints
                 raise CheckpointError(f"key {name!r}: slice {part!r} for dim {d}: {e}") from None
-            if step < 0:
+            if step < 0 and not numpy:
                 raise CheckpointError(f"key {name!r}: slice {part!r} for dim {d}: negative steps are "
                                       "not supported (torch tensors have none); read with a positive "
                                       "step and flip the result")
             count = len(range(start, stop, step))
-            offsets.append(start)
-            sizes.append((count - 1) * step + 1 if count else 0)
-            post.append(slice(None, None, step))
+            span = (count - 1) * abs(step) + 1 if count else 0
+            if step > 0:
+                offsets.append(start)
+                post.append(slice(None, None, step))
+            else:  # from the last element selected up to the first, read backwards
+                offsets.append(start + (count - 1) * step if count else 0)
+                post.append(slice(span - 1, None, step) if count else slice(None))
+            sizes.append(span)
         else:
             raise CheckpointError(f"key {name!r}: index parts must be ints or slices (or one "
                                   f"Ellipsis, or None for a new dim), got {raw!r}")
@@ -285,10 +316,9 @@ def _index_box(shape: tuple[int, ...], index: Index, name: str) -> tuple[Box, tu
     # Dims the index did not reach are taken whole.
     offsets += [0] * (len(shape) - d)
     sizes += shape[d:]
-    # numpy gives a 0-d array, not a scalar, where the index holds an Ellipsis (a[1, ..., 2]).
-    element = (bool(shape) and post.count(0) == len(shape) and None not in post
-               and not any(p is Ellipsis for p in given))
-    return Box(tuple(offsets), tuple(sizes)), tuple(post), element
+    if any(p is Ellipsis for p in given):
+        post.append(Ellipsis)
+    return Box(tuple(offsets), tuple(sizes)), tuple(post)
 
 
 def _expand_ellipsis(parts: tuple[Any, ...], shape: tuple[int, ...], name: str) -> tuple[Any, ...]:

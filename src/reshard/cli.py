@@ -2,7 +2,8 @@
 
 Thin: each subcommand calls the public API. Exit codes, the same for every subcommand:
 0 ok; 1 failed (a damaged checkpoint, a DST convert may not write, ...: one line on
-stderr); 2 usage error (an empty path included); 3 no checkpoint at the path given
+stderr); 2 usage error (an empty path, a malformed --storage-option or one given for a
+local path included); 3 no checkpoint at the path given
 (missing, an empty folder, a save that never committed, a file that is not one: one line
 naming the path, CheckpointNotFoundError); 4 (``verify``) no damage found but some keys
 not checked; 130 on Ctrl-C; 141 (as for SIGPIPE) when the reader of the output went away
@@ -16,6 +17,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from .cli_storage import add_storage_option, local_path_refused
 from .errors import CheckpointError, CheckpointNotFoundError, printable
 from .interop.convert import EXIT_NOT_FOUND, add_convert_parser, path_argument
 from .progress import ProgressBar
@@ -48,6 +50,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args))
+    except _UsageError as e:
+        print(f"reshard {args.command}: {e}", file=sys.stderr)
+        return 2
     except CheckpointNotFoundError as e:
         # No checkpoint at the path (mistyped, never committed, a plain file), whichever
         # command was given: not "failed" (1), which inspect said, and a script must be
@@ -86,16 +91,46 @@ def add_verify_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
                    help="the checkpoint directory, or an fsspec URL (s3://bucket/prefix)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="show a progress bar (default: for large checkpoints on a terminal)")
+    _add_path_storage_option(p)
     p.set_defaults(func=cmd_verify)
+
+
+STORAGE_OPTION_HELP = (
+    "an fsspec storage option for PATH, a URL (repeatable): --storage-option "
+    "endpoint_url=http://minio:9000 --storage-option 'client_kwargs={\"region_name\": "
+    "\"eu-west-1\"}'; VALUE is read as JSON where it parses as JSON (numbers, true, "
+    "null, objects), else as the string written; a KEY given twice, or any for a local "
+    "PATH, is a usage error"
+)
+
+
+def _add_path_storage_option(p: argparse.ArgumentParser) -> None:
+    add_storage_option(p, "--storage-option", "storage_options", STORAGE_OPTION_HELP)
+
+
+def _storage_options(args: argparse.Namespace) -> dict[str, object] | None:
+    """``args.storage_options``, or None; raises _UsageError where they were given for
+    a local PATH."""
+    if not args.storage_options:
+        return None
+    refused = local_path_refused(args.path, "--storage-option", "PATH")
+    if refused is not None:
+        raise _UsageError(refused)
+    return dict(args.storage_options)
+
+
+class _UsageError(Exception):
+    """A usage error found after parsing: main prints it and exits 2."""
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
     from . import verify
 
+    options = _storage_options(args)
     bar = ProgressBar("verifying", enabled=args.progress)
     try:
         # CheckpointNotFoundError (nothing here to be damaged) is main's exit 3.
-        report = verify(args.path, progress=bar)
+        report = verify(args.path, progress=bar, storage_options=options)
     finally:
         bar.close()
     print(report.summary())
@@ -120,6 +155,7 @@ def add_inspect_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     p.add_argument("path", type=path_argument,
                    help="the checkpoint directory, or an fsspec URL (s3://bucket/prefix)")
     p.add_argument("--chunks", action="store_true", help="also list every chunk")
+    _add_path_storage_option(p)
     p.set_defaults(func=cmd_inspect)
 
 
@@ -140,7 +176,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from . import open as open_checkpoint
     from .interop import dcp
 
-    with open_checkpoint(args.path) as ckpt:
+    with open_checkpoint(args.path, storage_options=_storage_options(args)) as ckpt:
         rows: list[tuple[str, ...]] = []
         refused: list[str] = []
         total_raw = total_stored = total_chunks = 0

@@ -223,28 +223,45 @@ def test_every_dtype_round_trips_through_every_format(tmp_path: Path) -> None:
     assert not (tmp_path / "c.safetensors").exists()
 
 
-@pytest.mark.parametrize("url", ["memory://bucket/ckpt", "s3://bucket/model.safetensors",
-                                 "simplecache::s3://bucket/ckpt"])
-def test_urls_are_refused_not_written_as_local_folders(
+@pytest.mark.parametrize("url", ["s3://bucket/model.safetensors", "memory://bucket/m.safetensors",
+                                 "simplecache::s3://bucket/ckpt/model.safetensors"])
+def test_safetensors_urls_are_refused_not_written_as_local_folders(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
         url: str) -> None:
-    """convert reads and writes local paths only. An fsspec URL as DST used to become a
-    local folder named after it (./s3:/bucket/...) and the command exited 0, as if the
-    checkpoint had been uploaded; as SRC it read such a folder. Both are refused, naming
-    the URL, and nothing is written."""
+    """safetensors output is written to local paths only. An fsspec URL as DST used to
+    become a local folder named after it (./s3:/bucket/...) and the command exited 0, as
+    if the file had been uploaded. It is refused, naming the URL, before anything is
+    opened (no network), and nothing is written."""
     monkeypatch.chdir(tmp_path)
     reshard.save({"x": torch.arange(4)}, "src")
     assert main(["convert", "src", url, "--quiet"]) == 1
     assert url in capsys.readouterr().err
     assert sorted(os.listdir(tmp_path)) == ["src"]
-    with pytest.raises(reshard.CheckpointError, match=r"local path.*" + url.replace("::", ".*")
+    with pytest.raises(reshard.CheckpointError, match=r"local paths only.*" + url.replace("::", ".*")
                        .replace(".", r"\.").replace(r"\.*", ".*")):
         convert("src", url)
-    # A folder named like the URL does not make it a source either.
-    os.makedirs(url.replace("://", ":/"))
-    reshard.save({"x": torch.arange(4)}, url.replace("://", ":/"))
-    assert main(["convert", url, "out", "--quiet"]) == 1
-    assert url in capsys.readouterr().err and not os.path.exists("out")
+
+
+def test_urls_are_not_local_folders(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """A reshard DST URL is written through fsspec (here memory://), not as a local folder
+    named after it; and a local folder named like a URL (./memory:/...) does not make the
+    URL a source: SRC is read through fsspec, where nothing is stored (exit 3)."""
+    import uuid
+
+    pytest.importorskip("fsspec")
+    monkeypatch.chdir(tmp_path)
+    url = f"memory://convert-hostile-{uuid.uuid4().hex[:8]}/ckpt"
+    reshard.save({"x": torch.arange(4)}, "src")
+    assert main(["convert", "src", url, "--quiet"]) == 0
+    assert capsys.readouterr().out.strip() == url
+    assert sorted(os.listdir(tmp_path)) == ["src"]
+    with reshard.open(url) as ck:
+        assert torch.equal(ck.read("x"), torch.arange(4))
+    lookalike = url.replace("://", ":/") + "-local"
+    reshard.save({"x": torch.arange(4)}, lookalike)
+    assert main(["convert", url + "-local", "out", "--quiet"]) == 3
+    assert url + "-local" in capsys.readouterr().err and not os.path.exists("out")
 
 
 def test_file_urls_are_local_paths(tmp_path: Path) -> None:

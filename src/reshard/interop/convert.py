@@ -18,11 +18,12 @@ import os
 import re
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from .. import __version__, config
+from ..cli_storage import add_storage_option, local_path_refused
 from ..codecs import bind_codec, chunk_spec, resolve_codec
 from ..core.layout import Box
 from ..errors import (
@@ -50,7 +51,7 @@ from ..format.manifest import (
 from ..progress import ProgressBar
 from ..save import save_tiles
 from ..storage import Store, new_file, open_store
-from ..storage.base import local_path
+from ..storage.base import local_path, same_place
 from ..transfer.column_reads import column_crcs_of
 from ..transfer.write import encode_frame
 from . import safetensors_io as st
@@ -156,14 +157,23 @@ class Source:
         return entry.key if name in exact_names(self.manifest) else (name,)
 
 
-def open_source(path: str, *, allow_pickle: bool = False) -> Source:
+def open_source(
+    path: str, *, allow_pickle: bool = False, storage_options: Mapping[str, Any] | None = None,
+) -> Source:
     """Open a reshard checkpoint, a DCP directory, a ``.safetensors`` file, an HF
-    ``*.safetensors.index.json``, or a directory holding safetensors files."""
+    ``*.safetensors.index.json``, or a directory holding safetensors files: a local path,
+    or an fsspec URL (``storage_options`` go to fsspec; refused for a local path)."""
     from ..async_save import wait_for_inflight
     from ..manifest_io import load_manifest
     from .dcp import is_dcp_checkpoint
 
-    path = os.path.abspath(path)
+    if local_path(path) is None:
+        return _open_remote_source(path, allow_pickle=allow_pickle,
+                                   storage_options=dict(storage_options or {}))
+    if storage_options:
+        raise CheckpointError(f"storage_options were given for the local SRC {path!r}; they "
+                              "apply only to fsspec URLs such as s3://bucket/prefix")
+    path = os.path.abspath(local_path(path) or path)
     # As load and open do: an async_save to this folder in this process is not yet
     # committed (convert found no checkpoint, or the previous one while the commit
     # deleted its files).
@@ -209,6 +219,58 @@ def open_source(path: str, *, allow_pickle: bool = False) -> Source:
     )
 
 
+def _open_remote_source(url: str, *, allow_pickle: bool, storage_options: dict[str, Any]) -> Source:
+    """open_source for an fsspec URL: the same kinds of checkpoint, found through the
+    store (a URL ending in ``.safetensors`` or ``.safetensors.index.json`` names a file,
+    read through a store of its folder; object stores have no folders to tell apart)."""
+    from ..async_save import wait_for_inflight
+    from ..manifest_io import load_manifest
+    from .dcp import is_dcp_checkpoint
+
+    url = url.rstrip("/")
+    folder, _, name = url.rpartition("/")
+    if name.endswith((".safetensors", st.INDEX_SUFFIX)) and folder:
+        # "memory://m.safetensors" splits as "memory:/" and the name.
+        store = open_store(folder + "/" if folder.endswith(":/") else folder, storage_options)
+        try:
+            store.size(name)  # absent: no checkpoint at SRC (exit 3), not a damaged one
+            shards, shard_values = (st.index_files(store, name) if name.endswith(st.INDEX_SUFFIX)
+                                    else ([name], []))
+        except CheckpointNotFoundError:
+            store.close()
+            raise CheckpointNotFoundError(f"no checkpoint at {url}: it does not exist") from None
+        except BaseException:
+            store.close()
+            raise
+        return _safetensors_source(store, shards, shard_values,
+                                   index=name if name.endswith(st.INDEX_SUFFIX) else "")
+    store = open_store(url, storage_options)
+    try:
+        wait_for_inflight(store.location)
+        try:
+            store.size(MANIFEST_NAME)
+            kind = "reshard"
+        except CheckpointNotFoundError:
+            kind = "dcp" if is_dcp_checkpoint(store) else ""
+        if kind:
+            return Source(store, load_manifest(store, allow_pickle=allow_pickle), kind)
+        names = store.list("")
+        index = [n for n in names if n.endswith(st.INDEX_SUFFIX)]
+        files: list[str] = [n for n in names if n.endswith(".safetensors")]
+        values: list[ValueEntry] = []
+        if len(index) == 1:
+            files, values = st.index_files(store, index[0])
+    except BaseException:
+        store.close()
+        raise
+    if files or len(index) == 1:
+        return _safetensors_source(store, files, values, index=index[0] if len(index) == 1 else "")
+    store.close()
+    raise CheckpointNotFoundError(
+        f"no checkpoint at {url}: it holds no manifest.json, DCP .metadata or .safetensors files"
+    )
+
+
 def _safetensors_source(
     store: Store, names: list[str], values: list[ValueEntry], *, index: str = ""
 ) -> Source:
@@ -238,8 +300,9 @@ def to_safetensors(
     progress: Callable[[int], None] | None = None,
 ) -> list[str]:
     """Write ``source`` as safetensors at ``dst`` (a ``.safetensors`` file name, or a
-    directory that gets ``model.safetensors``); returns the files written."""
-    folder, stem = _safetensors_target(dst)
+    directory that gets ``model.safetensors``), a local path; returns the files written."""
+    _refuse_remote_safetensors(dst)
+    folder, stem = _safetensors_target(local_path(dst) or dst)
     source.refuse_name_clashes()
     values = {dotted(v.key): v.value for v in source.plain_values()}
     plans = st.plan_shards(source.tensors(), stem=stem, max_shard_nbytes=max_shard_nbytes)
@@ -262,6 +325,17 @@ def to_safetensors(
         st.write_bytes_atomic(index, st.index_document(plans, values))
         written.append(index)
     return written
+
+
+def _refuse_remote_safetensors(dst: str) -> None:
+    """CheckpointError where ``dst`` is a URL: safetensors output is written with a
+    temporary file and a rename (so a failure leaves no half file under the final name),
+    which object stores lack."""
+    if local_path(dst) is None:
+        raise CheckpointError(
+            f"safetensors output is written to local paths only, and DST {dst!r} is a URL; "
+            "convert to a local file and copy it, or convert to a reshard checkpoint at the URL"
+        )
 
 
 def _refuse_stale_outputs(folder: str, stem: str, names: list[str]) -> None:
@@ -301,27 +375,38 @@ def _safetensors_target(dst: str) -> tuple[str, str]:
 
 def to_reshard(
     source: Source, dst: str, *, codec: str | None = None, column_blocks: int = 1,
-    progress: Callable[[int], None] | None = None,
+    progress: Callable[[int], None] | None = None, storage_options: Mapping[str, Any] | None = None,
 ) -> Manifest:
-    """Write ``source`` as a reshard checkpoint at ``dst`` (a new or empty directory).
+    """Write ``source`` as a reshard checkpoint at ``dst``: a new or empty directory, or
+    an fsspec URL under which nothing is stored yet (``storage_options`` go to fsspec).
 
     One process writes one data file frame by frame, then commits the manifest. With
     ``column_blocks`` > 1 the chunks are cut as ``save(..., column_blocks=...)`` cuts them.
     """
     blocks = config.column_blocks(column_blocks)
-    dst = os.path.abspath(dst)
-    if os.path.exists(dst) and (not os.path.isdir(dst) or os.listdir(dst)):
-        what = "is a directory that is not empty" if os.path.isdir(dst) else "exists and is not a directory"
-        raise StorageError(f"DST {dst} {what}; reshard output goes to a new or empty directory")
-    created = not os.path.exists(dst)
+    remote = local_path(dst) is None
+    created = False
+    if not remote:
+        if storage_options:
+            raise CheckpointError(f"storage_options were given for the local DST {dst!r}; they "
+                                  "apply only to fsspec URLs such as s3://bucket/prefix")
+        dst = os.path.abspath(local_path(dst) or dst)
+        if os.path.exists(dst) and (not os.path.isdir(dst) or os.listdir(dst)):
+            what = ("is a directory that is not empty" if os.path.isdir(dst)
+                    else "exists and is not a directory")
+            raise StorageError(f"DST {dst} {what}; reshard output goes to a new or empty directory")
+        created = not os.path.exists(dst)
     codec_obj, spec = resolve_codec(codec)
     source.refuse_name_clashes()
     values = source.plain_values()
-    _make_folder(dst)
     save_id = new_save_id()
     file_name = f"{DATA_DIR}/{save_id}.0.bin"
     report = progress or (lambda n: None)
-    store = open_store(dst)
+    if remote:
+        store = _empty_remote_store(dst, storage_options)
+    else:
+        _make_folder(dst)
+        store = open_store(dst)
     try:
         with new_file(store, file_name) as writer:
             framer = _Framer(writer, codec_obj, config.frame_raw_nbytes(encoded=spec != IDENTITY))
@@ -338,10 +423,48 @@ def to_reshard(
         store.write_atomic(MANIFEST_NAME, manifest.to_json())
         return manifest
     except BaseException:
-        _remove_uncommitted(dst, file_name, created)
+        if remote:
+            _remove_uncommitted_remote(store, file_name)
+        else:
+            _remove_uncommitted(dst, file_name, created)
         raise
     finally:
         store.close()
+
+
+def _empty_remote_store(url: str, storage_options: Mapping[str, Any] | None) -> Store:
+    """The store for a reshard DST at ``url``, where nothing may be stored yet: an
+    earlier checkpoint's data files beside the new manifest would read as garbage to no
+    one, but its manifest would be replaced without a word."""
+    from ..storage.fsspec_store import FsspecStore
+
+    store = open_store(url, storage_options)
+    try:
+        # Folders too: a prefix holding other checkpoints' folders is not a new one.
+        present = store.entries() if isinstance(store, FsspecStore) else store.list("")
+        if present:
+            shown = ", ".join(present[:3]) + (", ..." if len(present) > 3 else "")
+            raise StorageError(f"DST {store.location} holds {shown}; reshard output goes to a "
+                               "URL under which nothing is stored yet")
+        store.prepare(DATA_DIR)
+    except BaseException:
+        store.close()
+        raise
+    return store
+
+
+def _remove_uncommitted_remote(store: Store, file_name: str) -> None:
+    """After a failed conversion to a URL, delete its data file unless the manifest was
+    committed (then everything stays); a failure to delete leaves the original error."""
+    try:
+        store.size(MANIFEST_NAME)
+    except CheckpointNotFoundError:
+        try:
+            store.delete(file_name)
+        except CheckpointError:
+            pass  # the conversion's own error is the one to report
+    except CheckpointError:
+        pass  # the store is unreachable: nothing to be done about the file either
 
 
 def _library_version(source: Source) -> str:
@@ -489,15 +612,21 @@ class _Framer:
 def convert(
     src: str, dst: str, *, to: str | None = None, max_shard_nbytes: int | None = None,
     codec: str | None = None, allow_pickle: bool = False, show_progress: bool = False,
-    column_blocks: int = 1,
+    column_blocks: int = 1, src_storage_options: Mapping[str, Any] | None = None,
+    dst_storage_options: Mapping[str, Any] | None = None,
 ) -> list[str]:
     """Convert the checkpoint at ``src`` to ``to`` (inferred from ``dst``: a
-    ``.safetensors`` suffix or ``max_shard_nbytes`` means safetensors, else reshard)."""
-    src, dst = _local(src, "SRC"), _local(dst, "DST")
-    if os.path.abspath(src) == os.path.abspath(dst):
+    ``.safetensors`` suffix or ``max_shard_nbytes`` means safetensors, else reshard).
+
+    ``src`` may be a local path or an fsspec URL (``s3://bucket/prefix``); so may ``dst``
+    for reshard output (safetensors output is local). ``src_storage_options`` and
+    ``dst_storage_options`` go to fsspec for each; given for a local path they raise.
+    """
+    src, dst = _location(src, "SRC"), _location(dst, "DST")
+    if same_place(_absolute(src), _absolute(dst)):
         # Said so, not "DST exists and is not empty" (or, for safetensors, the source
         # file overwritten by its own copy).
-        raise CheckpointError(f"SRC and DST are the same path ({os.path.abspath(dst)}); "
+        raise CheckpointError(f"SRC and DST are the same path ({_absolute(dst)}); "
                               "convert writes a new checkpoint: choose another DST")
     fmt = to or ("safetensors" if dst.endswith(".safetensors") or max_shard_nbytes else "reshard")
     if fmt not in FORMATS:
@@ -505,7 +634,13 @@ def convert(
     if fmt == "safetensors" and (codec is not None or column_blocks != 1):
         raise CheckpointError("codec and column_blocks apply only to reshard output, "
                               f"not to {dst} (safetensors)")
-    source = open_source(src, allow_pickle=allow_pickle)
+    if dst_storage_options and local_path(dst) is not None:
+        # Checked before SRC is read: a conversion must not run only to fail at the end.
+        raise CheckpointError(f"storage_options were given for the local DST {dst!r}; they "
+                              "apply only to fsspec URLs such as s3://bucket/prefix")
+    if fmt == "safetensors":
+        _refuse_remote_safetensors(dst)
+    source = open_source(src, allow_pickle=allow_pickle, storage_options=src_storage_options)
     try:
         total = sum(e.nbytes for e in source.tensors())
         bar = ProgressBar("converting", total, enabled=None if show_progress else False)
@@ -513,26 +648,26 @@ def convert(
             if fmt == "safetensors":
                 return to_safetensors(source, dst, max_shard_nbytes=max_shard_nbytes, progress=bar.advance)
             to_reshard(source, dst, codec=codec, column_blocks=column_blocks,
-                       progress=bar.advance)
-            return [os.path.abspath(dst)]
+                       progress=bar.advance, storage_options=dst_storage_options)
+            return [_absolute(dst)]
         finally:
             bar.close()
     finally:
         source.close()
 
 
-def _local(path: str | os.PathLike[str], role: str) -> str:
-    """``path`` as a local path. Paths are resolved with os.path, where an fsspec URL
-    would silently name a local folder (``./s3:/bucket/x``): a URL is refused instead."""
+def _location(path: str | os.PathLike[str], role: str) -> str:
+    """``path`` as text: a local path (a ``file://`` URL as its path) or an fsspec URL."""
     text = os.fspath(path)
+    if not isinstance(text, str):
+        raise CheckpointError(f"{role} must be a str or os.PathLike, got {text!r}")
     local = local_path(text)
-    if local is None:
-        raise CheckpointError(
-            f"reshard convert reads and writes local paths only, and {role} {text!r} is a URL; "
-            "convert to a local directory, then copy it to remote storage (or load it and "
-            "reshard.save to the URL)"
-        )
-    return local
+    return text if local is None else local
+
+
+def _absolute(location: str) -> str:
+    """A local path made absolute; a URL as it is."""
+    return os.path.abspath(location) if local_path(location) is not None else location
 
 
 # CLI
@@ -571,15 +706,20 @@ def add_convert_parser(subparsers: Any) -> argparse.ArgumentParser:
         description=(
             "Convert SRC to DST. SRC: a reshard checkpoint, a torch.distributed.checkpoint "
             "directory, a .safetensors file, a *.safetensors.index.json or a folder of "
-            "safetensors files. The target format is --to, else safetensors when DST ends "
-            "in .safetensors or --max-shard-size is given, else reshard. See docs/INTEROP.md."
+            "safetensors files, a local path or an fsspec URL (s3://bucket/prefix). DST: a "
+            "local path, or a URL for reshard output. The target format is --to, else "
+            "safetensors when DST ends in .safetensors or --max-shard-size is given, else "
+            "reshard. See docs/INTEROP.md."
         ),
         epilog="Exit status: 0 converted, 1 failed (damaged SRC, DST not a new or empty "
-               "directory or not writable, SRC and DST the same path; one line on stderr), "
-               "2 usage error, 3 no checkpoint at SRC.",
+               "directory or not writable, a DST URL under which something is stored, SRC "
+               "and DST the same path; one line on stderr), 2 usage error (storage options "
+               "malformed or given for local paths included), 3 no checkpoint at SRC.",
     )
-    p.add_argument("src", type=path_argument, help="the checkpoint to read (a local path)")
-    p.add_argument("dst", type=path_argument, help="where to write the output (a local path)")
+    p.add_argument("src", type=path_argument,
+                   help="the checkpoint to read (a local path or an fsspec URL)")
+    p.add_argument("dst", type=path_argument,
+                   help="where to write the output (a local path; a URL for reshard output)")
     p.add_argument("--to", choices=FORMATS, help="target format (default: from DST's suffix)")
     p.add_argument("--max-shard-size", type=parse_size, default=None, metavar="SIZE",
                    help="split safetensors output into files of at most SIZE (5GB, 500MiB) "
@@ -592,6 +732,18 @@ def add_convert_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--allow-pickle", action="store_true",
                    help="let DCP values that need arbitrary pickle load (trusted input only)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_storage_option(p, "--storage-option", "storage_options",
+                       "an fsspec storage option for SRC and DST, for each that is a URL "
+                       "(repeatable): --storage-option endpoint_url=http://minio:9000; VALUE is "
+                       "read as JSON where it parses as JSON (numbers, true, null, objects such "
+                       "as client_kwargs={\"region_name\": \"eu-west-1\"}), else as the string "
+                       "written; a usage error when neither is a URL")
+    add_storage_option(p, "--src-storage-option", "src_storage_options",
+                       "a storage option for SRC only (a URL), over a --storage-option of "
+                       "the same KEY (repeatable)")
+    add_storage_option(p, "--dst-storage-option", "dst_storage_options",
+                       "a storage option for DST only (a URL), over a --storage-option of "
+                       "the same KEY (repeatable)")
     p.set_defaults(func=cmd_convert)
     return p  # type: ignore[no-any-return]
 
@@ -612,11 +764,17 @@ def cmd_convert(args: argparse.Namespace) -> int:
         if args.to == "safetensors" and given is not None:
             print(f"reshard convert: {flag} applies only to reshard output", file=sys.stderr)
             return 2
+    options = _storage_options(args)
+    if isinstance(options, str):
+        print(f"reshard convert: {options}", file=sys.stderr)
+        return 2
+    src_options, dst_options = options
     try:
         written = convert(args.src, args.dst, to=args.to, max_shard_nbytes=args.max_shard_size,
                           codec=args.codec, allow_pickle=args.allow_pickle,
                           show_progress=not args.quiet,
-                          column_blocks=1 if args.column_blocks is None else args.column_blocks)
+                          column_blocks=1 if args.column_blocks is None else args.column_blocks,
+                          src_storage_options=src_options, dst_storage_options=dst_options)
     except (CheckpointError, OSError) as e:
         # The message may quote text from the source (not trusted): escape control characters.
         print(f"reshard convert: {printable(str(e))}", file=sys.stderr)
@@ -624,3 +782,26 @@ def cmd_convert(args: argparse.Namespace) -> int:
     for path in written:
         print(path)
     return 0
+
+
+def _storage_options(
+    args: argparse.Namespace,
+) -> tuple[dict[str, Any] | None, dict[str, Any] | None] | str:
+    """SRC's and DST's storage options from the command line: ``--storage-option`` for
+    each that is a URL, a ``--src-``/``--dst-storage-option`` of the same KEY over it;
+    or the usage error (one line) where options were given for local paths only."""
+    shared = args.storage_options or {}
+    src_url, dst_url = local_path(args.src) is None, local_path(args.dst) is None
+    if shared and not (src_url or dst_url):
+        return ("--storage-option applies only to fsspec URLs (s3://bucket/prefix), and SRC "
+                f"{args.src!r} and DST {args.dst!r} are local paths")
+    for flag, given, path, what in (
+        ("--src-storage-option", args.src_storage_options, args.src, "SRC"),
+        ("--dst-storage-option", args.dst_storage_options, args.dst, "DST"),
+    ):
+        refused = local_path_refused(path, flag, what) if given else None
+        if refused is not None:
+            return refused
+    src = {**shared, **(args.src_storage_options or {})} if src_url else {}
+    dst = {**shared, **(args.dst_storage_options or {})} if dst_url else {}
+    return src or None, dst or None

@@ -20,6 +20,7 @@ is safe since nothing is committed.
 
 from __future__ import annotations
 
+import builtins
 import errno
 import posixpath
 import random
@@ -296,6 +297,17 @@ class FsspecStore:
             for e in entries if e.get("type") == "file"
         }
         return [f"{prefix}/{n}" if prefix else n for n in sorted(names) if n]
+
+    def entries(self) -> builtins.list[str]:
+        """Names of the files and folders directly under the root (``list`` gives files
+        only): ``reshard convert`` writes only to a URL under which nothing is stored."""
+
+        def ls() -> list[str]:
+            self.fs.invalidate_cache(self._root)
+            return [str(e) for e in self.fs.ls(self._root, detail=False)]
+
+        found = self.call("list", "", ls, on_missing=lambda: [])
+        return sorted(n for n in {posixpath.basename(e.rstrip("/")) for e in found} if n)
 
     def delete(self, name: str) -> None:
         path = self._path(name)
