@@ -19,7 +19,9 @@ raises CheckpointError when loaded) unless the caller passed ``allow_pickle=True
 
 from __future__ import annotations
 
+import collections
 import io
+import json
 import re
 import time
 import uuid
@@ -75,6 +77,20 @@ class DcpManifest(Manifest):
     """
 
     exact_names: frozenset[str] = frozenset()
+    value_items: tuple[ValueItem, ...] = ()
+    """Every value item and what checking its bytes found, for ``verify``."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ValueItem:
+    """Where one DCP value item is stored, and why its bytes are damaged (None: they
+    passed their zip CRC-32 checks and loaded). ``key``: its dotted name."""
+
+    key: str
+    file: str
+    offset: int
+    nbytes: int
+    damage: str | None = None
 
 
 def is_dcp_manifest(manifest: Manifest) -> bool:
@@ -113,24 +129,50 @@ def exact_names(manifest: Manifest) -> frozenset[str]:
     return manifest.exact_names if isinstance(manifest, DcpManifest) else frozenset()
 
 
-def load_dcp_manifest(store: Store, *, allow_pickle: bool = False) -> DcpManifest:
-    """An in-memory manifest for the DCP checkpoint in ``store`` (never written to disk)."""
+def load_dcp_manifest(
+    store: Store, *, allow_pickle: bool = False, keep_damaged: bool = False
+) -> DcpManifest:
+    """An in-memory manifest for the DCP checkpoint in ``store`` (never written to disk).
+
+    A value item whose bytes are damaged (or missing) raises CorruptCheckpointError; with
+    ``keep_damaged`` (``verify``) it becomes a ``DamagedValueEntry`` instead, recorded in
+    ``value_items``, and tensor items are left for the caller to check: one damaged item
+    must not hide the state of all others.
+    """
     import os
 
     source = os.path.join(store.location, METADATA_NAME)
     tensors, byte_items = read_metadata(store.read_bytes(METADATA_NAME), source=source)
-    _check_ranges(store, [c.storage for t in tensors for c in t.chunks]
-                  + [b.storage for b in byte_items])
+    if not keep_damaged:
+        _check_ranges(store, [c.storage for t in tensors for c in t.chunks]
+                      + [b.storage for b in byte_items])
     entries: list[Entry] = [_tensor_entry_or_refusal(t) for t in tensors]
     exact = {dotted(e.key) for t, e in zip(tensors, entries) if t.path is not None}
+    checked: list[ValueItem] = []
     for item in byte_items:
-        found = _value_entries(store, item, allow_pickle=allow_pickle)
+        key = entry_key(item.fqn, item.path)
+        damage = None
+        try:
+            if keep_damaged:
+                _check_ranges(store, [item.storage])
+            blob = _read_checked_item(store, item)
+            found = _value_entries(store, item, allow_pickle=allow_pickle, blob=blob)
+        except CheckpointError as e:
+            if not keep_damaged:
+                raise
+            found = [DamagedValueEntry(key=key, value=_NONE, reason=str(e))]
+            # verify names the key and file itself.
+            damage = _drop_prefix(_drop_prefix(str(e), f"DCP key {item.fqn!r} in {item.storage.file}: "),
+                                  f"DCP key {item.fqn!r}: ")
         entries.extend(found)
+        checked.append(ValueItem(key=dotted(key), file=item.storage.file, offset=item.storage.offset,
+                                 nbytes=item.storage.length, damage=damage))
         if item.path is not None:
             exact.update(dotted(e.key) for e in found)
     return DcpManifest(
         save_id=f"dcp-{uuid.uuid4().hex[:12]}", world_size=1, created_unix_s=time.time(),
         library_version=LIBRARY, entries=tuple(entries), exact_names=frozenset(exact),
+        value_items=tuple(checked),
     )
 
 
@@ -210,14 +252,28 @@ def _tensor_entry_or_refusal(t: DcpTensor) -> Entry:
     except UnsupportedValueError as e:
         return UnsupportedTensorEntry(
             key=entry_key(t.fqn, t.path), value=_NONE, dtype=t.dtype, shape=t.shape,
-            reason=f"DCP {e}; the other keys of the checkpoint load")
+            reason=f"DCP {e}; the other keys of the checkpoint load",
+            items=tuple((c.offsets, c.storage) for c in t.chunks))
 
 
-def codec_spec(dtype: str, sizes: tuple[int, ...], transforms: tuple[str, ...]) -> CodecSpec:
-    return CodecSpec(name=CODEC_NAME, configuration=(
+def codec_spec(
+    dtype: str, sizes: tuple[int, ...], transforms: tuple[str, ...], element: KeyPath | None = None
+) -> CodecSpec:
+    """The in-memory codec of one DCP tensor item, or (``element``) of a tensor held inside
+    a value item (a tuple of tensors): its path inside the value, as JSON."""
+    config: tuple[tuple[str, str], ...] = (
         ("dtype", dtype), ("shape", ",".join(str(s) for s in sizes)),
         ("transforms", ";".join(transforms)),
-    ))
+    )
+    if element is not None:
+        config += (("element", json.dumps(list(element))),)
+    return CodecSpec(name=CODEC_NAME, configuration=config)
+
+
+def is_value_element(spec: CodecSpec) -> bool:
+    """Whether ``spec`` reads a tensor held inside a DCP value item: its bytes are the
+    value's, checked when the manifest was built (``DcpManifest.value_items``)."""
+    return spec.name == CODEC_NAME and any(k == "element" for k, _ in spec.configuration)
 
 
 # Tensor chunks
@@ -235,6 +291,9 @@ class DcpTorchSaveCodec:
     dtype: str
     shape: tuple[int, ...]
     transforms: tuple[str, ...]
+    element: KeyPath | None = None
+    """Where the tensor lies inside a value item (``(0,)``: the tuple's first element);
+    None for a tensor item, whose blob is the tensor itself."""
     name: str = CODEC_NAME
 
     @staticmethod
@@ -254,7 +313,8 @@ class DcpTorchSaveCodec:
         steps = tuple(transforms.split(";")) if transforms else ()
         if any(t != "stream.zstd/1" and not t.startswith("stream.zstd/1.") for t in steps):
             raise CorruptCheckpointError(f"codec {CODEC_NAME!r}: unsupported transforms {transforms!r}")
-        return DcpTorchSaveCodec(dtype=dtype, shape=shape, transforms=steps)
+        return DcpTorchSaveCodec(dtype=dtype, shape=shape, transforms=steps,
+                                 element=_element_path(config.get("element")))
 
     def encode(self, data: memoryview) -> bytes:
         raise CheckpointError("the DCP codec only reads; reshard never writes DCP items")
@@ -267,13 +327,17 @@ class DcpTorchSaveCodec:
         from ..adapters.tensors import tensor_bytes, torch_dtype
 
         raw_nbytes = math.prod(self.shape) * torch_dtype(self.dtype).itemsize
-        blob = untransform(data, self.transforms, max_nbytes=raw_nbytes + _BLOB_OVERHEAD_NBYTES)
+        # A value item holds other values (and tensors) beside this one: its own bound.
+        limit = raw_nbytes + _BLOB_OVERHEAD_NBYTES if self.element is None else _MAX_VALUE_NBYTES
+        blob = untransform(data, self.transforms, max_nbytes=limit)
         _check_zip_crcs(blob)
         try:
             tensor = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
         except Exception as e:  # noqa: BLE001 - any failure means a bad blob
             raise ValueError(f"DCP tensor item does not load with weights_only=True: {e}") from None
-        if not isinstance(tensor, torch.Tensor) or type(tensor) is not torch.Tensor:
+        if self.element is not None:
+            tensor = _element_of(tensor, self.element)
+        if not _is_plain_tensor(tensor, parameter=self.element is not None):
             raise ValueError(f"DCP tensor item holds a {type(tensor).__name__}, not a tensor")
         if tensor.dtype != torch_dtype(self.dtype) or tuple(tensor.shape) != self.shape:
             raise ValueError(
@@ -281,6 +345,40 @@ class DcpTorchSaveCodec:
                 f"{self.dtype} {list(self.shape)}"
             )
         return tensor_bytes(tensor.contiguous())
+
+
+def _element_path(text: object) -> KeyPath | None:
+    if text is None:
+        return None
+    try:
+        parts = json.loads(text) if isinstance(text, str) else None
+    except ValueError:
+        parts = None
+    if not isinstance(parts, list) or not parts or not all(type(p) in (str, int) for p in parts):
+        raise CorruptCheckpointError(f"codec {CODEC_NAME!r}: bad element path {text!r}")
+    return tuple(parts)
+
+
+def _element_of(obj: object, path: KeyPath) -> object:
+    """The part of a loaded value at ``path`` (dict keys and list/tuple indices)."""
+    for part in path:
+        if type(obj) is dict and part in obj:
+            obj = obj[part]
+        elif type(obj) in (list, tuple) and type(part) is int and 0 <= part < len(obj):  # type: ignore[arg-type]
+            obj = obj[part]  # type: ignore[index]
+        else:
+            raise ValueError(f"DCP value item has no element at {list(path)}")
+    return obj
+
+
+def _is_plain_tensor(obj: object, *, parameter: bool) -> bool:
+    """A CPU tensor of the strided layout (an ``nn.Parameter`` too where ``parameter``:
+    one may sit in a tuple value; DCP saves a parameter at a key of its own as a tensor)."""
+    import torch
+
+    kinds: tuple[type, ...] = (torch.Tensor, torch.nn.Parameter) if parameter else (torch.Tensor,)
+    return (type(obj) in kinds and isinstance(obj, torch.Tensor) and obj.layout == torch.strided
+            and obj.device.type == "cpu")
 
 
 def _check_zip_crcs(blob: bytes) -> None:
@@ -363,27 +461,70 @@ class RefusedValueEntry(ValueEntry):
 class UnsupportedTensorEntry(RefusedValueEntry):
     """A DCP tensor reshard cannot hold (its dtype); loading or reading its key raises.
 
-    ``dtype`` (the torch dtype DCP recorded) and ``shape`` describe it for inspection.
+    ``dtype`` (the torch dtype DCP recorded) and ``shape`` describe it for inspection;
+    ``items`` are its stored chunks (offsets in the tensor, where), which ``verify``
+    checks without decoding them (``check_tensor_item``). Empty for a tensor held inside
+    a value: its bytes are the value's.
     """
 
     dtype: Any = None
     shape: tuple[int, ...] = ()
+    items: tuple[tuple[tuple[int, ...], StorageInfo], ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DamagedValueEntry(RefusedValueEntry):
+    """A DCP value item whose bytes are damaged or missing (``reason`` says how); only in
+    the manifest ``verify`` builds (``keep_damaged``): loads refuse the whole checkpoint."""
+
+    def decoded(self) -> object:
+        raise CorruptCheckpointError(self.reason)
+
+
+def check_tensor_item(store: Store, entry: UnsupportedTensorEntry, info: StorageInfo) -> str | None:
+    """Why the bytes of one stored chunk of ``entry`` are damaged, or None when each zip
+    record of its ``torch.save`` archive passes its CRC-32 check.
+
+    The tensor's dtype is one reshard does not decode; the archive's CRC-32s (which
+    ``torch.load`` never checks) cover every byte of its data and pickle all the same.
+    The caller has checked that the item lies inside its file.
+    """
+    import math
+
+    try:
+        itemsize = max(int(entry.dtype.itemsize), 1)
+    except (AttributeError, TypeError, ValueError):
+        itemsize = 16
+    raw = math.prod(entry.shape) * itemsize
+    buf = bytearray(info.length)
+    try:
+        store.read_into(info.file, info.offset, memoryview(buf))
+        # A chunk is a part of the tensor; the whole tensor bounds what one may decode to.
+        _check_zip_crcs(untransform(buf, info.transforms, max_nbytes=raw + raw // 64 + _BLOB_OVERHEAD_NBYTES))
+    except (ValueError, CheckpointError) as e:
+        return str(e)
+    return None
 
 
 _NONE: dict[str, Any] = {"type": "none"}
 
 
-def _value_entries(store: Store, item: DcpBytes, *, allow_pickle: bool) -> list[ValueEntry]:
+def _value_entries(
+    store: Store, item: DcpBytes, *, allow_pickle: bool, blob: bytes | None = None
+) -> list[Entry]:
+    """The entries of one DCP value item: plain values flattened to keys, tensors inside
+    it (a tuple of tensors) as tensor entries that read their bytes from the item, or one
+    entry that refuses (or, with ``allow_pickle``, holds) the whole object.
+
+    ``blob``: the item's bytes, already read and checked; read here where None.
+    """
     import pickle
 
     import torch
 
     key = entry_key(item.fqn, item.path)
-    blob = _read_item(store, item.storage, item.fqn)
-    try:
-        _check_zip_crcs(blob)  # DCP writes every value with torch.save
-    except ValueError as e:
-        raise CorruptCheckpointError(f"DCP key {item.fqn!r} in {item.storage.file}: {e}") from None
+    if blob is None:
+        blob = _read_checked_item(store, item)
     try:
         obj = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -402,9 +543,9 @@ def _value_entries(store: Store, item: DcpBytes, *, allow_pickle: bool) -> list[
         return [PickledValueEntry(key=key, value=_NONE, obj=obj)]
     except Exception as e:  # noqa: BLE001 - a broken blob
         raise CorruptCheckpointError(f"DCP key {item.fqn!r}: does not load: {e}") from None
-    out: list[ValueEntry] = []
+    out: list[Entry] = []
     problems: list[str] = []
-    _flatten_value(key, obj, out, problems)
+    _flatten_value(key, obj, out, problems, item=item, depth=len(key))
     if problems and not allow_pickle:
         return [RefusedValueEntry(key=key, value=_NONE, reason=(
             f"DCP key {item.fqn!r}: {problems[0]}; load it with allow_pickle=True to get the object"
@@ -414,22 +555,70 @@ def _value_entries(store: Store, item: DcpBytes, *, allow_pickle: bool) -> list[
     return out
 
 
-def _flatten_value(key: Key, obj: object, out: list[ValueEntry], problems: list[str]) -> None:
-    if isinstance(obj, dict) and obj:
-        for k, v in obj.items():
+def _flatten_value(
+    key: Key, obj: object, out: list[Entry], problems: list[str], *, item: DcpBytes, depth: int
+) -> None:
+    """Flatten ``obj`` (loaded with weights_only=True) below ``key`` as reshard flattens a
+    state dict; ``depth`` is the length of the item's own key (what lies past it is the
+    path inside the value)."""
+    import torch
+
+    # Exact types: weights_only admits OrderedDict, and a tuple subclass it admitted
+    # (torch.Size) must not come back as a plain tuple.
+    if type(obj) in (dict, collections.OrderedDict) and obj:
+        for k, v in obj.items():  # type: ignore[attr-defined]
             if isinstance(k, bool) or not isinstance(k, (str, int)):
                 problems.append(f"dict key {k!r} is not a str or int")
                 return
-            _flatten_value(key + (k,), v, out, problems)
-    elif isinstance(obj, (list, tuple)) and obj and type(obj).__name__ != "Size":
-        # torch.Size stays whole, as reshard's own flattening keeps it (it has no plain form).
-        for i, v in enumerate(obj):
-            _flatten_value(key + (i,), v, out, problems)
+            _flatten_value(key + (k,), v, out, problems, item=item, depth=depth)
+    elif type(obj) in (list, tuple) and obj:
+        for i, v in enumerate(obj):  # type: ignore[arg-type]
+            _flatten_value(key + (i,), v, out, problems, item=item, depth=depth)
+    elif isinstance(obj, torch.Tensor) and len(key) > depth:
+        # A tensor inside a value: DCP keeps a tuple whole, tensors and all (its planner
+        # walks dicts and lists only). It reads from the value's bytes, as a tensor item.
+        if not _is_plain_tensor(obj, parameter=True):
+            problems.append(f"a {type(obj).__module__}.{type(obj).__qualname__} "
+                            f"({obj.layout}) has no plain-tensor form")
+            return
+        out.append(_element_entry(key, key[depth:], obj, item))
     else:
         try:
             out.append(ValueEntry(key=key, value=encode_value(obj, ".".join(map(str, key)))))
         except UnsupportedValueError:
             problems.append(f"a {type(obj).__module__}.{type(obj).__qualname__} has no plain-value form")
+
+
+def _element_entry(key: Key, element: Key, tensor: Any, item: DcpBytes) -> Entry:
+    """A tensor held at ``element`` inside value ``item``: one chunk, the whole item."""
+    from ..adapters.tensors import dtype_name
+
+    name = ".".join(map(str, key))
+    shape = tuple(int(s) for s in tensor.shape)
+    try:
+        dtype = dtype_name(tensor.dtype, name)
+    except UnsupportedValueError as e:
+        return UnsupportedTensorEntry(
+            key=key, value=_NONE, dtype=tensor.dtype, shape=shape,
+            reason=f"DCP {e}; the other keys of the checkpoint load")
+    raw = tensor.numel() * tensor.element_size()
+    s = item.storage
+    chunks = () if 0 in shape else (Chunk(
+        box=Box((0,) * len(shape), shape), file=s.file, offset=s.offset, nbytes=s.length,
+        raw_nbytes=raw, codec=codec_spec(dtype, shape, s.transforms, element),
+        frame_raw_nbytes=max(raw, 1), frames=(Frame(nbytes=s.length, crc32c=None),),
+    ),)
+    return TensorEntry(key=key, dtype=dtype, shape=shape, container="torch", chunks=chunks)
+
+
+def _read_checked_item(store: Store, item: DcpBytes) -> bytes:
+    """The bytes of value ``item``, its zip CRC-32s checked (CorruptCheckpointError)."""
+    blob = _read_item(store, item.storage, item.fqn)
+    try:
+        _check_zip_crcs(blob)  # DCP writes every value with torch.save
+    except ValueError as e:
+        raise CorruptCheckpointError(f"DCP key {item.fqn!r} in {item.storage.file}: {e}") from None
+    return blob
 
 
 def _read_item(store: Store, info: StorageInfo, fqn: str) -> bytes:
@@ -441,6 +630,10 @@ def _read_item(store: Store, info: StorageInfo, fqn: str) -> bytes:
         return untransform(buf, info.transforms, max_nbytes=_MAX_VALUE_NBYTES)
     except ValueError as e:
         raise CorruptCheckpointError(f"DCP key {fqn!r} in {info.file}: {e}") from None
+
+
+def _drop_prefix(text: str, prefix: str) -> str:
+    return text[len(prefix):] if text.startswith(prefix) else text
 
 
 def _first_line(e: BaseException) -> str:
