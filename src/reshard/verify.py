@@ -165,37 +165,51 @@ def verify(
     try:
         wait_for_inflight(store.location)  # as in load: its commit deletes the files read here
         try:
-            manifest = load_manifest(store)
+            # A damaged DCP value is reported with the rest, not instead of it.
+            manifest = load_manifest(store, keep_damaged=True)
         except CheckpointNotFoundError:
             # Nothing was saved here (or the path is mistyped): "DAMAGED" would send the
             # user looking for damage in a checkpoint that does not exist.
             raise
         except CheckpointError as e:  # unreadable or invalid: nothing else to check
-            return VerifyReport(path=store.location, damaged=(Damage(file=MANIFEST_NAME, message=str(e)),))
+            damage = Damage(file=_manifest_file(store), message=str(e))
+            return VerifyReport(path=store.location, damaged=(damage,))
         return _verify(store, manifest, progress)
     finally:
         store.close()
 
 
+def _manifest_file(store: Store) -> str:
+    """The file that describes the checkpoint in ``store``: a DCP directory's is .metadata."""
+    from .interop.dcp import METADATA_NAME, is_dcp_checkpoint
+
+    try:
+        store.size(MANIFEST_NAME)
+    except CheckpointError:
+        return METADATA_NAME if is_dcp_checkpoint(store) else MANIFEST_NAME
+    return MANIFEST_NAME
+
+
 def _verify(store: Store, manifest: Manifest, progress: Progress | None) -> VerifyReport:
-    from .interop.dcp import UnsupportedTensorEntry
+    from .interop.dcp import UnsupportedTensorEntry, is_value_element
 
     tally = _Tally()
     by_file: dict[str, list[tuple[str, Chunk]]] = {}
     shapes: dict[str, tuple[int, ...]] = {}
     unchecked: list[Unchecked] = []
+    odd: list[UnsupportedTensorEntry] = []
     for entry in manifest.entries:
         if isinstance(entry, UnsupportedTensorEntry):
-            # It has no chunks to read: counted as intact, its bytes were never looked at.
-            dtype = str(entry.dtype).removeprefix("torch.")
-            unchecked.append(Unchecked(key=dotted(entry.key), message=(
-                f"a DCP tensor of dtype {dtype}, which reshard does not read "
-                "(nor load); its bytes were not read")))
+            odd.append(entry)
         if isinstance(entry, TensorEntry):
             shapes[dotted(entry.key)] = entry.shape
             for chunk in entry.chunks:
-                by_file.setdefault(chunk.file, []).append((dotted(entry.key), chunk))
-    tally.total = sum(c.nbytes for chunks in by_file.values() for _, c in chunks)
+                # A tensor inside a DCP value (a tuple of tensors) reads the value's
+                # bytes, which were checked when the manifest was built: counted there.
+                if not is_value_element(chunk.codec):
+                    by_file.setdefault(chunk.file, []).append((dotted(entry.key), chunk))
+    tally.total = (sum(c.nbytes for chunks in by_file.values() for _, c in chunks)
+                   + sum(info.length for e in odd for _, info in e.items))
     tally.progress = progress
     for file, chunks in by_file.items():
         chunks.sort(key=lambda kc: kc[1].offset)
@@ -212,12 +226,67 @@ def _verify(store: Store, manifest: Manifest, progress: Progress | None) -> Veri
             # last one are not damage to any key, but the file is not as it was written.
             tally.warnings.append(f"{file} has {size - end} bytes after its last chunk "
                                   f"(it ends at byte {end}); no key reads them")
+    files = set(by_file) | _check_dcp_items(store, manifest, odd, tally)
     _note_strays(store, set(by_file), tally)
     return VerifyReport(
         path=store.location, keys=len(manifest.entries), chunks=tally.chunks, frames=tally.frames,
-        files=len(by_file), bytes_checked=tally.checked, damaged=tuple(tally.damaged),
+        files=len(files), bytes_checked=tally.checked, damaged=tuple(tally.damaged),
         warnings=tuple(tally.warnings), unchecked=tuple(unchecked),
     )
+
+
+def _check_dcp_items(store: Store, manifest: Manifest, odd: list[Any], tally: _Tally) -> set[str]:
+    """Count a DCP directory's value items (checked, CRC-32s and load, when its manifest
+    was built) and check the stored chunks of its tensors of dtypes reshard does not
+    read, without decoding them: the CRC-32 of each record of their ``torch.save``
+    archive covers every byte. Each such item is one chunk of one frame. Returns the
+    data files they lie in."""
+    from .interop.dcp import check_tensor_item, is_dcp_manifest
+
+    files: set[str] = set()
+    if not is_dcp_manifest(manifest):
+        return files
+    for item in getattr(manifest, "value_items", ()):
+        files.add(item.file)
+        tally.chunks += 1
+        tally.frames += 1
+        if item.damage is None:
+            tally.checked += item.nbytes
+        else:
+            tally.damaged.append(Damage(file=item.file, key=item.key, message=item.damage))
+    sizes: dict[str, int] = {}
+    for entry in odd:
+        key = dotted(entry.key)
+        for offsets, info in entry.items:
+            files.add(info.file)
+            tally.chunks += 1
+            tally.frames += 1
+            problem = _item_extent_problem(store, info.file, info.offset + info.length, sizes)
+            if problem is None:
+                problem = check_tensor_item(store, entry, info)
+            if problem is None:
+                tally.checked += info.length
+            else:
+                tally.damaged.append(Damage(file=info.file, key=key, chunk_offsets=offsets,
+                                            message=problem))
+            tally.advance(info.length)
+    return files
+
+
+def _item_extent_problem(store: Store, file: str, end: int, sizes: dict[str, int]) -> str | None:
+    """Why bytes up to ``end`` of ``file`` cannot be read (missing, truncated), or None."""
+    if file not in sizes:
+        try:
+            sizes[file] = store.size(file)
+        except CheckpointError as e:
+            sizes[file] = -1
+            if not isinstance(e, CheckpointNotFoundError):
+                return str(e)
+    if sizes[file] < 0:
+        return "the data file is missing"
+    if end > sizes[file]:
+        return f"the data file is truncated: the chunk needs bytes up to {end}, the file has {sizes[file]}"
+    return None
 
 
 def _file_size(store: Store, file: str, chunks: list[tuple[str, Chunk]], tally: _Tally) -> int:
