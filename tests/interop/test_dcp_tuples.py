@@ -95,7 +95,7 @@ def _dcp_save(state: dict[str, Any], path: Path, **kw: Any) -> None:
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # no process group
-        dcp.save(state, checkpoint_id=str(path), **kw)
+        dcp.save(state, checkpoint_id=None if "storage_writer" in kw else str(path), **kw)
 
 
 def _dcp_load(state: dict[str, Any], path: Path) -> None:
@@ -109,12 +109,17 @@ def _dcp_load(state: dict[str, Any], path: Path) -> None:
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("tuples")
+    from torch.distributed.checkpoint import FileSystemWriter
+    from torch.distributed.checkpoint._extension import ZStandard
+
     _dcp_save({"v": _values(), "w": torch.arange(4)}, root / "dcp")
+    _dcp_save({"v": _values(), "w": torch.arange(4)}, root / "zstd",
+              storage_writer=FileSystemWriter(str(root / "zstd"), _extensions=[ZStandard()]))
     convert(str(root / "dcp"), str(root / "converted"))
     return root
 
 
-@pytest.mark.parametrize("source", ["dcp", "converted"])
+@pytest.mark.parametrize("source", ["dcp", "zstd", "converted"])
 def test_load_gives_what_dcp_load_gives(saved: Path, source: str) -> None:
     want = _values()
     ref = {"v": _zero(want), "w": torch.zeros(4, dtype=torch.int64)}
@@ -160,10 +165,11 @@ def test_open_reads_tensors_inside_tuples(saved: Path) -> None:
         assert ck.read("v.in_dict.betas.0") == 0.9 and ck.read("v.empty") == ()
 
 
-def test_verify_checks_each_item_once(saved: Path) -> None:
-    report = reshard.verify(saved / "dcp")
+@pytest.mark.parametrize("source", ["dcp", "zstd"])
+def test_verify_checks_each_item_once(saved: Path, source: str) -> None:
+    report = reshard.verify(saved / source)
     assert report.intact, report
-    (data,) = glob.glob(str(saved / "dcp" / "*.distcp"))
+    (data,) = glob.glob(str(saved / source / "*.distcp"))
     # One value item per value (DCP walks the dict "in_dict": two), one tensor item 'w':
     # every stored byte once, though the tuples' tensors are keys of their own.
     assert report.bytes_checked == os.path.getsize(data)
@@ -286,7 +292,14 @@ def _optimizer_world(rank: int, world: int, root: str) -> list[str]:
         _, _, ref = fresh()
         dcp.load(ref, checkpoint_id=path)
         model2, optim2, got = fresh()
+        # A tuple's tensor may land in a DTensor: each rank gets its rows.
+        mesh = init_device_mesh("cpu", (2,))
+        sharded = DTensor.from_local(torch.zeros(150, 500), mesh, [Shard(0)], run_check=False)
+        got["extra"]["big"] = (sharded, 0)
         reshard.load(got, path)  # no allow_pickle
+        if not torch.equal(sharded.to_local(), _values()["big"][0][150 * rank:150 * (rank + 1)]):
+            problems.append(f"{cls.__name__}: the DTensor in 'big' got other rows")
+        got["extra"]["big"] = (sharded.full_tensor(), got["extra"]["big"][1])
         groups = got["optim"]["param_groups"]
         if [type(g["betas"]) for g in groups] != [tuple] or groups[0]["betas"] != (0.8, 0.95):
             problems.append(f"{cls.__name__}: betas {[g['betas'] for g in groups]}")
