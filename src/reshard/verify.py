@@ -241,7 +241,7 @@ def _check_dcp_items(store: Store, manifest: Manifest, odd: list[Any], tally: _T
     read, without decoding them: the CRC-32 of each record of their ``torch.save``
     archive covers every byte. Each such item is one chunk of one frame. Returns the
     data files they lie in."""
-    from .interop.dcp import check_tensor_item, is_dcp_manifest
+    from .interop.dcp import check_tensor_item, extent_problem, is_dcp_manifest
 
     files: set[str] = set()
     if not is_dcp_manifest(manifest):
@@ -261,7 +261,7 @@ def _check_dcp_items(store: Store, manifest: Manifest, odd: list[Any], tally: _T
             files.add(info.file)
             tally.chunks += 1
             tally.frames += 1
-            problem = _item_extent_problem(store, info.file, info.offset + info.length, sizes)
+            problem = extent_problem(store, info, sizes)
             if problem is None:
                 problem = check_tensor_item(store, entry, info)
             if problem is None:
@@ -271,22 +271,6 @@ def _check_dcp_items(store: Store, manifest: Manifest, odd: list[Any], tally: _T
                                             message=problem))
             tally.advance(info.length)
     return files
-
-
-def _item_extent_problem(store: Store, file: str, end: int, sizes: dict[str, int]) -> str | None:
-    """Why bytes up to ``end`` of ``file`` cannot be read (missing, truncated), or None."""
-    if file not in sizes:
-        try:
-            sizes[file] = store.size(file)
-        except CheckpointError as e:
-            sizes[file] = -1
-            if not isinstance(e, CheckpointNotFoundError):
-                return str(e)
-    if sizes[file] < 0:
-        return "the data file is missing"
-    if end > sizes[file]:
-        return f"the data file is truncated: the chunk needs bytes up to {end}, the file has {sizes[file]}"
-    return None
 
 
 def _file_size(store: Store, file: str, chunks: list[tuple[str, Chunk]], tally: _Tally) -> int:

@@ -227,6 +227,13 @@ def test_damaged_tensor_inside_a_tuple(tmp_path: Path) -> None:
     report = reshard.verify(tmp_path)
     assert sorted(d.key or "" for d in report.damaged) == ["lr", "t"], report
     assert report.chunks == 3 and report.bytes_checked > 0
+    # The data file gone: every item is named, none hides the others (it was one line,
+    # "manifest.json: ... is missing", with 0 keys).
+    os.remove(file)
+    report = reshard.verify(tmp_path)
+    assert sorted((d.key or "", d.message) for d in report.damaged) == [
+        (k, "the data file is missing") for k in ("lr", "t", "w")], report
+    assert report.bytes_checked == 0
 
 
 # A 2-rank gloo world: Adam and AdamW state from get_state_dict on FSDP2, tuple values

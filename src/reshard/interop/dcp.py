@@ -149,12 +149,14 @@ def load_dcp_manifest(
     entries: list[Entry] = [_tensor_entry_or_refusal(t) for t in tensors]
     exact = {dotted(e.key) for t, e in zip(tensors, entries) if t.path is not None}
     checked: list[ValueItem] = []
+    sizes: dict[str, int] = {}
     for item in byte_items:
         key = entry_key(item.fqn, item.path)
         damage = None
         try:
-            if keep_damaged:
-                _check_ranges(store, [item.storage])
+            problem = extent_problem(store, item.storage, sizes) if keep_damaged else None
+            if problem is not None:
+                raise CorruptCheckpointError(problem)
             blob = _read_checked_item(store, item)
             found = _value_entries(store, item, allow_pickle=allow_pickle, blob=blob)
         except CheckpointError as e:
@@ -209,6 +211,23 @@ def _check_ranges(store: Store, infos: list[StorageInfo]) -> None:
                 f"{store.location}: DCP item at bytes [{info.offset}, {info.offset + info.length}) "
                 f"of {info.file!r} is past its end ({sizes[info.file]} bytes)"
             )
+
+
+def extent_problem(store: Store, info: StorageInfo, sizes: dict[str, int]) -> str | None:
+    """Why the item at ``info`` cannot be read whole (its file missing or too short), or
+    None; ``sizes`` caches the files' sizes (-1: missing)."""
+    if info.file not in sizes:
+        try:
+            sizes[info.file] = store.size(info.file)
+        except CheckpointError:
+            sizes[info.file] = -1
+    size = sizes[info.file]
+    if size < 0:
+        return "the data file is missing"
+    end = info.offset + info.length
+    if end > size:
+        return f"the data file is truncated: the item needs bytes [{info.offset}, {end}), the file has {size}"
+    return None
 
 
 def _tensor_entry(t: DcpTensor) -> TensorEntry:
