@@ -2,7 +2,10 @@
 
 A load already checks the CRC-32C of every frame it reads; ``verify`` reads *all* frames of
 every chunk, checks each checksum, decodes each compressed frame (to its recorded raw size),
-and checks that no data file is missing or shorter than its chunks need. It never raises for
+and checks that no data file is missing or shorter than its chunks need. In a
+torch.distributed.checkpoint directory every item (tensor chunk or value) is checked
+against the CRC-32s of its ``torch.save`` archive (docs/INTEROP.md, "Verifying a DCP
+directory"). It never raises for
 a damaged checkpoint: it returns a report naming each damaged chunk or frame by key and file.
 Where there is no checkpoint at all (no manifest.json and no DCP .metadata, or the path is
 a file) it raises CheckpointNotFoundError, as ``reshard.open`` does: a mistyped path is not
@@ -66,8 +69,12 @@ class Damage:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Unchecked:
-    """A key whose bytes ``verify`` could not check: a DCP tensor of a dtype reshard does
-    not read (it has no checksums of its own to check, and reshard cannot decode it)."""
+    """A key whose bytes ``verify`` could not check.
+
+    None today: a DCP tensor of a dtype reshard does not read was one until verify
+    checked its items against the CRC-32s of their ``torch.save`` archives. Kept so that
+    ``VerifyReport.unchecked`` and ``reshard verify``'s exit 4 keep their meaning for a
+    reader that cannot check what it lists."""
 
     key: str
     message: str

@@ -11,7 +11,10 @@ resharding, parallel reads) then works unchanged.
 Non-tensor items are ``torch.save``'d Python objects. They are loaded once, when the
 manifest is built, with ``torch.load(weights_only=True)``: plain values (None, bool,
 int, float, str, bytes and dicts/lists/tuples of them) become value entries, flattened
-like reshard flattens state dicts (``"extra.steps.0"``). An ``io.BytesIO`` value (pickled by DCP
+like reshard flattens state dicts (``"extra.steps.0"``). DCP saves a tuple whole, tensors
+and all: a tensor inside a value becomes a tensor entry of its own (``"extra.pair.0"``)
+whose one chunk is the value item, decoded by the same codec at its path inside the
+value (``element``). An ``io.BytesIO`` value (pickled by DCP
 like any other) is read without unpickling (``_dcp_bytesio``) and loads as a BytesIO, as
 DCP's own load gives it. Anything else needs arbitrary pickle: it is refused (the key
 raises CheckpointError when loaded) unless the caller passed ``allow_pickle=True``.
