@@ -177,6 +177,34 @@ def test_verify_checks_each_item_once(saved: Path, source: str) -> None:
     assert reshard.verify(saved / "converted").intact
 
 
+def test_adam_with_tensor_betas(tmp_path: Path) -> None:
+    """Adam takes tensor hyperparameters (``betas=(tensor(0.9), tensor(0.999))``, for
+    capturable or compiled steps): its param_groups then hold a tuple of tensors, which
+    was refused without allow_pickle. It loads as dcp.load gives it, and the optimizer
+    resumes from it."""
+    def make(seed: int) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+        torch.manual_seed(seed)
+        model = torch.nn.Linear(3, 2)
+        optim = torch.optim.Adam(model.parameters(), lr=torch.tensor(0.01 * (seed + 1)),
+                                 betas=(torch.tensor(0.9 - seed / 10), torch.tensor(0.999)))
+        model(torch.ones(2, 3)).sum().backward()
+        optim.step()
+        optim.zero_grad()
+        return model, optim
+
+    _, saved_optim = make(0)
+    _dcp_save({"optim": saved_optim.state_dict()}, tmp_path / "dcp")
+    _, ref_optim = make(1)
+    ref = {"optim": ref_optim.state_dict()}
+    _dcp_load(ref, tmp_path / "dcp")
+    _, optim = make(1)
+    got = {"optim": optim.state_dict()}
+    reshard.load(got, tmp_path / "dcp")
+    assert _diff(got, ref) == [] and _diff(got, {"optim": saved_optim.state_dict()}) == []
+    optim.load_state_dict(got["optim"])
+    assert [b.item() for b in optim.param_groups[0]["betas"]] == [0.8999999761581421, 0.9990000128746033]
+
+
 def test_classes_stay_refused_naming_the_key(tmp_path: Path) -> None:
     """A namedtuple needs its class (arbitrary pickle); a torch.Size inside a tuple has no
     plain form. Both are refused by key, the other keys load; allow_pickle gives what
