@@ -565,9 +565,11 @@ def _value_entries(
         return [PickledValueEntry(key=key, value=_NONE, obj=obj)]
     except Exception as e:  # noqa: BLE001 - a broken blob
         raise CorruptCheckpointError(f"DCP key {item.fqn!r}: does not load: {e}") from None
+    from ..adapters.tensors import MAX_KEY_DEPTH
+
     out: list[Entry] = []
     problems: list[str] = []
-    _flatten_value(key, obj, out, problems, item=item, depth=len(key))
+    _flatten_value(key, obj, out, problems, item=item, depth=len(key), max_depth=MAX_KEY_DEPTH)
     if problems and not allow_pickle:
         return [RefusedValueEntry(key=key, value=_NONE, reason=(
             f"DCP key {item.fqn!r}: {problems[0]}; load it with allow_pickle=True to get the object"
@@ -578,13 +580,19 @@ def _value_entries(
 
 
 def _flatten_value(
-    key: Key, obj: object, out: list[Entry], problems: list[str], *, item: DcpBytes, depth: int
+    key: Key, obj: object, out: list[Entry], problems: list[str], *, item: DcpBytes, depth: int,
+    max_depth: int,
 ) -> None:
     """Flatten ``obj`` (loaded with weights_only=True) below ``key`` as reshard flattens a
     state dict; ``depth`` is the length of the item's own key (what lies past it is the
     path inside the value)."""
     import torch
 
+    if len(key) > max_depth:
+        # Unpickling builds nested tuples without recursing; walking them here does: a
+        # value nested 50000 deep raised RecursionError out of open, load and verify.
+        problems.append(f"it nests deeper than the {max_depth} levels a state dict may")
+        return
     # Exact types: weights_only admits OrderedDict, and a tuple subclass it admitted
     # (torch.Size) must not come back as a plain tuple.
     if type(obj) in (dict, collections.OrderedDict) and obj:
@@ -592,10 +600,10 @@ def _flatten_value(
             if isinstance(k, bool) or not isinstance(k, (str, int)):
                 problems.append(f"dict key {k!r} is not a str or int")
                 return
-            _flatten_value(key + (k,), v, out, problems, item=item, depth=depth)
+            _flatten_value(key + (k,), v, out, problems, item=item, depth=depth, max_depth=max_depth)
     elif type(obj) in (list, tuple) and obj:
         for i, v in enumerate(obj):  # type: ignore[arg-type]
-            _flatten_value(key + (i,), v, out, problems, item=item, depth=depth)
+            _flatten_value(key + (i,), v, out, problems, item=item, depth=depth, max_depth=max_depth)
     elif isinstance(obj, torch.Tensor) and len(key) > depth:
         # A tensor inside a value: DCP keeps a tuple whole, tensors and all (its planner
         # walks dicts and lists only). It reads from the value's bytes, as a tensor item.
