@@ -19,6 +19,7 @@ from __future__ import annotations
 import collections
 import glob
 import os
+import random
 import warnings
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,7 @@ def _values() -> dict[str, Any]:
         "zero_d": (torch.tensor(3.5), torch.tensor(True)),
         "no_elements": (torch.zeros(0, 3), 1),
         "big": (torch.arange(150_000, dtype=torch.float32).reshape(300, 500) + 0.5, 1),
+        "python_rng": random.Random(5).getstate(),  # (3, (625 ints), None)
     }
 
 
