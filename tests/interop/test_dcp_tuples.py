@@ -207,6 +207,28 @@ def test_adam_with_tensor_betas(tmp_path: Path) -> None:
     assert [b.item() for b in optim.param_groups[0]["betas"]] == [0.8999999761581421, 0.9990000128746033]
 
 
+def test_unflattened_save_keeps_nested_tensors_in_values(tmp_path: Path) -> None:
+    """With ``DefaultSavePlanner(flatten_state_dict=False)`` DCP writes each top-level
+    dict whole, as one value item holding its tensors: such a checkpoint was refused key
+    by key ("a torch.Tensor has no plain-value form"). Its tensors now load as saved.
+    (torch 2.13's own dcp.load with that planner replaces the values in a copy of the
+    state dict, so the caller's nested dicts keep their old tensors: no reference here.)"""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint import DefaultSavePlanner
+
+    saved = {"model": {"w": torch.arange(6.0).reshape(2, 3), "b": torch.arange(2)},
+             "opt": {"betas": (0.9, 0.99), "state": {0: {"m": torch.arange(3.0)}}}, "x": torch.arange(3)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dcp.save(saved, checkpoint_id=str(tmp_path), planner=DefaultSavePlanner(flatten_state_dict=False))
+    got = _zero(saved)
+    reshard.load(got, tmp_path)
+    assert _diff(got, saved) == []
+    with reshard.open(tmp_path) as ck:
+        assert torch.equal(ck.read("model.w", 1), torch.tensor([3.0, 4.0, 5.0]))
+    assert reshard.verify(tmp_path).intact
+
+
 def test_classes_stay_refused_naming_the_key(tmp_path: Path) -> None:
     """A namedtuple needs its class (arbitrary pickle); a torch.Size inside a tuple has no
     plain form. Both are refused by key, the other keys load; allow_pickle gives what
