@@ -69,12 +69,10 @@ class Damage:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Unchecked:
-    """A key whose bytes ``verify`` could not check.
-
-    None today: a DCP tensor of a dtype reshard does not read was one until verify
-    checked its items against the CRC-32s of their ``torch.save`` archives. Kept so that
-    ``VerifyReport.unchecked`` and ``reshard verify``'s exit 4 keep their meaning for a
-    reader that cannot check what it lists."""
+    """A key whose bytes ``verify`` could not check: a DCP value item larger than reshard
+    reads into memory for one value (1 GiB; its key is refused by loads too). A DCP
+    tensor of a dtype reshard does not read is no longer one: its items are checked
+    against the CRC-32s of their ``torch.save`` archives."""
 
     key: str
     message: str
@@ -233,7 +231,7 @@ def _verify(store: Store, manifest: Manifest, progress: Progress | None) -> Veri
             # last one are not damage to any key, but the file is not as it was written.
             tally.warnings.append(f"{file} has {size - end} bytes after its last chunk "
                                   f"(it ends at byte {end}); no key reads them")
-    files = set(by_file) | _check_dcp_items(store, manifest, odd, tally)
+    files = set(by_file) | _check_dcp_items(store, manifest, odd, tally, unchecked)
     _note_strays(store, set(by_file), tally)
     return VerifyReport(
         path=store.location, keys=len(manifest.entries), chunks=tally.chunks, frames=tally.frames,
@@ -242,7 +240,9 @@ def _verify(store: Store, manifest: Manifest, progress: Progress | None) -> Veri
     )
 
 
-def _check_dcp_items(store: Store, manifest: Manifest, odd: list[Any], tally: _Tally) -> set[str]:
+def _check_dcp_items(
+    store: Store, manifest: Manifest, odd: list[Any], tally: _Tally, unchecked: list[Unchecked]
+) -> set[str]:
     """Count a DCP directory's value items (checked, CRC-32s and load, when its manifest
     was built) and check the stored chunks of its tensors of dtypes reshard does not
     read, without decoding them: the CRC-32 of each record of their ``torch.save``
@@ -255,6 +255,9 @@ def _check_dcp_items(store: Store, manifest: Manifest, odd: list[Any], tally: _T
         return files
     for item in getattr(manifest, "value_items", ()):
         files.add(item.file)
+        if item.unchecked is not None:
+            unchecked.append(Unchecked(key=item.key, message=item.unchecked))
+            continue
         tally.chunks += 1
         tally.frames += 1
         if item.damage is None:

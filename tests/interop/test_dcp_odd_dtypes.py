@@ -160,3 +160,38 @@ def test_indexed_read_of_a_refused_tensor_says_why(tmp_path: Path) -> None:
                 ck.read("a", index)
         with pytest.raises(reshard.UnsupportedValueError, match="'v'"):
             ck.read("v", 0)
+
+
+@pytest.mark.parametrize("zstd", [False, True])
+def test_a_value_too_large_to_read_is_refused_by_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, zstd: bool
+) -> None:
+    """A DCP value item past the 1 GiB reshard reads into memory for one value (here the
+    bound is lowered to 4 KiB) made the whole directory unreadable, as corrupt ('a
+    ...-byte value is too large'), and verify said only that. Now its key is refused,
+    naming it; the other keys load, and verify lists it as not checked (exit 4) while
+    checking the rest."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint import FileSystemWriter
+    from torch.distributed.checkpoint._extension import ZStandard
+
+    from reshard.interop import dcp as reshard_dcp
+
+    path = tmp_path / "dcp"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # no process group
+        dcp.save({"blob": bytes(8192), "b": torch.arange(3.0), "step": 7},
+                 storage_writer=FileSystemWriter(str(path), _extensions=[ZStandard()] if zstd else None))
+    monkeypatch.setattr(reshard_dcp, "_MAX_VALUE_NBYTES", 4096)
+    got = {"b": torch.zeros(3), "step": 0}
+    reshard.load(got, path)
+    assert torch.equal(got["b"], torch.arange(3.0)) and got["step"] == 7
+    with pytest.raises(reshard.UnsupportedValueError,
+                       match=r"DCP key 'blob' holds a value of more than 4096 bytes"):
+        reshard.load({"blob": None}, path)
+    report = reshard.verify(path)
+    assert report.ok and not report.intact and [u.key for u in report.unchecked] == ["blob"]
+    assert report.chunks == 2  # 'b' and 'step'
+    assert main(["verify", str(path)]) == 4
+    out = capsys.readouterr().out
+    assert "not checked: key 'blob': a DCP value of more than 4096 bytes" in out

@@ -87,13 +87,15 @@ class DcpManifest(Manifest):
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ValueItem:
     """Where one DCP value item is stored, and why its bytes are damaged (None: they
-    passed their zip CRC-32 checks and loaded). ``key``: its dotted name."""
+    passed their zip CRC-32 checks and loaded), or why they were not read (``unchecked``:
+    a value too large to read). ``key``: its dotted name."""
 
     key: str
     file: str
     offset: int
     nbytes: int
     damage: str | None = None
+    unchecked: str | None = None
 
 
 def is_dcp_manifest(manifest: Manifest) -> bool:
@@ -155,13 +157,17 @@ def load_dcp_manifest(
     sizes: dict[str, int] = {}
     for item in byte_items:
         key = entry_key(item.fqn, item.path)
-        damage = None
+        damage = unchecked = None
         try:
             problem = extent_problem(store, item.storage, sizes) if keep_damaged else None
             if problem is not None:
                 raise CorruptCheckpointError(problem)
             blob = _read_checked_item(store, item)
             found = _value_entries(store, item, allow_pickle=allow_pickle, blob=blob)
+        except ValueTooLargeError as e:
+            found = [RefusedValueEntry(key=key, value=_NONE, reason=str(e))]
+            unchecked = (f"a DCP value of more than {_MAX_VALUE_NBYTES} bytes (the most reshard reads "
+                         "into memory for one value); its bytes were not checked")
         except CheckpointError as e:
             if not keep_damaged:
                 raise
@@ -171,7 +177,7 @@ def load_dcp_manifest(
                                   f"DCP key {item.fqn!r}: ")
         entries.extend(found)
         checked.append(ValueItem(key=dotted(key), file=item.storage.file, offset=item.storage.offset,
-                                 nbytes=item.storage.length, damage=damage))
+                                 nbytes=item.storage.length, damage=damage, unchecked=unchecked))
         if item.path is not None:
             exact.update(dotted(e.key) for e in found)
     return DcpManifest(
@@ -449,8 +455,17 @@ def untransform(
         except zstandard.ZstdError as e:
             raise ValueError(f"zstd stream does not decode: {e}") from None
         if len(out) > max_nbytes:
-            raise ValueError(f"zstd stream decodes to more than the expected {max_nbytes} bytes")
+            raise _TooLarge(f"zstd stream decodes to more than the expected {max_nbytes} bytes")
     return out
+
+
+class _TooLarge(ValueError):
+    """A stream decodes to more bytes than its bound."""
+
+
+class ValueTooLargeError(UnsupportedValueError):
+    """A DCP value item larger than reshard reads into memory for one value: its key is
+    refused (the other keys load) and verify lists it as not checked."""
 
 
 # Non-tensor items
@@ -652,12 +667,18 @@ def _read_checked_item(store: Store, item: DcpBytes) -> bytes:
 
 
 def _read_item(store: Store, info: StorageInfo, fqn: str) -> bytes:
+    # Every value is read (and unpickled) when the directory is opened: one too large to
+    # hold is refused by key. It made the whole checkpoint unreadable, as "corrupt".
+    too_large = (f"DCP key {fqn!r} holds a value of more than {_MAX_VALUE_NBYTES} bytes (the most "
+                 "reshard reads into memory for one value); the other keys of the checkpoint load")
     if info.length > _MAX_VALUE_NBYTES:
-        raise CorruptCheckpointError(f"DCP key {fqn!r}: a {info.length}-byte value is too large")
+        raise ValueTooLargeError(f"{too_large} ({info.length} bytes stored)")
     buf = bytearray(info.length)
     store.read_into(info.file, info.offset, memoryview(buf))
     try:
         return untransform(buf, info.transforms, max_nbytes=_MAX_VALUE_NBYTES)
+    except _TooLarge:
+        raise ValueTooLargeError(f"{too_large} (its zstd stream decodes to more)") from None
     except ValueError as e:
         raise CorruptCheckpointError(f"DCP key {fqn!r} in {info.file}: {e}") from None
 
