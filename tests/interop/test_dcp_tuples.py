@@ -234,8 +234,10 @@ def test_classes_stay_refused_naming_the_key(tmp_path: Path) -> None:
     plain form. Both are refused by key, the other keys load; allow_pickle gives what
     dcp.load gives."""
     state = {"pair": Pair(1, torch.arange(2)), "plain": Pair(3, 4), "size": (torch.Size([2, 3]), 1),
-             "ok": (1, torch.arange(3))}
+             "ok": (1, torch.arange(3)), "sparse": (torch.eye(2).to_sparse(),)}
     _dcp_save(state, tmp_path / "dcp")
+    with pytest.raises(reshard.UnsupportedValueError, match=r"'sparse': .*sparse_coo, on cpu\) has no plain"):
+        reshard.load({"sparse": None}, tmp_path / "dcp")
     for key in ("pair", "plain", "size"):
         with pytest.raises(reshard.UnsupportedValueError, match=rf"DCP key '{key}'.*allow_pickle=True"):
             reshard.load({key: None}, tmp_path / "dcp")
@@ -245,8 +247,9 @@ def test_classes_stay_refused_naming_the_key(tmp_path: Path) -> None:
     got: dict[str, Any] = {"ok": (0, torch.zeros(3, dtype=torch.int64))}
     reshard.load(got, tmp_path / "dcp")
     assert _diff(got["ok"], state["ok"]) == []
-    with pytest.raises(reshard.UnsupportedValueError, match="'pair', 'plain', 'size'"):
+    with pytest.raises(reshard.UnsupportedValueError, match="'pair', 'plain', 'size', 'sparse'"):
         convert(str(tmp_path / "dcp"), str(tmp_path / "out"))
+    del state["sparse"]  # _diff compares dense tensors only
     ref = {k: _zero(v) for k, v in state.items()}
     _dcp_load(ref, tmp_path / "dcp")
     mine = {k: _zero(v) if k == "ok" else None for k, v in state.items()}

@@ -624,7 +624,7 @@ def _flatten_value(
         # walks dicts and lists only). It reads from the value's bytes, as a tensor item.
         if not _is_plain_tensor(obj, parameter=True):
             problems.append(f"a {type(obj).__module__}.{type(obj).__qualname__} "
-                            f"({obj.layout}) has no plain-tensor form")
+                            f"({obj.layout}, on {obj.device.type}) has no plain-tensor form")
             return
         out.append(_element_entry(key, key[depth:], obj, item))
     else:
