@@ -46,6 +46,7 @@ def _values() -> dict[str, Any]:
         "tensors": (torch.arange(6, dtype=torch.int64).reshape(2, 3), torch.arange(4.0)),
         "mixed_tensor": (torch.arange(5, dtype=torch.int32), 5, "x"),
         "deep_tensor": ({"a": torch.arange(3).to(torch.bfloat16)}, [torch.arange(2.0), 9]),
+        "ordered": (collections.OrderedDict(b=torch.arange(4, dtype=torch.int16), a=2),),
         "param": (torch.nn.Parameter(torch.arange(3.0)),),
         "views": (torch.arange(10)[2:7], torch.arange(10).reshape(2, 5)[:, 1]),
         "zero_d": (torch.tensor(3.5), torch.tensor(True)),
@@ -66,7 +67,7 @@ def _zero(v: Any) -> Any:
     if isinstance(v, (tuple, list)):
         return type(v)(_zero(x) for x in v)
     if isinstance(v, dict):
-        return {k: _zero(x) for k, x in v.items()}
+        return type(v)((k, _zero(x)) for k, x in v.items())
     if isinstance(v, bool):
         return False
     if isinstance(v, (int, float)):

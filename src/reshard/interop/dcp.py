@@ -390,8 +390,8 @@ def _element_path(text: object) -> KeyPath | None:
 def _element_of(obj: object, path: KeyPath) -> object:
     """The part of a loaded value at ``path`` (dict keys and list/tuple indices)."""
     for part in path:
-        if type(obj) is dict and part in obj:
-            obj = obj[part]
+        if type(obj) in (dict, collections.OrderedDict) and part in obj:  # type: ignore[operator]  # as _flatten_value walks
+            obj = obj[part]  # type: ignore[index]
         elif type(obj) in (list, tuple) and type(part) is int and 0 <= part < len(obj):  # type: ignore[arg-type]
             obj = obj[part]  # type: ignore[index]
         else:
