@@ -196,13 +196,14 @@ def _manifest_file(store: Store) -> str:
 
 
 def _verify(store: Store, manifest: Manifest, progress: Progress | None) -> VerifyReport:
-    from .interop.dcp import UnsupportedTensorEntry, is_value_element
+    from .interop.dcp import UnsupportedTensorEntry
 
     tally = _Tally()
     by_file: dict[str, list[tuple[str, Chunk]]] = {}
     shapes: dict[str, tuple[int, ...]] = {}
     unchecked: list[Unchecked] = []
     odd: list[UnsupportedTensorEntry] = []
+    values = _value_ranges(manifest)
     for entry in manifest.entries:
         if isinstance(entry, UnsupportedTensorEntry):
             odd.append(entry)
@@ -211,7 +212,7 @@ def _verify(store: Store, manifest: Manifest, progress: Progress | None) -> Veri
             for chunk in entry.chunks:
                 # A tensor inside a DCP value (a tuple of tensors) reads the value's
                 # bytes, which were checked when the manifest was built: counted there.
-                if not is_value_element(chunk.codec):
+                if not _inside(values, chunk):
                     by_file.setdefault(chunk.file, []).append((dotted(entry.key), chunk))
     tally.total = (sum(c.nbytes for chunks in by_file.values() for _, c in chunks)
                    + sum(info.length for e in odd for _, info in e.items))
@@ -238,6 +239,27 @@ def _verify(store: Store, manifest: Manifest, progress: Progress | None) -> Veri
         files=len(files), bytes_checked=tally.checked, damaged=tuple(tally.damaged),
         warnings=tuple(tally.warnings), unchecked=tuple(unchecked),
     )
+
+
+def _value_ranges(manifest: Manifest) -> dict[str, list[tuple[int, int]]]:
+    """The byte ranges of a DCP directory's value items, by file, sorted."""
+    out: dict[str, list[tuple[int, int]]] = {}
+    for v in getattr(manifest, "value_items", ()):
+        out.setdefault(v.file, []).append((v.offset, v.offset + v.nbytes))
+    for ranges in out.values():
+        ranges.sort()
+    return out
+
+
+def _inside(values: dict[str, list[tuple[int, int]]], chunk: Chunk) -> bool:
+    """Whether ``chunk``'s bytes lie inside one of the value items ``values``."""
+    import bisect
+
+    ranges = values.get(chunk.file)
+    if not ranges:
+        return False
+    i = bisect.bisect_right(ranges, (chunk.offset, float("inf"))) - 1
+    return i >= 0 and chunk.offset + chunk.nbytes <= ranges[i][1]
 
 
 def _check_dcp_items(

@@ -166,6 +166,20 @@ def test_open_reads_tensors_inside_tuples(saved: Path) -> None:
         assert ck.read("v.deep_tensor.0.a").dtype == torch.bfloat16
         assert ck.read("v.zero_d.1").item() is True and ck.read("v.no_elements.0").shape == (0, 3)
         assert ck.read("v.in_dict.betas.0") == 0.9 and ck.read("v.empty") == ()
+        # Tensors stored as one C-order run of their storage are read in place, a part at
+        # a time (CRC-32C per 1 MiB frame, from bytes that passed the zip's CRC-32s);
+        # a strided view is decoded from its whole value item.
+        for name, codec in (("v.big.0", "identity"), ("v.tensors.1", "identity"),
+                            ("v.views.0", "identity"), ("v.views.1", "dcp-torch-save")):
+            (chunk,) = ck.info(name).chunks
+            assert chunk.codec == codec, name
+            assert (chunk.nbytes == chunk.raw_nbytes) == (codec == "identity"), name
+        assert ck.info("v.big.0").chunks[0].nbytes == 600_000
+        assert len(ck.manifest.by_dotted()["v.big.0"].chunks[0].frames) == 1  # type: ignore[union-attr]
+    with reshard.open(saved / "zstd") as ck:  # compressed: decoded whole
+        assert {c.codec for c in ck.info("v.big.0").chunks} == {"dcp-torch-save"}
+        assert torch.equal(ck.read("v.big.0", (slice(7, 9), slice(None, None, 100))),
+                           want["big"][0][7:9, ::100])
 
 
 @pytest.mark.parametrize("source", ["dcp", "zstd"])
@@ -401,3 +415,26 @@ def test_optimizer_tuples_on_two_ranks(tmp_path: Path) -> None:
             file.write_bytes(good)
             assert [(d.key, d.chunk_offsets) for d in report.damaged] == [("odd", offsets)], report
             assert not report.unchecked
+
+
+def test_tuple_tensor_read_in_place_is_checked(tmp_path: Path) -> None:
+    """A tensor in a tuple value is read in place, by 1 MiB frames whose CRC-32Cs reshard
+    computed from bytes that passed the archive's CRC-32s: a byte changed after the
+    directory was opened fails the read naming the key, never reads silently."""
+    big = torch.arange(3 * 2**18, dtype=torch.float64).reshape(3, 2**18)  # 6 MiB
+    _dcp_save({"ema": (big, big[1].clone(), 0.999)}, tmp_path)
+    (file,) = glob.glob(str(tmp_path / "*.distcp"))
+    with reshard.open(tmp_path) as ck:
+        entry = ck.manifest.by_dotted()["ema.0"]
+        (chunk,) = entry.chunks  # type: ignore[union-attr]
+        assert chunk.codec.name == "identity" and len(chunk.frames) == 6
+        assert torch.equal(ck.read("ema.0", (slice(1, 3), slice(2**18 - 5, None))), big[1:, -5:])
+        assert torch.equal(ck.read("ema.1"), big[1]) and ck.read("ema.2") == 0.999
+        data = bytearray(Path(file).read_bytes())
+        data[chunk.offset + 4 * 2**20 + 3] ^= 0x01  # in frame 4
+        Path(file).write_bytes(bytes(data))
+        with pytest.raises(reshard.CorruptCheckpointError, match=r"key 'ema\.0'.*frame 4.*CRC-32C"):
+            ck.read("ema.0", (2, slice(None)))
+        assert torch.equal(ck.read("ema.0", (0, slice(0, 10))), big[0, :10])  # frame 0 is intact
+    report = reshard.verify(tmp_path)  # the archive's CRC-32 fails too
+    assert [d.key for d in report.damaged] == ["ema"]

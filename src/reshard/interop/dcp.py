@@ -13,8 +13,9 @@ manifest is built, with ``torch.load(weights_only=True)``: plain values (None, b
 int, float, str, bytes and dicts/lists/tuples of them) become value entries, flattened
 like reshard flattens state dicts (``"extra.steps.0"``). DCP saves a tuple whole, tensors
 and all: a tensor inside a value becomes a tensor entry of its own (``"extra.pair.0"``)
-whose one chunk is the value item, decoded by the same codec at its path inside the
-value (``element``). An ``io.BytesIO`` value (pickled by DCP
+whose one chunk is its own bytes in the data file where they lie there as they are
+(``_stored_run``), else the value item, decoded by the same codec at its path inside
+the value (``element``). An ``io.BytesIO`` value (pickled by DCP
 like any other) is read without unpickling (``_dcp_bytesio``) and loads as a BytesIO, as
 DCP's own load gives it. Anything else needs arbitrary pickle: it is refused (the key
 raises CheckpointError when loaded) unless the caller passed ``allow_pickle=True``.
@@ -34,6 +35,7 @@ from typing import Any
 from ..core.layout import Box, tiling_problem
 from ..errors import CheckpointError, CorruptCheckpointError, UnsupportedValueError, printable
 from ..format.manifest import (
+    IDENTITY,
     Chunk,
     CodecSpec,
     Entry,
@@ -57,6 +59,8 @@ format version and save id are stand-ins, not the DCP save's."""
 # A torch.save blob is its tensor's bytes plus a zip directory and a small pickle.
 _BLOB_OVERHEAD_NBYTES = 1 << 20
 _MAX_VALUE_NBYTES = 1 << 30
+_ELEMENT_FRAME_NBYTES = 1 << 20
+"""Frames of the tensors inside DCP values that are read in place (``_stored_run``)."""
 
 
 def is_dcp_checkpoint(store: Store) -> bool:
@@ -298,12 +302,6 @@ def codec_spec(
     return CodecSpec(name=CODEC_NAME, configuration=config)
 
 
-def is_value_element(spec: CodecSpec) -> bool:
-    """Whether ``spec`` reads a tensor held inside a DCP value item: its bytes are the
-    value's, checked when the manifest was built (``DcpManifest.value_items``)."""
-    return spec.name == CODEC_NAME and any(k == "element" for k, _ in spec.configuration)
-
-
 # Tensor chunks
 
 
@@ -409,11 +407,12 @@ def _is_plain_tensor(obj: object, *, parameter: bool) -> bool:
             and obj.device.type == "cpu")
 
 
-def _check_zip_crcs(blob: bytes) -> None:
+def _check_zip_crcs(blob: bytes) -> list[tuple[int, int]]:
     # DCP records no checksums and torch.load does not verify the zip's CRC-32s, so a
     # flipped bit in tensor data (or in a value's pickle: an lr of 0.5 read as 0.5625)
     # would load silently. torch.save stores records
     # uncompressed: check each in place (zipfile.testzip would copy it in 1 MiB steps).
+    # Returns where each record's bytes lie in ``blob`` (start, length).
     import struct
     import zipfile
     import zlib
@@ -424,6 +423,7 @@ def _check_zip_crcs(blob: bytes) -> None:
     except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
         raise ValueError(f"DCP item is not a torch.save archive ({e})") from None
     view = memoryview(blob)
+    records: list[tuple[int, int]] = []
     for info in infos:
         h = info.header_offset
         if info.compress_type != zipfile.ZIP_STORED or bytes(view[h:h + 4]) != b"PK\x03\x04":
@@ -439,6 +439,8 @@ def _check_zip_crcs(blob: bytes) -> None:
             raise ValueError(f"DCP item: record {info.filename!r} is truncated")
         if zlib.crc32(view[lo:lo + info.compress_size]) != info.CRC:
             raise ValueError(f"DCP item: record {info.filename!r} fails its CRC-32 check")
+        records.append((lo, info.compress_size))
+    return records
 
 
 def untransform(
@@ -584,7 +586,8 @@ def _value_entries(
 
     out: list[Entry] = []
     problems: list[str] = []
-    _flatten_value(key, obj, out, problems, item=item, depth=len(key), max_depth=MAX_KEY_DEPTH)
+    source = _ValueSource(item=item, blob=blob)
+    _flatten_value(key, obj, out, problems, source=source, depth=len(key), max_depth=MAX_KEY_DEPTH)
     if problems and not allow_pickle:
         return [RefusedValueEntry(key=key, value=_NONE, reason=(
             f"DCP key {item.fqn!r}: {problems[0]}; load it with allow_pickle=True to get the object"
@@ -594,9 +597,24 @@ def _value_entries(
     return out
 
 
+@dataclass(slots=True)
+class _ValueSource:
+    """A value item being flattened: where it is stored, its checked bytes, and (found
+    once, when a tensor inside needs them) where its zip records lie in them."""
+
+    item: DcpBytes
+    blob: bytes
+    records: list[tuple[int, int]] | None = None
+
+    def zip_records(self) -> list[tuple[int, int]]:
+        if self.records is None:
+            self.records = _check_zip_crcs(self.blob)
+        return self.records
+
+
 def _flatten_value(
-    key: Key, obj: object, out: list[Entry], problems: list[str], *, item: DcpBytes, depth: int,
-    max_depth: int,
+    key: Key, obj: object, out: list[Entry], problems: list[str], *, source: _ValueSource,
+    depth: int, max_depth: int,
 ) -> None:
     """Flatten ``obj`` (loaded with weights_only=True) below ``key`` as reshard flattens a
     state dict; ``depth`` is the length of the item's own key (what lies past it is the
@@ -615,10 +633,10 @@ def _flatten_value(
             if isinstance(k, bool) or not isinstance(k, (str, int)):
                 problems.append(f"dict key {k!r} is not a str or int")
                 return
-            _flatten_value(key + (k,), v, out, problems, item=item, depth=depth, max_depth=max_depth)
+            _flatten_value(key + (k,), v, out, problems, source=source, depth=depth, max_depth=max_depth)
     elif type(obj) in (list, tuple) and obj:
         for i, v in enumerate(obj):  # type: ignore[arg-type]
-            _flatten_value(key + (i,), v, out, problems, item=item, depth=depth, max_depth=max_depth)
+            _flatten_value(key + (i,), v, out, problems, source=source, depth=depth, max_depth=max_depth)
     elif isinstance(obj, torch.Tensor) and len(key) > depth:
         # A tensor inside a value: DCP keeps a tuple whole, tensors and all (its planner
         # walks dicts and lists only). It reads from the value's bytes, as a tensor item.
@@ -626,7 +644,7 @@ def _flatten_value(
             problems.append(f"a {type(obj).__module__}.{type(obj).__qualname__} "
                             f"({obj.layout}, on {obj.device.type}) has no plain-tensor form")
             return
-        out.append(_element_entry(key, key[depth:], obj, item))
+        out.append(_element_entry(key, key[depth:], obj, source))
     else:
         try:
             out.append(ValueEntry(key=key, value=encode_value(obj, ".".join(map(str, key)))))
@@ -634,9 +652,12 @@ def _flatten_value(
             problems.append(f"a {type(obj).__module__}.{type(obj).__qualname__} has no plain-value form")
 
 
-def _element_entry(key: Key, element: Key, tensor: Any, item: DcpBytes) -> Entry:
-    """A tensor held at ``element`` inside value ``item``: one chunk, the whole item."""
+def _element_entry(key: Key, element: Key, tensor: Any, source: _ValueSource) -> Entry:
+    """A tensor held at ``element`` inside the value ``source``: one chunk of its own
+    bytes in the data file where they lie as they are, else the whole item, decoded at
+    ``element`` on every read."""
     from ..adapters.tensors import dtype_name
+    from ..codecs import crc32c
 
     name = ".".join(map(str, key))
     shape = tuple(int(s) for s in tensor.shape)
@@ -647,12 +668,29 @@ def _element_entry(key: Key, element: Key, tensor: Any, item: DcpBytes) -> Entry
             key=key, value=_NONE, dtype=tensor.dtype, shape=shape,
             reason=f"DCP {e}; the other keys of the checkpoint load")
     raw = tensor.numel() * tensor.element_size()
-    s = item.storage
-    chunks = () if 0 in shape else (Chunk(
-        box=Box((0,) * len(shape), shape), file=s.file, offset=s.offset, nbytes=s.length,
-        raw_nbytes=raw, codec=codec_spec(dtype, shape, s.transforms, element),
-        frame_raw_nbytes=max(raw, 1), frames=(Frame(nbytes=s.length, crc32c=None),),
-    ),)
+    s = source.item.storage
+    box = Box((0,) * len(shape), shape)
+    run = None if 0 in shape else _stored_run(tensor, source)
+    if 0 in shape:
+        chunks: tuple[Chunk, ...] = ()
+    elif run is not None:
+        # Read like a reshard chunk, a part at a time: each read of the whole item
+        # decoded every tensor of a tuple of N (N reads of all of them). The CRC-32Cs
+        # come from bytes that just passed the archive's CRC-32 checks.
+        at, data = run
+        step = _ELEMENT_FRAME_NBYTES
+        chunks = (Chunk(
+            box=box, file=s.file, offset=at, nbytes=raw, raw_nbytes=raw, codec=IDENTITY,
+            frame_raw_nbytes=step, frames=tuple(
+                Frame(nbytes=min(step, raw - i), crc32c=crc32c(data[i:i + step]))
+                for i in range(0, raw, step)),
+        ),)
+    else:
+        chunks = (Chunk(
+            box=box, file=s.file, offset=s.offset, nbytes=s.length,
+            raw_nbytes=raw, codec=codec_spec(dtype, shape, s.transforms, element),
+            frame_raw_nbytes=max(raw, 1), frames=(Frame(nbytes=s.length, crc32c=None),),
+        ),)
     return TensorEntry(key=key, dtype=dtype, shape=shape, container="torch", chunks=chunks)
 
 
@@ -664,6 +702,30 @@ def _read_checked_item(store: Store, item: DcpBytes) -> bytes:
     except ValueError as e:
         raise CorruptCheckpointError(f"DCP key {item.fqn!r} in {item.storage.file}: {e}") from None
     return blob
+
+
+def _stored_run(tensor: Any, source: _ValueSource) -> tuple[int, memoryview] | None:
+    """Where in its data file the raw bytes of ``tensor`` (loaded from the value
+    ``source``) lie as they are, with those bytes; None where they do not (a zstd
+    stream, a view that is not one C-order run of its storage).
+
+    torch.save writes each storage as one uncompressed zip record; the tensor's bytes are
+    looked for in the record of its storage's size at its storage offset, and taken only
+    where they are equal there, so a wrong guess costs a copy, never a wrong read.
+    """
+    from ..adapters.tensors import tensor_bytes
+
+    storage = source.item.storage
+    if storage.transforms or not tensor.is_contiguous() or tensor.is_conj() or tensor.is_neg():
+        return None
+    want = tensor_bytes(tensor)
+    skip = tensor.storage_offset() * tensor.element_size()
+    size = tensor.untyped_storage().nbytes()
+    view = memoryview(source.blob)
+    for lo, n in source.zip_records():
+        if n == size and skip + len(want) <= n and view[lo + skip:lo + skip + len(want)] == want:
+            return storage.offset + lo + skip, view[lo + skip:lo + skip + len(want)]
+    return None
 
 
 def _read_item(store: Store, info: StorageInfo, fqn: str) -> bytes:
