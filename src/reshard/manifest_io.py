@@ -56,7 +56,9 @@ def _safetensors_hint(store: Store) -> str:
     return ""
 
 
-def find_manifest(store: Store, *, allow_pickle: bool = False) -> bytes | Manifest:
+def find_manifest(
+    store: Store, *, allow_pickle: bool = False, keep_damaged: bool = False
+) -> bytes | Manifest:
     """The committed manifest's bytes (parse them with ``parse_manifest``), or the
     in-memory manifest of a torch.distributed.checkpoint directory.
 
@@ -64,6 +66,8 @@ def find_manifest(store: Store, *, allow_pickle: bool = False) -> bytes | Manife
     ``manifest.json``, else a torch.distributed.checkpoint directory (``.metadata``),
     described by an in-memory manifest. ``allow_pickle`` lets DCP values that need
     arbitrary pickle load; it never applies to reshard checkpoints (they hold no pickle).
+    ``keep_damaged`` (for ``verify``): a DCP value whose bytes are damaged becomes an entry
+    that says so rather than failing the whole manifest (``dcp.load_dcp_manifest``).
 
     A load's coordinator calls this and shares the result: bytes are cheaper to send
     than a parsed manifest is to pickle and rebuild, so every rank parses them itself.
@@ -74,7 +78,7 @@ def find_manifest(store: Store, *, allow_pickle: bool = False) -> bytes | Manife
         from .interop import dcp
 
         if dcp.is_dcp_checkpoint(store):
-            return dcp.load_dcp_manifest(store, allow_pickle=allow_pickle)
+            return dcp.load_dcp_manifest(store, allow_pickle=allow_pickle, keep_damaged=keep_damaged)
         raise
 
 
@@ -84,8 +88,8 @@ def parse_manifest(store: Store, data: bytes) -> Manifest:
                               loads=fast_json.loads)
 
 
-def load_manifest(store: Store, *, allow_pickle: bool = False) -> Manifest:
+def load_manifest(store: Store, *, allow_pickle: bool = False, keep_damaged: bool = False) -> Manifest:
     """The parsed, validated manifest of the checkpoint in ``store`` (``find_manifest``
     decides what kind it is)."""
-    found = find_manifest(store, allow_pickle=allow_pickle)
+    found = find_manifest(store, allow_pickle=allow_pickle, keep_damaged=keep_damaged)
     return parse_manifest(store, found) if isinstance(found, bytes) else found

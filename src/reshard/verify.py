@@ -2,7 +2,10 @@
 
 A load already checks the CRC-32C of every frame it reads; ``verify`` reads *all* frames of
 every chunk, checks each checksum, decodes each compressed frame (to its recorded raw size),
-and checks that no data file is missing or shorter than its chunks need. It never raises for
+and checks that no data file is missing or shorter than its chunks need. In a
+torch.distributed.checkpoint directory every item (tensor chunk or value) is checked
+against the CRC-32s of its ``torch.save`` archive (docs/INTEROP.md, "Verifying a DCP
+directory"). It never raises for
 a damaged checkpoint: it returns a report naming each damaged chunk or frame by key and file.
 Where there is no checkpoint at all (no manifest.json and no DCP .metadata, or the path is
 a file) it raises CheckpointNotFoundError, as ``reshard.open`` does: a mistyped path is not
@@ -66,8 +69,10 @@ class Damage:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Unchecked:
-    """A key whose bytes ``verify`` could not check: a DCP tensor of a dtype reshard does
-    not read (it has no checksums of its own to check, and reshard cannot decode it)."""
+    """A key whose bytes ``verify`` could not check: a DCP value item larger than reshard
+    reads into memory for one value (1 GiB; its key is refused by loads too). A DCP
+    tensor of a dtype reshard does not read is no longer one: its items are checked
+    against the CRC-32s of their ``torch.save`` archives."""
 
     key: str
     message: str
@@ -165,16 +170,29 @@ def verify(
     try:
         wait_for_inflight(store.location)  # as in load: its commit deletes the files read here
         try:
-            manifest = load_manifest(store)
+            # A damaged DCP value is reported with the rest, not instead of it.
+            manifest = load_manifest(store, keep_damaged=True)
         except CheckpointNotFoundError:
             # Nothing was saved here (or the path is mistyped): "DAMAGED" would send the
             # user looking for damage in a checkpoint that does not exist.
             raise
         except CheckpointError as e:  # unreadable or invalid: nothing else to check
-            return VerifyReport(path=store.location, damaged=(Damage(file=MANIFEST_NAME, message=str(e)),))
+            damage = Damage(file=_manifest_file(store), message=str(e))
+            return VerifyReport(path=store.location, damaged=(damage,))
         return _verify(store, manifest, progress)
     finally:
         store.close()
+
+
+def _manifest_file(store: Store) -> str:
+    """The file that describes the checkpoint in ``store``: a DCP directory's is .metadata."""
+    from .interop.dcp import METADATA_NAME, is_dcp_checkpoint
+
+    try:
+        store.size(MANIFEST_NAME)
+    except CheckpointError:
+        return METADATA_NAME if is_dcp_checkpoint(store) else MANIFEST_NAME
+    return MANIFEST_NAME
 
 
 def _verify(store: Store, manifest: Manifest, progress: Progress | None) -> VerifyReport:
@@ -184,18 +202,20 @@ def _verify(store: Store, manifest: Manifest, progress: Progress | None) -> Veri
     by_file: dict[str, list[tuple[str, Chunk]]] = {}
     shapes: dict[str, tuple[int, ...]] = {}
     unchecked: list[Unchecked] = []
+    odd: list[UnsupportedTensorEntry] = []
+    values = _value_ranges(manifest)
     for entry in manifest.entries:
         if isinstance(entry, UnsupportedTensorEntry):
-            # It has no chunks to read: counted as intact, its bytes were never looked at.
-            dtype = str(entry.dtype).removeprefix("torch.")
-            unchecked.append(Unchecked(key=dotted(entry.key), message=(
-                f"a DCP tensor of dtype {dtype}, which reshard does not read "
-                "(nor load); its bytes were not read")))
+            odd.append(entry)
         if isinstance(entry, TensorEntry):
             shapes[dotted(entry.key)] = entry.shape
             for chunk in entry.chunks:
-                by_file.setdefault(chunk.file, []).append((dotted(entry.key), chunk))
-    tally.total = sum(c.nbytes for chunks in by_file.values() for _, c in chunks)
+                # A tensor inside a DCP value (a tuple of tensors) reads the value's
+                # bytes, which were checked when the manifest was built: counted there.
+                if not _inside(values, chunk):
+                    by_file.setdefault(chunk.file, []).append((dotted(entry.key), chunk))
+    tally.total = (sum(c.nbytes for chunks in by_file.values() for _, c in chunks)
+                   + sum(info.length for e in odd for _, info in e.items))
     tally.progress = progress
     for file, chunks in by_file.items():
         chunks.sort(key=lambda kc: kc[1].offset)
@@ -212,12 +232,77 @@ def _verify(store: Store, manifest: Manifest, progress: Progress | None) -> Veri
             # last one are not damage to any key, but the file is not as it was written.
             tally.warnings.append(f"{file} has {size - end} bytes after its last chunk "
                                   f"(it ends at byte {end}); no key reads them")
+    files = set(by_file) | _check_dcp_items(store, manifest, odd, tally, unchecked)
     _note_strays(store, set(by_file), tally)
     return VerifyReport(
         path=store.location, keys=len(manifest.entries), chunks=tally.chunks, frames=tally.frames,
-        files=len(by_file), bytes_checked=tally.checked, damaged=tuple(tally.damaged),
+        files=len(files), bytes_checked=tally.checked, damaged=tuple(tally.damaged),
         warnings=tuple(tally.warnings), unchecked=tuple(unchecked),
     )
+
+
+def _value_ranges(manifest: Manifest) -> dict[str, list[tuple[int, int]]]:
+    """The byte ranges of a DCP directory's value items, by file, sorted."""
+    out: dict[str, list[tuple[int, int]]] = {}
+    for v in getattr(manifest, "value_items", ()):
+        out.setdefault(v.file, []).append((v.offset, v.offset + v.nbytes))
+    for ranges in out.values():
+        ranges.sort()
+    return out
+
+
+def _inside(values: dict[str, list[tuple[int, int]]], chunk: Chunk) -> bool:
+    """Whether ``chunk``'s bytes lie inside one of the value items ``values``."""
+    import bisect
+
+    ranges = values.get(chunk.file)
+    if not ranges:
+        return False
+    i = bisect.bisect_right(ranges, (chunk.offset, float("inf"))) - 1
+    return i >= 0 and chunk.offset + chunk.nbytes <= ranges[i][1]
+
+
+def _check_dcp_items(
+    store: Store, manifest: Manifest, odd: list[Any], tally: _Tally, unchecked: list[Unchecked]
+) -> set[str]:
+    """Count a DCP directory's value items (checked, CRC-32s and load, when its manifest
+    was built) and check the stored chunks of its tensors of dtypes reshard does not
+    read, without decoding them: the CRC-32 of each record of their ``torch.save``
+    archive covers every byte. Each such item is one chunk of one frame. Returns the
+    data files they lie in."""
+    from .interop.dcp import check_tensor_item, extent_problem, is_dcp_manifest
+
+    files: set[str] = set()
+    if not is_dcp_manifest(manifest):
+        return files
+    for item in getattr(manifest, "value_items", ()):
+        files.add(item.file)
+        if item.unchecked is not None:
+            unchecked.append(Unchecked(key=item.key, message=item.unchecked))
+            continue
+        tally.chunks += 1
+        tally.frames += 1
+        if item.damage is None:
+            tally.checked += item.nbytes
+        else:
+            tally.damaged.append(Damage(file=item.file, key=item.key, message=item.damage))
+    sizes: dict[str, int] = {}
+    for entry in odd:
+        key = dotted(entry.key)
+        for offsets, info in entry.items:
+            files.add(info.file)
+            tally.chunks += 1
+            tally.frames += 1
+            problem = extent_problem(store, info, sizes)
+            if problem is None:
+                problem = check_tensor_item(store, entry, info)
+            if problem is None:
+                tally.checked += info.length
+            else:
+                tally.damaged.append(Damage(file=info.file, key=key, chunk_offsets=offsets,
+                                            message=problem))
+            tally.advance(info.length)
+    return files
 
 
 def _file_size(store: Store, file: str, chunks: list[tuple[str, Chunk]], tally: _Tally) -> int:

@@ -82,48 +82,65 @@ def test_refused_and_pickled_dcp_values_on_several_ranks(tmp_path: Path) -> None
 
 
 @pytest.mark.skipif(ODD is None, reason="this torch has no float8_e8m0fnu")
-def test_verify_names_the_tensor_it_cannot_check(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize("zstd", [False, True])
+def test_verify_checks_the_tensor_it_cannot_decode(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], zstd: bool
 ) -> None:
     """verify counted a DCP tensor of a dtype reshard lacks as intact without reading a
-    byte of it ('intact', exit 0). Now it is listed as not checked, by key: the report is
-    not intact (though nothing is damaged) and the command says so and exits 4; damage
-    elsewhere still exits 1, with the unchecked key listed too."""
+    byte of it ('intact', exit 0); then it listed it as not checked (exit 4). Its item is
+    a torch.save archive whose zip records carry CRC-32s over every byte, so verify now
+    checks those without decoding the dtype: intact and exit 0 when they pass, DAMAGED
+    naming the key (exit 1) when a byte of its data is flipped; damage elsewhere names
+    only the damaged key."""
     import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint import FileSystemWriter
+    from torch.distributed.checkpoint._extension import ZStandard
 
     path = tmp_path / "dcp"
+    odd = torch.arange(100, 164, dtype=torch.uint8).view(ODD)  # bytes found below
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # no process group
-        dcp.save({"a": torch.zeros(4, dtype=ODD), "b": torch.arange(3.0), "step": 7},
-                 checkpoint_id=str(path))
+        dcp.save({"a": odd, "b": torch.arange(3.0), "step": 7},
+                 storage_writer=FileSystemWriter(str(path), _extensions=[ZStandard()] if zstd else None))
     report = reshard.verify(path)
-    assert report.ok and not report.intact and not report.damaged
-    assert [u.key for u in report.unchecked] == ["a"]
-    assert "float8_e8m0fnu" in str(report.unchecked[0]) and "intact" not in report.summary()
-    assert "1 key NOT CHECKED" in report.summary() and report.chunks == 1  # 'b' was read
-    assert main(["verify", str(path)]) == 4
-    out = capsys.readouterr().out
-    assert "no damage found, 1 key NOT CHECKED" in out
-    assert "not checked: key 'a': a DCP tensor of dtype float8_e8m0fnu" in out
-    # A checkpoint whose keys all read is intact and exits 0.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        dcp.save({"b": torch.arange(3.0)}, checkpoint_id=str(tmp_path / "plain"))
-    plain = reshard.verify(tmp_path / "plain")
-    assert plain.intact and not plain.unchecked and main(["verify", str(tmp_path / "plain")]) == 0
-    capsys.readouterr()
-    # Damage to 'b': exit 1, 'a' still listed as not checked.
+    assert report.intact and not report.unchecked and not report.damaged, report
+    assert report.chunks == 3 and report.frames == 3  # a, b and the value step
+    assert report.bytes_checked == sum(p.stat().st_size for p in path.iterdir() if p.suffix == ".distcp")
+    assert main(["verify", str(path)]) == 0
+    assert ": intact: 3 keys, 3 chunks" in capsys.readouterr().out
     (data,) = [p for p in path.iterdir() if p.suffix == ".distcp"]
-    blob = bytearray(data.read_bytes())
-    at = blob.find(torch.arange(3.0).numpy().tobytes())
-    assert at > 0
-    blob[at + 5] ^= 0x40
-    data.write_bytes(bytes(blob))
+    good = data.read_bytes()
+    if zstd:
+        # The data is compressed: flip a byte in the middle of each item in turn.
+        with reshard.open(path) as ck:
+            entries = {e.key[0]: e for e in ck.manifest.entries}
+        (b_chunk,) = entries["b"].chunks  # type: ignore[union-attr]
+        ((_, a_item),) = entries["a"].items  # type: ignore[union-attr]
+        at = {"a": a_item.offset + a_item.length // 2, "b": b_chunk.offset + b_chunk.nbytes // 2}
+    else:
+        at = {"a": good.find(bytes(range(100, 164))) + 7,
+              "b": good.find(torch.arange(3.0).numpy().tobytes()) + 5}
+        assert at["a"] > 7 and at["b"] > 5
+    for key in ("a", "b"):
+        blob = bytearray(good)
+        blob[at[key]] ^= 0x40
+        data.write_bytes(bytes(blob))
+        report = reshard.verify(path)
+        assert not report.ok and not report.unchecked, report
+        assert [d.key for d in report.damaged] == [key], report.damaged
+        if key == "a":
+            assert report.damaged[0].chunk_offsets == (0,)
+            with reshard.open(path) as ck:  # 'b' still loads; 'a' stays refused for its dtype
+                assert torch.equal(ck.read("b"), torch.arange(3.0))
+        assert main(["verify", str(path)]) == 1
+        out = capsys.readouterr().out
+        assert "DAMAGED (1 problem)" in out and f"damaged: key {key!r}" in out and "not checked" not in out
+    data.write_bytes(good)
+    # A truncated file: both tensors' items (and the value before them) lie past its end.
+    data.write_bytes(good[:at["a"]])
     report = reshard.verify(path)
-    assert not report.ok and [u.key for u in report.unchecked] == ["a"]
-    assert main(["verify", str(path)]) == 1
-    out = capsys.readouterr().out
-    assert "DAMAGED (1 problem), 1 key NOT CHECKED" in out and "not checked: key 'a'" in out
+    assert "a" in {d.key for d in report.damaged}
+    assert any("truncated" in d.message for d in report.damaged if d.key == "a")
 
 
 @pytest.mark.skipif(ODD is None, reason="this torch has no float8_e8m0fnu")
@@ -143,3 +160,38 @@ def test_indexed_read_of_a_refused_tensor_says_why(tmp_path: Path) -> None:
                 ck.read("a", index)
         with pytest.raises(reshard.UnsupportedValueError, match="'v'"):
             ck.read("v", 0)
+
+
+@pytest.mark.parametrize("zstd", [False, True])
+def test_a_value_too_large_to_read_is_refused_by_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, zstd: bool
+) -> None:
+    """A DCP value item past the 1 GiB reshard reads into memory for one value (here the
+    bound is lowered to 4 KiB) made the whole directory unreadable, as corrupt ('a
+    ...-byte value is too large'), and verify said only that. Now its key is refused,
+    naming it; the other keys load, and verify lists it as not checked (exit 4) while
+    checking the rest."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint import FileSystemWriter
+    from torch.distributed.checkpoint._extension import ZStandard
+
+    from reshard.interop import dcp as reshard_dcp
+
+    path = tmp_path / "dcp"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # no process group
+        dcp.save({"blob": bytes(8192), "b": torch.arange(3.0), "step": 7},
+                 storage_writer=FileSystemWriter(str(path), _extensions=[ZStandard()] if zstd else None))
+    monkeypatch.setattr(reshard_dcp, "_MAX_VALUE_NBYTES", 4096)
+    got = {"b": torch.zeros(3), "step": 0}
+    reshard.load(got, path)
+    assert torch.equal(got["b"], torch.arange(3.0)) and got["step"] == 7
+    with pytest.raises(reshard.UnsupportedValueError,
+                       match=r"DCP key 'blob' holds a value of more than 4096 bytes"):
+        reshard.load({"blob": None}, path)
+    report = reshard.verify(path)
+    assert report.ok and not report.intact and [u.key for u in report.unchecked] == ["blob"]
+    assert report.chunks == 2  # 'b' and 'step'
+    assert main(["verify", str(path)]) == 4
+    out = capsys.readouterr().out
+    assert "not checked: key 'blob': a DCP value of more than 4096 bytes" in out

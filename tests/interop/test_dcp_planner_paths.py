@@ -293,19 +293,21 @@ def test_empty_dicts_dcp_could_not_record(tmp_path: Path) -> None:
 
 
 def test_missing_keys_below_a_value_kept_whole(tmp_path: Path) -> None:
-    """DCP keeps a tuple of tensors whole, as one torch.save'd value, which reshard refuses
-    (it needs a tensor inside a value): a state dict holding the tuple got only "no key
-    'tup.0', 'tup.1'", as if the checkpoint lacked it. The error names the value and why."""
-    _dcp_save({"tup": (torch.arange(2), torch.arange(3.0)), "t": torch.arange(2)}, tmp_path / "dcp")
+    """DCP keeps a tuple whole, as one torch.save'd value; one that reshard refuses (a
+    torch.Size inside it has no plain form) left a state dict holding the tuple with only
+    "no key 'tup.0', 'tup.1'", as if the checkpoint lacked it. The error names the value
+    and why. (A tuple of tensors was the example here until it loaded: now its tensors
+    are keys of their own, test_dcp_tuples.py.)"""
+    _dcp_save({"tup": (torch.Size([2, 3]), torch.arange(3.0)), "t": torch.arange(2)}, tmp_path / "dcp")
     zeros = torch.zeros(2, dtype=torch.int64)
-    dest = {"tup": (zeros.clone(), torch.zeros(3)), "t": zeros.clone()}
+    dest = {"tup": (torch.Size([0]), torch.zeros(3)), "t": zeros.clone()}
     with pytest.raises(reshard.MissingKeysError, match=(
             r"no key 'tup\.0', 'tup\.1'; it holds 'tup' as one value, .*put one value there\): "
-            r"DCP key 'tup': a torch\.Tensor has no plain-value form")):
+            r"DCP key 'tup': a torch\.Size has no plain-value form")):
         reshard.load(dest, tmp_path / "dcp")
     got: dict[str, Any] = {"tup": None}
     reshard.load(got, tmp_path / "dcp", allow_pickle=True)
-    assert [t.tolist() for t in got["tup"]] == [[0, 1], [0.0, 1.0, 2.0]]
+    assert got["tup"][0] == torch.Size([2, 3]) and got["tup"][1].tolist() == [0.0, 1.0, 2.0]
     reshard.save({"a": 5}, tmp_path / "native")
     with pytest.raises(reshard.MissingKeysError, match=r"no key 'a\.x'; it holds 'a' as one value"):
         reshard.load({"a": {"x": 1}}, tmp_path / "native")

@@ -238,3 +238,41 @@ def test_item_ranges_are_checked_before_reading(ckpt: Path, change: str) -> None
     (ckpt / ".metadata").write_bytes(pickle.dumps(meta))
     with pytest.raises(CorruptCheckpointError, match="past its end|missing"):
         reshard.open(ckpt)
+
+
+def test_deeply_nested_value_is_refused_by_key(tmp_path: Path) -> None:
+    """A value item whose pickle nests a tuple 50000 deep (unpickling builds it without
+    recursing; no torch.save writes one): walking it raised RecursionError out of open,
+    load and verify. It is refused by key like any value without a plain form; the other
+    keys load and verify checks its bytes."""
+    import glob
+    import zipfile
+
+    path = tmp_path / "dcp"
+    _dcp_save({"v": (1,), "w": torch.arange(3.0)}, path)
+    plain = io.BytesIO()
+    torch.save((1,), plain)
+    out = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(plain.getvalue())) as zin, \
+            zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as zout:
+        for info in zin.infolist():
+            data = zin.read(info.filename)
+            if info.filename.endswith("data.pkl"):  # PROTO 2, (), then TUPLE1 50000 times
+                data = b"\x80\x02)" + b"\x85" * 50_000 + b"."
+            zout.writestr(info.filename, data)
+    blob = out.getvalue()
+    (data_file,) = glob.glob(str(path / "*.distcp"))
+    good = Path(data_file).read_bytes()
+    meta = pickle.loads((path / ".metadata").read_bytes())
+    (index,) = [i for i in meta.storage_data if i.fqn == "v"]
+    meta.storage_data[index].offset = len(good)  # appended after the real items
+    meta.storage_data[index].length = len(blob)
+    (path / ".metadata").write_bytes(pickle.dumps(meta))
+    Path(data_file).write_bytes(good + blob)
+    with pytest.raises(UnsupportedValueError, match=r"DCP key 'v': it nests deeper than the 256 levels"):
+        reshard.load({"v": None}, path)
+    got = {"w": torch.zeros(3)}
+    reshard.load(got, path)
+    assert torch.equal(got["w"], torch.arange(3.0))
+    report = reshard.verify(path)
+    assert report.intact and report.chunks == 2, report
