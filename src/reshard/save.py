@@ -225,23 +225,28 @@ def write_and_commit(
         try:
             raise_if_failed(written)
             _check_visible(store, written)
+            manifest, files = manifest_json(
+                prepared.plan, prepared.per_rank, [o.value for o in written],  # type: ignore[misc]
+                save_id=save_id, world_size=coll.world_size, codec_spec=prepared.codec_spec,
+                created_unix_s=time.time(),
+            )
+            keep = set(files)
+            # Leftovers of saves that started this long before this one go (_superseded).
+            cutoff_s = _started_s(save_id) - config.leftover_age_s()
+            store.sync(DATA_DIR)
+            replaced = _committed_save_id(store)  # as late as can be: another save may commit
+            store.write_atomic(MANIFEST_NAME, manifest)
         except Exception:
+            # Nothing committed: this save's files are garbage. A commit that failed on a
+            # full disk left them for an hour (young leftovers stay), holding the space the
+            # next save needed. A write_atomic that failed after its rename (syncing the
+            # folder) did commit: the manifest then names this save, and they stay.
             try:
-                _remove_files(store, lambda name: os.path.basename(name).startswith(save_id))
+                if _committed_save_id(store) != save_id:
+                    _remove_files(store, lambda name: os.path.basename(name).startswith(save_id))
             except Exception as e:  # noqa: BLE001 - report the failure that stopped the save
                 _log.warning("reshard.save: could not remove the failed save's files: %s", e)
             raise
-        manifest, files = manifest_json(
-            prepared.plan, prepared.per_rank, [o.value for o in written],  # type: ignore[misc]
-            save_id=save_id, world_size=coll.world_size, codec_spec=prepared.codec_spec,
-            created_unix_s=time.time(),
-        )
-        keep = set(files)
-        # Leftovers of saves that started this long before this one go (_superseded).
-        cutoff_s = _started_s(save_id) - config.leftover_age_s()
-        store.sync(DATA_DIR)
-        replaced = _committed_save_id(store)  # as late as can be: another save may commit
-        store.write_atomic(MANIFEST_NAME, manifest)
         # Committed: from here the save has succeeded. Removing the previous files is
         # best effort; whatever is left is removed by a later save to this path.
         try:

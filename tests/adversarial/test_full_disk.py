@@ -109,7 +109,18 @@ def test_save_into_a_full_disk(small_disk: Path) -> None:
         assert _files(path) == files, name  # the partial data file is gone
         assert _free(small_disk) == free, name
 
-    # Space freed: the next save succeeds and takes the old one's place.
+    # The data fits, the manifest does not: the commit fails, and the data file written
+    # for it went with it (it stayed, young leftovers are kept for an hour).
+    many = {f"k{i:04d}": torch.full((4,), i) for i in range(3000)}
+    data_nbytes = 3000 * 4 * 8
+    filler = _fill_to(small_disk, data_nbytes + 64 * 1024)
+    with pytest.raises(reshard.StorageError, match=rf"cannot commit {path}{os.sep}manifest\.json: "
+                                                   rf".*{os.strerror(errno.ENOSPC)}"):
+        reshard.save(many, path)
+    assert load_version(path) == 1
+    assert _files(path) == files
+
+    os.unlink(filler)  # space freed: the next save succeeds and takes the old one's place
     state = _too_big(9)
     state["big"] = state["big"][: MIB // 2]
     reshard.save(state, path)
@@ -198,8 +209,22 @@ def _world(rank: int, world_size: int, disk: str) -> list[str]:
                             f"free {_free(disk)} of {free}")
         torch.distributed.barrier()
 
+    # The manifest does not fit: both ranks' data files go.
+    if rank == 0:
+        _fill_to(Path(disk), 3000 * 32 + 64 * 1024)
     torch.distributed.barrier()
-    reshard.save(make_state(3), path)
+    many = {f"k{i:04d}": torch.full((4,), i) for i in range(3000)}
+    expect_failure("commit", lambda: reshard.save(many, path), "manifest.json", enospc)
+    torch.distributed.barrier()
+    if _files(Path(path)) != files:
+        problems.append(f"commit: rank {rank}: files left: {_files(Path(path))}")
+    if load_version(path) != 1:
+        problems.append(f"commit: rank {rank}: the earlier checkpoint does not load")
+    torch.distributed.barrier()
+    if rank == 0:
+        os.unlink(os.path.join(disk, "filler"))
+    torch.distributed.barrier()
+    reshard.save(make_state(3), path)  # space freed
     if load_version(path) != 3:
         problems.append(f"rank {rank}: the save after freeing space does not load")
 
@@ -230,4 +255,4 @@ def test_full_and_read_only_disk_in_a_world_of_two(small_disk: Path) -> None:
     assert not problems, "\n".join(problems)
     seen = [[p for p in r if p.startswith("SEEN ")] for r in results]
     assert seen[0] == seen[1], seen  # the same error on every rank
-    assert len(seen[0]) == 6
+    assert len(seen[0]) == 7
