@@ -136,6 +136,38 @@ def _tree(root: Path) -> list[str]:
     return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
 
 
+def test_convert_into_a_full_disk(small_disk: Path, tmp_path: Path) -> None:
+    from reshard.cli import main
+
+    src = tmp_path / "src"
+    reshard.save({f"k{i}": _random(MIB // 4, i) for i in range(6)}, src)  # 6 MiB
+    (small_disk / "empty").mkdir()
+    before = _tree(small_disk)
+    outputs = [
+        [str(small_disk / "dst")],
+        [str(small_disk / "dstz"), "--codec", "zstd"],
+        [str(small_disk / "empty")],
+        [str(small_disk / "m.safetensors")],
+        [str(small_disk / "one"), "--to", "safetensors"],
+        # Shard 3 of 6 does not fit: shards 1 and 2 stayed, and read as a model of two
+        # tensors (convert takes a folder of safetensors files), and the next run refused
+        # them as an earlier conversion's.
+        [str(small_disk / "shards"), "--to", "safetensors", "--max-shard-size", "1MiB"],
+        [str(small_disk / "empty"), "--to", "safetensors", "--max-shard-size", "1MiB"],
+    ]
+    for args in outputs:
+        assert main(["convert", str(src), *args, "--quiet"]) == 1, args
+        assert _tree(small_disk) == before, args
+    # After freeing space (a smaller source), the same commands succeed.
+    small = tmp_path / "small"
+    reshard.save({f"k{i}": _random(1024, i) for i in range(6)}, small)
+    for args in outputs:
+        assert main(["convert", str(small), *args, "--quiet"]) == 0, args
+    out = {f"k{i}": torch.zeros(1024) for i in range(6)}
+    reshard.load(out, small_disk / "dstz")
+    assert all(torch.equal(out[f"k{i}"], _random(1024, i)) for i in range(6))
+
+
 def test_read_only_mount(small_disk: Path) -> None:
     path = small_disk / "ckpt"
     reshard.save(make_state(1), path)

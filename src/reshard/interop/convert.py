@@ -245,6 +245,7 @@ def to_safetensors(
     plans = st.plan_shards(source.tensors(), stem=stem, max_shard_nbytes=max_shard_nbytes)
     names = [p.name for p in plans] + ([f"{stem}{st.INDEX_SUFFIX}"] if len(plans) > 1 else [])
     _refuse_stale_outputs(folder, stem, names)
+    created = not os.path.exists(folder)
     _make_folder(folder)
     report = progress or (lambda n: None)
     meta: dict[str, str] = {"format": "pt"}
@@ -252,15 +253,33 @@ def to_safetensors(
         import json
 
         meta[st.VALUES_KEY] = json.dumps(values, separators=(",", ":"))
-    written = []
-    for plan in plans:
-        path = os.path.join(folder, plan.name)
-        st.write_file(path, plan, meta, source.read, source.piece_nbytes, report)
-        written.append(path)
-    if len(plans) > 1:
-        index = os.path.join(folder, f"{stem}{st.INDEX_SUFFIX}")
-        st.write_bytes_atomic(index, st.index_document(plans, values))
-        written.append(index)
+    written: list[str] = []
+    try:
+        for plan in plans:
+            path = os.path.join(folder, plan.name)
+            st.write_file(path, plan, meta, source.read, source.piece_nbytes, report)
+            written.append(path)
+        if len(plans) > 1:
+            index = os.path.join(folder, f"{stem}{st.INDEX_SUFFIX}")
+            st.write_bytes_atomic(index, st.index_document(plans, values))
+            written.append(index)
+    except BaseException:
+        # Shards written before the failure (a full disk at shard 3 of 6) are part of no
+        # output: left, they read as a smaller model (a folder of safetensors files is a
+        # source), and the next run refused them as an earlier conversion's. Each is new
+        # (_refuse_stale_outputs), so removing them leaves the folder as it was.
+        if len(plans) > 1:
+            for path in written:
+                try:
+                    os.unlink(path)
+                except OSError:
+                    pass
+        if created:
+            try:
+                os.rmdir(folder)
+            except OSError:
+                pass  # not empty: someone else's files stay
+        raise
     return written
 
 
