@@ -82,6 +82,38 @@ def c_strides(sizes: Sequence[int]) -> tuple[int, ...]:
     return tuple(strides)
 
 
+def strides_overlap(sizes: Sequence[int], strides: Sequence[int], *, max_exact: int = 1 << 22) -> bool | None:
+    """Whether two elements of a strided array of ``sizes`` and ``strides`` (in elements)
+    share memory: False when none do, True when some do, None when it cannot tell cheaply.
+
+    Dims nested by stride (each stride beyond the reach of the smaller ones), which every
+    view that slicing, transposing or channels_last gives has, share nothing; other
+    layouts (only ``as_strided`` makes them) are checked element by element up to
+    ``max_exact`` elements.
+    """
+    if not math.prod(sizes):
+        return False
+    dims = sorted((abs(st), n) for st, n in zip(strides, sizes) if n > 1)
+    reach = 0
+    for st, n in dims:
+        if st <= reach:
+            break
+        reach += st * (n - 1)
+    else:
+        return False
+    if any(st == 0 for st, _ in dims):
+        return True
+    count = math.prod(n for _, n in dims)
+    if count > max_exact:
+        return None
+    import numpy as np
+
+    offsets = np.zeros(1, dtype=np.int64)
+    for st, n in dims:
+        offsets = (offsets[:, None] + np.arange(n, dtype=np.int64) * st).ravel()
+    return bool(len(np.unique(offsets)) < count)
+
+
 def element_span(outer_sizes: Sequence[int], inner: Box) -> tuple[int, int]:
     """``[start, stop)`` element positions that ``inner`` (in outer-local coordinates)
     touches in the C-order layout of an array of ``outer_sizes``."""

@@ -1,0 +1,65 @@
+"""Destinations real users hand to load, one process: tied weights, parameters that
+require grad, views of every common kind, memory shared between or inside destinations.
+Each gets exactly the saved values or a clear error naming the key, with nothing written.
+(Worlds of 2 and 3 ranks: tests/dist/test_load_destinations_worlds.py.)"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import reshard
+
+
+def _ar(*shape: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    return (torch.arange(int(np.prod(shape)), dtype=torch.float64).reshape(shape) + 1).to(dtype)
+
+
+def test_views_and_layouts(tmp_path: Path) -> None:
+    saved = {"t": _ar(6, 4), "col": _ar(5, 3), "cl": _ar(2, 3, 4, 5), "x": _ar(8),
+             "c": torch.complex(_ar(4), -_ar(4)), "n": _ar(3)}
+    reshard.save(saved, tmp_path)
+    wide = torch.zeros(5, 8)
+    with torch.inference_mode():
+        frozen = torch.zeros(8)
+    dest = {
+        "t": torch.zeros(4, 6).t(),
+        "col": wide[:, 2:5],
+        "cl": torch.zeros(2, 3, 4, 5).to(memory_format=torch.channels_last),
+        "x": frozen,
+        "c": torch.zeros(4, dtype=torch.complex64).conj(),  # the conjugate bit set
+        "n": torch.zeros(3)._neg_view(),
+    }
+    reshard.load(dest, tmp_path)
+    for key, value in dest.items():
+        assert torch.equal(value, saved[key]), key
+    assert dest["cl"].is_contiguous(memory_format=torch.channels_last)
+    assert not wide[:, :2].any() and not wide[:, 5:].any()  # nothing outside the view
+
+
+def test_memory_shared_inside_a_destination_is_refused_by_key(tmp_path: Path) -> None:
+    """Elements shared inside one destination (as_strided with overlapping, non-zero
+    strides) took whichever saved value came last, silently."""
+    reshard.save({"a": _ar(4, 4), "e": torch.full((3, 4), 5.0)}, tmp_path)
+    base = torch.zeros(20)
+    with pytest.raises(reshard.UnsupportedValueError,
+                       match=r"key 'a': its strides \[2, 1\] for shape \[4, 4\] make elements share memory"):
+        reshard.load({"a": base.as_strided((4, 4), (2, 1))}, tmp_path, strict=False)
+    arr = np.zeros(20, dtype=np.float32)
+    with pytest.raises(reshard.UnsupportedValueError, match=r"key 'a': its strides .* share memory"):
+        reshard.load({"a": np.lib.stride_tricks.as_strided(arr, (4, 4), (8, 4))}, tmp_path, strict=False)
+    assert not base.any() and not arr.any()
+    # Strides that interleave without sharing (as_strided only) load.
+    odd = torch.zeros(8).as_strided((2, 3), (3, 2))  # elements 0, 2, 4, 3, 5, 7
+    reshard.save({"o": _ar(2, 3)}, tmp_path / "o")
+    reshard.load({"o": odd}, tmp_path / "o")
+    assert torch.equal(odd, _ar(2, 3))
+    # An expanded view (stride 0) is refused even where every saved value along it is
+    # equal (torch's copy_ refuses to write one; DCP's load fails in that copy_).
+    with pytest.raises(reshard.UnsupportedValueError, match="key 'e': it is an expanded view"):
+        reshard.load({"e": torch.zeros(1, 4).expand(3, 4)}, tmp_path, strict=False)
+    with pytest.raises(reshard.UnsupportedValueError, match="key 'e': it is on the meta device"):
+        reshard.load({"e": torch.empty(3, 4, device="meta")}, tmp_path, strict=False)
