@@ -141,11 +141,20 @@ def apply(
 ) -> None:
     with torch.no_grad():
         threads = plan.threads
-        # The whole chunks are read inside fill: a failure there on one rank must still
-        # reach the cooperative reads' agreement that the other ranks wait in.
-        fill(store, plan.rest, threads=threads, max_piece_nbytes=plan.max_piece_nbytes,
-             coll=coll, gathered=gathered,
-             before=partial(fill_whole_chunks, store, plan.whole, threads=threads))
+        try:
+            # The whole chunks are read inside fill: a failure there on one rank must still
+            # reach the cooperative reads' agreement that the other ranks wait in.
+            fill(store, plan.rest, threads=threads, max_piece_nbytes=plan.max_piece_nbytes,
+                 coll=coll, gathered=gathered,
+                 before=partial(fill_whole_chunks, store, plan.whole, threads=threads))
+        finally:
+            # Most bytes land through memory torch does not see written, so autograd did
+            # not learn of the change: a parameter saved for backward before the load gave
+            # gradients of its new values without a word, where load_state_dict's copy_
+            # makes backward raise. Also after a failed load, which may have written some.
+            # (Inference tensors have no counter; numpy's are never read.)
+            torch.autograd.graph.increment_version(
+                [t.tensor for t in plan.rest] + [t.tensor for t, _ in plan.whole])
     for key, value in plan.values:
         set_path(state_dict, key, value.make() if isinstance(value, _Later) else value)
 

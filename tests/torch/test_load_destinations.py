@@ -18,6 +18,30 @@ def _ar(*shape: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     return (torch.arange(int(np.prod(shape)), dtype=torch.float64).reshape(shape) + 1).to(dtype)
 
 
+def test_parameters_that_require_grad(tmp_path: Path) -> None:
+    """Filled in place (no 'a leaf Variable that requires grad is being used in an
+    in-place operation'), still leaves that train. A graph that saved a parameter for
+    backward before the load gave the gradients of the new values without a word (most
+    bytes land where torch does not see them written); like load_state_dict's copies,
+    the load now marks them changed, and that backward raises."""
+    saved = {"w": _ar(6, 4), "b": _ar(6), "h": _ar(5, 3, dtype=torch.bfloat16)}
+    reshard.save(saved, tmp_path)
+    model = torch.nn.Linear(4, 6)
+    half = torch.nn.Parameter(torch.zeros(3, 5, dtype=torch.bfloat16).t())  # transposed
+    stale = (model.weight * model.weight).sum()
+    reshard.load({"w": model.weight, "b": model.bias, "h": half}, tmp_path)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        stale.backward()
+    for p in (model.weight, model.bias, half):
+        assert p.requires_grad and p.is_leaf and p.grad is None
+    assert torch.equal(model.weight.detach(), saved["w"]) and torch.equal(model.bias.detach(), saved["b"])
+    assert torch.equal(half.detach(), saved["h"])
+    x = torch.ones(2, 4)
+    model(x).sum().backward()  # the loaded parameters train
+    assert torch.equal(model.weight.grad, torch.full((6, 4), 2.0))
+    assert torch.equal(model.bias.grad, torch.full((6,), 2.0))
+
+
 def test_views_and_layouts(tmp_path: Path) -> None:
     saved = {"t": _ar(6, 4), "col": _ar(5, 3), "cl": _ar(2, 3, 4, 5), "x": _ar(8),
              "c": torch.complex(_ar(4), -_ar(4)), "n": _ar(3)}
