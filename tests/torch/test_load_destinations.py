@@ -18,6 +18,44 @@ def _ar(*shape: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     return (torch.arange(int(np.prod(shape)), dtype=torch.float64).reshape(shape) + 1).to(dtype)
 
 
+class _Tied(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = torch.nn.Embedding(6, 4)
+        self.head = torch.nn.Linear(4, 6, bias=False)
+        self.head.weight = self.embed.weight
+
+
+@pytest.mark.parametrize("codec", [None, "zstd"])
+def test_tied_weights(tmp_path: Path, codec: str | None) -> None:
+    """A module whose two keys hold one Parameter. Saved from it, the load is exact. Saved
+    untied (two different values), loading into the tied module failed as 'CorruptCheckpointError:
+    key 'embed.weight': ... fails its CRC-32C check': the threads filling the two keys wrote
+    one memory, and each frame's checksum, taken from the destination, saw the other's
+    bytes. The key later in the state dict now fills it, as load_state_dict leaves it."""
+    src = _Tied()
+    with torch.no_grad():
+        src.embed.weight.copy_(_ar(6, 4))
+    reshard.save(src.state_dict(), tmp_path / "tied", codec=codec)
+    dst = _Tied()
+    reshard.load(dst.state_dict(), tmp_path / "tied")
+    assert dst.head.weight is dst.embed.weight and torch.equal(dst.embed.weight.detach(), _ar(6, 4))
+
+    n = 1 << 20  # many frames, filled on several threads
+    untied = {"a": -_ar(n), "b": _ar(n), "c": torch.zeros(3)}
+    reshard.save(untied, tmp_path / "untied", codec=codec)
+    for order in (("a", "b"), ("b", "a")):
+        for _ in range(3):
+            w = torch.full((n,), 7.0)
+            c = torch.ones(3)
+            reshard.load({order[0]: w, "c": c, order[1]: w}, tmp_path / "untied")
+            assert torch.equal(w, untied[order[1]]) and not c.any(), order
+    # A DTensor-free view of the same memory under two keys (one is a view of the other).
+    w = torch.zeros(n)
+    reshard.load({"a": w, "b": w.view(n)}, tmp_path / "untied", strict=False)
+    assert torch.equal(w, untied["b"])
+
+
 def test_parameters_that_require_grad(tmp_path: Path) -> None:
     """Filled in place (no 'a leaf Variable that requires grad is being used in an
     in-place operation'), still leaves that train. A graph that saved a parameter for
@@ -64,6 +102,22 @@ def test_views_and_layouts(tmp_path: Path) -> None:
     assert not wide[:, :2].any() and not wide[:, 5:].any()  # nothing outside the view
 
 
+def test_fused_weight_cut_into_column_views(tmp_path: Path) -> None:
+    """q, k and v as column views of one fused buffer: their address ranges meet, their
+    elements do not, and they load (a fused buffer also cut by rows, and at odd widths)."""
+    saved = {"q": _ar(64, 48), "k": -_ar(64, 48), "v": _ar(64, 48) * 3, "r0": _ar(2, 144), "r1": -_ar(2, 144)}
+    reshard.save(saved, tmp_path)
+    fused = torch.zeros(68, 144)
+    dest = {"q": fused[:64, :48], "k": fused[:64, 48:96], "v": fused[:64, 96:],
+            "r0": fused[64:66], "r1": fused[66:]}
+    reshard.load(dest, tmp_path)
+    for key, value in dest.items():
+        assert torch.equal(value, saved[key]), key
+    every_other = torch.zeros(64, 96)  # interleaved: strides (96, 2)
+    reshard.load({"q": every_other[:, 0::2], "k": every_other[:, 1::2]}, tmp_path, strict=False)
+    assert torch.equal(every_other[:, 0::2], saved["q"]) and torch.equal(every_other[:, 1::2], saved["k"])
+
+
 def test_memory_shared_inside_a_destination_is_refused_by_key(tmp_path: Path) -> None:
     """Elements shared inside one destination (as_strided with overlapping, non-zero
     strides) took whichever saved value came last, silently."""
@@ -87,3 +141,17 @@ def test_memory_shared_inside_a_destination_is_refused_by_key(tmp_path: Path) ->
         reshard.load({"e": torch.zeros(1, 4).expand(3, 4)}, tmp_path, strict=False)
     with pytest.raises(reshard.UnsupportedValueError, match="key 'e': it is on the meta device"):
         reshard.load({"e": torch.empty(3, 4, device="meta")}, tmp_path, strict=False)
+
+
+def test_views_sharing_memory_across_keys_are_refused_by_key(tmp_path: Path) -> None:
+    """Two keys whose views share part of their memory cannot both hold their values:
+    the load took whichever came last, or failed as a corrupt checkpoint."""
+    saved = {"x": _ar(6), "y": -_ar(6), "z": _ar(3)}
+    reshard.save(saved, tmp_path)
+    base, z = torch.zeros(20), torch.zeros(3)
+    with pytest.raises(reshard.LayoutMismatchError,
+                       match=r"keys 'x' and 'y': their tensors are views that share part of their memory"):
+        reshard.load({"z": z, "x": base[0:6], "y": base[3:9]}, tmp_path)
+    with pytest.raises(reshard.LayoutMismatchError, match=r"keys 'y' and 'x'"):
+        reshard.load({"y": base[::2][:6], "x": base[4:10]}, tmp_path, strict=False)
+    assert not base.any() and not z.any()  # refused before anything was read
