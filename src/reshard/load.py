@@ -51,6 +51,8 @@ class LoadPlan:
     whole: list[tuple[Target, Chunk]]
     rest: list[Target]
     values: list[tuple[tuple[Any, ...], Any]]
+    wrappers: list[torch.Tensor] = field(default_factory=list)
+    """Tensor subclasses (DTensors) filled through their parts, changed in place too."""
     # Tunables are read with the plan, inside load's agreed planning step: a bad value on
     # one rank must not stop that rank alone, before the cooperative reads' collectives.
     threads: int = field(default_factory=config.io_threads)
@@ -155,7 +157,7 @@ def apply(
             # makes backward raise. Also after a failed load, which may have written some.
             # (Inference tensors have no counter; numpy's are never read.)
             torch.autograd.graph.increment_version(
-                [t.tensor for t in plan.rest] + [t.tensor for t, _ in plan.whole])
+                [t.tensor for t in plan.rest] + [t.tensor for t, _ in plan.whole] + plan.wrappers)
     for key, value in plan.values:
         set_path(state_dict, key, value.make() if isinstance(value, _Later) else value)
 
@@ -170,6 +172,9 @@ def plan_load(
     values: list[tuple[tuple[Any, ...], Any]] = []
     missing: list[str] = []
     problems: list[str] = []
+    # Tensor subclasses written through their parts (a DTensor's local tensor), whose
+    # own version counter autograd checks too.
+    wrappers: list[torch.Tensor] = []
     leaves = flatten(state_dict)
     for key, leaf in leaves:
         entry = by_key.get(key)
@@ -208,6 +213,9 @@ def plan_load(
             missing.append(dotted(key))
             continue
         _match(key, leaf, entry, targets, values, problems)
+        if (type(leaf) is not torch.Tensor and isinstance(leaf, torch.Tensor)
+                and isinstance(entry, TensorEntry)):
+            wrappers.append(leaf)
     # Values replace leaves of the state dict (paths inside a new container from an
     # empty one do not exist in it yet): each must be assignable, or the load would fail
     # half-way, its tensors filled and its values not.
@@ -226,7 +234,7 @@ def plan_load(
             " (load with strict=False to skip missing keys)"
         )
     whole, rest = split_whole_chunks(targets)
-    return LoadPlan(whole=whole, rest=rest, values=values)
+    return LoadPlan(whole=whole, rest=rest, values=values, wrappers=wrappers)
 
 
 def _shared_memory(targets: list[Target], problems: list[str]) -> list[Target]:
