@@ -202,11 +202,36 @@ def open_source(path: str, *, allow_pickle: bool = False) -> Source:
         return _safetensors_source(store, *st.index_files(store, index[0]), index=index[0])
     files = [n for n in names if n.endswith(".safetensors")]
     if files:
+        gap = _missing_shard(files)
+        if gap is not None:
+            store.close()
+            raise CorruptCheckpointError(f"{path} has no *{st.INDEX_SUFFIX} and holds {gap}")
         return _safetensors_source(store, files, [])
     store.close()
     raise CheckpointNotFoundError(
         f"no checkpoint at {path}: it holds no manifest.json, DCP .metadata or .safetensors files"
     )
+
+
+_SHARD_NAME = re.compile(r"(.+)-(\d+)-of-(\d+)\.safetensors")
+
+
+def _missing_shard(names: list[str]) -> str | None:
+    """Where ``names`` hold some shards ``<stem>-<i>-of-<n>.safetensors`` of a set and
+    not all, which one is missing. Such a folder (a download or conversion cut short)
+    was read as the smaller model its shards hold, without a word."""
+    sets: dict[tuple[str, str], set[int]] = {}
+    for name in names:
+        m = _SHARD_NAME.fullmatch(name)
+        if m is not None:
+            sets.setdefault((m.group(1), m.group(3)), set()).add(int(m.group(2)))
+    for (stem, total), have in sorted(sets.items()):
+        lost = sorted(set(range(1, int(total) + 1)) - have)
+        if lost:
+            width = len(total)
+            return (f"only {len(have)} of the {int(total)} shards {stem}-*-of-{total}.safetensors "
+                    f"({stem}-{lost[0]:0{width}d}-of-{total}.safetensors is missing)")
+    return None
 
 
 def _safetensors_source(
