@@ -248,7 +248,7 @@ def _shared_memory(targets: list[Target], problems: list[str]) -> list[Target]:
     in order leave it. Views that share only part of their memory cannot hold both
     keys' values and are refused by key.
     """
-    # Address ranges of the destinations (distinct storages never share addresses),
+    # Address ranges of the destinations (distinct storages of a device never share addresses),
     # column by column: a Python step per target cost ~2.5 us, at 50k small tensors
     # 5% of the load. The pairs are looked at only if two ranges meet.
     tensors = [t.tensor for t in targets]
@@ -262,7 +262,7 @@ def _shared_memory(targets: list[Target], problems: list[str]) -> list[Target]:
         if t.numel():
             reach = sum((n - 1) * st for n, st in zip(t.shape, t.stride()))
             hi[i] = lo[i] + np.uint64((reach + 1) * t.element_size())
-    keep = (hi > lo) & np.fromiter(map(_IS_CPU, tensors), dtype=bool, count=len(tensors))
+    keep = hi > lo
     order = np.flatnonzero(keep)[np.argsort(lo[keep], kind="stable")]
     if len(order) < 2 or not bool((lo[order[1:]] < np.maximum.accumulate(hi[order])[:-1]).any()):
         return targets
@@ -273,8 +273,8 @@ def _shared_memory(targets: list[Target], problems: list[str]) -> list[Target]:
         active = [a for a in active if a[1] > start]
         for _, _, j in active:
             a, b = targets[min(i, j)], targets[max(i, j)]
-            if a.entry.key == b.entry.key:
-                continue  # boxes of one key are disjoint
+            if a.entry.key == b.entry.key or a.tensor.device != b.tensor.device:
+                continue  # boxes of one key are disjoint; devices have their own memory
             if _same_view(a.tensor, b.tensor):
                 dropped.add(min(i, j))
             elif _views_share(a.tensor, b.tensor):
@@ -289,7 +289,6 @@ def _shared_memory(targets: list[Target], problems: list[str]) -> list[Target]:
 _DATA_PTR = torch.Tensor.data_ptr
 _NBYTES = attrgetter("nbytes")
 _CONTIGUOUS = torch.Tensor.is_contiguous
-_IS_CPU = attrgetter("is_cpu")
 
 
 def _same_view(a: torch.Tensor, b: torch.Tensor) -> bool:
