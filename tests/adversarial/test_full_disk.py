@@ -288,3 +288,38 @@ def test_full_and_read_only_disk_in_a_world_of_two(small_disk: Path) -> None:
     seen = [[p for p in r if p.startswith("SEEN ")] for r in results]
     assert seen[0] == seen[1], seen  # the same error on every rank
     assert len(seen[0]) == 7
+
+
+def test_a_commit_that_raised_after_its_rename_keeps_its_files(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The files of a save whose commit raised are removed only when the manifest there
+    is seen not to name it: a write_atomic that failed after its rename (the folder's
+    fsync) committed, and when the manifest cannot even be read back, nothing goes."""
+    from reshard.storage.local import LocalStore
+
+    path = tmp_path / "ckpt"
+    reshard.save(make_state(1), path)
+    real_write, real_read = LocalStore.write_atomic, LocalStore.read_bytes
+    unreadable = {"on": False}
+
+    def landed_then_failed(self: LocalStore, name: str, data: bytes) -> None:
+        real_write(self, name, data)
+        unreadable["on"] = True
+        raise reshard.StorageError(f"cannot commit {name}: injected: fsync of the folder failed")
+
+    def read_bytes(self: LocalStore, name: str) -> bytes:
+        if unreadable["on"] and name == "manifest.json":
+            raise reshard.StorageError(f"cannot read {name}: injected")
+        return real_read(self, name)
+
+    monkeypatch.setattr(LocalStore, "write_atomic", landed_then_failed)
+    # Twice each: the new manifest is often as long as the one it replaced, and read
+    # through the descriptor cached before the commit, it looked like the old one (its
+    # files were then removed from under the committed manifest).
+    for cannot_read in (False, False, True, True):
+        monkeypatch.setattr(LocalStore, "read_bytes", read_bytes if cannot_read else real_read)
+        unreadable["on"] = False
+        with pytest.raises(reshard.StorageError, match="injected: fsync"):
+            reshard.save(make_state(2 + cannot_read), path)
+        unreadable["on"] = False
+        assert load_version(path) == 2 + cannot_read  # committed, and whole
