@@ -184,6 +184,16 @@ def test_read_only_mount(small_disk: Path) -> None:
         with reshard.open(path) as ck:
             assert torch.equal(ck.read("w"), make_state(1)["w"])
         assert reshard.verify(path).ok
+        from reshard.cli import main
+        from reshard.interop.convert import convert
+
+        for dst in ("out", "out.safetensors", "a/b", "shards"):
+            with pytest.raises(reshard.StorageError, match=os.strerror(errno.EROFS)) as info:
+                convert(str(path), str(small_disk / dst), max_shard_nbytes=1000 if dst == "shards" else None)
+            assert str(small_disk / dst) in str(info.value)
+        assert main(["convert", str(path), str(small_disk / "o"), "--quiet"]) == 1
+        assert main(["convert", str(path), str(small_disk.parent / "copy"), "--quiet"]) == 0
+        assert _tree(small_disk) == ["ckpt", *sorted(f"ckpt{os.sep}{f}" for f in _files(path))]
     finally:
         _remount(small_disk, "rw")
     reshard.save(make_state(3), path)
