@@ -21,7 +21,7 @@ from tests.helpers.world import failing_marks, mark_stage, run_worlds_at_once, w
 pytestmark = pytest.mark.dist
 
 SHAPES = {"cl": (4, 3, 4, 5), "t": (6, 8), "col": (6, 8), "tied_a": (5, 4), "tied_b": (5, 4),
-          "odd": (7, 3)}
+          "odd": (7, 3), "bf": (5, 6)}
 
 
 def _values(source: int) -> dict[str, torch.Tensor]:
@@ -39,7 +39,7 @@ def _save_world(rank: int, world: int, path: str) -> None:
 
     mesh = init_device_mesh("cpu", (world,))
     placements = {"cl": Shard(1), "t": Shard(0), "col": Replicate(), "tied_a": Shard(0),
-                  "tied_b": Shard(1), "odd": Shard(0)}
+                  "tied_b": Shard(1), "odd": Shard(0), "bf": Shard(1)}
     values = _values(2)
     reshard.save({k: distribute_tensor(v, mesh, [placements[k]]) for k, v in values.items()}, path)
 
@@ -51,7 +51,8 @@ def _dest(world: int) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
         tied = torch.nn.Parameter(torch.zeros(5, 4))
         return {"cl": torch.zeros(SHAPES["cl"]).to(memory_format=torch.channels_last),
                 "t": torch.zeros(8, 6).t(), "col": wide[:, 2:10], "tied_a": tied, "tied_b": tied,
-                "odd": torch.nn.Parameter(torch.zeros(3, 7).t())}, {"col": wide}
+                "odd": torch.nn.Parameter(torch.zeros(3, 7).t()),
+                "bf": torch.nn.Parameter(torch.zeros(6, 5, dtype=torch.bfloat16).t())}, {"col": wide}
     from torch.distributed.tensor import DTensor, Shard, init_device_mesh
     from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
 
@@ -72,9 +73,12 @@ def _dest(world: int) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     wide = torch.zeros(rows, cols + 3)
     tied = torch.nn.Parameter(dt("tied_a", torch.zeros(local_shape("tied_a", 0)), 0))
     odd_r, odd_c = local_shape("odd", 1)
+    bf_r, bf_c = local_shape("bf", 0)
+    bf = torch.zeros(bf_c, bf_r, dtype=torch.bfloat16).t()  # converted on load, transposed
     return {"cl": dt("cl", cl, 0), "t": dt("t", torch.zeros(c, r).t(), 1),
             "col": dt("col", wide[:, 1:cols + 1], 0), "tied_a": tied, "tied_b": tied,
-            "odd": torch.nn.Parameter(dt("odd", torch.zeros(odd_c, odd_r).t(), 1))}, {"col": wide}
+            "odd": torch.nn.Parameter(dt("odd", torch.zeros(odd_c, odd_r).t(), 1)),
+            "bf": torch.nn.Parameter(dt("bf", bf, 0))}, {"col": wide}
 
 
 def _full(x: Any) -> torch.Tensor:
@@ -131,6 +135,7 @@ def check_loads(rank: int, world: int, root: str) -> tuple[list[str], list[str]]
             continue
         for key, value in dest.items():
             expect = want["tied_b"] if key.startswith("tied") else want[key]  # the later key wins
+            expect = expect.to(value.dtype)
             if not torch.equal(_full(value), expect):
                 problems.append(f"source {source} -> {world}: rank {rank}: key {key!r} differs")
         local = dest["cl"].to_local() if world > 1 else dest["cl"]
@@ -141,7 +146,8 @@ def check_loads(rank: int, world: int, root: str) -> tuple[list[str], list[str]]
         if left.any() or right.any():
             problems.append(f"source {source} -> {world}: rank {rank}: bytes outside 'col' written")
         tied, odd = dest["tied_a"], dest["odd"]
-        if not (tied.requires_grad and tied.is_leaf and dest["tied_b"] is tied and odd.requires_grad):
+        if not (tied.requires_grad and tied.is_leaf and dest["tied_b"] is tied and odd.requires_grad
+                and dest["bf"].requires_grad and dest["bf"].dtype == torch.bfloat16):
             problems.append(f"source {source} -> {world}: rank {rank}: the parameters changed")
         (tied * 3).sum().backward()  # autograd works on the loaded parameters
         grad = _full(tied.grad)
