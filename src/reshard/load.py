@@ -7,6 +7,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
+from operator import attrgetter
 from typing import Any
 
 import numpy as np
@@ -22,7 +23,7 @@ from .adapters.tensors import (
     shards_of,
     torch_dtype,
 )
-from .core.layout import full_box
+from .core.layout import full_box, views_overlap
 from .core.nogc import without_gc
 from .dist.collective import Collective
 from .errors import LayoutMismatchError, MissingKeysError
@@ -50,6 +51,8 @@ class LoadPlan:
     whole: list[tuple[Target, Chunk]]
     rest: list[Target]
     values: list[tuple[tuple[Any, ...], Any]]
+    wrappers: list[torch.Tensor] = field(default_factory=list)
+    """Tensor subclasses (DTensors) filled through their parts, changed in place too."""
     # Tunables are read with the plan, inside load's agreed planning step: a bad value on
     # one rank must not stop that rank alone, before the cooperative reads' collectives.
     threads: int = field(default_factory=config.io_threads)
@@ -141,11 +144,20 @@ def apply(
 ) -> None:
     with torch.no_grad():
         threads = plan.threads
-        # The whole chunks are read inside fill: a failure there on one rank must still
-        # reach the cooperative reads' agreement that the other ranks wait in.
-        fill(store, plan.rest, threads=threads, max_piece_nbytes=plan.max_piece_nbytes,
-             coll=coll, gathered=gathered,
-             before=partial(fill_whole_chunks, store, plan.whole, threads=threads))
+        try:
+            # The whole chunks are read inside fill: a failure there on one rank must still
+            # reach the cooperative reads' agreement that the other ranks wait in.
+            fill(store, plan.rest, threads=threads, max_piece_nbytes=plan.max_piece_nbytes,
+                 coll=coll, gathered=gathered,
+                 before=partial(fill_whole_chunks, store, plan.whole, threads=threads))
+        finally:
+            # Most bytes land through memory torch does not see written, so autograd did
+            # not learn of the change: a parameter saved for backward before the load gave
+            # gradients of its new values without a word, where load_state_dict's copy_
+            # makes backward raise. Also after a failed load, which may have written some.
+            # (Inference tensors have no counter; numpy's are never read.)
+            torch.autograd.graph.increment_version(
+                [t.tensor for t in plan.rest] + [t.tensor for t, _ in plan.whole] + plan.wrappers)
     for key, value in plan.values:
         set_path(state_dict, key, value.make() if isinstance(value, _Later) else value)
 
@@ -160,6 +172,9 @@ def plan_load(
     values: list[tuple[tuple[Any, ...], Any]] = []
     missing: list[str] = []
     problems: list[str] = []
+    # Tensor subclasses written through their parts (a DTensor's local tensor), whose
+    # own version counter autograd checks too.
+    wrappers: list[torch.Tensor] = []
     leaves = flatten(state_dict)
     for key, leaf in leaves:
         entry = by_key.get(key)
@@ -198,6 +213,9 @@ def plan_load(
             missing.append(dotted(key))
             continue
         _match(key, leaf, entry, targets, values, problems)
+        if (type(leaf) is not torch.Tensor and isinstance(leaf, torch.Tensor)
+                and isinstance(entry, TensorEntry)):
+            wrappers.append(leaf)
     # Values replace leaves of the state dict (paths inside a new container from an
     # empty one do not exist in it yet): each must be assignable, or the load would fail
     # half-way, its tensors filled and its values not.
@@ -206,6 +224,7 @@ def plan_load(
         problem = settable_problem(state_dict, key)
         if problem is not None:
             problems.append(f"key {dotted(key)!r}: its value is replaced by a load, but {problem}")
+    targets = _shared_memory(targets, problems)
     if problems:
         raise LayoutMismatchError(_join(problems))
     if missing and strict:
@@ -215,7 +234,87 @@ def plan_load(
             " (load with strict=False to skip missing keys)"
         )
     whole, rest = split_whole_chunks(targets)
-    return LoadPlan(whole=whole, rest=rest, values=values)
+    return LoadPlan(whole=whole, rest=rest, values=values, wrappers=wrappers)
+
+
+def _shared_memory(targets: list[Target], problems: list[str]) -> list[Target]:
+    """``targets`` without those that another key's target fills in the same memory.
+
+    Two keys may hold one tensor (tied weights: ``lm_head.weight`` is
+    ``embed.weight``): their targets were filled at once by different threads, and
+    where the saved values differ each frame's checksum, taken from the destination
+    after the copy, could see the other key's bytes: the load failed as a corrupt
+    checkpoint. The key later in the state dict fills it, as load_state_dict's copies
+    in order leave it. Views that share only part of their memory cannot hold both
+    keys' values and are refused by key.
+    """
+    # Address ranges of the destinations (distinct storages of a device never share addresses),
+    # column by column: a Python step per target cost ~2.5 us, at 50k small tensors
+    # 5% of the load. The pairs are looked at only if two ranges meet.
+    tensors = [t.tensor for t in targets]
+    if len(tensors) < 2:
+        return targets
+    lo = np.fromiter(map(_DATA_PTR, tensors), dtype=np.uint64, count=len(tensors))
+    hi = lo + np.fromiter(map(_NBYTES, tensors), dtype=np.uint64, count=len(tensors))
+    for i in np.flatnonzero(~np.fromiter(map(_CONTIGUOUS, tensors), dtype=bool,
+                                         count=len(tensors))).tolist():
+        t = tensors[i]
+        if t.numel():
+            reach = sum((n - 1) * st for n, st in zip(t.shape, t.stride()))
+            hi[i] = lo[i] + np.uint64((reach + 1) * t.element_size())
+    keep = hi > lo
+    order = np.flatnonzero(keep)[np.argsort(lo[keep], kind="stable")]
+    if len(order) < 2 or not bool((lo[order[1:]] < np.maximum.accumulate(hi[order])[:-1]).any()):
+        return targets
+    spans = [(int(lo[i]), int(hi[i]), int(i)) for i in order]
+    dropped: set[int] = set()
+    active: list[tuple[int, int, int]] = []
+    for start, end, i in spans:
+        active = [a for a in active if a[1] > start]
+        for _, _, j in active:
+            a, b = targets[min(i, j)], targets[max(i, j)]
+            if a.entry.key == b.entry.key or a.tensor.device != b.tensor.device:
+                continue  # boxes of one key are disjoint; devices have their own memory
+            if _same_view(a.tensor, b.tensor):
+                dropped.add(min(i, j))
+            elif _views_share(a.tensor, b.tensor):
+                problems.append(
+                    f"keys {a.name!r} and {b.name!r}: their tensors are views that share "
+                    "part of their memory, which cannot hold the saved values of both; "
+                    "load into separate tensors")
+        active.append((start, end, i))
+    return [t for i, t in enumerate(targets) if i not in dropped] if dropped else targets
+
+
+_DATA_PTR = torch.Tensor.data_ptr
+_NBYTES = attrgetter("nbytes")
+_CONTIGUOUS = torch.Tensor.is_contiguous
+
+
+def _same_view(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return (a.data_ptr() == b.data_ptr() and a.dtype == b.dtype and a.shape == b.shape
+            and a.stride() == b.stride())
+
+
+def _views_share(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether two views of one storage share an element; where that cannot be told
+    cheaply (unlike strides, sizes too large to compare element by element), they are
+    taken not to, as before."""
+    size = a.element_size()
+    gap = b.data_ptr() - a.data_ptr()
+    if b.element_size() != size or a.stride() != b.stride() or gap % size:
+        if a.element_size() * a.numel() + b.element_size() * b.numel() > 1 << 22:
+            return False
+        return bool(np.intersect1d(_byte_addresses(a), _byte_addresses(b)).size)
+    return bool(views_overlap(gap // size, a.shape, b.shape, a.stride()))
+
+
+def _byte_addresses(t: torch.Tensor) -> np.ndarray[Any, Any]:
+    out = np.full(1, t.data_ptr(), dtype=np.int64)
+    size = t.element_size()
+    for n, st in zip(t.shape, t.stride()):
+        out = (out[:, None] + np.arange(n, dtype=np.int64) * st * size).ravel()
+    return (out[:, None] + np.arange(size, dtype=np.int64)).ravel()
 
 
 def _nested_hint(missing: list[str], by_name: dict[str, Entry], manifest: Manifest) -> str:

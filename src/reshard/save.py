@@ -222,26 +222,34 @@ def write_and_commit(
 
     def commit() -> None:
         assert written is not None and prepared.plan is not None and prepared.per_rank is not None
+        committing = False
         try:
             raise_if_failed(written)
             _check_visible(store, written)
+            manifest, files = manifest_json(
+                prepared.plan, prepared.per_rank, [o.value for o in written],  # type: ignore[misc]
+                save_id=save_id, world_size=coll.world_size, codec_spec=prepared.codec_spec,
+                created_unix_s=time.time(),
+            )
+            keep = set(files)
+            # Leftovers of saves that started this long before this one go (_superseded).
+            cutoff_s = _started_s(save_id) - config.leftover_age_s()
+            store.sync(DATA_DIR)
+            replaced = _committed_save_id(store)  # as late as can be: another save may commit
+            committing = True
+            store.write_atomic(MANIFEST_NAME, manifest)
         except Exception:
+            # Nothing committed: this save's files are garbage. A commit that failed on a
+            # full disk left them for an hour (young leftovers stay), holding the space the
+            # next save needed. But a write_atomic can fail after its manifest landed (the
+            # folder's sync after the rename, an object store's lost reply): they stay unless
+            # the manifest there is seen not to name this save.
             try:
-                _remove_files(store, lambda name: os.path.basename(name).startswith(save_id))
+                if not committing or _committed_save_id(store, strict=True) != save_id:
+                    _remove_files(store, lambda name: os.path.basename(name).startswith(save_id))
             except Exception as e:  # noqa: BLE001 - report the failure that stopped the save
                 _log.warning("reshard.save: could not remove the failed save's files: %s", e)
             raise
-        manifest, files = manifest_json(
-            prepared.plan, prepared.per_rank, [o.value for o in written],  # type: ignore[misc]
-            save_id=save_id, world_size=coll.world_size, codec_spec=prepared.codec_spec,
-            created_unix_s=time.time(),
-        )
-        keep = set(files)
-        # Leftovers of saves that started this long before this one go (_superseded).
-        cutoff_s = _started_s(save_id) - config.leftover_age_s()
-        store.sync(DATA_DIR)
-        replaced = _committed_save_id(store)  # as late as can be: another save may commit
-        store.write_atomic(MANIFEST_NAME, manifest)
         # Committed: from here the save has succeeded. Removing the previous files is
         # best effort; whatever is left is removed by a later save to this path.
         try:
@@ -317,17 +325,31 @@ def _check_visible(store: Store, written: list[Outcome[WrittenFile]]) -> None:
 _SAVE_ID_RE = re.compile(rb'"save_id"\s*:\s*"(\d{8}T\d{6}-[0-9a-f]{12})"')
 
 
-def _committed_save_id(store: Store) -> str | None:
+def _committed_save_id(store: Store, *, strict: bool = False) -> str | None:
     """The save id of the manifest this commit replaces, or None if there is none or it
     is not found. Only the first and last 4 KiB of its text are read: manifests name it
     among the top-level fields before or after the entries, and in a JSON string the
-    pattern's quotes would be escaped, so any match is that field."""
+    pattern's quotes would be escaped, so any match is that field. ``strict``: a manifest
+    that cannot be read raises instead of giving None, and the file is read whole from a
+    fresh open: after a commit that raised, the manifest may be a new file, and a cached
+    descriptor (LocalStore keeps one per name) still reads the one it replaced."""
+    if strict:
+        try:
+            text = store.read_bytes(MANIFEST_NAME)
+        except CheckpointNotFoundError:
+            return None
+        found = _SAVE_ID_RE.search(text[:4096]) or _SAVE_ID_RE.search(text[-4096:])
+        return found.group(1).decode() if found else None
     try:
         size = store.size(MANIFEST_NAME)
         ends = [bytearray(min(size, 4096)), bytearray(min(max(size - 4096, 0), 4096))]
         store.read_into(MANIFEST_NAME, 0, memoryview(ends[0]))
         store.read_into(MANIFEST_NAME, size - len(ends[1]), memoryview(ends[1]))
+    except CheckpointNotFoundError:
+        return None
     except (CheckpointError, OSError):
+        if strict:
+            raise
         return None
     found = _SAVE_ID_RE.search(ends[0]) or _SAVE_ID_RE.search(ends[1])
     return found.group(1).decode() if found else None

@@ -330,6 +330,8 @@ def test_convert_missing_or_damaged_url_sources(
     fs.pipe_file(f"{root}/bad/x.safetensors", b"garbage")
     fs.pipe_file(f"{root}/idx/model.safetensors.index.json",
                  json.dumps({"weight_map": {"w": "model-00001-of-00001.safetensors"}}).encode())
+    for i in (1, 3):  # a shard set cut short, without its index
+        fs.pipe_file(f"{root}/cut/model-0000{i}-of-00003.safetensors", b"garbage")
     out = tmp_path / "out"
     for src, code, says in (
         (f"{base}/missing.safetensors", 3, "no checkpoint at"),
@@ -339,6 +341,7 @@ def test_convert_missing_or_damaged_url_sources(
         (f"{base}/bad", 1, "too short"),
         (f"{base}/idx/model.safetensors.index.json", 1, "model-00001-of-00001.safetensors"),
         (f"{base}/idx", 1, "model-00001-of-00001.safetensors"),
+        (f"{base}/cut", 1, "model-00002-of-00003.safetensors is missing"),
     ):
         assert main(["convert", src, str(out), "--quiet"]) == code, (src, capsys.readouterr().err)
         err = capsys.readouterr().err

@@ -132,6 +132,33 @@ def test_failed_conversion_can_be_run_again(tmp_path: Path, capsys: pytest.Captu
         assert ck.read("step") == 3 and torch.equal(ck.read("c"), torch.arange(100.0) - 3)
 
 
+def test_folder_missing_a_shard_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A folder of safetensors shards without an index and with shards missing (a
+    download or a conversion cut short) was read as the smaller model its shards hold:
+    converting it succeeded with a part of the keys. It is a damaged checkpoint now,
+    naming the first missing shard; a complete set without its index still reads."""
+    out = tmp_path / "shards"
+    convert(str(_saved(tmp_path / "src", 4)), str(out), max_shard_nbytes=500)  # 3 shards
+    os.unlink(out / "model.safetensors.index.json")
+    back = _read_back(out, tmp_path, "whole")
+    assert torch.equal(back["c"], torch.arange(100.0) - 4)
+    os.unlink(out / "model-00002-of-00003.safetensors")
+    with pytest.raises(CorruptCheckpointError,
+                       match=r"holds only 2 of the 3 shards model-\*-of-00003\.safetensors "
+                             r"\(model-00002-of-00003\.safetensors is missing\)"):
+        open_source(str(out))
+    assert main(["convert", str(out), str(tmp_path / "part"), "--quiet"]) == 1
+    assert "model-00002-of-00003.safetensors is missing" in capsys.readouterr().err
+    assert not (tmp_path / "part").exists()
+    # Files that only look numbered, or one shard set whole beside another: read as before.
+    os.rename(out / "model-00001-of-00003.safetensors", out / "model-1-of-1.safetensors")
+    os.rename(out / "model-00003-of-00003.safetensors", out / "other.safetensors")
+    got = _read_back(out, tmp_path, "renamed")
+    assert got and set(got) < {"a", "b", "c", "step"}
+    for key, value in got.items():
+        assert torch.equal(value, back[key]) if isinstance(value, torch.Tensor) else value == back[key]
+
+
 _F32 = {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}
 _DEEP = "[" * 100000 + "]" * 100000
 

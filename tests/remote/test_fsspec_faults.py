@@ -3,8 +3,8 @@ injected OSErrors, retries off), for every call a save makes: the save raises a
 StorageError naming the URL, or succeeds when the failure came after the commit; either
 way the checkpoint at the URL loads whole and exactly (the previous one when the save
 raised before its commit). A failed data upload leaves no object of its own behind;
-data objects of a save whose manifest PUT failed are removed by a later save once
-older than RESHARD_LEFTOVER_AGE_S."""
+a save whose manifest PUT failed removes its data objects, unless the manifest landed
+(a lost reply): then they stay, and the checkpoint they make loads."""
 
 from __future__ import annotations
 
@@ -37,6 +37,7 @@ class FaultFS(MemoryFileSystem):
     def pipe_file(self, path: str, value: bytes, mode: str = "overwrite", **kw: Any) -> None:
         self._hit("pipe_file")
         super().pipe_file(path, value, mode=mode, **kw)
+        self._hit("pipe_file landed")  # the object is there, the reply is lost
 
     def _open(self, path: str, mode: str = "rb", **kw: Any) -> Any:
         if "w" not in mode or "data" in kw:  # reads, and pipe_file's own open
@@ -138,8 +139,9 @@ def test_every_failing_call_leaves_a_whole_checkpoint(codec: str | None) -> None
     assert any("raised v1" in o for o in outcomes), outcomes
 
 
-def test_objects_of_a_save_whose_commit_failed_go_with_a_later_save(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_objects_of_a_save_whose_commit_failed_go_with_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """They stayed until a save an hour later (young leftovers are kept), holding the
+    space the next save needed (a full disk fails the commit just so)."""
     url = f"{PROTOCOL}://faults/{uuid.uuid4().hex}"
     reshard.save(_state(1), url)
     first = _objects(url)
@@ -147,14 +149,16 @@ def test_objects_of_a_save_whose_commit_failed_go_with_a_later_save(
     with pytest.raises(reshard.StorageError, match="manifest.json"):
         reshard.save(_state(2), url)
     FaultFS.fail_at = None
-    assert _load(url) == 1
-    stray = [o for o in _objects(url) if o not in first]
-    assert len(stray) == 1 and stray[0].startswith("data/"), stray
-    # Younger than the leftover age: a save to the path may still be running; kept.
-    reshard.save(_state(3), url)
-    assert stray[0] in _objects(url) and _load(url) == 3
+    assert _load(url) == 1 and _objects(url) == first
+    # The manifest landed and its reply was lost: the save raised, its objects stay, and
+    # the checkpoint at the URL is the new one, whole.
+    FaultFS.fail_at, FaultFS.counts = ("pipe_file landed", 1), {}
+    with pytest.raises(reshard.StorageError, match="manifest.json"):
+        reshard.save(_state(2), url)
+    FaultFS.fail_at = None
+    assert _load(url) == 2
+    # Version 1's objects, which that commit did not get to remove, go with a later save
+    # once old enough.
     monkeypatch.setenv("RESHARD_LEFTOVER_AGE_S", "0")
-    reshard.save(_state(4), url)
-    assert _load(url) == 4
-    objects = _objects(url)
-    assert stray[0] not in objects and len(objects) == 2, objects  # manifest + 1 data file
+    reshard.save(_state(3), url)
+    assert _load(url) == 3 and len(_objects(url)) == 2  # manifest + 1 data file

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..core.layout import Box, full_box, placed_runs, run_boxes
+from ..core.layout import Box, full_box, placed_runs, run_boxes, strides_overlap
 from ..core.planner import Desc, TensorDesc, ValueDesc
 from ..errors import LayoutMismatchError, UnsupportedValueError
 from ..format.manifest import MAX_DIM_SIZE, MAX_NDIM, Key, dotted
@@ -293,6 +293,15 @@ def check_dense(tensor: torch.Tensor, name: str, *, for_load: bool) -> None:
         st == 0 and n > 1 for st, n in zip(tensor.stride(), tensor.shape)
     ):  # an empty array has no elements to share (numpy gives empty arrays zero strides)
         problem = "it is an expanded view whose elements share memory; load into a copy"
+    elif for_load and tensor.numel() > 1 and not tensor.is_contiguous():
+        # Overlapping strides without a zero one (as_strided((4, 4), (2, 1))): elements
+        # that share memory took whichever saved value was written last, silently.
+        overlap = strides_overlap(tensor.shape, tensor.stride())
+        if overlap is not False:
+            problem = (f"its strides {list(tensor.stride())} for shape {list(tensor.shape)} make "
+                       + ("elements share memory" if overlap else
+                          "a layout whose elements may share memory")
+                       + ", which cannot hold every saved value; load into a copy")
     if problem is not None:
         raise UnsupportedValueError(f"key {name!r}: {problem}")
 

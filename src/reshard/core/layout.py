@@ -82,6 +82,82 @@ def c_strides(sizes: Sequence[int]) -> tuple[int, ...]:
     return tuple(strides)
 
 
+def strides_overlap(sizes: Sequence[int], strides: Sequence[int], *, max_exact: int = 1 << 22) -> bool | None:
+    """Whether two elements of a strided array of ``sizes`` and ``strides`` (in elements)
+    share memory: False when none do, True when some do, None when it cannot tell cheaply.
+
+    Dims nested by stride (each stride beyond the reach of the smaller ones), which every
+    view that slicing, transposing or channels_last gives has, share nothing; other
+    layouts (only ``as_strided`` makes them) are checked element by element up to
+    ``max_exact`` elements.
+    """
+    if not math.prod(sizes):
+        return False
+    dims = sorted((abs(st), n) for st, n in zip(strides, sizes) if n > 1)
+    reach = 0
+    for st, n in dims:
+        if st <= reach:
+            break
+        reach += st * (n - 1)
+    else:
+        return False
+    if any(st == 0 for st, _ in dims):
+        return True
+    count = math.prod(n for _, n in dims)
+    if count > max_exact:
+        return None
+    import numpy as np
+
+    offsets = np.zeros(1, dtype=np.int64)
+    for st, n in dims:
+        offsets = (offsets[:, None] + np.arange(n, dtype=np.int64) * st).ravel()
+    return bool(len(np.unique(offsets)) < count)
+
+
+def views_overlap(
+    gap: int, sizes_a: Sequence[int], sizes_b: Sequence[int], strides: Sequence[int],
+    *, max_exact: int = 1 << 22,
+) -> bool | None:
+    """Whether two strided views with the same ``strides`` (in elements), the second
+    starting ``gap`` elements after the first, share an element: None when it cannot
+    tell cheaply.
+
+    Slices of one buffer (the columns of a fused weight cut into views) have strides
+    that nest: each is a multiple of the next smaller one, whose dim extents fit inside
+    it. Every address then has one coordinate per dim, and the views share memory
+    exactly when their boxes in those coordinates intersect. Other layouts are compared
+    element by element up to ``max_exact`` elements.
+    """
+    if not math.prod(sizes_a) or not math.prod(sizes_b):
+        return False
+    if gap < 0:
+        return views_overlap(-gap, sizes_b, sizes_a, strides, max_exact=max_exact)
+    dims = sorted(((st, a, b) for st, a, b in zip(strides, sizes_a, sizes_b) if max(a, b) > 1),
+                  reverse=True)
+    if not dims:
+        return gap == 0
+    rest, starts = gap, []
+    for st, _, _ in dims:
+        start, rest = divmod(rest, st) if st > 0 else (0, rest)
+        starts.append(start)
+    nested = rest == 0 and all(st > 0 for st, _, _ in dims)
+    for (outer, _, _), (inner, a, b), start in zip(dims, dims[1:], starts[1:]):
+        nested = nested and outer % inner == 0 and max(a, start + b) <= outer // inner
+    if nested:
+        return all(start < a for start, (_, a, _) in zip(starts, dims))
+    if math.prod(sizes_a) + math.prod(sizes_b) > max_exact:
+        return None
+    import numpy as np
+
+    def offsets(sizes: Sequence[int], at: int) -> np.ndarray:
+        out = np.full(1, at, dtype=np.int64)
+        for st, n in zip(strides, sizes):
+            out = (out[:, None] + np.arange(n, dtype=np.int64) * st).ravel()
+        return out
+
+    return bool(np.intersect1d(offsets(sizes_a, 0), offsets(sizes_b, gap)).size)
+
+
 def element_span(outer_sizes: Sequence[int], inner: Box) -> tuple[int, int]:
     """``[start, stop)`` element positions that ``inner`` (in outer-local coordinates)
     touches in the C-order layout of an array of ``outer_sizes``."""

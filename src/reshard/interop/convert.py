@@ -212,6 +212,10 @@ def open_source(
         return _safetensors_source(store, *st.index_files(store, index[0]), index=index[0])
     files = [n for n in names if n.endswith(".safetensors")]
     if files:
+        gap = _missing_shard(files)
+        if gap is not None:
+            store.close()
+            raise CorruptCheckpointError(f"{path} has no *{st.INDEX_SUFFIX} and holds {gap}")
         return _safetensors_source(store, files, [])
     store.close()
     raise CheckpointNotFoundError(
@@ -260,6 +264,10 @@ def _open_remote_source(url: str, *, allow_pickle: bool, storage_options: dict[s
         values: list[ValueEntry] = []
         if len(index) == 1:
             files, values = st.index_files(store, index[0])
+        elif files:
+            gap = _missing_shard(files)
+            if gap is not None:
+                raise CorruptCheckpointError(f"{url} has no *{st.INDEX_SUFFIX} and holds {gap}")
     except BaseException:
         store.close()
         raise
@@ -269,6 +277,27 @@ def _open_remote_source(url: str, *, allow_pickle: bool, storage_options: dict[s
     raise CheckpointNotFoundError(
         f"no checkpoint at {url}: it holds no manifest.json, DCP .metadata or .safetensors files"
     )
+
+
+_SHARD_NAME = re.compile(r"(.+)-(\d+)-of-(\d+)\.safetensors")
+
+
+def _missing_shard(names: list[str]) -> str | None:
+    """Where ``names`` hold some shards ``<stem>-<i>-of-<n>.safetensors`` of a set and
+    not all, which one is missing. Such a folder (a download or conversion cut short)
+    was read as the smaller model its shards hold, without a word."""
+    sets: dict[tuple[str, str], set[int]] = {}
+    for name in names:
+        m = _SHARD_NAME.fullmatch(name)
+        if m is not None:
+            sets.setdefault((m.group(1), m.group(3)), set()).add(int(m.group(2)))
+    for (stem, total), have in sorted(sets.items()):
+        lost = sorted(set(range(1, int(total) + 1)) - have)
+        if lost:
+            width = len(total)
+            return (f"only {len(have)} of the {int(total)} shards {stem}-*-of-{total}.safetensors "
+                    f"({stem}-{lost[0]:0{width}d}-of-{total}.safetensors is missing)")
+    return None
 
 
 def _safetensors_source(
@@ -308,6 +337,7 @@ def to_safetensors(
     plans = st.plan_shards(source.tensors(), stem=stem, max_shard_nbytes=max_shard_nbytes)
     names = [p.name for p in plans] + ([f"{stem}{st.INDEX_SUFFIX}"] if len(plans) > 1 else [])
     _refuse_stale_outputs(folder, stem, names)
+    created = not os.path.exists(folder)
     _make_folder(folder)
     report = progress or (lambda n: None)
     meta: dict[str, str] = {"format": "pt"}
@@ -315,15 +345,33 @@ def to_safetensors(
         import json
 
         meta[st.VALUES_KEY] = json.dumps(values, separators=(",", ":"))
-    written = []
-    for plan in plans:
-        path = os.path.join(folder, plan.name)
-        st.write_file(path, plan, meta, source.read, source.piece_nbytes, report)
-        written.append(path)
-    if len(plans) > 1:
-        index = os.path.join(folder, f"{stem}{st.INDEX_SUFFIX}")
-        st.write_bytes_atomic(index, st.index_document(plans, values))
-        written.append(index)
+    written: list[str] = []
+    try:
+        for plan in plans:
+            path = os.path.join(folder, plan.name)
+            st.write_file(path, plan, meta, source.read, source.piece_nbytes, report)
+            written.append(path)
+        if len(plans) > 1:
+            index = os.path.join(folder, f"{stem}{st.INDEX_SUFFIX}")
+            st.write_bytes_atomic(index, st.index_document(plans, values))
+            written.append(index)
+    except BaseException:
+        # Shards written before the failure (a full disk at shard 3 of 6) are part of no
+        # output: left, they read as a smaller model (a folder of safetensors files is a
+        # source), and the next run refused them as an earlier conversion's. Each is new
+        # (_refuse_stale_outputs), so removing them leaves the folder as it was.
+        if len(plans) > 1:
+            for path in written:
+                try:
+                    os.unlink(path)
+                except OSError:
+                    pass
+        if created:
+            try:
+                os.rmdir(folder)
+            except OSError:
+                pass  # not empty: someone else's files stay
+        raise
     return written
 
 

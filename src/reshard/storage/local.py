@@ -35,8 +35,12 @@ class _DurableFile:
     def write(self, data: bytes | bytearray | memoryview) -> int:
         view = memoryview(data).cast("B")
         done = 0
-        while done < len(view):
-            done += self._f.write(view[done:])
+        try:
+            while done < len(view):
+                done += self._f.write(view[done:])
+        except OSError as e:
+            # A bare "OSError: [Errno 28] No space left on device" named no file or disk.
+            raise StorageError(f"cannot write {self.path}: {e}") from e
         self._written += done
         if self._writeback and self._written - self._queued >= self._writeback:
             _writeback(self._f.fileno(), self._queued, self._written - self._queued)
@@ -51,6 +55,8 @@ class _DurableFile:
             return
         try:
             os.fsync(self._f.fileno())
+        except OSError as e:  # a disk that fills up or fails on flushing (delayed allocation)
+            raise StorageError(f"cannot write {self.path} to disk (fsync): {e}") from e
         finally:
             self._f.close()
 
