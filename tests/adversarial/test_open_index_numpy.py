@@ -9,6 +9,7 @@ is a 0-d array), and a 0-d array as a 0-d array (``np.array(3.5)[()]`` is a scal
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +76,42 @@ def _same_numpy(got: Any, want: Any) -> bool:
             and np.array_equal(got, want, equal_nan=True))
 
 
+def _same_torch(got: Any, want: Any) -> bool:
+    return (type(got) is torch.Tensor and got.dtype == want.dtype
+            and got.shape == want.shape and torch.equal(got, want))
+
+
+def _index_failures(ckpt: Path, values: dict[str, Any], lib: str,
+                    same: Callable[[Any, Any], bool]) -> list[str]:
+    """Each ``values`` entry read back with every index: what ``lib`` gives for
+    ``value[index]``, or an error naming the key where ``lib`` raises."""
+    failures = []
+    with reshard.open(ckpt) as ck:
+        for key, value in values.items():
+            for index in INDEXES + NEGATIVE_STEPS:
+                status, want = _outcome(value, index)
+                if status == "error":
+                    try:
+                        ck.read(key, index)
+                    except reshard.CheckpointError as e:
+                        if f"'{key}'" not in str(e):
+                            failures.append(f"{key}[{index!r}]: error does not name the key: {e}")
+                    else:
+                        failures.append(f"{key}[{index!r}]: {lib} raises {want!r}, read did not")
+                    continue
+                try:
+                    got = ck.read(key, index)
+                except reshard.CheckpointError as e:
+                    failures.append(f"{key}[{index!r}]: {lib} gives {want!r}, read raised {e}")
+                    continue
+                if not same(got, want):
+                    failures.append(f"{key}[{index!r}]: {type(got).__name__} {got!r}, {lib} gives "
+                                    f"{type(want).__name__} {want!r}")
+                elif isinstance(got, np.ndarray) and not got.flags.c_contiguous:
+                    failures.append(f"{key}[{index!r}]: a strided view of the box read")
+    return failures
+
+
 def test_numpy_entries_index_as_numpy(ckpt: Path) -> None:
     failures = []
     with reshard.open(ckpt) as ck:
@@ -82,53 +119,12 @@ def test_numpy_entries_index_as_numpy(ckpt: Path) -> None:
             got_whole = ck.read(key)
             if not _same_numpy(got_whole, value):  # read whole: what was saved
                 failures.append(f"{key} whole: {got_whole!r} != {value!r}")
-            for index in INDEXES + NEGATIVE_STEPS:
-                status, want = _outcome(value, index)
-                if status == "error":
-                    try:
-                        ck.read(key, index)
-                    except reshard.CheckpointError as e:
-                        if f"'{key}'" not in str(e):
-                            failures.append(f"{key}[{index!r}]: error does not name the key: {e}")
-                    else:
-                        failures.append(f"{key}[{index!r}]: numpy raises {want!r}, read did not")
-                    continue
-                try:
-                    got = ck.read(key, index)
-                except reshard.CheckpointError as e:
-                    failures.append(f"{key}[{index!r}]: numpy gives {want!r}, read raised {e}")
-                    continue
-                if not _same_numpy(got, want):
-                    failures.append(f"{key}[{index!r}]: {type(got).__name__} {got!r}, numpy gives "
-                                    f"{type(want).__name__} {want!r}")
-                elif isinstance(got, np.ndarray) and not got.flags.c_contiguous:
-                    failures.append(f"{key}[{index!r}]: a strided view of the box read")
+    failures += _index_failures(ckpt, NUMPY_VALUES, "numpy", _same_numpy)
     assert not failures, "\n".join(failures)
 
 
 def test_torch_entries_index_as_torch(ckpt: Path) -> None:
-    failures = []
-    with reshard.open(ckpt) as ck:
-        for key, value in TORCH_VALUES.items():
-            for index in INDEXES + NEGATIVE_STEPS:
-                status, want = _outcome(value, index)
-                if status == "error":
-                    try:
-                        ck.read(key, index)
-                    except reshard.CheckpointError as e:
-                        if f"'{key}'" not in str(e):
-                            failures.append(f"{key}[{index!r}]: error does not name the key: {e}")
-                    else:
-                        failures.append(f"{key}[{index!r}]: torch raises {want!r}, read did not")
-                    continue
-                try:
-                    got = ck.read(key, index)
-                except reshard.CheckpointError as e:
-                    failures.append(f"{key}[{index!r}]: torch gives {want!r}, read raised {e}")
-                    continue
-                if not (type(got) is torch.Tensor and got.dtype == want.dtype
-                        and got.shape == want.shape and torch.equal(got, want)):
-                    failures.append(f"{key}[{index!r}]: {got!r}, torch gives {want!r}")
+    failures = _index_failures(ckpt, TORCH_VALUES, "torch", _same_torch)
     assert not failures, "\n".join(failures)
 
 
