@@ -513,14 +513,37 @@ def _protocol_shards(obj: Any, name: str, *, for_load: bool) -> Shards:
             "tensor shape; a rank holding nothing must still describe the tensor (return a "
             "write item with an empty chunk, or subclass torch.Tensor)"
         )
-    chunks = obj.__create_chunk_list__() if for_load else [i.tensor_data.chunk for i in items]
+    try:
+        chunks = obj.__create_chunk_list__() if for_load else [i.tensor_data.chunk for i in items]
+    except Exception as e:
+        raise UnsupportedValueError(f"key {name!r}: __create_chunk_list__ failed: {e}") from e
     boxes: list[Box] = []
     tensors: list[torch.Tensor] = []
     for index, chunk in enumerate(chunks):
         box = Box(tuple(int(o) for o in chunk.offsets), tuple(int(s) for s in chunk.sizes))
-        if len(box.sizes) != len(shape) or box.is_empty:
+        if box.is_empty:  # an empty LocalShardsWrapper's chunk is [0, 0] whatever the ndim
             continue
-        tensor = obj.__get_tensor_shard__(MetadataIndex(name, chunk.offsets, index))
+        if len(box.sizes) != len(shape) or len(box.offsets) != len(shape):
+            # Skipped, a load left the destination's shard unfilled without a word.
+            raise LayoutMismatchError(
+                f"key {name!r}: chunk {index} at {list(box.offsets)} of sizes "
+                f"{list(box.sizes)} does not have the {len(shape)} dims of shape {list(shape)}")
+        if for_load and any(o < 0 or o + n > d for o, n, d in zip(box.offsets, box.sizes, shape)):
+            # A save's boxes are checked against the shape by the planner; a load's were
+            # intersected with the saved chunks and the part outside was left unfilled.
+            raise LayoutMismatchError(
+                f"key {name!r}: chunk {index} at {list(box.offsets)} of sizes "
+                f"{list(box.sizes)} lies outside shape {list(shape)}")
+        try:
+            tensor = obj.__get_tensor_shard__(MetadataIndex(name, chunk.offsets, index))
+        except Exception as e:
+            raise UnsupportedValueError(
+                f"key {name!r}: __get_tensor_shard__ failed for chunk {index} at "
+                f"{list(box.offsets)}: {e}") from e
+        if not isinstance(tensor, torch.Tensor):
+            raise UnsupportedValueError(
+                f"key {name!r}: __get_tensor_shard__ returned a {type(tensor).__name__} for "
+                f"chunk {index} at {list(box.offsets)}, not a torch.Tensor")
         if tuple(tensor.shape) != box.sizes:
             raise LayoutMismatchError(
                 f"key {name!r}: shard {index} has shape {list(tensor.shape)} but its chunk "
@@ -533,8 +556,13 @@ def _protocol_shards(obj: Any, name: str, *, for_load: bool) -> Shards:
                 f"key {name!r}: shard {index} has dtype {tensor.dtype} but the write items "
                 f"declare {dtype}"
             )
+        tensor = tensor.detach() if tensor.requires_grad else tensor
+        # As for every other leaf: a meta shard loaded nothing, silently; one whose
+        # strides overlap kept whichever value came last; a sparse one failed unnamed.
+        if type(tensor) is not torch.Tensor or not _is_plain_dense(tensor, for_load=for_load):
+            check_dense(tensor, name, for_load=for_load)
         boxes.append(box)
-        tensors.append(tensor.detach() if tensor.requires_grad else tensor)
+        tensors.append(tensor)
     return Shards(shape=shape, dtype=dtype, container="torch", boxes=tuple(boxes),
                   tensors=tuple(tensors))
 
