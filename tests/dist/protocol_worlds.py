@@ -206,12 +206,13 @@ def _lsw_on_2d_mesh(src: torch.Tensor, world: int, rank: int) -> Any:
 def save_world(rank: int, world: int, root: str) -> dict[str, str]:
     out: dict[str, str] = {}
     for name, make in save_cases(rank, world).items():
-        out[name] = outcome(lambda: reshard.save({"t": make()}, os.path.join(root, f"{name}{world}")))
+        path = os.path.join(root, f"{name}{world}")
+        out[name] = outcome(lambda m=make, p=path: reshard.save({"t": m()}, p))
     out["lsw_2d"] = outcome(lambda: reshard.save(
         {"t": _lsw_on_2d_mesh(full(), world, rank)}, os.path.join(root, f"lsw_2d{world}")))
     for name, make in hostile_save_cases(rank, world).items():
         path = os.path.join(root, f"hostile_{name}{world}")
-        out[f"hostile_{name}"] = outcome(lambda: reshard.save({"t": make()}, path))
+        out[f"hostile_{name}"] = outcome(lambda m=make, p=path: reshard.save({"t": m()}, p))
         dist.barrier()
         out[f"hostile_{name}_nothing_written"] = str(not os.path.exists(path)
                                                      or not os.listdir(path))
@@ -222,17 +223,17 @@ def save_world(rank: int, world: int, root: str) -> dict[str, str]:
 # Load side: every checkpoint saved above, into destinations of this world
 
 
-def _destinations(rank: int, world: int) -> dict[str, tuple[Any, Callable[[], torch.Tensor]]]:
+def _destinations(rank: int, world: int, meshes: tuple[Any, Any],
+                  ) -> dict[str, tuple[Any, Callable[[], torch.Tensor]]]:
     """name -> (leaf, what its shards hold as a global tensor, NaN where they hold nothing)."""
-    from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.tensor import DTensor, Replicate, Shard, distribute_tensor
     from torch.distributed.tensor._shards_wrapper import LocalShardsWrapper
 
+    mesh, mesh2 = meshes
     out: dict[str, tuple[Any, Callable[[], torch.Tensor]]] = {}
     plain = torch.zeros(SHAPE)
     out["plain"] = (plain, lambda: plain)
 
-    mesh = init_device_mesh("cpu", (world,))
     dt = distribute_tensor(torch.zeros(SHAPE), mesh, [Shard(1)])
     out["dtensor_cols"] = (dt, lambda: dt.full_tensor())
 
@@ -245,7 +246,6 @@ def _destinations(rank: int, world: int) -> dict[str, tuple[Any, Callable[[], to
 
     # Row blocks of 2x4 on a (1, world) mesh: replicated on dim 0 of the mesh, each rank
     # its rows of dim 0 in LocalShardsWrapper shards, with an empty shard.
-    mesh2 = init_device_mesh("cpu", (1, world), mesh_dim_names=("a", "b"))
     off, n = _rows(rank, world)
     lbuf = torch.full(SHAPE, float("nan"))
     shards, offsets = [], []
@@ -276,15 +276,28 @@ def load_world(rank: int, world: int, root: str, saved_in: int) -> dict[str, str
     out: dict[str, str] = {}
     want = full()
     names = [*save_cases(0, saved_in), "lsw_2d"]
-    for ck in names:
-        for dest_name, (leaf, held) in _destinations(rank, world).items():
-            def check() -> None:
-                reshard.load({"t": leaf}, os.path.join(root, f"{ck}{saved_in}"))
-                got = held()
-                mask = ~torch.isnan(got)
-                assert mask.any(), "this rank's destination holds nothing"
-                assert torch.equal(got[mask], want[mask]), got.tolist()
-            out[f"{ck}->{dest_name}"] = outcome(check)
+    # Each checkpoint into each destination, then again with cooperative reads (each
+    # byte read once and sent to the ranks that need it).
+    from torch.distributed.device_mesh import init_device_mesh
+
+    meshes = (init_device_mesh("cpu", (world,)),
+              init_device_mesh("cpu", (1, world), mesh_dim_names=("a", "b")))
+    runs = [(ck, dest, exchange) for exchange in (False, True) for ck in names
+            for dest in _destinations(rank, world, meshes)]
+    for ck, dest_name, exchange in runs:
+        os.environ.update({"RESHARD_EXCHANGE_READS": str(int(exchange)),
+                           "RESHARD_EXCHANGE_MIN_NBYTES": "1"})
+        leaf, held = _destinations(rank, world, meshes)[dest_name]
+
+        def check(leaf: Any = leaf, held: Callable[[], torch.Tensor] = held,
+                  ck: str = ck) -> None:
+            reshard.load({"t": leaf}, os.path.join(root, f"{ck}{saved_in}"))
+            got = held()
+            mask = ~torch.isnan(got)
+            assert mask.any(), "this rank's destination holds nothing"
+            assert torch.equal(got[mask], want[mask]), got.tolist()
+        out[f"{ck}->{dest_name}{' exchange' if exchange else ''}"] = outcome(check)
+    os.environ["RESHARD_EXCHANGE_READS"] = "0"
     # Hostile destinations, on one rank only: every rank must refuse by key.
     last = rank == world - 1
     path = os.path.join(root, f"replicated{saved_in}")
@@ -298,7 +311,7 @@ def load_world(rank: int, world: int, root: str, saved_in: int) -> dict[str, str
         "raises": BoxTensor([((0, 0), torch.zeros(SHAPE))], shard=_gone) if last else src,
     }
     for name, leaf in hostile.items():
-        out[f"hostile_load_{name}"] = outcome(lambda: reshard.load({"t": leaf}, path))
+        out[f"hostile_load_{name}"] = outcome(lambda x=leaf: reshard.load({"t": x}, path))
     return out
 
 
@@ -310,9 +323,10 @@ def dcp_world(rank: int, world: int, root: str) -> dict[str, str]:
     out: dict[str, str] = {}
     for name, make in save_cases(rank, world).items():
         path = os.path.join(root, f"dcp_{name}{world}")
-        out[f"dcp_save_{name}"] = outcome(lambda: dcp.save({"t": make()}, checkpoint_id=path))
+        out[f"dcp_save_{name}"] = outcome(lambda m=make, p=path: dcp.save({"t": m()},
+                                                                          checkpoint_id=p))
 
-        def back() -> None:
+        def back(path: str = path) -> None:
             sd = {"t": torch.zeros(SHAPE)}
             reshard.load(sd, path)
             assert torch.equal(sd["t"], full()), sd["t"].tolist()
