@@ -78,3 +78,28 @@ def test_load_fills_non_contiguous_views_out_of_order_and_converts_dtype(tmp_pat
     dest = BoxTensor([((0, 5), buf[:, 5:]), ((2, 0), torch.zeros(0, 5)), ((0, 0), buf[:, :5])])
     reshard.load({"t": dest}, path)
     assert torch.equal(buf, full(torch.float64))
+
+
+def test_write_items_must_describe_one_tensor(tmp_path: Path) -> None:
+    from torch.distributed.checkpoint.metadata import MetadataIndex, TensorProperties
+    from torch.distributed.checkpoint.planner import TensorWriteData, WriteItem, WriteItemType
+
+    class BytesItem(BoxTensor):
+        def __create_write_items__(self, fqn: str, obj: Any) -> list[Any]:
+            return [WriteItem(index=MetadataIndex(fqn), type=WriteItemType.BYTE_IO)]
+
+    class SecondItemOtherSize(BoxTensor):
+        def __create_write_items__(self, fqn: str, obj: Any) -> list[Any]:
+            first, second = super().__create_write_items__(fqn, obj)
+            data = TensorWriteData(chunk=second.tensor_data.chunk,
+                                   properties=TensorProperties(dtype=torch.float32),
+                                   size=torch.Size((7, 8)))
+            return [first, WriteItem(index=second.index, type=second.type, tensor_data=data)]
+
+    src = full()
+    with pytest.raises(reshard.UnsupportedValueError,
+                       match="key 't': __create_write_items__ must return SHARD items.*no tensor_data"):
+        _save(tmp_path, BytesItem([((0, 0), src)]))
+    with pytest.raises(reshard.UnsupportedValueError,
+                       match=r"key 't': .*got size \[6, 8\] dtype torch.float32, size \[7, 8\]"):
+        _save(tmp_path, SecondItemOtherSize([((0, 0), src[:3].clone()), ((3, 0), src[3:].clone())]))

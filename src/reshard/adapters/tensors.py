@@ -499,6 +499,18 @@ def _protocol_shards(obj: Any, name: str, *, for_load: bool) -> Shards:
     except Exception as e:
         raise UnsupportedValueError(f"key {name!r}: __create_write_items__ failed: {e}") from e
     if items:
+        # Every item must describe one tensor: a BYTE_IO item (no tensor_data) failed as
+        # an AttributeError naming no key, and items after the first that declared another
+        # global shape or dtype were not looked at.
+        described = {(None if i.tensor_data is None else
+                      (tuple(i.tensor_data.size), i.tensor_data.properties.dtype))
+                     for i in items}
+        if None in described or len(described) > 1:
+            raise UnsupportedValueError(
+                f"key {name!r}: __create_write_items__ must return SHARD items of one "
+                "tensor (each with tensor_data of the same size and dtype), got "
+                + ", ".join(sorted("no tensor_data" if d is None else
+                                   f"size {list(d[0])} dtype {d[1]}" for d in described)))
         tensor_data = items[0].tensor_data
         shape = tuple(int(s) for s in tensor_data.size)
         dtype = dtype_name(tensor_data.properties.dtype, name)
