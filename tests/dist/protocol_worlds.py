@@ -203,6 +203,19 @@ def _lsw_on_2d_mesh(src: torch.Tensor, world: int, rank: int) -> Any:
                               shape=torch.Size(src.shape), stride=src.stride())
 
 
+def _lsw_replicated(src: torch.Tensor, world: int) -> Any:
+    """A DTensor over a LocalShardsWrapper replicated on a (1, world) mesh: every rank
+    holds the same column blocks (last first), written once."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import DTensor, Replicate
+    from torch.distributed.tensor._shards_wrapper import LocalShardsWrapper
+
+    mesh = init_device_mesh("cpu", (1, world), mesh_dim_names=("x", "y"))
+    lsw = LocalShardsWrapper([src[:, 5:].clone(), src[:, :5].clone()], [(0, 5), (0, 0)])
+    return DTensor.from_local(lsw, mesh, [Replicate(), Replicate()], run_check=False,
+                              shape=torch.Size(src.shape), stride=src.stride())
+
+
 def save_world(rank: int, world: int, root: str) -> dict[str, str]:
     out: dict[str, str] = {}
     for name, make in save_cases(rank, world).items():
@@ -210,6 +223,8 @@ def save_world(rank: int, world: int, root: str) -> dict[str, str]:
         out[name] = outcome(lambda m=make, p=path: reshard.save({"t": m()}, p))
     out["lsw_2d"] = outcome(lambda: reshard.save(
         {"t": _lsw_on_2d_mesh(full(), world, rank)}, os.path.join(root, f"lsw_2d{world}")))
+    out["lsw_replicated"] = outcome(lambda: reshard.save(
+        {"t": _lsw_replicated(full(), world)}, os.path.join(root, f"lsw_replicated{world}")))
     for name, make in hostile_save_cases(rank, world).items():
         path = os.path.join(root, f"hostile_{name}{world}")
         out[f"hostile_{name}"] = outcome(lambda m=make, p=path: reshard.save({"t": m()}, p))
@@ -277,7 +292,7 @@ def load_world(rank: int, world: int, root: str, saved_in: int) -> dict[str, str
     want = full()
     # The DCP checkpoints of the same objects too (read by reshard directly); not the one
     # DCP itself saves broken (see the test).
-    names = [*save_cases(0, saved_in), "lsw_2d",
+    names = [*save_cases(0, saved_in), "lsw_2d", "lsw_replicated",
              *(f"dcp_{n}" for n in save_cases(0, saved_in) if n != "out_of_order_zero")]
     # Each checkpoint into each destination, then again with cooperative reads (each
     # byte read once and sent to the ranks that need it).

@@ -39,7 +39,7 @@ _HOSTILE_LOADS = {
 @pytest.mark.dist
 def test_protocol_subclasses_saved_on_2_loaded_on_3(tmp_path):
     saved = run_world(pw.save_world, 2, str(tmp_path), timeout_s=120)
-    for case in [*pw.save_cases(0, 2), "lsw_2d"]:
+    for case in [*pw.save_cases(0, 2), "lsw_2d", "lsw_replicated"]:
         assert [r[case] for r in saved] == ["no error"] * 2, (case, saved)
     for case, words in _HOSTILE_SAVES.items():
         _agreed(saved, f"hostile_{case}", *words)
@@ -60,6 +60,6 @@ def test_protocol_subclasses_saved_on_2_loaded_on_3(tmp_path):
     bad = {k: v for r in loaded for k, v in r.items()
            if not k.startswith("hostile") and v != "no error"}
     assert not bad, bad
-    assert len([k for k in loaded[0] if "->" in k]) == (6 + 4) * 4 * 2
+    assert len([k for k in loaded[0] if "->" in k]) == (7 + 4) * 4 * 2
     for case, words in _HOSTILE_LOADS.items():
         _agreed(loaded, f"hostile_load_{case}", *words)
