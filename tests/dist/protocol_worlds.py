@@ -330,6 +330,15 @@ def load_world(rank: int, world: int, root: str, saved_in: int) -> dict[str, str
     }
     for name, leaf in hostile.items():
         out[f"hostile_load_{name}"] = outcome(lambda x=leaf: reshard.load({"t": x}, path))
+    # The save cases in this world too (other chunk counts per rank), read back whole.
+    for name, make in save_cases(rank, world).items():
+        def round_trip(make: Callable[[], Any] = make, name: str = name) -> None:
+            here = os.path.join(root, f"{name}{world}")
+            reshard.save({"t": make()}, here)
+            sd = {"t": torch.zeros(SHAPE)}
+            reshard.load(sd, here)
+            assert torch.equal(sd["t"], want), sd["t"].tolist()
+        out[f"{name}@{world}"] = outcome(round_trip)
     return out
 
 
