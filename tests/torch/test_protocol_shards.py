@@ -103,3 +103,34 @@ def test_write_items_must_describe_one_tensor(tmp_path: Path) -> None:
     with pytest.raises(reshard.UnsupportedValueError,
                        match=r"key 't': .*got size \[6, 8\] dtype torch.float32, size \[7, 8\]"):
         _save(tmp_path, SecondItemOtherSize([((0, 0), src[:3].clone()), ((3, 0), src[3:].clone())]))
+
+
+class _LoadSideOnly(BoxTensor):
+    """Only the methods DCP's load asks of a tensor subclass: no write items."""
+
+    def __getattribute__(self, name: str) -> Any:
+        if name == "__create_write_items__":
+            raise AttributeError(name)
+        return super().__getattribute__(name)
+
+
+class _ChunksOnlyObject:
+    def __create_chunk_list__(self) -> list[Any]:
+        return []
+
+
+def test_subclass_without_write_items_saves_and_loads_by_its_chunks(tmp_path: Path) -> None:
+    src = full()
+    leaf = _LoadSideOnly([((3, 0), src[3:].clone()), ((0, 0), src[:3].clone())])
+    assert not hasattr(leaf, "__create_write_items__")
+    path = _save(tmp_path, leaf)
+    out = {"t": torch.zeros(SHAPE)}
+    reshard.load(out, path)
+    assert torch.equal(out["t"], src)
+    buf = torch.zeros(SHAPE, dtype=torch.float64).t().contiguous().t()
+    reshard.load({"t": _LoadSideOnly([((0, 4), buf[:, 4:]), ((0, 0), buf[:, :4])])}, path)
+    assert torch.equal(buf, full(torch.float64))
+    with pytest.raises(reshard.UnsupportedValueError,
+                       match="key 't': a _ChunksOnlyObject has __create_chunk_list__ but no "
+                             "__create_write_items__"):
+        reshard.load({"t": _ChunksOnlyObject()}, path)

@@ -494,10 +494,21 @@ def _local_shape_and_offset(
 def _protocol_shards(obj: Any, name: str, *, for_load: bool) -> Shards:
     from torch.distributed.checkpoint.metadata import MetadataIndex
 
-    try:
-        items = obj.__create_write_items__(name, obj)
-    except Exception as e:
-        raise UnsupportedValueError(f"key {name!r}: __create_write_items__ failed: {e}") from e
+    # DCP asks only tensors it saves whole for write items: a tensor subclass with just
+    # __create_chunk_list__ and __get_tensor_shard__ loads with DCP (its global shape and
+    # dtype are its own), and failed here on the missing method.
+    has_items = hasattr(obj, "__create_write_items__")
+    if not has_items and not isinstance(obj, torch.Tensor):
+        raise UnsupportedValueError(
+            f"key {name!r}: a {type(obj).__qualname__} has __create_chunk_list__ but no "
+            "__create_write_items__ and is not a torch.Tensor, so nothing gives its global "
+            "shape and dtype; implement __create_write_items__ or subclass torch.Tensor")
+    items: Any = []
+    if has_items:
+        try:
+            items = obj.__create_write_items__(name, obj)
+        except Exception as e:
+            raise UnsupportedValueError(f"key {name!r}: __create_write_items__ failed: {e}") from e
     if items:
         # Every item must describe one tensor: a BYTE_IO item (no tensor_data) failed as
         # an AttributeError naming no key, and items after the first that declared another
@@ -526,7 +537,8 @@ def _protocol_shards(obj: Any, name: str, *, for_load: bool) -> Shards:
             "write item with an empty chunk, or subclass torch.Tensor)"
         )
     try:
-        chunks = obj.__create_chunk_list__() if for_load else [i.tensor_data.chunk for i in items]
+        chunks = (obj.__create_chunk_list__() if for_load or not has_items
+                  else [i.tensor_data.chunk for i in items])
     except Exception as e:
         raise UnsupportedValueError(f"key {name!r}: __create_chunk_list__ failed: {e}") from e
     boxes: list[Box] = []
