@@ -251,6 +251,9 @@ def _destinations(rank: int, world: int, meshes: tuple[Any, Any],
 
     dt = distribute_tensor(torch.zeros(SHAPE), mesh, [Shard(1)])
     out["dtensor_cols"] = (dt, lambda: dt.full_tensor())
+    # Uneven columns and rows on the 2-D mesh: 8 columns over the ranks, transposed local.
+    dt2 = distribute_tensor(torch.zeros(SHAPE), mesh2, [Shard(0), Shard(1)])
+    out["dtensor_2d"] = (dt2, lambda: dt2.full_tensor())
 
     # Column strips j % world == rank of a column-major buffer, as non-contiguous views,
     # listed in reverse order.

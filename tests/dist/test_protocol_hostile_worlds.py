@@ -60,6 +60,6 @@ def test_protocol_subclasses_saved_on_2_loaded_on_3(tmp_path):
     bad = {k: v for r in loaded for k, v in r.items()
            if not k.startswith("hostile") and v != "no error"}
     assert not bad, bad
-    assert len([k for k in loaded[0] if "->" in k]) == (7 + 4) * 4 * 2
+    assert len([k for k in loaded[0] if "->" in k]) == (7 + 4) * 5 * 2
     for case, words in _HOSTILE_LOADS.items():
         _agreed(loaded, f"hostile_load_{case}", *words)
