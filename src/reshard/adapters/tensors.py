@@ -494,11 +494,34 @@ def _local_shape_and_offset(
 def _protocol_shards(obj: Any, name: str, *, for_load: bool) -> Shards:
     from torch.distributed.checkpoint.metadata import MetadataIndex
 
-    try:
-        items = obj.__create_write_items__(name, obj)
-    except Exception as e:
-        raise UnsupportedValueError(f"key {name!r}: __create_write_items__ failed: {e}") from e
+    # DCP asks only tensors it saves whole for write items: a tensor subclass with just
+    # __create_chunk_list__ and __get_tensor_shard__ loads with DCP (its global shape and
+    # dtype are its own), and failed here on the missing method.
+    has_items = hasattr(obj, "__create_write_items__")
+    if not has_items and not isinstance(obj, torch.Tensor):
+        raise UnsupportedValueError(
+            f"key {name!r}: a {type(obj).__qualname__} has __create_chunk_list__ but no "
+            "__create_write_items__ and is not a torch.Tensor, so nothing gives its global "
+            "shape and dtype; implement __create_write_items__ or subclass torch.Tensor")
+    items: Any = []
+    if has_items:
+        try:
+            items = obj.__create_write_items__(name, obj)
+        except Exception as e:
+            raise UnsupportedValueError(f"key {name!r}: __create_write_items__ failed: {e}") from e
     if items:
+        # Every item must describe one tensor: a BYTE_IO item (no tensor_data) failed as
+        # an AttributeError naming no key, and items after the first that declared another
+        # global shape or dtype were not looked at.
+        described = {(None if i.tensor_data is None else
+                      (tuple(i.tensor_data.size), i.tensor_data.properties.dtype))
+                     for i in items}
+        if None in described or len(described) > 1:
+            raise UnsupportedValueError(
+                f"key {name!r}: __create_write_items__ must return SHARD items of one "
+                "tensor (each with tensor_data of the same size and dtype), got "
+                + ", ".join(sorted("no tensor_data" if d is None else
+                                   f"size {list(d[0])} dtype {d[1]}" for d in described)))
         tensor_data = items[0].tensor_data
         shape = tuple(int(s) for s in tensor_data.size)
         dtype = dtype_name(tensor_data.properties.dtype, name)
@@ -513,14 +536,38 @@ def _protocol_shards(obj: Any, name: str, *, for_load: bool) -> Shards:
             "tensor shape; a rank holding nothing must still describe the tensor (return a "
             "write item with an empty chunk, or subclass torch.Tensor)"
         )
-    chunks = obj.__create_chunk_list__() if for_load else [i.tensor_data.chunk for i in items]
+    try:
+        chunks = (obj.__create_chunk_list__() if for_load or not has_items
+                  else [i.tensor_data.chunk for i in items])
+    except Exception as e:
+        raise UnsupportedValueError(f"key {name!r}: __create_chunk_list__ failed: {e}") from e
     boxes: list[Box] = []
     tensors: list[torch.Tensor] = []
     for index, chunk in enumerate(chunks):
         box = Box(tuple(int(o) for o in chunk.offsets), tuple(int(s) for s in chunk.sizes))
-        if len(box.sizes) != len(shape) or box.is_empty:
+        if box.is_empty:  # an empty LocalShardsWrapper's chunk is [0, 0] whatever the ndim
             continue
-        tensor = obj.__get_tensor_shard__(MetadataIndex(name, chunk.offsets, index))
+        if len(box.sizes) != len(shape) or len(box.offsets) != len(shape):
+            # Skipped, a load left the destination's shard unfilled without a word.
+            raise LayoutMismatchError(
+                f"key {name!r}: chunk {index} at {list(box.offsets)} of sizes "
+                f"{list(box.sizes)} does not have the {len(shape)} dims of shape {list(shape)}")
+        if for_load and any(o < 0 or o + n > d for o, n, d in zip(box.offsets, box.sizes, shape)):
+            # A save's boxes are checked against the shape by the planner; a load's were
+            # intersected with the saved chunks and the part outside was left unfilled.
+            raise LayoutMismatchError(
+                f"key {name!r}: chunk {index} at {list(box.offsets)} of sizes "
+                f"{list(box.sizes)} lies outside shape {list(shape)}")
+        try:
+            tensor = obj.__get_tensor_shard__(MetadataIndex(name, chunk.offsets, index))
+        except Exception as e:
+            raise UnsupportedValueError(
+                f"key {name!r}: __get_tensor_shard__ failed for chunk {index} at "
+                f"{list(box.offsets)}: {e}") from e
+        if not isinstance(tensor, torch.Tensor):
+            raise UnsupportedValueError(
+                f"key {name!r}: __get_tensor_shard__ returned a {type(tensor).__name__} for "
+                f"chunk {index} at {list(box.offsets)}, not a torch.Tensor")
         if tuple(tensor.shape) != box.sizes:
             raise LayoutMismatchError(
                 f"key {name!r}: shard {index} has shape {list(tensor.shape)} but its chunk "
@@ -533,8 +580,13 @@ def _protocol_shards(obj: Any, name: str, *, for_load: bool) -> Shards:
                 f"key {name!r}: shard {index} has dtype {tensor.dtype} but the write items "
                 f"declare {dtype}"
             )
+        tensor = tensor.detach() if tensor.requires_grad else tensor
+        # As for every other leaf: a meta shard loaded nothing, silently; one whose
+        # strides overlap kept whichever value came last; a sparse one failed unnamed.
+        if type(tensor) is not torch.Tensor or not _is_plain_dense(tensor, for_load=for_load):
+            check_dense(tensor, name, for_load=for_load)
         boxes.append(box)
-        tensors.append(tensor.detach() if tensor.requires_grad else tensor)
+        tensors.append(tensor)
     return Shards(shape=shape, dtype=dtype, container="torch", boxes=tuple(boxes),
                   tensors=tuple(tensors))
 
