@@ -298,23 +298,61 @@ def _same_view(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 def _views_share(a: torch.Tensor, b: torch.Tensor) -> bool:
     """Whether two views of one storage share an element; where that cannot be told
-    cheaply (unlike strides, sizes too large to compare element by element), they are
-    taken not to, as before."""
+    cheaply (unlike strides, sizes too large to compare element by element, neither
+    view covering its whole span), they are taken not to, as before."""
     size = a.element_size()
     gap = b.data_ptr() - a.data_ptr()
-    if b.element_size() != size or a.stride() != b.stride() or gap % size:
-        if a.element_size() * a.numel() + b.element_size() * b.numel() > 1 << 22:
+    if b.element_size() == size and a.stride() == b.stride() and not gap % size:
+        return bool(views_overlap(gap // size, a.shape, b.shape, a.stride()))
+    # Other layouts of one memory (w and w.t() or w.view(-1), a complex tensor and its
+    # view_as_real) are what tied weights of another shape are; at real model sizes
+    # they were taken not to share, and the load wrote both keys into one memory
+    # (one key silently held the other's values, or a good checkpoint read as corrupt).
+    # A view covering every byte of its span shares memory with the other exactly where
+    # one of the other's elements lies in that span.
+    span_a, span_b = _span(a), _span(b)
+    if not (span_a[0] < span_b[1] and span_b[0] < span_a[1]):
+        return False
+    dense_a, dense_b = _covers_span(a), _covers_span(b)
+    if dense_a and dense_b:
+        return True
+    for dense, span, other in ((dense_a, span_a, b), (dense_b, span_b, a)):
+        if dense and other.numel() <= 1 << 22:
+            starts = _addresses(other)
+            return bool(((starts < span[1]) & (starts + other.element_size() > span[0])).any())
+    if a.element_size() * a.numel() + b.element_size() * b.numel() > 1 << 22:
+        return False
+    return bool(np.intersect1d(_byte_addresses(a), _byte_addresses(b)).size)
+
+
+def _span(t: torch.Tensor) -> tuple[int, int]:
+    """``[start, stop)`` byte addresses the elements of non-empty ``t`` lie in."""
+    reach = sum((n - 1) * st for n, st in zip(t.shape, t.stride()))
+    return t.data_ptr(), t.data_ptr() + (reach + 1) * t.element_size()
+
+
+def _covers_span(t: torch.Tensor) -> bool:
+    """Whether the elements of ``t`` fill every byte of its span once (any permutation
+    of a C-order layout: contiguous, transposed, channels_last)."""
+    expect = 1
+    for st, n in sorted((st, n) for st, n in zip(t.stride(), t.shape) if n > 1):
+        if st != expect:
             return False
-        return bool(np.intersect1d(_byte_addresses(a), _byte_addresses(b)).size)
-    return bool(views_overlap(gap // size, a.shape, b.shape, a.stride()))
+        expect *= n
+    return True
 
 
-def _byte_addresses(t: torch.Tensor) -> np.ndarray[Any, Any]:
+def _addresses(t: torch.Tensor) -> np.ndarray[Any, Any]:
+    """The byte address of each element of ``t``."""
     out = np.full(1, t.data_ptr(), dtype=np.int64)
     size = t.element_size()
     for n, st in zip(t.shape, t.stride()):
         out = (out[:, None] + np.arange(n, dtype=np.int64) * st * size).ravel()
-    return (out[:, None] + np.arange(size, dtype=np.int64)).ravel()
+    return out
+
+
+def _byte_addresses(t: torch.Tensor) -> np.ndarray[Any, Any]:
+    return (_addresses(t)[:, None] + np.arange(t.element_size(), dtype=np.int64)).ravel()
 
 
 def _nested_hint(missing: list[str], by_name: dict[str, Entry], manifest: Manifest) -> str:
