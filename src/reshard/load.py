@@ -251,7 +251,7 @@ def _shared_memory(targets: list[Target], problems: list[str]) -> list[Target]:
     # Address ranges of the destinations (distinct storages of a device never share addresses),
     # column by column: a Python step per target cost ~2.5 us, at 50k small tensors
     # 5% of the load. The pairs are looked at only if two ranges meet.
-    tensors = [t.tensor for t in targets]
+    tensors = [t.tensor if t.memory is None else t.memory for t in targets]
     if len(tensors) < 2:
         return targets
     lo = np.fromiter(map(_DATA_PTR, tensors), dtype=np.uint64, count=len(tensors))
@@ -273,11 +273,16 @@ def _shared_memory(targets: list[Target], problems: list[str]) -> list[Target]:
         active = [a for a in active if a[1] > start]
         for _, _, j in active:
             a, b = targets[min(i, j)], targets[max(i, j)]
-            if a.entry.key == b.entry.key or a.tensor.device != b.tensor.device:
+            mem_a, mem_b = tensors[min(i, j)], tensors[max(i, j)]
+            if a.entry.key == b.entry.key or mem_a.device != mem_b.device:
                 continue  # boxes of one key are disjoint; devices have their own memory
-            if _same_view(a.tensor, b.tensor):
-                dropped.add(min(i, j))
-            elif _views_share(a.tensor, b.tensor):
+            copies = (a.memory is not None) + (b.memory is not None)
+            if _same_view(mem_a, mem_b) and copies != 1:
+                # Two copies written back in state dict order leave the later key's
+                # values too; a copy and a direct fill would leave the copy's.
+                if not copies:
+                    dropped.add(min(i, j))
+            elif _same_view(mem_a, mem_b) or _views_share(mem_a, mem_b):
                 problems.append(
                     f"keys {a.name!r} and {b.name!r}: their tensors are views that share "
                     "part of their memory, which cannot hold the saved values of both; "
@@ -516,7 +521,15 @@ def _match_tensor(
         # torch cannot view negative strides (np.flip, a[::-1]): fill a copy, then write
         # it back into the caller's array in place.
         dest, leaf = leaf, np.empty(leaf.shape, dtype=leaf.dtype)
+        # Its memory, as positive strides over the same elements, is what is checked for
+        # elements shared inside it or with other keys (the copy shares none): an
+        # as_strided with overlapping negative strides, or two keys' views, took
+        # whichever value was written back last, silently.
+        memory = shards_of(dest[tuple(slice(None, None, -1) if s < 0 else slice(None)
+                                      for s in dest.strides)], key, for_load=True).tensors[0]
         values.append((key, _Later(partial(_copied_into, dest, leaf))))
+    else:
+        memory = None
     shards = shards_of(leaf, key, for_load=True)
     if shards.shape != entry.shape:
         problems.append(f"key {dotted(key)!r}: the checkpoint holds shape {list(entry.shape)}, "
@@ -527,7 +540,7 @@ def _match_tensor(
         problems.append(f"key {dotted(key)!r}: {problem}")
         return
     for box, tensor in zip(shards.boxes, shards.tensors):
-        targets.append(Target(entry=entry, box=box, tensor=tensor))
+        targets.append(Target(entry=entry, box=box, tensor=tensor, memory=memory))
     if scalar:
         values.append((key, _Later(partial(_item, leaf))))
 
