@@ -268,21 +268,35 @@ def _shared_memory(targets: list[Target], problems: list[str]) -> list[Target]:
         return targets
     spans = [(int(lo[i]), int(hi[i]), int(i)) for i in order]
     dropped: set[int] = set()
+    refused: set[tuple[str, str]] = set()  # one line per pair of keys, however many shards meet
     active: list[tuple[int, int, int]] = []
     for start, end, i in spans:
         active = [a for a in active if a[1] > start]
         for _, _, j in active:
             a, b = targets[min(i, j)], targets[max(i, j)]
             mem_a, mem_b = tensors[min(i, j)], tensors[max(i, j)]
-            if a.entry.key == b.entry.key or mem_a.device != mem_b.device:
-                continue  # boxes of one key are disjoint; devices have their own memory
+            if mem_a.device != mem_b.device:
+                continue  # devices have their own memory
+            if a.entry.key == b.entry.key:
+                # Shards of one key hold disjoint boxes, in memory of their own unless
+                # the caller cut them from one buffer (LocalShardsWrapper([buf[0:4],
+                # buf[2:6]])): each shared element silently took the later value.
+                if (a.name, a.name) not in refused and (_same_view(mem_a, mem_b)
+                                                         or _views_share(mem_a, mem_b)):
+                    refused.add((a.name, a.name))
+                    problems.append(
+                        f"key {a.name!r}: two of its shards are views that share memory, which "
+                        "cannot hold the saved values of both; load into separate tensors")
+                continue
             copies = (a.memory is not None) + (b.memory is not None)
             if _same_view(mem_a, mem_b) and copies != 1:
                 # Two copies written back in state dict order leave the later key's
                 # values too; a copy and a direct fill would leave the copy's.
                 if not copies:
                     dropped.add(min(i, j))
-            elif _same_view(mem_a, mem_b) or _views_share(mem_a, mem_b):
+            elif (a.name, b.name) not in refused and (_same_view(mem_a, mem_b)
+                                                      or _views_share(mem_a, mem_b)):
+                refused.add((a.name, b.name))
                 problems.append(
                     f"keys {a.name!r} and {b.name!r}: their tensors are views that share "
                     "part of their memory, which cannot hold the saved values of both; "
