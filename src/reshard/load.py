@@ -251,7 +251,7 @@ def _shared_memory(targets: list[Target], problems: list[str]) -> list[Target]:
     # Address ranges of the destinations (distinct storages of a device never share addresses),
     # column by column: a Python step per target cost ~2.5 us, at 50k small tensors
     # 5% of the load. The pairs are looked at only if two ranges meet.
-    tensors = [t.tensor for t in targets]
+    tensors = [t.tensor if t.memory is None else t.memory for t in targets]
     if len(tensors) < 2:
         return targets
     lo = np.fromiter(map(_DATA_PTR, tensors), dtype=np.uint64, count=len(tensors))
@@ -268,16 +268,35 @@ def _shared_memory(targets: list[Target], problems: list[str]) -> list[Target]:
         return targets
     spans = [(int(lo[i]), int(hi[i]), int(i)) for i in order]
     dropped: set[int] = set()
+    refused: set[tuple[str, str]] = set()  # one line per pair of keys, however many shards meet
     active: list[tuple[int, int, int]] = []
     for start, end, i in spans:
         active = [a for a in active if a[1] > start]
         for _, _, j in active:
             a, b = targets[min(i, j)], targets[max(i, j)]
-            if a.entry.key == b.entry.key or a.tensor.device != b.tensor.device:
-                continue  # boxes of one key are disjoint; devices have their own memory
-            if _same_view(a.tensor, b.tensor):
-                dropped.add(min(i, j))
-            elif _views_share(a.tensor, b.tensor):
+            mem_a, mem_b = tensors[min(i, j)], tensors[max(i, j)]
+            if mem_a.device != mem_b.device:
+                continue  # devices have their own memory
+            if a.entry.key == b.entry.key:
+                # Shards of one key hold disjoint boxes, in memory of their own unless
+                # the caller cut them from one buffer (LocalShardsWrapper([buf[0:4],
+                # buf[2:6]])): each shared element silently took the later value.
+                if (a.name, a.name) not in refused and (_same_view(mem_a, mem_b)
+                                                         or _views_share(mem_a, mem_b)):
+                    refused.add((a.name, a.name))
+                    problems.append(
+                        f"key {a.name!r}: two of its shards are views that share memory, which "
+                        "cannot hold the saved values of both; load into separate tensors")
+                continue
+            copies = (a.memory is not None) + (b.memory is not None)
+            if _same_view(mem_a, mem_b) and copies != 1:
+                # Two copies written back in state dict order leave the later key's
+                # values too; a copy and a direct fill would leave the copy's.
+                if not copies:
+                    dropped.add(min(i, j))
+            elif (a.name, b.name) not in refused and (_same_view(mem_a, mem_b)
+                                                      or _views_share(mem_a, mem_b)):
+                refused.add((a.name, b.name))
                 problems.append(
                     f"keys {a.name!r} and {b.name!r}: their tensors are views that share "
                     "part of their memory, which cannot hold the saved values of both; "
@@ -298,23 +317,61 @@ def _same_view(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 def _views_share(a: torch.Tensor, b: torch.Tensor) -> bool:
     """Whether two views of one storage share an element; where that cannot be told
-    cheaply (unlike strides, sizes too large to compare element by element), they are
-    taken not to, as before."""
+    cheaply (unlike strides, sizes too large to compare element by element, neither
+    view covering its whole span), they are taken not to, as before."""
     size = a.element_size()
     gap = b.data_ptr() - a.data_ptr()
-    if b.element_size() != size or a.stride() != b.stride() or gap % size:
-        if a.element_size() * a.numel() + b.element_size() * b.numel() > 1 << 22:
+    if b.element_size() == size and a.stride() == b.stride() and not gap % size:
+        return bool(views_overlap(gap // size, a.shape, b.shape, a.stride()))
+    # Other layouts of one memory (w and w.t() or w.view(-1), a complex tensor and its
+    # view_as_real) are what tied weights of another shape are; at real model sizes
+    # they were taken not to share, and the load wrote both keys into one memory
+    # (one key silently held the other's values, or a good checkpoint read as corrupt).
+    # A view covering every byte of its span shares memory with the other exactly where
+    # one of the other's elements lies in that span.
+    span_a, span_b = _span(a), _span(b)
+    if not (span_a[0] < span_b[1] and span_b[0] < span_a[1]):
+        return False
+    dense_a, dense_b = _covers_span(a), _covers_span(b)
+    if dense_a and dense_b:
+        return True
+    for dense, span, other in ((dense_a, span_a, b), (dense_b, span_b, a)):
+        if dense and other.numel() <= 1 << 22:
+            starts = _addresses(other)
+            return bool(((starts < span[1]) & (starts + other.element_size() > span[0])).any())
+    if a.element_size() * a.numel() + b.element_size() * b.numel() > 1 << 22:
+        return False
+    return bool(np.intersect1d(_byte_addresses(a), _byte_addresses(b)).size)
+
+
+def _span(t: torch.Tensor) -> tuple[int, int]:
+    """``[start, stop)`` byte addresses the elements of non-empty ``t`` lie in."""
+    reach = sum((n - 1) * st for n, st in zip(t.shape, t.stride()))
+    return t.data_ptr(), t.data_ptr() + (reach + 1) * t.element_size()
+
+
+def _covers_span(t: torch.Tensor) -> bool:
+    """Whether the elements of ``t`` fill every byte of its span once (any permutation
+    of a C-order layout: contiguous, transposed, channels_last)."""
+    expect = 1
+    for st, n in sorted((st, n) for st, n in zip(t.stride(), t.shape) if n > 1):
+        if st != expect:
             return False
-        return bool(np.intersect1d(_byte_addresses(a), _byte_addresses(b)).size)
-    return bool(views_overlap(gap // size, a.shape, b.shape, a.stride()))
+        expect *= n
+    return True
 
 
-def _byte_addresses(t: torch.Tensor) -> np.ndarray[Any, Any]:
+def _addresses(t: torch.Tensor) -> np.ndarray[Any, Any]:
+    """The byte address of each element of ``t``."""
     out = np.full(1, t.data_ptr(), dtype=np.int64)
     size = t.element_size()
     for n, st in zip(t.shape, t.stride()):
         out = (out[:, None] + np.arange(n, dtype=np.int64) * st * size).ravel()
-    return (out[:, None] + np.arange(size, dtype=np.int64)).ravel()
+    return out
+
+
+def _byte_addresses(t: torch.Tensor) -> np.ndarray[Any, Any]:
+    return (_addresses(t)[:, None] + np.arange(t.element_size(), dtype=np.int64)).ravel()
 
 
 def _nested_hint(missing: list[str], by_name: dict[str, Entry], manifest: Manifest) -> str:
@@ -478,7 +535,15 @@ def _match_tensor(
         # torch cannot view negative strides (np.flip, a[::-1]): fill a copy, then write
         # it back into the caller's array in place.
         dest, leaf = leaf, np.empty(leaf.shape, dtype=leaf.dtype)
+        # Its memory, as positive strides over the same elements, is what is checked for
+        # elements shared inside it or with other keys (the copy shares none): an
+        # as_strided with overlapping negative strides, or two keys' views, took
+        # whichever value was written back last, silently.
+        memory = shards_of(dest[tuple(slice(None, None, -1) if s < 0 else slice(None)
+                                      for s in dest.strides)], key, for_load=True).tensors[0]
         values.append((key, _Later(partial(_copied_into, dest, leaf))))
+    else:
+        memory = None
     shards = shards_of(leaf, key, for_load=True)
     if shards.shape != entry.shape:
         problems.append(f"key {dotted(key)!r}: the checkpoint holds shape {list(entry.shape)}, "
@@ -489,7 +554,7 @@ def _match_tensor(
         problems.append(f"key {dotted(key)!r}: {problem}")
         return
     for box, tensor in zip(shards.boxes, shards.tensors):
-        targets.append(Target(entry=entry, box=box, tensor=tensor))
+        targets.append(Target(entry=entry, box=box, tensor=tensor, memory=memory))
     if scalar:
         values.append((key, _Later(partial(_item, leaf))))
 

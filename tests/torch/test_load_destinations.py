@@ -155,3 +155,74 @@ def test_views_sharing_memory_across_keys_are_refused_by_key(tmp_path: Path) -> 
     with pytest.raises(reshard.LayoutMismatchError, match=r"keys 'y' and 'x'"):
         reshard.load({"y": base[::2][:6], "x": base[4:10]}, tmp_path, strict=False)
     assert not base.any() and not z.any()  # refused before anything was read
+
+
+def test_large_views_of_one_memory_in_other_layouts_are_refused_by_key(tmp_path: Path) -> None:
+    """Two keys over one memory in different layouts (w and w.t(), w and w.view(-1), a
+    complex tensor and its view_as_real, w and one of its columns) were refused only up
+    to 4 MiB: at real model sizes the load wrote both keys into one memory, and one key
+    silently held the other's values (w, w.t()) or a good checkpoint failed as
+    'CorruptCheckpointError: ... fails its CRC-32C check'."""
+    n = 1024  # 4 MiB of float32 per key
+    a = _ar(n, n)
+    saved = {"a": a, "b": -a, "v": -a.flatten(), "col": _ar(n) * 7,
+             "c": torch.complex(_ar(n * n // 2), -_ar(n * n // 2)), "other": _ar(n, n) * 3}
+    reshard.save(saved, tmp_path)
+    w = torch.zeros(n, n)
+    c = torch.zeros(n * n // 2, dtype=torch.complex64)
+    for keys, dest in (
+        (("a", "b"), {"a": w, "b": w.t()}),
+        (("a", "v"), {"a": w, "v": w.view(-1)}),
+        (("v", "a"), {"v": w.view(-1), "a": w}),
+        (("c", "a"), {"c": c, "a": torch.view_as_real(c).view(n, n)}),
+        (("a", "col"), {"a": w, "col": w[:, 3]}),
+        (("col", "b"), {"col": w[:, 3], "b": w.t()}),
+    ):
+        with pytest.raises(reshard.LayoutMismatchError,
+                           match=rf"keys '{keys[0]}' and '{keys[1]}': their tensors are views that share"):
+            reshard.load(dest, tmp_path, strict=False)
+        assert not w.any() and not c.any(), keys  # refused before anything was read
+    # Layouts that meet in address range only still load: rows of a buffer above its
+    # transposed half, a column beside a block of other columns.
+    big = torch.zeros(2 * n, n)
+    dest = {"a": big[:n], "b": big[n:].t(), "col": big[n:, 0]}
+    with pytest.raises(reshard.LayoutMismatchError, match="keys 'b' and 'col'"):
+        reshard.load(dest, tmp_path, strict=False)
+    wide = torch.zeros(n, n + 1)
+    dest = {"other": wide[:, 1:], "col": wide[:, 0]}
+    reshard.load(dest, tmp_path, strict=False)
+    assert torch.equal(dest["other"], saved["other"]) and torch.equal(dest["col"], saved["col"])
+
+
+def test_numpy_destinations_with_negative_strides_share_no_memory_unseen(tmp_path: Path) -> None:
+    """A numpy array with negative strides is filled through a copy written back after
+    the fill, and the memory checks looked at the copy: elements shared inside it
+    (as_strided with overlapping negative strides) or with another key's array took
+    whichever value was written back last, silently. They are checked on the caller's
+    memory now; tied arrays of that kind still load, the later key's values."""
+    n = 1 << 16
+    saved = {"a": np.arange(n, dtype=np.float32), "b": -np.arange(n, dtype=np.float32),
+             "q": np.arange(16, dtype=np.float32).reshape(4, 4)}
+    reshard.save(saved, tmp_path)
+    arr = np.zeros(20, np.float32)
+    with pytest.raises(reshard.UnsupportedValueError, match=r"key 'q': its strides .* share memory"):
+        reshard.load({"q": np.lib.stride_tricks.as_strided(arr[19:], (4, 4), (-8, -4))}, tmp_path,
+                     strict=False)
+    buf = np.zeros(n + 4, np.float32)
+    for keys, dest in (
+        (("a", "b"), {"a": buf[n + 3::-1][:n], "b": buf[:n]}),
+        (("b", "a"), {"b": buf[:n], "a": buf[n + 3::-1][:n]}),
+        (("a", "b"), {"a": buf[n + 3::-1][:n], "b": buf[n - 1::-1]}),
+        (("a", "b"), {"a": buf[n - 1::-1], "b": buf[:n]}),  # one memory, one key flipped
+    ):
+        with pytest.raises(reshard.LayoutMismatchError,
+                           match=rf"keys '{keys[0]}' and '{keys[1]}': their tensors are views that share"):
+            reshard.load(dest, tmp_path, strict=False)
+        assert not buf.any(), keys
+    for order in (("a", "b"), ("b", "a")):
+        flipped = np.zeros(2 * n, np.float32)[::-2]
+        reshard.load({order[0]: flipped, order[1]: flipped}, tmp_path, strict=False)
+        assert np.array_equal(flipped, saved[order[1]]), order
+    both = np.zeros(2 * n, np.float32)  # interleaved, backwards: disjoint
+    reshard.load({"a": both[::-2], "b": both[-2::-2]}, tmp_path, strict=False)
+    assert np.array_equal(both[::-2], saved["a"]) and np.array_equal(both[-2::-2], saved["b"])

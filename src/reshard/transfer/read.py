@@ -40,6 +40,10 @@ class Target:
     box: Box
     tensor: torch.Tensor
     staging: torch.Tensor | None = field(default=None)
+    memory: torch.Tensor | None = field(default=None)
+    """Where ``tensor`` is a copy written back into the caller's memory after the fill
+    (a numpy array with negative strides), a view of that memory's elements (dims
+    flipped, same addresses): load checks it for memory shared with other keys."""
 
     @property
     def name(self) -> str:
