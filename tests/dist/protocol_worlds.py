@@ -20,6 +20,7 @@ import torch
 import torch.distributed as dist
 
 import reshard
+from tests.helpers.outcomes import error_text
 
 SHAPE = (6, 8)
 
@@ -90,16 +91,6 @@ class BoxTensor(torch.Tensor):
 def piece(src: torch.Tensor, offsets: tuple[int, int], sizes: tuple[int, int]) -> Piece:
     (r, c), (n, m) = offsets, sizes
     return offsets, src[r:r + n, c:c + m].clone()
-
-
-def outcome(fn: Callable[[], Any]) -> str:
-    try:
-        fn()
-    except reshard.CheckpointError as e:
-        return f"{type(e).__name__}: {e}"
-    except Exception as e:  # noqa: BLE001 - reported, the test fails on it
-        return f"unexpected {type(e).__name__}: {e}"
-    return "no error"
 
 
 def _rows(rank: int, world: int, n: int = SHAPE[0]) -> tuple[int, int]:
@@ -220,14 +211,14 @@ def save_world(rank: int, world: int, root: str) -> dict[str, str]:
     out: dict[str, str] = {}
     for name, make in save_cases(rank, world).items():
         path = os.path.join(root, f"{name}{world}")
-        out[name] = outcome(lambda m=make, p=path: reshard.save({"t": m()}, p))
-    out["lsw_2d"] = outcome(lambda: reshard.save(
+        out[name] = error_text(lambda m=make, p=path: reshard.save({"t": m()}, p))
+    out["lsw_2d"] = error_text(lambda: reshard.save(
         {"t": _lsw_on_2d_mesh(full(), world, rank)}, os.path.join(root, f"lsw_2d{world}")))
-    out["lsw_replicated"] = outcome(lambda: reshard.save(
+    out["lsw_replicated"] = error_text(lambda: reshard.save(
         {"t": _lsw_replicated(full(), world)}, os.path.join(root, f"lsw_replicated{world}")))
     for name, make in hostile_save_cases(rank, world).items():
         path = os.path.join(root, f"hostile_{name}{world}")
-        out[f"hostile_{name}"] = outcome(lambda m=make, p=path: reshard.save({"t": m()}, p))
+        out[f"hostile_{name}"] = error_text(lambda m=make, p=path: reshard.save({"t": m()}, p))
         dist.barrier()
         out[f"hostile_{name}_nothing_written"] = str(not os.path.exists(path)
                                                      or not os.listdir(path))
@@ -317,7 +308,7 @@ def load_world(rank: int, world: int, root: str, saved_in: int) -> dict[str, str
             mask = ~torch.isnan(got)
             assert mask.any(), "this rank's destination holds nothing"
             assert torch.equal(got[mask], want[mask]), got.tolist()
-        out[f"{ck}->{dest_name}{' exchange' if exchange else ''}"] = outcome(check)
+        out[f"{ck}->{dest_name}{' exchange' if exchange else ''}"] = error_text(check)
     os.environ["RESHARD_EXCHANGE_READS"] = "0"
     # Hostile destinations, on one rank only: every rank must refuse by key.
     last = rank == world - 1
@@ -332,7 +323,7 @@ def load_world(rank: int, world: int, root: str, saved_in: int) -> dict[str, str
         "raises": BoxTensor([((0, 0), torch.zeros(SHAPE))], shard=_gone) if last else src,
     }
     for name, leaf in hostile.items():
-        out[f"hostile_load_{name}"] = outcome(lambda x=leaf: reshard.load({"t": x}, path))
+        out[f"hostile_load_{name}"] = error_text(lambda x=leaf: reshard.load({"t": x}, path))
     # The save cases in this world too (other chunk counts per rank), read back whole.
     for name, make in save_cases(rank, world).items():
         def round_trip(make: Callable[[], Any] = make, name: str = name) -> None:
@@ -341,7 +332,7 @@ def load_world(rank: int, world: int, root: str, saved_in: int) -> dict[str, str
             sd = {"t": torch.zeros(SHAPE)}
             reshard.load(sd, here)
             assert torch.equal(sd["t"], want), sd["t"].tolist()
-        out[f"{name}@{world}"] = outcome(round_trip)
+        out[f"{name}@{world}"] = error_text(round_trip)
     return out
 
 
@@ -353,12 +344,12 @@ def dcp_world(rank: int, world: int, root: str) -> dict[str, str]:
     out: dict[str, str] = {}
     for name, make in save_cases(rank, world).items():
         path = os.path.join(root, f"dcp_{name}{world}")
-        out[f"dcp_save_{name}"] = outcome(lambda m=make, p=path: dcp.save({"t": m()},
+        out[f"dcp_save_{name}"] = error_text(lambda m=make, p=path: dcp.save({"t": m()},
                                                                           checkpoint_id=p))
 
         def back(path: str = path) -> None:
             sd = {"t": torch.zeros(SHAPE)}
             reshard.load(sd, path)
             assert torch.equal(sd["t"], full()), sd["t"].tolist()
-        out[f"dcp_then_reshard_{name}"] = outcome(back)
+        out[f"dcp_then_reshard_{name}"] = error_text(back)
     return out

@@ -18,16 +18,7 @@ import reshard
 from reshard.manifest_io import load_manifest
 from reshard.storage import open_store
 from tests.helpers.files import xor_byte
-
-
-def _outcome(fn: Any) -> str:
-    try:
-        fn()
-    except reshard.CheckpointError as e:
-        return f"{type(e).__name__}: {e}"
-    except Exception as e:  # noqa: BLE001 - reported, the test fails on it
-        return f"unexpected {type(e).__name__}: {e}"
-    return "no error"
+from tests.helpers.outcomes import error_text
 
 
 def whole_chunk_corrupt_with_exchange(rank: int, world: int, root: str) -> dict[str, str]:
@@ -52,7 +43,7 @@ def whole_chunk_corrupt_with_exchange(rank: int, world: int, root: str) -> dict[
         reshard.load(sd, path)
         assert torch.equal(sd["w"].to_local(), distribute_tensor(w, mesh, [Shard(1)]).to_local())
 
-    out["clean"] = _outcome(load)
+    out["clean"] = error_text(load)
     if rank == 0:
         store = open_store(path, None)
         entry = next(e for e in load_manifest(store).entries if e.key == ("v",))
@@ -60,7 +51,7 @@ def whole_chunk_corrupt_with_exchange(rank: int, world: int, root: str) -> dict[
         chunk = next(c for c in entry.chunks if c.box.offsets == (20,))
         xor_byte(os.path.join(path, chunk.file), chunk.offset + 1, 0x40)
     dist.barrier()
-    out["corrupt"] = _outcome(load)
+    out["corrupt"] = error_text(load)
     for k in list(os.environ):
         if k.startswith("RESHARD_"):
             del os.environ[k]
@@ -69,7 +60,7 @@ def whole_chunk_corrupt_with_exchange(rank: int, world: int, root: str) -> dict[
 
 def _agreed(fn: Any) -> list[str]:
     """This rank's outcome of ``fn``, then every rank's (all_gather)."""
-    mine = _outcome(fn)
+    mine = error_text(fn)
     every: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(every, mine)
     return every
