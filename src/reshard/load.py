@@ -23,7 +23,7 @@ from .adapters.tensors import (
     shards_of,
     torch_dtype,
 )
-from .core.layout import full_box, views_overlap
+from .core.layout import element_offsets, full_box, views_overlap
 from .core.nogc import without_gc
 from .dist.collective import Collective
 from .errors import LayoutMismatchError, MissingKeysError
@@ -258,10 +258,8 @@ def _shared_memory(targets: list[Target], problems: list[str]) -> list[Target]:
     hi = lo + np.fromiter(map(_NBYTES, tensors), dtype=np.uint64, count=len(tensors))
     for i in np.flatnonzero(~np.fromiter(map(_CONTIGUOUS, tensors), dtype=bool,
                                          count=len(tensors))).tolist():
-        t = tensors[i]
-        if t.numel():
-            reach = sum((n - 1) * st for n, st in zip(t.shape, t.stride()))
-            hi[i] = lo[i] + np.uint64((reach + 1) * t.element_size())
+        if tensors[i].numel():
+            hi[i] = np.uint64(_span(tensors[i])[1])
     keep = hi > lo
     order = np.flatnonzero(keep)[np.argsort(lo[keep], kind="stable")]
     if len(order) < 2 or not bool((lo[order[1:]] < np.maximum.accumulate(hi[order])[:-1]).any()):
@@ -363,11 +361,8 @@ def _covers_span(t: torch.Tensor) -> bool:
 
 def _addresses(t: torch.Tensor) -> np.ndarray[Any, Any]:
     """The byte address of each element of ``t``."""
-    out = np.full(1, t.data_ptr(), dtype=np.int64)
     size = t.element_size()
-    for n, st in zip(t.shape, t.stride()):
-        out = (out[:, None] + np.arange(n, dtype=np.int64) * st * size).ravel()
-    return out
+    return element_offsets(t.shape, [st * size for st in t.stride()], t.data_ptr())
 
 
 def _byte_addresses(t: torch.Tensor) -> np.ndarray[Any, Any]:

@@ -9,8 +9,12 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from operator import itemgetter
+from typing import TYPE_CHECKING, Any
 
 from .pickling import slots_reduce
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,9 +112,7 @@ def strides_overlap(sizes: Sequence[int], strides: Sequence[int], *, max_exact: 
         return None
     import numpy as np
 
-    offsets = np.zeros(1, dtype=np.int64)
-    for st, n in dims:
-        offsets = (offsets[:, None] + np.arange(n, dtype=np.int64) * st).ravel()
+    offsets = element_offsets([n for _, n in dims], [st for st, _ in dims])
     return bool(len(np.unique(offsets)) < count)
 
 
@@ -149,13 +151,19 @@ def views_overlap(
         return None
     import numpy as np
 
-    def offsets(sizes: Sequence[int], at: int) -> np.ndarray:
-        out = np.full(1, at, dtype=np.int64)
-        for st, n in zip(strides, sizes):
-            out = (out[:, None] + np.arange(n, dtype=np.int64) * st).ravel()
-        return out
+    return bool(np.intersect1d(element_offsets(sizes_a, strides),
+                               element_offsets(sizes_b, strides, gap)).size)
 
-    return bool(np.intersect1d(offsets(sizes_a, 0), offsets(sizes_b, gap)).size)
+
+def element_offsets(sizes: Sequence[int], strides: Sequence[int], start: int = 0) -> np.ndarray[Any, Any]:
+    """The offset of each element of a strided array (``start`` plus the sum of index
+    times stride over the dims), in C order, as a numpy int64 array."""
+    import numpy as np
+
+    out = np.full(1, start, dtype=np.int64)
+    for st, n in zip(strides, sizes):
+        out = (out[:, None] + np.arange(n, dtype=np.int64) * st).ravel()
+    return out
 
 
 def element_span(outer_sizes: Sequence[int], inner: Box) -> tuple[int, int]:
