@@ -51,7 +51,7 @@ from ..format.manifest import (
 from ..progress import ProgressBar
 from ..save import save_tiles
 from ..storage import Store, new_file, open_store
-from ..storage.base import local_path, same_place
+from ..storage.base import local_path, refuse_local_options, same_place
 from ..transfer.column_reads import column_crcs_of
 from ..transfer.write import encode_frame
 from . import safetensors_io as st
@@ -170,9 +170,7 @@ def open_source(
     if local_path(path) is None:
         return _open_remote_source(path, allow_pickle=allow_pickle,
                                    storage_options=dict(storage_options or {}))
-    if storage_options:
-        raise CheckpointError(f"storage_options were given for the local SRC {path!r}; they "
-                              "apply only to fsspec URLs such as s3://bucket/prefix")
+    refuse_local_options(path, storage_options, "SRC")
     path = os.path.abspath(local_path(path) or path)
     # As load and open do: an async_save to this folder in this process is not yet
     # committed (convert found no checkpoint, or the previous one while the commit
@@ -435,9 +433,7 @@ def to_reshard(
     remote = local_path(dst) is None
     created = False
     if not remote:
-        if storage_options:
-            raise CheckpointError(f"storage_options were given for the local DST {dst!r}; they "
-                                  "apply only to fsspec URLs such as s3://bucket/prefix")
+        refuse_local_options(dst, storage_options, "DST")
         dst = os.path.abspath(local_path(dst) or dst)
         if os.path.exists(dst) and (not os.path.isdir(dst) or os.listdir(dst)):
             what = ("is a directory that is not empty" if os.path.isdir(dst)
@@ -682,10 +678,8 @@ def convert(
     if fmt == "safetensors" and (codec is not None or column_blocks != 1):
         raise CheckpointError("codec and column_blocks apply only to reshard output, "
                               f"not to {dst} (safetensors)")
-    if dst_storage_options and local_path(dst) is not None:
-        # Checked before SRC is read: a conversion must not run only to fail at the end.
-        raise CheckpointError(f"storage_options were given for the local DST {dst!r}; they "
-                              "apply only to fsspec URLs such as s3://bucket/prefix")
+    # Checked before SRC is read: a conversion must not run only to fail at the end.
+    refuse_local_options(dst, dst_storage_options, "DST")
     if fmt == "safetensors":
         _refuse_remote_safetensors(dst)
     source = open_source(src, allow_pickle=allow_pickle, storage_options=src_storage_options)

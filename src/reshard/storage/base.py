@@ -143,19 +143,28 @@ def open_store(
     if "\0" in location:
         # No file name holds one: os calls raised a bare "ValueError: embedded null byte".
         raise CheckpointError(f"checkpoint path {location!r} holds a NUL character")
+    refuse_local_options(location, storage_options)
     local = local_path(location)
     if local is not None:
-        if storage_options:
-            raise CheckpointError(
-                f"storage_options were given for the local path {location!r}; they apply only "
-                "to fsspec URLs such as s3://bucket/prefix"
-            )
         from .local import LocalStore
 
         return LocalStore(local)
     from .fsspec_store import FsspecStore
 
     return FsspecStore.from_url(location, dict(storage_options or {}))
+
+
+def refuse_local_options(
+    location: str, storage_options: Mapping[str, Any] | None, what: str = "path",
+) -> None:
+    """CheckpointError where ``storage_options`` were given for a local ``location``
+    (``what`` names it: path, SRC, DST): they would be ignored there, and a mistyped URL
+    (``s3:/bucket``) is a local path."""
+    if storage_options and local_path(location) is not None:
+        raise CheckpointError(
+            f"storage_options were given for the local {what} {location!r}; they apply only "
+            "to fsspec URLs such as s3://bucket/prefix"
+        )
 
 
 def local_path(location: str) -> str | None:
