@@ -166,8 +166,7 @@ def load_dcp_manifest(
             problem = extent_problem(store, item.storage, sizes) if keep_damaged else None
             if problem is not None:
                 raise CorruptCheckpointError(problem)
-            blob = _read_checked_item(store, item)
-            found = _value_entries(store, item, allow_pickle=allow_pickle, blob=blob)
+            found = _value_entries(_read_checked_item(store, item), allow_pickle=allow_pickle)
         except ValueTooLargeError as e:
             found = [RefusedValueEntry(key=key, value=_NONE, reason=str(e))]
             unchecked = (f"a DCP value of more than {_MAX_VALUE_NBYTES} bytes (the most reshard reads "
@@ -177,8 +176,8 @@ def load_dcp_manifest(
                 raise
             found = [DamagedValueEntry(key=key, value=_NONE, reason=str(e))]
             # verify names the key and file itself.
-            damage = _drop_prefix(_drop_prefix(str(e), f"DCP key {item.fqn!r} in {item.storage.file}: "),
-                                  f"DCP key {item.fqn!r}: ")
+            damage = (str(e).removeprefix(f"DCP key {item.fqn!r} in {item.storage.file}: ")
+                      .removeprefix(f"DCP key {item.fqn!r}: "))
         entries.extend(found)
         checked.append(ValueItem(key=dotted(key), file=item.storage.file, offset=item.storage.offset,
                                  nbytes=item.storage.length, damage=damage, unchecked=unchecked))
@@ -212,18 +211,14 @@ def _check_ranges(store: Store, infos: list[StorageInfo]) -> None:
     """Every item lies inside its data file (so no read is sized by a hostile length)."""
     sizes: dict[str, int] = {}
     for info in infos:
-        if info.file not in sizes:
-            try:
-                sizes[info.file] = store.size(info.file)
-            except CheckpointError:
-                raise CorruptCheckpointError(
-                    f"{store.location}: DCP data file {info.file!r} is missing"
-                ) from None
-        if info.offset + info.length > sizes[info.file]:
-            raise CorruptCheckpointError(
-                f"{store.location}: DCP item at bytes [{info.offset}, {info.offset + info.length}) "
-                f"of {info.file!r} is past its end ({sizes[info.file]} bytes)"
-            )
+        if extent_problem(store, info, sizes) is None:
+            continue
+        if sizes[info.file] < 0:
+            raise CorruptCheckpointError(f"{store.location}: DCP data file {info.file!r} is missing")
+        raise CorruptCheckpointError(
+            f"{store.location}: DCP item at bytes [{info.offset}, {info.offset + info.length}) "
+            f"of {info.file!r} is past its end ({sizes[info.file]} bytes)"
+        )
 
 
 def extent_problem(store: Store, info: StorageInfo, sizes: dict[str, int]) -> str | None:
@@ -548,22 +543,17 @@ def check_tensor_item(store: Store, entry: UnsupportedTensorEntry, info: Storage
 _NONE: dict[str, Any] = {"type": "none"}
 
 
-def _value_entries(
-    store: Store, item: DcpBytes, *, allow_pickle: bool, blob: bytes | None = None
-) -> list[Entry]:
-    """The entries of one DCP value item: plain values flattened to keys, tensors inside
-    it (a tuple of tensors) as tensor entries that read their bytes from the item, or one
-    entry that refuses (or, with ``allow_pickle``, holds) the whole object.
-
-    ``blob``: the item's bytes, already read and checked; read here where None.
-    """
+def _value_entries(source: _ValueSource, *, allow_pickle: bool) -> list[Entry]:
+    """The entries of one DCP value item (read and checked, ``_read_checked_item``): plain
+    values flattened to keys, tensors inside it (a tuple of tensors) as tensor entries
+    that read their bytes from the item, or one entry that refuses (or, with
+    ``allow_pickle``, holds) the whole object."""
     import pickle
 
     import torch
 
+    item, blob = source.item, source.blob
     key = entry_key(item.fqn, item.path)
-    if blob is None:
-        blob = _read_checked_item(store, item)
     try:
         obj = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -586,7 +576,6 @@ def _value_entries(
 
     out: list[Entry] = []
     problems: list[str] = []
-    source = _ValueSource(item=item, blob=blob)
     _flatten_value(key, obj, out, problems, source=source, depth=len(key), max_depth=MAX_KEY_DEPTH)
     if problems and not allow_pickle:
         return [RefusedValueEntry(key=key, value=_NONE, reason=(
@@ -597,19 +586,14 @@ def _value_entries(
     return out
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class _ValueSource:
-    """A value item being flattened: where it is stored, its checked bytes, and (found
-    once, when a tensor inside needs them) where its zip records lie in them."""
+    """A value item: where it is stored, its bytes (their zip CRC-32s checked), and where
+    its zip records lie in them (start, length)."""
 
     item: DcpBytes
     blob: bytes
-    records: list[tuple[int, int]] | None = None
-
-    def zip_records(self) -> list[tuple[int, int]]:
-        if self.records is None:
-            self.records = _check_zip_crcs(self.blob)
-        return self.records
+    records: list[tuple[int, int]]
 
 
 def _flatten_value(
@@ -694,14 +678,14 @@ def _element_entry(key: Key, element: Key, tensor: Any, source: _ValueSource) ->
     return TensorEntry(key=key, dtype=dtype, shape=shape, container="torch", chunks=chunks)
 
 
-def _read_checked_item(store: Store, item: DcpBytes) -> bytes:
+def _read_checked_item(store: Store, item: DcpBytes) -> _ValueSource:
     """The bytes of value ``item``, its zip CRC-32s checked (CorruptCheckpointError)."""
     blob = _read_item(store, item.storage, item.fqn)
     try:
-        _check_zip_crcs(blob)  # DCP writes every value with torch.save
+        records = _check_zip_crcs(blob)  # DCP writes every value with torch.save
     except ValueError as e:
         raise CorruptCheckpointError(f"DCP key {item.fqn!r} in {item.storage.file}: {e}") from None
-    return blob
+    return _ValueSource(item=item, blob=blob, records=records)
 
 
 def _stored_run(tensor: Any, source: _ValueSource) -> tuple[int, memoryview] | None:
@@ -722,7 +706,7 @@ def _stored_run(tensor: Any, source: _ValueSource) -> tuple[int, memoryview] | N
     skip = tensor.storage_offset() * tensor.element_size()
     size = tensor.untyped_storage().nbytes()
     view = memoryview(source.blob)
-    for lo, n in source.zip_records():
+    for lo, n in source.records:
         if n == size and skip + len(want) <= n and view[lo + skip:lo + skip + len(want)] == want:
             return storage.offset + lo + skip, view[lo + skip:lo + skip + len(want)]
     return None
@@ -743,10 +727,6 @@ def _read_item(store: Store, info: StorageInfo, fqn: str) -> bytes:
         raise ValueTooLargeError(f"{too_large} (its zstd stream decodes to more)") from None
     except ValueError as e:
         raise CorruptCheckpointError(f"DCP key {fqn!r} in {info.file}: {e}") from None
-
-
-def _drop_prefix(text: str, prefix: str) -> str:
-    return text[len(prefix):] if text.startswith(prefix) else text
 
 
 def _first_line(e: BaseException) -> str:
