@@ -345,11 +345,7 @@ def _committed_save_id(store: Store, *, strict: bool = False) -> str | None:
         ends = [bytearray(min(size, 4096)), bytearray(min(max(size - 4096, 0), 4096))]
         store.read_into(MANIFEST_NAME, 0, memoryview(ends[0]))
         store.read_into(MANIFEST_NAME, size - len(ends[1]), memoryview(ends[1]))
-    except CheckpointNotFoundError:
-        return None
     except (CheckpointError, OSError):
-        if strict:
-            raise
         return None
     found = _SAVE_ID_RE.search(ends[0]) or _SAVE_ID_RE.search(ends[1])
     return found.group(1).decode() if found else None
